@@ -1,0 +1,147 @@
+"""Weighted-average attention pooling fused with cos / res crossing.
+
+Formulas (ARCHITECTURE.md): over real tokens only, a_i = softmax_i(v . t_i + b),
+e = sum_i a_i t_i, optionally e <- tanh(W e + c_p).
+  cos: s = sigmoid(w * cos(q, k) + b0)
+  res: x = max(q, k); y = relu(W2 relu(W1 x) + x); s = sigmoid(u . y + c)
+A row with no real token pools to the zero vector (defined, never NaN).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+CROSSINGS = ("cos", "res")
+_COS_EPS = 1e-8
+
+
+@dataclass
+class PoolCrossParams:
+    """Learned parameters of pooling and crossing (all fp32 tensors)."""
+
+    pool_v: torch.Tensor                 # [H]
+    pool_b: torch.Tensor                 # []
+    proj_w: torch.Tensor | None = None   # [D, H]
+    proj_b: torch.Tensor | None = None   # [D]
+    cos_w: torch.Tensor | None = None    # []
+    cos_b: torch.Tensor | None = None    # []
+    res_w1: torch.Tensor | None = None   # [R, D]
+    res_w2: torch.Tensor | None = None   # [D, R]
+    res_u: torch.Tensor | None = None    # [D]
+    res_c: torch.Tensor | None = None    # []
+
+    @property
+    def hidden(self) -> int:
+        return self.pool_v.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.proj_w.shape[0] if self.proj_w is not None else self.hidden
+
+    def to(self, *args, **kwargs) -> "PoolCrossParams":
+        return PoolCrossParams(**{f.name: (None if getattr(self, f.name) is None
+                                           else getattr(self, f.name).to(*args, **kwargs))
+                                  for f in fields(self)})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name).contiguous() for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "PoolCrossParams":
+        names = {f.name for f in fields(cls)}
+        unknown = set(state) - names
+        if unknown:
+            raise ValueError(f"unknown pool/cross parameters: {sorted(unknown)}")
+        if "pool_v" not in state or "pool_b" not in state:
+            raise ValueError("pool/cross parameters need at least pool_v and pool_b")
+        return cls(**state)
+
+
+def attention_pool_ref(token_states: torch.Tensor, mask: torch.Tensor,
+                       params: PoolCrossParams) -> torch.Tensor:
+    """[B, L, H], [B, L] -> [B, D]; maths in fp32 (or fp64 if given fp64)."""
+    compute = torch.float64 if token_states.dtype == torch.float64 else torch.float32
+    t = token_states.to(compute)
+    real = mask.to(torch.bool)
+    logits = t @ params.pool_v.to(compute) + params.pool_b.to(compute)
+    logits = logits.masked_fill(~real, float("-inf"))
+    row_max = logits.amax(dim=1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    w = torch.exp(logits - row_max) * real
+    w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(compute).tiny)
+    e = torch.einsum("bl,blh->bh", w, t)
+    if params.proj_w is not None:
+        e = e @ params.proj_w.to(compute).T
+        if params.proj_b is not None:
+            e = e + params.proj_b.to(compute)
+        e = torch.tanh(e)
+    return e
+
+
+def cross_ref(q: torch.Tensor, k: torch.Tensor, params: PoolCrossParams, crossing: str) -> torch.Tensor:
+    """q [B, D] with k [B, K, D] (per query) or [N, D] (shared) -> scores [B, K]."""
+    compute = q.dtype
+    k = k.to(compute)
+    if crossing == "cos":
+        qn = q / q.norm(dim=-1, keepdim=True).clamp_min(_COS_EPS)
+        kn = k / k.norm(dim=-1, keepdim=True).clamp_min(_COS_EPS)
+        cos = torch.einsum("bd,bkd->bk", qn, kn) if k.dim() == 3 else qn @ kn.T
+        w = params.cos_w.to(compute) if params.cos_w is not None else torch.ones((), dtype=compute)
+        b = params.cos_b.to(compute) if params.cos_b is not None else torch.zeros((), dtype=compute)
+        return torch.sigmoid(w * cos + b)
+    if crossing == "res":
+        kk = k if k.dim() == 3 else k.unsqueeze(0).expand(q.shape[0], -1, -1)
+        x = torch.maximum(q.unsqueeze(1), kk)                     # [B, K, D]
+        h = F.relu(x @ params.res_w1.to(compute).T) @ params.res_w2.to(compute).T
+        y = F.relu(h + x)
+        return torch.sigmoid(y @ params.res_u.to(compute) + params.res_c.to(compute))
+    raise ValueError(f"crossing must be one of {CROSSINGS}, got {crossing!r}")
+
+
+def pool_cross_ref(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossParams,
+                   keywords: torch.Tensor | None = None, crossing: str = "cos"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: pooled query vectors [B, D] and scores [B, K] (K = 0 without keywords)."""
+    q = attention_pool_ref(token_states, mask, params)
+    if keywords is None or keywords.shape[-2] == 0:
+        return q, q.new_zeros((q.shape[0], 0))
+    return q, cross_ref(q, keywords, params, crossing)
+
+
+def _check(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossParams,
+           keywords: torch.Tensor | None, crossing: str) -> None:
+    if token_states.dim() != 3:
+        raise ValueError(f"token_states must be [B, L, H], got shape {tuple(token_states.shape)}")
+    if token_states.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"token_states dtype {token_states.dtype} is not supported "
+                        "(float32, float16, bfloat16, float64)")
+    b, l, h = token_states.shape
+    if mask.shape != (b, l):
+        raise ValueError(f"mask must be [B, L] = {(b, l)}, got {tuple(mask.shape)}")
+    if params.hidden != h:
+        raise ValueError(f"pooling parameters expect H = {params.hidden}, token_states have H = {h}")
+    if crossing not in CROSSINGS:
+        raise ValueError(f"crossing must be one of {CROSSINGS}, got {crossing!r}")
+    devices = {token_states.device, mask.device}
+    if keywords is not None:
+        devices.add(keywords.device)
+        if keywords.dim() not in (2, 3) or keywords.shape[-1] != params.dim:
+            raise ValueError(f"keywords must be [B, K, {params.dim}] or [N, {params.dim}], "
+                             f"got {tuple(keywords.shape)}")
+        if keywords.dim() == 3 and keywords.shape[0] != b:
+            raise ValueError(f"per-query keywords must have B = {b} rows, got {keywords.shape[0]}")
+        if crossing == "res" and params.res_w1 is None:
+            raise ValueError("res crossing needs res_w1, res_w2, res_u and res_c")
+    if len(devices) > 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+
+
+def pool_cross(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossParams,
+               keywords: torch.Tensor | None = None, crossing: str = "cos"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked entry point: pooled vectors [B, D] (fp32) and scores [B, K] (fp32)."""
+    _check(token_states, mask, params, keywords, crossing)
+    return pool_cross_ref(token_states, mask, params, keywords, crossing)

@@ -1,0 +1,28 @@
+"""Triton Python model: QUERY strings -> INPUT_IDS, ATTENTION_MASK."""
+import json
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from serving.requests import BadRequest, decode_queries
+from training.tokenize import WordPiece
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        cfg = json.loads((version_dir / "tokenizer_config.json").read_text())
+        self.tokenizer = WordPiece(version_dir / "tokenizer.json", cfg["query_max_len"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                texts = decode_queries(pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy())
+                ids, mask = self.tokenizer(texts)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("INPUT_IDS", ids), pb_utils.Tensor("ATTENTION_MASK", mask)]))
+            except BadRequest as e:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+        return responses

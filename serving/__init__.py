@@ -1,0 +1,1 @@
+"""Serving-side runtime: keyword store, request validation, server launcher, repository assembly."""

@@ -1,0 +1,100 @@
+"""Build every serving artifact, reusing what is already built and still consistent.
+
+    artifacts/model/             TwinBERT checkpoint (safetensors + JSON)      training.train_twin
+    artifacts/export/            TorchScript encoders, pool/cross weights      training.export
+    artifacts/keyword_store/N/   FAISS keyword store version N                 training.index
+    artifacts/model_repository/  runnable Triton repository                    serving.repository
+
+    python -m serving.build [--artifacts DIR] [--minutes 4] [--rebuild]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from serving.keyword_store import IndexSpec, latest_version
+
+DEFAULT_ARTIFACTS = os.environ.get("TWINBERT_ARTIFACTS", "artifacts")
+
+
+def _step(name: str):
+    print(f"\n== {name}", flush=True)
+    return time.perf_counter()
+
+
+def _current_store(store_root: Path, export_dir: Path) -> Path | None:
+    from training.export import sha256_file
+    try:
+        version = latest_version(store_root)
+        manifest = json.loads((version / "manifest.json").read_text())
+    except Exception:
+        return None
+    return version if manifest.get("encoder_sha256") == sha256_file(export_dir / "export.json") else None
+
+
+def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, minutes: float = 4.0,
+          index_type: str = "hnsw", rebuild: bool = False) -> Path:
+    from training.data import keyword_corpus, load_pairs
+    from training.export import export, sha256_file
+    from training.index import build as build_index
+    from training.train_twin import TrainConfig, train
+    from serving.repository import assemble
+
+    artifacts = Path(artifacts)
+    model_dir, export_dir = artifacts / "model", artifacts / "export"
+    store_root, repo = artifacts / "keyword_store", artifacts / "model_repository"
+    if rebuild:
+        for d in (model_dir, export_dir, store_root, repo):
+            shutil.rmtree(d, ignore_errors=True)
+    pairs = load_pairs(data)  # fails early, with a clear message, when there is no data
+
+    t = _step("model")
+    if (model_dir / "model.safetensors").is_file():
+        print(f"reusing {model_dir}")
+    else:
+        train(TrainConfig(data=data, out=str(model_dir), minutes=minutes))
+    print(f"[{time.perf_counter() - t:.1f}s]")
+
+    t = _step("export")
+    current = export_dir / "export.json"
+    if current.is_file() and json.loads(current.read_text())["checkpoint_sha256"] == \
+            sha256_file(model_dir / "model.safetensors"):
+        print(f"reusing {export_dir}")
+    else:
+        export(model_dir, export_dir)
+    print(f"[{time.perf_counter() - t:.1f}s]")
+
+    t = _step("keyword store")
+    version = _current_store(store_root, export_dir)
+    if version:
+        print(f"reusing {version}")
+    else:
+        corpus = keyword_corpus(pairs)
+        version = build_index(export_dir, store_root, list(corpus), list(corpus.values()), IndexSpec(index_type))
+    print(f"[{time.perf_counter() - t:.1f}s]")
+
+    t = _step("model repository")
+    assemble(export_dir, version, repo)
+    print(f"{repo} [{time.perf_counter() - t:.1f}s]")
+    return repo
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="artifact root (default: $TWINBERT_ARTIFACTS or ./artifacts)")
+    ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
+    ap.add_argument("--minutes", type=float, default=4.0, help="training budget when no model is built")
+    ap.add_argument("--index-type", default="hnsw", choices=("flat", "hnsw"))
+    ap.add_argument("--rebuild", action="store_true", help="discard built artifacts first")
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(2)
+    build(args.artifacts, args.data, args.minutes, args.index_type, args.rebuild)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Assemble a runnable Triton model repository from the committed configs plus built artifacts.
+
+`model_repository/` in the source tree holds configs and model code only; artifacts are placed into
+each model's version directory (hard links when possible, so nothing large is copied).
+
+    python -m serving.repository --export artifacts/export --store artifacts/keyword_store --out artifacts/model_repository
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from serving.keyword_store import latest_version
+
+SOURCE = Path(__file__).resolve().parent.parent / "model_repository"
+
+# model -> files from the export directory placed in its version directory
+EXPORT_FILES = {
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
+    "query_encoder": ("query_encoder.pt",),
+    "pool_cross": ("pool_cross.safetensors", "pool_cross.json"),
+    "keyword_store": ("export.json",),
+}
+
+
+def _place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def assemble(export_dir: str | Path, store: str | Path, out: str | Path) -> Path:
+    """Write the repository to `out` (replaced whole). `store` is a store root or one version dir."""
+    export_dir, out = Path(export_dir), Path(out)
+    store = Path(store)
+    store_version = store if (store / "manifest.json").is_file() else latest_version(store)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for model_dir in sorted(p for p in SOURCE.iterdir() if (p / "config.pbtxt").is_file()):
+        dst = tmp / model_dir.name
+        shutil.copytree(model_dir, dst, ignore=shutil.ignore_patterns("__pycache__", ".gitkeep"))
+        (dst / "1").mkdir(exist_ok=True)
+        for name in EXPORT_FILES.get(model_dir.name, ()):
+            src = export_dir / name
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} not found; run `python -m training.export` first")
+            _place(src, dst / "1" / name)
+    for f in store_version.iterdir():
+        _place(f, tmp / "keyword_store" / "1" / "store" / f.name)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", required=True)
+    ap.add_argument("--store", required=True, help="keyword store root (latest version) or a version dir")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    print(f"repository: {assemble(args.export, args.store, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Decoding and validation of request tensors, shared by the Triton models (unit-tested here)."""
+from __future__ import annotations
+
+import numpy as np
+
+from serving.keyword_store import MAX_TOP_K
+
+
+class BadRequest(ValueError):
+    """The request is malformed; the message goes back to the client as INVALID_ARGUMENT."""
+
+
+def decode_queries(raw: np.ndarray) -> list[str]:
+    """QUERY [B, 1] (bytes objects) -> B stripped strings; blank or non-UTF-8 is a BadRequest."""
+    flat = raw.reshape(-1)
+    if flat.size == 0:
+        raise BadRequest("QUERY is empty: send one string per batch row")
+    if raw.ndim != 2 or raw.shape[1] != 1:
+        raise BadRequest(f"QUERY must have shape [batch, 1], got {list(raw.shape)}")
+    out = []
+    for i, item in enumerate(flat):
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BadRequest(f"QUERY row {i} is not valid UTF-8 (byte {e.start})") from None
+        text = str(item).strip()
+        if not text:
+            raise BadRequest(f"QUERY row {i} is empty or blank")
+        out.append(text)
+    return out
+
+
+def decode_top_k(raw: np.ndarray, rows: int) -> int:
+    """TOP_K [B, 1] int -> one k for the request, within 1..MAX_TOP_K."""
+    flat = raw.reshape(-1)
+    if flat.size != rows:
+        raise BadRequest(f"TOP_K must have one value per QUERY row ({rows}), got {flat.size}")
+    values = {int(v) for v in flat}
+    if len(values) != 1:
+        raise BadRequest(f"TOP_K must be the same for every row of one request, got {sorted(values)}")
+    k = values.pop()
+    if not 1 <= k <= MAX_TOP_K:
+        raise BadRequest(f"TOP_K must be between 1 and {MAX_TOP_K}, got {k}")
+    return k

@@ -1,0 +1,195 @@
+"""Start and stop the real `tritonserver` (from the nvidia-pytriton wheel) on a model repository.
+
+    python -m serving.server --repository artifacts/model_repository     # foreground, Ctrl-C stops
+
+Ports come from flags or TRITON_GRPC_PORT / TRITON_HTTP_PORT / TRITON_METRICS_PORT (8001/8000/8002).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as e:
+        raise ServerError("nvidia-pytriton is not installed: run `make setup`") from e
+    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no tritonserver binary under {root}")
+    return root
+
+
+def backend_dir(cache: Path | None = None) -> Path:
+    """A backends/ directory with the Python backend and the stub matching this interpreter."""
+    root = _pytriton_root()
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / pyver / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the Triton Python backend has no stub for Python {pyver} ({stub})")
+    cache = cache or Path(tempfile.gettempdir()) / f"twinbert-backends-{os.getuid()}-{pyver}"
+    py = cache / "python"
+    py.mkdir(parents=True, exist_ok=True)
+    for src in (root / "backends" / "python" / "libtriton_python.so",
+                root / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        dst = py / src.name
+        if not dst.exists() or dst.resolve() != src:
+            dst.unlink(missing_ok=True)
+            dst.symlink_to(src)
+    return cache
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    libs = _pytriton_root().parent.parent / "nvidia_pytriton.libs"
+    # The stub must load the libpython of the interpreter that owns the venv: a different patch
+    # release (e.g. Debian's) breaks on the venv's stdlib extension modules (_ssl, ...).
+    py_libdir = sysconfig.get_config_var("LIBDIR") if sysconfig.get_config_var("Py_ENABLE_SHARED") else None
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [py_libdir, str(libs), env.get("LD_LIBRARY_PATH")]))
+    # The stub's embedded Python finds the venv's packages only when the venv's bin/ comes first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), sysconfig.get_path("scripts"), env.get("PATH", "")])
+    project = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project, env.get("PYTHONPATH")]))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")  # each model sets its own thread count
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """Context manager around one tritonserver process; stops it (and its stubs) on exit."""
+
+    def __init__(self, repository: str | Path, grpc_port: int = 8001, http_port: int = 8000,
+                 metrics_port: int = 8002, log_file: str | Path | None = None,
+                 extra_args: list[str] | None = None, startup_timeout: float = 180.0):
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository {self.repository} not found; build it with `make demo` "
+                              "(or training.export, training.index and serving.repository)")
+        self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
+        self.log_file = Path(log_file) if log_file else None
+        self.extra_args = extra_args or []
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        return [str(_pytriton_root() / "bin" / "tritonserver"),
+                f"--model-repository={self.repository}",
+                f"--backend-directory={backend_dir()}",
+                f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
+                f"--metrics-port={self.metrics_port}",
+                "--exit-timeout-secs=10", *self.extra_args]
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=1) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_file and self.log_file.is_file():
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def start(self) -> "TritonServer":
+        out = open(self.log_file, "w") if self.log_file else None
+        self.process = subprocess.Popen(self.command(), env=server_env(), stdout=out or None,
+                                        stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with code {self.process.returncode} during start-up\n"
+                                  + self.log_tail())
+            if self._ready():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"tritonserver not ready after {self.startup_timeout:.0f}s\n" + self.log_tail())
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = os.getpgid(self.process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait()
+        try:  # stubs left behind by a hard kill
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _port(flag: int | None, env: str, default: int) -> int:
+    return flag if flag is not None else int(os.environ.get(env, default))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repository", default=os.environ.get("TWINBERT_REPOSITORY", "artifacts/model_repository"))
+    ap.add_argument("--grpc-port", type=int)
+    ap.add_argument("--http-port", type=int)
+    ap.add_argument("--metrics-port", type=int)
+    args = ap.parse_args(argv)
+    server = TritonServer(args.repository, _port(args.grpc_port, "TRITON_GRPC_PORT", 8001),
+                          _port(args.http_port, "TRITON_HTTP_PORT", 8000),
+                          _port(args.metrics_port, "TRITON_METRICS_PORT", 8002))
+    stopping = False
+
+    def _stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        server.start()
+    except ServerError as e:
+        sys.exit(f"serve: {e}")
+    print(f"serve: ready. gRPC 127.0.0.1:{server.grpc_port}, HTTP :{server.http_port}, "
+          f"metrics :{server.metrics_port}. Ctrl-C stops.", flush=True)
+    try:
+        while not stopping and server.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        print("serve: stopping", flush=True)
+        server.stop()
+    if not stopping:
+        sys.exit(f"serve: tritonserver exited with code {server.process.returncode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """A real (pretrained, untrained-here) 1-layer TwinBERT, saved and exported."""
+    from training.export import export
+    from training.twin import TwinBERT, TwinConfig
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    TwinBERT(TwinConfig(num_layers=1)).save(root / "model")
+    return export(root / "model", root / "export")

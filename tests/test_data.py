@@ -1,0 +1,76 @@
+import pytest
+
+from training.data import (DataError, keyword_corpus, load_pairs, normalize_query, repair_text, split_of,
+                           split_pairs)
+
+HEADER = '"id","product_uid","product_title","search_term","relevance"\n'
+
+
+def write_csv(path, rows):
+    text = HEADER + "".join(f'{i},{uid},"{title}","{query}",{rel}\n' for i, (uid, title, query, rel) in enumerate(rows))
+    path.write_bytes(text.encode("latin-1"))
+
+
+def test_loads_latin1_and_repairs_broken_degree_signs(tmp_path):
+    write_csv(tmp_path / "train.csv", [
+        (100001, "Defiant 180å¡ White Outdoor Motion Sensor", "motion light", 3),
+        (100002, "Superstrut 90è_ 4-Hole Angle Bracket", "angle bracket", 2.33),
+        (100003, "Café  Chair", "chair", 1),
+    ])
+    pairs = load_pairs(tmp_path)
+    assert [p.keyword for p in pairs] == ["Defiant 180° White Outdoor Motion Sensor",
+                                          "Superstrut 90° 4-Hole Angle Bracket", "Café Chair"]
+    assert pairs[1].relevance == pytest.approx(2.33)
+    assert pairs[0].keyword_id == "100001"
+
+
+def test_keyword_corpus_keeps_one_title_per_product(tmp_path):
+    write_csv(tmp_path / "train.csv", [(1, "Drill", "drill", 3), (1, "Drill", "cordless drill", 2), (2, "Fan", "fan", 3)])
+    assert keyword_corpus(load_pairs(tmp_path)) == {"1": "Drill", "2": "Fan"}
+
+
+def test_missing_data_names_the_path_and_the_variable(tmp_path):
+    with pytest.raises(DataError, match="TWINBERT_DATA"):
+        load_pairs(tmp_path / "nowhere")
+
+
+def test_missing_columns_is_a_clear_error(tmp_path):
+    (tmp_path / "train.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="missing columns"):
+        load_pairs(tmp_path)
+
+
+def test_repair_text_collapses_whitespace_and_maps_mojibake():
+    assert repair_text("  MenÛªs   Shaver ") == "Men's Shaver"
+
+
+def test_split_is_deterministic_and_by_normalised_query():
+    assert split_of("Cordless  Drill") == split_of("cordless drill") == split_of("cordless drill")
+    assert normalize_query("  A  b ") == "a b"
+
+
+def test_split_keeps_every_query_in_one_split_with_expected_fractions():
+    from training.data import Pair
+    pairs = [Pair(f"query {i % 3000}", str(i), f"title {i}", 2.0) for i in range(9000)]
+    splits = split_pairs(pairs)
+    seen = {}
+    for name, rows in splits.items():
+        for p in rows:
+            assert seen.setdefault(p.query, name) == name
+    n_queries = {name: len({p.query for p in rows}) for name, rows in splits.items()}
+    assert 0.07 < n_queries["test"] / 3000 < 0.13
+    assert 0.07 < n_queries["dev"] / 3000 < 0.13
+    assert sum(len(r) for r in splits.values()) == 9000
+
+
+def test_real_data_split_when_available():
+    from training.data import default_data_dir
+    if not (default_data_dir() / "train.csv").is_file():
+        pytest.skip("Home Depot data not present (set TWINBERT_DATA)")
+    pairs = load_pairs()
+    assert len(pairs) == 74067
+    assert len(keyword_corpus(pairs)) == 54667
+    assert not any("å¡" in p.keyword or "è_" in p.keyword for p in pairs)
+    splits = split_pairs(pairs)
+    queries = {n: {normalize_query(p.query) for p in rows} for n, rows in splits.items()}
+    assert not (queries["train"] & queries["test"]) and not (queries["dev"] & queries["test"])

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+
+from serving.keyword_store import IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version, write_version
+
+
+def make_store(root, n=200, dim=16, index_type="flat", seed=0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    ids = [f"kw{i}" for i in range(n)]
+    return write_version(root, ids, [f"text {i}" for i in range(n)], vectors, IndexSpec(index_type), "enc"), vectors
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_search_finds_the_keyword_itself(tmp_path, index_type):
+    path, vectors = make_store(tmp_path, index_type=index_type)
+    store = KeywordStore(path)
+    positions, scores = store.search(vectors[[3, 150]] * 2.5, 5)  # scale does not matter for cosine
+    assert positions[0][0] == 3 and positions[1][0] == 150
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+
+
+def test_lookup_returns_cached_vectors_and_names_unknown_ids(tmp_path):
+    path, vectors = make_store(tmp_path)
+    store = KeywordStore(path)
+    np.testing.assert_array_equal(store.lookup(["kw7", "kw1"]), vectors[[7, 1]])
+    with pytest.raises(UnknownKeywordError, match="'nope'"):
+        store.lookup(["kw1", "nope"])
+
+
+def test_versions_are_numbered_and_written_atomically(tmp_path):
+    first, _ = make_store(tmp_path)
+    second, _ = make_store(tmp_path, seed=1)
+    assert (first.name, second.name) == ("1", "2") and latest_version(tmp_path) == second
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_failed_build_leaves_no_version(tmp_path):
+    with pytest.raises(ValueError):
+        write_version(tmp_path, ["a", "a"], ["x", "y"], np.ones((2, 4), np.float32), IndexSpec("flat"), "enc")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_file_is_refused(tmp_path):
+    path, _ = make_store(tmp_path)
+    with open(path / "vectors.npy", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\1")
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        KeywordStore(path)
+
+
+def test_other_encoder_or_dimension_is_refused(tmp_path):
+    path, _ = make_store(tmp_path)
+    with pytest.raises(StoreError, match="rebuild the index"):
+        KeywordStore(path, expect_encoder_sha256="other")
+    with pytest.raises(StoreError, match="dimension 16"):
+        KeywordStore(path, expect_dim=384)
+    assert json.loads((path / "manifest.json").read_text())["count"] == 200
+
+
+@pytest.mark.parametrize("k", [0, 1001])
+def test_search_rejects_bad_k_and_shapes(tmp_path, k):
+    path, vectors = make_store(tmp_path)
+    store = KeywordStore(path)
+    with pytest.raises(ValueError, match="top_k"):
+        store.search(vectors[:1], k)
+    with pytest.raises(ValueError, match=r"\[B, 16\]"):
+        store.search(np.ones((1, 8)), 5)

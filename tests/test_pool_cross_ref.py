@@ -1,0 +1,81 @@
+"""The PyTorch reference of pooling + crossing against hand-written float64 maths."""
+import pytest
+import torch
+
+from kernels import PoolCrossParams, pool_cross, pool_cross_ref
+
+
+def params(h=8, d=None, r=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d = d or h
+    p = dict(pool_v=torch.randn(h, generator=g), pool_b=torch.randn((), generator=g),
+             cos_w=torch.tensor(3.0), cos_b=torch.tensor(-1.0),
+             res_w1=torch.randn(r, d, generator=g), res_w2=torch.randn(d, r, generator=g),
+             res_u=torch.randn(d, generator=g), res_c=torch.randn((), generator=g))
+    if d != h:
+        p.update(proj_w=torch.randn(d, h, generator=g), proj_b=torch.randn(d, generator=g))
+    return PoolCrossParams(**p)
+
+
+def test_pooling_matches_float64_loop():
+    p = params(h=8, d=4)
+    t = torch.randn(2, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    q, _ = pool_cross_ref(t, mask, p)
+    for b in range(2):
+        real = t[b, mask[b].bool()]
+        a = torch.softmax(real @ p.pool_v.double() + p.pool_b.double(), 0)
+        e = torch.tanh(p.proj_w.double() @ (a @ real) + p.proj_b.double())
+        torch.testing.assert_close(q[b], e)
+
+
+def test_zero_attention_parameters_give_mean_pooling():
+    p = PoolCrossParams(pool_v=torch.zeros(8), pool_b=torch.zeros(()))
+    t = torch.randn(1, 4, 8)
+    q, _ = pool_cross(t, torch.tensor([[1, 1, 0, 0]]), p)
+    torch.testing.assert_close(q[0], t[0, :2].mean(0))
+
+
+def test_single_real_token_and_all_padding_rows():
+    p = params()
+    t = torch.randn(2, 3, 8)
+    q, s = pool_cross(t, torch.tensor([[0, 1, 0], [0, 0, 0]]), p, torch.randn(2, 5, 8), "cos")
+    torch.testing.assert_close(q[0], t[0, 1])
+    assert (q[1] == 0).all() and torch.isfinite(s).all()
+
+
+def test_cos_and_res_crossing_match_float64_formulas():
+    p = params(h=8)
+    t = torch.randn(3, 4, 8, dtype=torch.float64)
+    mask = torch.ones(3, 4, dtype=torch.long)
+    k = torch.randn(3, 6, 8, dtype=torch.float64)
+    q, s_cos = pool_cross_ref(t, mask, p, k, "cos")
+    cos = torch.nn.functional.cosine_similarity(q[:, None, :], k, dim=-1)
+    torch.testing.assert_close(s_cos, torch.sigmoid(3.0 * cos - 1.0))
+    _, s_res = pool_cross_ref(t, mask, p, k, "res")
+    x = torch.maximum(q[:, None, :], k)
+    y = torch.relu(torch.relu(x @ p.res_w1.double().T) @ p.res_w2.double().T + x)
+    torch.testing.assert_close(s_res, torch.sigmoid(y @ p.res_u.double() + p.res_c.double()))
+
+
+def test_shared_keywords_equal_per_query_keywords():
+    p = params()
+    t, mask = torch.randn(2, 3, 8), torch.ones(2, 3)
+    k = torch.randn(5, 8)
+    for crossing in ("cos", "res"):
+        _, shared = pool_cross(t, mask, p, k, crossing)
+        _, per_query = pool_cross(t, mask, p, k.expand(2, 5, 8), crossing)
+        torch.testing.assert_close(shared, per_query)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda p: pool_cross(torch.randn(2, 3), torch.ones(2, 3), p), ValueError, r"\[B, L, H\]"),
+    (lambda p: pool_cross(torch.randn(2, 3, 8), torch.ones(2, 4), p), ValueError, "mask must be"),
+    (lambda p: pool_cross(torch.randn(2, 3, 7), torch.ones(2, 3), p), ValueError, "H = 8"),
+    (lambda p: pool_cross(torch.randn(2, 3, 8).int(), torch.ones(2, 3), p), TypeError, "not supported"),
+    (lambda p: pool_cross(torch.randn(2, 3, 8), torch.ones(2, 3), p, torch.randn(5, 6)), ValueError, "keywords must be"),
+    (lambda p: pool_cross(torch.randn(2, 3, 8), torch.ones(2, 3), p, torch.randn(5, 8), "dot"), ValueError, "crossing"),
+])
+def test_bad_arguments_raise_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call(params())

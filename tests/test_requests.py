@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from serving.requests import BadRequest, decode_queries, decode_top_k
+
+
+def test_decodes_utf8_queries_and_strips():
+    assert decode_queries(np.array([[b" drill "], ["caf\u00e9".encode()]], dtype=object)) == ["drill", "caf\u00e9"]
+
+
+@pytest.mark.parametrize("raw, message", [
+    (np.array([[b"   "]], dtype=object), "empty or blank"),
+    (np.array([[b"\xff\xfe"]], dtype=object), "not valid UTF-8"),
+    (np.zeros((0, 1), dtype=object), "empty"),
+    (np.array([[b"a", b"b"]], dtype=object), r"shape \[batch, 1\]"),
+])
+def test_bad_queries_are_rejected_with_a_reason(raw, message):
+    with pytest.raises(BadRequest, match=message):
+        decode_queries(raw)
+
+
+@pytest.mark.parametrize("k", [0, -1, 1001])
+def test_top_k_out_of_range(k):
+    with pytest.raises(BadRequest, match="between 1 and 1000"):
+        decode_top_k(np.array([[k]], dtype=np.int32), 1)
+
+
+def test_top_k_must_agree_within_a_request():
+    with pytest.raises(BadRequest, match="same for every row"):
+        decode_top_k(np.array([[3], [4]], dtype=np.int32), 2)
+    assert decode_top_k(np.array([[5], [5]], dtype=np.int32), 2) == 5

@@ -1,0 +1,107 @@
+"""End to end on the real tritonserver: tiny real model + index built here, queried over gRPC."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from client import ClientError, TwinBertClient
+from serving.keyword_store import IndexSpec
+from serving.repository import assemble
+from serving.server import TritonServer, free_port
+from training.index import build as build_index
+
+pytestmark = pytest.mark.server
+
+TITLES = {
+    "d1": "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit",
+    "d2": "Milwaukee M18 Cordless Compact Drill Driver",
+    "f1": "Hampton Bay 52 in. Ceiling Fan with Light Kit",
+    "f2": "Westinghouse 42 in. White Indoor Ceiling Fan",
+    "h1": "Flexzilla 50 ft. Garden Hose",
+    "h2": "Gilmour 75 ft. Heavy Duty Rubber Garden Hose",
+    "k1": "Glacier Bay White Single-Handle Kitchen Faucet",
+    "t1": "American Standard Elongated Toilet Seat",
+    "p1": "BEHR Premium Plus Ultra Interior Paint",
+    "l1": "Philips 60-Watt Equivalent LED Light Bulb",
+    "m1": "Quikrete 80 lb. Concrete Mix",
+    "s1": "Simpson Strong-Tie 12-Gauge Angle Bracket",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    store = build_index(tiny_export, root / "store", list(TITLES), list(TITLES.values()), IndexSpec("flat"),
+                        progress=False)
+    repo = assemble(tiny_export, store, root / "repo")
+    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                      log_file=root / "server.log") as s:
+        yield s
+
+
+def test_retrieve_ranks_the_asked_for_product_first(server):
+    with TwinBertClient(server.grpc_url) as c:
+        drill = c.retrieve("cordless drill", 5)
+        hose = c.retrieve("50 ft garden hose", 3)
+    assert len(drill) == 5 and [h.rank for h in drill] == [1, 2, 3, 4, 5]
+    assert drill[0].keyword_id in {"d1", "d2"}
+    assert drill[0].keyword == TITLES[drill[0].keyword_id]
+    assert all(a.score >= b.score for a, b in zip(drill, drill[1:]))
+    assert hose[0].keyword_id in {"h1", "h2"}
+
+
+def test_batched_request_answers_each_row(server):
+    with TwinBertClient(server.grpc_url) as c:
+        fan, faucet = c.retrieve_batch(["ceiling fan", "kitchen faucet"], 2)
+    assert fan[0].keyword_id in {"f1", "f2"} and faucet[0].keyword_id == "k1"
+
+
+def test_k_larger_than_the_store_returns_the_whole_store(server):
+    with TwinBertClient(server.grpc_url) as c:
+        assert len(c.retrieve("paint", 100)) == len(TITLES)
+
+
+@pytest.mark.parametrize("query, k, message", [
+    ("   ", 5, "empty or blank"),
+    ("drill", 0, "between 1 and 1000"),
+    ("drill", 5000, "between 1 and 1000"),
+])
+def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(server, query, k, message):
+    with TwinBertClient(server.grpc_url) as c:
+        with pytest.raises(ClientError, match=message) as err:
+            c.retrieve(query, k)
+        assert err.value.status == "StatusCode.INVALID_ARGUMENT"
+        assert c.retrieve("drill", 1)[0].keyword_id in {"d1", "d2"}
+
+
+def test_non_utf8_query_is_rejected(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[b"\xff\xfedrill"]], dtype=object))
+    k = grpcclient.InferInput("TOP_K", [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[3]], dtype=np.int32))
+    with pytest.raises(Exception, match="not valid UTF-8"):
+        client.infer("retrieve", [q, k])
+    client.close()
+
+
+def test_a_10000_character_query_is_answered(server):
+    with TwinBertClient(server.grpc_url) as c:
+        assert len(c.retrieve("drill " * 1700, 3)) == 3
+
+
+def test_cli_prints_json_results(server):
+    out = subprocess.run([sys.executable, "-m", "client", "query", "garden hose", "--top-k", "2",
+                          "--url", server.grpc_url, "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["keyword_id"] in {"h1", "h2"}
+
+
+def test_cli_reports_a_server_error(server):
+    out = subprocess.run([sys.executable, "-m", "client", "query", " ", "--url", server.grpc_url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "empty or blank" in out.stderr

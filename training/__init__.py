@@ -1,0 +1,1 @@
+"""Offline side of TwinBERT: data, models, training, evaluation, export and indexing."""

@@ -1,0 +1,127 @@
+"""Offline keyword indexer: embed a keyword corpus with the exported keyword encoder and write
+a new keyword-store version (see serving/keyword_store.py for the layout).
+
+Corpus: the Home Depot titles (default, from --data / $TWINBERT_DATA), or --corpus FILE with
+columns `id,text` (CSV with a header) or one JSON object {"id": ..., "text": ...} per line (JSONL).
+
+    python -m training.index --export artifacts/export --store artifacts/keyword_store --index-type hnsw
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from serving.keyword_store import INDEX_TYPES, IndexSpec, write_version
+from training.data import keyword_corpus, load_pairs, repair_text
+from training.export import sha256_file
+from training.tokenize import WordPiece
+
+
+def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
+    """Read `id,text` CSV or `{"id", "text"}` JSONL into (ids, texts); blank texts are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} not found")
+    rows: list[tuple[str, str]] = []
+    if path.suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    obj = json.loads(line)
+                    if "id" not in obj or "text" not in obj:
+                        raise ValueError(f"{path}:{lineno}: each line needs 'id' and 'text'")
+                    rows.append((str(obj["id"]), str(obj["text"])))
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"id", "text"} <= set(reader.fieldnames):
+                raise ValueError(f"{path}: CSV header must have 'id' and 'text', got {reader.fieldnames}")
+            rows = [(str(r["id"]), r["text"] or "") for r in reader]
+    ids, texts = [], []
+    for i, (kid, text) in enumerate(rows):
+        text = repair_text(text)
+        if not kid.strip() or not text:
+            raise ValueError(f"{path}: row {i + 1} has an empty id or text")
+        ids.append(kid)
+        texts.append(text)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: keyword ids are not unique")
+    return ids, texts
+
+
+def embed_texts(encoder: torch.jit.ScriptModule, tokenizer: WordPiece, texts: list[str],
+                batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """Pooled vectors [N, D] in input order; batches sorted by length and trimmed of padding."""
+    ids, mask = tokenizer(texts)
+    lengths = mask.sum(1)
+    order = np.argsort(-lengths, kind="stable")
+    out: np.ndarray | None = None
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc="embed keywords", unit="batch",
+                          disable=not progress):
+            sel = order[start:start + batch_size]
+            width = int(lengths[sel].max())
+            vec = encoder(torch.from_numpy(ids[sel, :width]), torch.from_numpy(mask[sel, :width])).numpy()
+            if out is None:
+                out = np.empty((len(texts), vec.shape[1]), dtype=np.float32)
+            out[sel] = vec
+    assert out is not None
+    return out
+
+
+def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts: list[str],
+          spec: IndexSpec, batch_size: int = 256, progress: bool = True) -> Path:
+    export_dir = Path(export_dir)
+    encoder_path = export_dir / "keyword_encoder.pt"
+    if not encoder_path.is_file():
+        raise FileNotFoundError(f"{encoder_path} not found; run `python -m training.export` first")
+    tok_cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
+    tokenizer = WordPiece(export_dir / "tokenizer.json", tok_cfg["keyword_max_len"])
+    encoder = torch.jit.load(str(encoder_path)).eval()
+    start = time.perf_counter()
+    vectors = embed_texts(encoder, tokenizer, texts, batch_size, progress)
+    embed_s = time.perf_counter() - start
+    # The served encoder is the query encoder; tie the store to the whole export it came from.
+    export_sha = sha256_file(export_dir / "export.json")
+    version = write_version(store_root, ids, texts, vectors, spec, export_sha,
+                            extra={"embed_seconds": round(embed_s, 3),
+                                   "keywords_per_second": round(len(texts) / embed_s, 1)})
+    manifest = json.loads((version / "manifest.json").read_text())
+    print(f"index: {len(ids)} keywords, dim {manifest['dim']}, {spec.index_type}, embedded at "
+          f"{manifest['keywords_per_second']:.0f}/s, index built in {manifest['build_seconds']:.1f}s -> {version}",
+          flush=True)
+    return version
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", required=True, help="export directory from training.export")
+    ap.add_argument("--store", required=True, help="keyword store root; a new version is added")
+    ap.add_argument("--corpus", help="id,text CSV or JSONL (default: Home Depot titles)")
+    ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
+    ap.add_argument("--index-type", choices=INDEX_TYPES, default="hnsw")
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--ef-search", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.corpus:
+        ids, texts = read_corpus(args.corpus)
+    else:
+        corpus = keyword_corpus(load_pairs(args.data))
+        ids, texts = list(corpus), list(corpus.values())
+    spec = IndexSpec(args.index_type, args.hnsw_m, args.ef_construction, args.ef_search)
+    build(args.export, args.store, ids, texts, spec, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

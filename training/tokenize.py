@@ -1,0 +1,32 @@
+"""WordPiece tokenization shared by training, export and the serving tokenizer model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+# Longer input than this is cut before WordPiece: it bounds the work a 10,000-char query costs.
+MAX_CHARS = 1024
+
+
+class WordPiece:
+    """Fast BERT tokenizer with fixed-length padding, from a `tokenizer.json` file."""
+
+    def __init__(self, tokenizer_json: str | Path, max_length: int):
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.path = Path(tokenizer_json)
+        self.max_length = max_length
+        self._tok = Tokenizer.from_file(str(self.path))
+        self._tok.enable_truncation(max_length=max_length)
+        self._tok.enable_padding(length=max_length, pad_id=self._tok.token_to_id("[PAD]") or 0)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts -> (input_ids, attention_mask), both int64 [N, max_length]."""
+        if not texts:
+            return (np.zeros((0, self.max_length), np.int64),) * 2
+        enc = self._tok.encode_batch([t[:MAX_CHARS] for t in texts])
+        ids = np.asarray([e.ids for e in enc], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
+        return ids, mask

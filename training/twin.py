@@ -1,0 +1,120 @@
+"""TwinBERT student: compressed BERT encoder(s), attention pooling and crossing.
+
+Pooling and crossing maths live in `kernels` (one implementation for training and serving).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from kernels import PoolCrossParams, pool_cross
+from training.pretrained import minilm_dir
+
+
+@dataclass
+class TwinConfig:
+    num_layers: int = 2             # student transformer layers (teacher MiniLM has 6)
+    proj_dim: int = 0               # 0 = no down-projection (serving dim = H)
+    crossing: str = "cos"           # "cos" or "res"
+    res_hidden: int = 256           # width R of the residual crossing MLP
+    shared_encoders: bool = True    # one encoder for query and keyword
+    query_max_len: int = 16
+    keyword_max_len: int = 32
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+class Encoder(nn.Module):
+    """ids, mask -> token states [B, L, H]; the lower layers of the pretrained MiniLM."""
+
+    def __init__(self, num_layers: int, pretrained: bool = True):
+        super().__init__()
+        src = minilm_dir()
+        cfg = BertConfig.from_pretrained(src, num_hidden_layers=num_layers)
+        cfg._attn_implementation = "eager"  # traceable and identical between eager and TorchScript
+        self.bert = (BertModel.from_pretrained(src, config=cfg, add_pooling_layer=False)
+                     if pretrained else BertModel(cfg, add_pooling_layer=False))
+        self.hidden = cfg.hidden_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                         return_dict=False)[0]
+
+
+class PoolCross(nn.Module):
+    """Learned parameters of `kernels.pool_cross`; v = b = 0 starts as mean pooling."""
+
+    def __init__(self, hidden: int, proj_dim: int = 0, res_hidden: int = 256):
+        super().__init__()
+        self.pool_v = nn.Parameter(torch.zeros(hidden))
+        self.pool_b = nn.Parameter(torch.zeros(()))
+        dim = proj_dim or hidden
+        if proj_dim:
+            self.proj_w = nn.Parameter(torch.empty(proj_dim, hidden))
+            nn.init.xavier_uniform_(self.proj_w)
+            self.proj_b = nn.Parameter(torch.zeros(proj_dim))
+        self.cos_w = nn.Parameter(torch.tensor(5.0))
+        self.cos_b = nn.Parameter(torch.tensor(-2.5))
+        self.res_w1 = nn.Parameter(torch.empty(res_hidden, dim))
+        self.res_w2 = nn.Parameter(torch.zeros(dim, res_hidden))  # residual starts as identity
+        nn.init.xavier_uniform_(self.res_w1)
+        self.res_u = nn.Parameter(torch.empty(dim).uniform_(-dim ** -0.5, dim ** -0.5))
+        self.res_c = nn.Parameter(torch.zeros(()))
+
+    def params(self) -> PoolCrossParams:
+        return PoolCrossParams(**{name: p for name, p in self.named_parameters()})
+
+
+class TwinBERT(nn.Module):
+    def __init__(self, config: TwinConfig, pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.query_encoder = Encoder(config.num_layers, pretrained)
+        self.keyword_encoder = (self.query_encoder if config.shared_encoders
+                                else Encoder(config.num_layers, pretrained))
+        self.pool_cross = PoolCross(self.query_encoder.hidden, config.proj_dim, config.res_hidden)
+
+    def embed(self, ids: torch.Tensor, mask: torch.Tensor, side: str = "query") -> torch.Tensor:
+        enc = self.query_encoder if side == "query" else self.keyword_encoder
+        states = enc(ids, mask)
+        return pool_cross(states, mask, self.pool_cross.params())[0]
+
+    def score(self, q_ids, q_mask, k_ids, k_mask, crossing: str | None = None) -> torch.Tensor:
+        """Paired scores [B] for B (query, keyword) pairs."""
+        k = self.embed(k_ids, k_mask, "keyword")
+        states = self.query_encoder(q_ids, q_mask)
+        _, s = pool_cross(states, q_mask, self.pool_cross.params(), k.unsqueeze(1),
+                          crossing or self.config.crossing)
+        return s[:, 0]
+
+    def save(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.state_dict().items()}
+        if self.config.shared_encoders:  # tied weights are stored once
+            state = {k: v for k, v in state.items() if not k.startswith("keyword_encoder.")}
+        save_file(state, str(out / "model.safetensors"))
+        (out / "config.json").write_text(self.config.to_json() + "\n")
+
+    @classmethod
+    def load(cls, ckpt_dir: str | Path) -> "TwinBERT":
+        ckpt = Path(ckpt_dir)
+        for name in ("config.json", "model.safetensors"):
+            if not (ckpt / name).is_file():
+                raise FileNotFoundError(f"{ckpt}: checkpoint has no {name}")
+        config = TwinConfig(**json.loads((ckpt / "config.json").read_text()))
+        model = cls(config, pretrained=False)
+        state = load_file(str(ckpt / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not (config.shared_encoders and m.startswith("keyword_encoder."))]
+        if missing or unexpected:
+            raise ValueError(f"{ckpt}: checkpoint does not match its config "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.eval()
