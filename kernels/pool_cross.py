@@ -8,7 +8,9 @@ A row with no real token pools to the zero vector (defined, never NaN).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -139,9 +141,80 @@ def _check(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossPara
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
+def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: torch.Tensor,
+                     pool_b: torch.Tensor, proj_w: Optional[torch.Tensor], proj_b: Optional[torch.Tensor],
+                     keywords: Optional[torch.Tensor], crossing: int, cos_w: torch.Tensor,
+                     cos_b: torch.Tensor, res_w1: Optional[torch.Tensor], res_w2: Optional[torch.Tensor],
+                     res_u: Optional[torch.Tensor], res_c: torch.Tensor):
+    """CPU path: fewer, larger ops than the reference (one softmax, bmm pooling, cosine from
+    dot products and norms without materialising normalised keywords). TorchScript-compatible."""
+    t = token_states.float()
+    logits = (t @ pool_v + pool_b).masked_fill(mask == 0, float("-inf"))
+    w = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-padding row: NaN -> 0 weights
+    e = torch.bmm(w.unsqueeze(1), t).squeeze(1)
+    if proj_w is not None:
+        e = e @ proj_w.t()
+        if proj_b is not None:
+            e = e + proj_b
+        e = torch.tanh(e)
+    if keywords is None or keywords.shape[-2] == 0:
+        return e, e.new_zeros((e.shape[0], 0))
+    k = keywords.float()
+    if crossing == 0:
+        q_unit = e / torch.linalg.vector_norm(e, dim=-1, keepdim=True).clamp_min(1e-8)
+        if k.dim() == 3:
+            dots = torch.bmm(k, q_unit.unsqueeze(2)).squeeze(2)
+            k_norm = torch.linalg.vector_norm(k, dim=-1).clamp_min(1e-8)
+        else:
+            dots = q_unit @ k.t()
+            k_norm = torch.linalg.vector_norm(k, dim=-1).clamp_min(1e-8).unsqueeze(0)
+        return e, torch.sigmoid(cos_w * (dots / k_norm) + cos_b)
+    assert res_w1 is not None and res_w2 is not None and res_u is not None
+    x = torch.maximum(e.unsqueeze(1), k)
+    y = torch.relu(torch.relu(x @ res_w1.t()) @ res_w2.t() + x)
+    return e, torch.sigmoid(y @ res_u + res_c)
+
+
+_CPU_IMPL = os.environ.get("TWINBERT_POOL_CROSS_CPU", "lean")  # chosen by `make bench-kernels`
+_lean_scripted = None
+
+
+def _cpu_lean(token_states, mask, params: PoolCrossParams, keywords, crossing: str):
+    global _lean_scripted
+    fn = _pool_cross_lean
+    if _CPU_IMPL == "script":
+        if _lean_scripted is None:
+            _lean_scripted = torch.jit.script(_pool_cross_lean)
+        fn = _lean_scripted
+    one, zero = torch.ones(()), torch.zeros(())
+    return fn(token_states, mask, params.pool_v, params.pool_b, params.proj_w, params.proj_b, keywords,
+              0 if crossing == "cos" else 1,
+              params.cos_w if params.cos_w is not None else one,
+              params.cos_b if params.cos_b is not None else zero,
+              params.res_w1, params.res_w2, params.res_u,
+              params.res_c if params.res_c is not None else zero)
+
+
+BACKENDS = ("auto", "triton", "cpu", "ref")
+
+
 def pool_cross(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossParams,
-               keywords: torch.Tensor | None = None, crossing: str = "cos"
+               keywords: torch.Tensor | None = None, crossing: str = "cos", backend: str = "auto"
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Checked entry point: pooled vectors [B, D] (fp32) and scores [B, K] (fp32)."""
+    """Pooled query vectors [B, D] (fp32) and scores [B, K] (fp32); K = 0 without keywords.
+
+    backend "auto": CUDA tensors -> the fused Triton kernel; CPU tensors -> the CPU path chosen by
+    benchmark. "triton" forces the kernel (CPU tensors need TRITON_INTERPRET=1), "cpu" the CPU
+    path, "ref" the reference.
+    """
     _check(token_states, mask, params, keywords, crossing)
-    return pool_cross_ref(token_states, mask, params, keywords, crossing)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "ref":
+        return pool_cross_ref(token_states, mask, params, keywords, crossing)
+    if backend == "triton" or (backend == "auto" and token_states.is_cuda):
+        from kernels.pool_cross_triton import pool_cross_autograd  # imports triton lazily
+        return pool_cross_autograd(token_states, mask, params, keywords, crossing)
+    if token_states.dtype == torch.float64:  # float64 is for checking, not speed
+        return pool_cross_ref(token_states, mask, params, keywords, crossing)
+    return _cpu_lean(token_states, mask, params, keywords, crossing)

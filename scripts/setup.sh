@@ -17,9 +17,13 @@ if ! command -v "$PYTHON" >/dev/null; then
   exit 1
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -r requirements.txt
-"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+pip_quiet() {  # drop this machine's notes about absent local index mirrors
+  "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "Location .* is ignored" || true; }
+}
+echo "setup: installing pinned dependencies into $VENV"
+pip_quiet install -q --upgrade pip
+pip_quiet install -q -r requirements.txt
+pip_quiet install -q --no-deps --no-build-isolation -e .
 
 # perf_analyzer (shipped by tritonclient) needs Debian's libb64.
 if ! ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d'; then

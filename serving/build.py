@@ -5,7 +5,7 @@
     artifacts/keyword_store/N/   FAISS keyword store version N                 training.index
     artifacts/model_repository/  runnable Triton repository                    serving.repository
 
-    python -m serving.build [--artifacts DIR] [--minutes 4] [--rebuild]
+    python -m serving.build [--artifacts DIR] [--steps 400] [--rebuild]
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def _current_store(store_root: Path, export_dir: Path) -> Path | None:
     return version if manifest.get("encoder_sha256") == sha256_file(export_dir / "export.json") else None
 
 
-def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, minutes: float = 4.0,
-          index_type: str = "hnsw", rebuild: bool = False) -> Path:
+def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, steps: int = 400,
+          minutes: float = 15.0, index_type: str = "hnsw", rebuild: bool = False) -> Path:
     from training.data import keyword_corpus, load_pairs
     from training.export import export, sha256_file
     from training.index import build as build_index
@@ -56,7 +56,8 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, mi
     if (model_dir / "model.safetensors").is_file():
         print(f"reusing {model_dir}")
     else:
-        train(TrainConfig(data=data, out=str(model_dir), minutes=minutes))
+        # A fixed, seeded step count keeps the model the same on a busy machine; minutes is a cap.
+        train(TrainConfig(data=data, out=str(model_dir), max_steps=steps, minutes=minutes))
     print(f"[{time.perf_counter() - t:.1f}s]")
 
     t = _step("export")
@@ -87,13 +88,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="artifact root (default: $TWINBERT_ARTIFACTS or ./artifacts)")
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
-    ap.add_argument("--minutes", type=float, default=4.0, help="training budget when no model is built")
+    ap.add_argument("--steps", type=int, default=400, help="training steps (batch 64) when no model is built")
+    ap.add_argument("--minutes", type=float, default=15.0, help="cap on training time")
     ap.add_argument("--index-type", default="hnsw", choices=("flat", "hnsw"))
     ap.add_argument("--rebuild", action="store_true", help="discard built artifacts first")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
-    build(args.artifacts, args.data, args.minutes, args.index_type, args.rebuild)
+    build(args.artifacts, args.data, args.steps, args.minutes, args.index_type, args.rebuild)
 
 
 if __name__ == "__main__":

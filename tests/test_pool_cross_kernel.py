@@ -1,0 +1,162 @@
+"""The fused Triton kernel against the reference (CPU tensors under TRITON_INTERPRET=1 in CI)."""
+import pytest
+import torch
+
+from kernels import PoolCrossParams, pool_cross, pool_cross_ref
+from kernels.pool_cross_triton import pool_cross_triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Inputs are cast to the dtype first and the reference computes in float64 from the same values,
+# so the tolerance covers fp32 accumulation order (and bf16/fp16 keyword loads), not input rounding.
+TOLERANCE = {torch.float32: dict(atol=2e-5, rtol=1e-4),
+             torch.float16: dict(atol=5e-5, rtol=2e-4),
+             torch.bfloat16: dict(atol=5e-5, rtol=2e-4)}
+
+
+def make_params(h, d, r=48, proj=False):
+    p = dict(pool_v=torch.randn(h) / h ** 0.5, pool_b=torch.randn(()),
+             cos_w=torch.randn(()) * 3, cos_b=torch.randn(()),
+             res_w1=torch.randn(r, d) / d ** 0.5, res_w2=torch.randn(d, r) / r ** 0.5,
+             res_u=torch.randn(d) / d ** 0.5, res_c=torch.randn(()))
+    if proj:
+        p.update(proj_w=torch.randn(d, h) / h ** 0.5, proj_b=torch.randn(d) * 0.1)
+    return PoolCrossParams(**p).to(DEVICE)
+
+
+def make_mask(b, l, one_token_row=True, all_pad_row=False):
+    lengths = torch.randint(1, l + 1, (b,))
+    if one_token_row:
+        lengths[0] = 1
+    if b > 1:
+        lengths[-1] = l  # a full row
+    mask = (torch.arange(l)[None, :] < lengths[:, None]).long()
+    if all_pad_row and b > 2:
+        mask[1] = 0
+    return mask.to(DEVICE)
+
+
+def run_kernel(ts, mask, params, kw, crossing):
+    """Call the launcher with outputs poisoned, so an unwritten element fails the comparison."""
+    k = 0 if kw is None else kw.shape[-2]
+    out = (torch.full((ts.shape[0], params.dim), float("nan"), device=DEVICE),
+           torch.full((ts.shape[0], k), float("nan"), device=DEVICE))
+    return pool_cross_triton(ts, mask, params, kw, crossing, out=out)
+
+
+def reference64(ts, mask, params, kw, crossing):
+    return pool_cross_ref(ts.double(), mask, params.to(torch.float64),
+                          None if kw is None else kw.double(), crossing)
+
+
+SHAPES = [  # (B, L, H, K): every value the issue names appears with each crossing
+    (1, 1, 32, 0), (1, 7, 384, 1), (1, 32, 32, 100),
+    (3, 7, 32, 100), (3, 32, 384, 0), (3, 1, 384, 1),
+    (17, 32, 32, 1), (17, 1, 32, 100), (17, 7, 384, 100),
+]
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("crossing", ["cos", "res"])
+@pytest.mark.parametrize("b,l,h,k", SHAPES)
+def test_kernel_matches_reference(b, l, h, k, crossing, dtype):
+    params = make_params(h, h)
+    ts = torch.randn(b, l, h, device=DEVICE).to(dtype)
+    mask = make_mask(b, l)
+    kw = torch.randn(b, k, h, device=DEVICE).to(dtype) if k else None
+    pooled, scores = run_kernel(ts, mask, params, kw, crossing)
+    ref_pooled, ref_scores = reference64(ts, mask, params, kw, crossing)
+    torch.testing.assert_close(pooled.double(), ref_pooled, **TOLERANCE[dtype])
+    torch.testing.assert_close(scores.double(), ref_scores, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("crossing", ["cos", "res"])
+def test_projection_and_shared_keywords(crossing):
+    params = make_params(64, 24, proj=True)
+    ts, mask = torch.randn(5, 9, 64, device=DEVICE), make_mask(5, 9)
+    shared = torch.randn(37, 24, device=DEVICE)
+    pooled, scores = run_kernel(ts, mask, params, shared, crossing)
+    ref_pooled, ref_scores = reference64(ts, mask, params, shared, crossing)
+    torch.testing.assert_close(pooled.double(), ref_pooled, **TOLERANCE[torch.float32])
+    torch.testing.assert_close(scores.double(), ref_scores, **TOLERANCE[torch.float32])
+
+
+def test_all_padding_row_pools_to_zero_without_nan():
+    params = make_params(32, 32)
+    ts, mask = torch.randn(4, 5, 32, device=DEVICE), make_mask(4, 5, all_pad_row=True)
+    for crossing in ("cos", "res"):
+        pooled, scores = run_kernel(ts, mask, params, torch.randn(4, 3, 32, device=DEVICE), crossing)
+        assert (pooled[1] == 0).all() and torch.isfinite(scores).all()
+
+
+def test_non_contiguous_inputs():
+    params = make_params(32, 32)
+    ts = torch.randn(3, 32, 6, device=DEVICE).transpose(1, 2)          # [3, 6, 32], strided
+    mask = make_mask(3, 12)[:, ::2]                                    # [3, 6], strided
+    kw = torch.randn(3, 20, 64, device=DEVICE)[:, ::2, ::2]            # [3, 10, 32], strided
+    assert not (ts.is_contiguous() or mask.is_contiguous() or kw.is_contiguous())
+    for crossing in ("cos", "res"):
+        got = run_kernel(ts, mask, params, kw, crossing)
+        want = reference64(ts, mask, params, kw, crossing)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.double(), w, **TOLERANCE[torch.float32])
+
+
+def test_bool_mask_and_empty_batch():
+    params = make_params(32, 32)
+    ts, mask = torch.randn(2, 4, 32, device=DEVICE), make_mask(2, 4)
+    a = run_kernel(ts, mask.bool(), params, None, "cos")[0]
+    b = run_kernel(ts, mask, params, None, "cos")[0]
+    torch.testing.assert_close(a, b)
+    pooled, scores = pool_cross(torch.randn(0, 4, 32, device=DEVICE), torch.ones(0, 4, device=DEVICE),
+                                params, backend="triton")
+    assert pooled.shape == (0, 32) and scores.shape == (0, 0)
+
+
+@pytest.mark.parametrize("crossing", ["cos", "res"])
+@pytest.mark.parametrize("proj", [False, True])
+def test_gradients_match_the_reference(crossing, proj):
+    h, d = 32, (16 if proj else 32)
+    params = make_params(h, d, r=16, proj=proj)
+    for t in params.state_dict().values():
+        t.requires_grad_(True)
+    ts = torch.randn(3, 5, h, device=DEVICE, requires_grad=True)
+    kw = torch.randn(3, 4, d, device=DEVICE, requires_grad=True)
+    mask = make_mask(3, 5)
+    leaves = [ts, kw, *params.state_dict().values()]
+    g_pooled, g_scores = torch.randn(3, d, device=DEVICE), torch.randn(3, 4, device=DEVICE)
+
+    def grads(backend):
+        pooled, scores = pool_cross(ts, mask, params, kw, crossing, backend=backend)
+        return torch.autograd.grad((pooled, scores), leaves, (g_pooled, g_scores), allow_unused=True)
+
+    for got, want in zip(grads("triton"), grads("ref")):
+        if want is None:
+            assert got is None or (got == 0).all()
+        else:
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
+@pytest.mark.parametrize("crossing", ["cos", "res"])
+def test_cpu_path_matches_reference(backend, crossing):
+    params = make_params(384, 384, r=256).to("cpu")
+    for b, k in ((1, 100), (17, 1), (3, 0)):
+        ts, mask = torch.randn(b, 16, 384), make_mask(b, 16, all_pad_row=True).cpu()
+        for kw in (torch.randn(b, k, 384), torch.randn(k, 384)):
+            got = pool_cross(ts, mask, params, kw, crossing, backend=backend)
+            want = reference64(ts, mask, params, kw, crossing)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g.double(), w, atol=1e-5, rtol=1e-4)
+
+
+def test_bad_arguments_are_clear_errors():
+    params = make_params(32, 32)
+    ts, mask = torch.randn(2, 4, 32, device=DEVICE), make_mask(2, 4)
+    with pytest.raises(ValueError, match="one device"):
+        pool_cross(ts, mask, params, torch.randn(3, 32, device="meta"))
+    with pytest.raises(ValueError, match="B = 2"):
+        pool_cross(ts, mask, params, torch.randn(3, 5, 32, device=DEVICE))
+    with pytest.raises(TypeError, match="not supported"):
+        pool_cross(ts.to(torch.int32), mask, params)
+    with pytest.raises(ValueError, match="backend"):
+        pool_cross(ts, mask, params, backend="cuda")
