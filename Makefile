@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 ARTIFACTS ?= $(or $(TWINBERT_ARTIFACTS),artifacts)
 
-.PHONY: setup demo build serve test clean help
+.PHONY: setup demo build serve test bench-kernels clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -25,6 +25,9 @@ serve: setup  ## run tritonserver in the foreground on the built repository
 
 test: setup  ## unit and integration tests (real tritonserver), CPU only
 	$(PY) -m pytest -q tests
+
+bench-kernels: setup  ## pool_cross: fused vs eager (GPU if present, else CPU paths) -> reports/bench_kernels_*.{json,md}
+	$(PY) -m benchmarks.bench_kernels --out reports
 
 clean:  ## remove built artifacts (keeps .venv)
 	rm -rf $(ARTIFACTS)

@@ -52,6 +52,20 @@ class PoolCrossParams:
                 if getattr(self, f.name) is not None}
 
     @classmethod
+    def load(cls, export_dir) -> tuple["PoolCrossParams", dict]:
+        """Read `pool_cross.safetensors` + `pool_cross.json` written by training.export."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+        export_dir = Path(export_dir)
+        config = json.loads((export_dir / "pool_cross.json").read_text())
+        params = cls.from_state_dict(load_file(str(export_dir / "pool_cross.safetensors")))
+        if params.hidden != config["hidden"] or params.dim != config["dim"]:
+            raise ValueError(f"{export_dir}: pool_cross.json does not match pool_cross.safetensors")
+        return params, config
+
+    @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "PoolCrossParams":
         names = {f.name for f in fields(cls)}
         unknown = set(state) - names
@@ -175,14 +189,16 @@ def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: tor
     return e, torch.sigmoid(y @ res_u + res_c)
 
 
-_CPU_IMPL = os.environ.get("TWINBERT_POOL_CROSS_CPU", "lean")  # chosen by `make bench-kernels`
+# Chosen by `make bench-kernels` (reports/bench_kernels_cpu.md): the TorchScript-compiled lean path
+# had the best geometric-mean speedup over eager (x1.48; cos x2.47 at B=1, x1.43 at B=32; res x1.15-1.19).
+_CPU_IMPL = os.environ.get("TWINBERT_POOL_CROSS_CPU", "lean_script")
 _lean_scripted = None
 
 
 def _cpu_lean(token_states, mask, params: PoolCrossParams, keywords, crossing: str):
     global _lean_scripted
     fn = _pool_cross_lean
-    if _CPU_IMPL == "script":
+    if _CPU_IMPL == "lean_script":
         if _lean_scripted is None:
             _lean_scripted = torch.jit.script(_pool_cross_lean)
         fn = _lean_scripted

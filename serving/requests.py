@@ -43,3 +43,16 @@ def decode_top_k(raw: np.ndarray, rows: int) -> int:
     if not 1 <= k <= MAX_TOP_K:
         raise BadRequest(f"TOP_K must be between 1 and {MAX_TOP_K}, got {k}")
     return k
+
+
+def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int) -> None:
+    """INPUT_IDS / ATTENTION_MASK [B, L] int64: same shape, ids within the vocabulary, mask 0/1."""
+    if ids.shape != mask.shape or ids.ndim != 2:
+        raise BadRequest(f"INPUT_IDS {list(ids.shape)} and ATTENTION_MASK {list(mask.shape)} must both be [batch, length]")
+    if ids.shape[1] == 0:
+        raise BadRequest("INPUT_IDS has length 0")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise BadRequest(f"INPUT_IDS must be token ids in [0, {vocab_size}), got values in "
+                         f"[{ids.min()}, {ids.max()}]")
+    if mask.size and not np.isin(mask, (0, 1)).all():
+        raise BadRequest("ATTENTION_MASK must hold only 0 and 1")

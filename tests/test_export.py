@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from training.export import KeywordEncoder, load_pool_cross
+from kernels import PoolCrossParams
+from training.export import KeywordEncoder
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece
 from training.twin import TwinBERT
@@ -14,7 +15,7 @@ def test_export_writes_every_artifact_with_checksums(tiny_export):
     for name in ("query_encoder.pt", "keyword_encoder.pt", "pool_cross.safetensors", "pool_cross.json",
                  "tokenizer.json", "tokenizer_config.json"):
         assert name in manifest["sha256"]
-    params, cfg = load_pool_cross(tiny_export)
+    params, cfg = PoolCrossParams.load(tiny_export)
     assert cfg["dim"] == params.dim == 384
 
 

@@ -29,3 +29,15 @@ def test_top_k_must_agree_within_a_request():
     with pytest.raises(BadRequest, match="same for every row"):
         decode_top_k(np.array([[3], [4]], dtype=np.int32), 2)
     assert decode_top_k(np.array([[5], [5]], dtype=np.int32), 2) == 5
+
+
+def test_token_inputs_are_checked_against_the_vocabulary():
+    from serving.requests import check_token_inputs
+    ids, mask = np.array([[101, 7, 102]]), np.array([[1, 1, 1]])
+    check_token_inputs(ids, mask, 30522)
+    with pytest.raises(BadRequest, match=r"\[0, 30522\)"):
+        check_token_inputs(np.array([[101, 40000, 102]]), mask, 30522)
+    with pytest.raises(BadRequest, match="only 0 and 1"):
+        check_token_inputs(ids, np.array([[1, 2, 0]]), 30522)
+    with pytest.raises(BadRequest, match="must both be"):
+        check_token_inputs(ids, np.array([[1, 1]]), 30522)

@@ -22,10 +22,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from kernels import PoolCrossParams, pool_cross
+from kernels import pool_cross
 from training.pretrained import minilm_dir
 from training.twin import TwinBERT
 
@@ -76,15 +76,6 @@ def trace_checked(module: nn.Module, vocab: int, max_len: int) -> torch.jit.Scri
             if not diff <= TOLERANCE:
                 raise RuntimeError(f"TorchScript differs from eager by {diff:.3g} at B={batch}, L={length}")
     return traced
-
-
-def load_pool_cross(export_dir: str | Path) -> tuple[PoolCrossParams, dict]:
-    export_dir = Path(export_dir)
-    config = json.loads((export_dir / "pool_cross.json").read_text())
-    params = PoolCrossParams.from_state_dict(load_file(str(export_dir / "pool_cross.safetensors")))
-    if params.hidden != config["hidden"] or params.dim != config["dim"]:
-        raise ValueError(f"{export_dir}: pool_cross.json does not match pool_cross.safetensors")
-    return params, config
 
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
