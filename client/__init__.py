@@ -1,4 +1,4 @@
 """gRPC client for the TwinBERT Triton ensembles."""
-from client.core import ClientError, Hit, TwinBertClient
+from client.core import AsyncTwinBertClient, ClientError, ClientOptions, Hit, InvalidRequest, RetryPolicy, TwinBertClient
 
-__all__ = ["ClientError", "Hit", "TwinBertClient"]
+__all__ = ["AsyncTwinBertClient", "ClientError", "ClientOptions", "Hit", "InvalidRequest", "RetryPolicy", "TwinBertClient"]

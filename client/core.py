@@ -1,22 +1,36 @@
-"""Synchronous gRPC client over `tritonclient.grpc` for the `retrieve` ensemble."""
+"""gRPC client for the TwinBERT ensembles, sync (`TwinBertClient`) and asyncio (`AsyncTwinBertClient`).
+
+Retries with exponential backoff on UNAVAILABLE only (a restarting or overloaded server); every other
+failure raises at once. Errors surface as `ClientError` (or `InvalidRequest` for INVALID_ARGUMENT)
+carrying the server's status and message.
+"""
 from __future__ import annotations
 
+import asyncio
 import os
-from dataclasses import asdict, dataclass
+import random
+import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 DEFAULT_URL = f"127.0.0.1:{os.environ.get('TRITON_GRPC_PORT', '8001')}"
+RETRIEVE_OUTPUTS = ("KEYWORD_IDS", "KEYWORD_TEXTS", "SCORES")
 
 
 class ClientError(RuntimeError):
-    """A request failed; carries the server's status and message."""
+    """A request failed; `status` is the gRPC status name, the message is the server's."""
 
     def __init__(self, message: str, status: str | None = None):
         super().__init__(message)
         self.status = status
+
+
+class InvalidRequest(ClientError):
+    """The server rejected the request's content (INVALID_ARGUMENT)."""
 
 
 @dataclass(frozen=True)
@@ -30,10 +44,85 @@ class Hit:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 1.0
+
+    def delays(self):
+        d = self.initial_backoff_s
+        for _ in range(self.attempts - 1):
+            yield min(d, self.max_backoff_s) * (0.5 + random.random())  # jitter
+            d *= 2
+
+
+@dataclass
+class ClientOptions:
+    url: str = DEFAULT_URL
+    timeout_s: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    ssl: bool = False
+    root_certificates: str | None = None
+    private_key: str | None = None
+    certificate_chain: str | None = None
+
+    def channel_kwargs(self) -> dict:
+        if not self.ssl:
+            return {}
+        return {"ssl": True, "root_certificates": self.root_certificates, "private_key": self.private_key,
+                "certificate_chain": self.certificate_chain}
+
+
+def _error(e: InferenceServerException) -> ClientError:
+    status = str(e.status() or "")
+    cls = InvalidRequest if status.endswith("INVALID_ARGUMENT") else ClientError
+    return cls(e.message() or str(e), status or None)
+
+
+def _is_unavailable(e: InferenceServerException) -> bool:
+    return str(e.status() or "").endswith("UNAVAILABLE")
+
+
+def _retrieve_inputs(module, queries: list[str], k: int):
+    q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
+    q.set_data_from_numpy(np.array([[s.encode("utf-8")] for s in queries], dtype=object))
+    top_k = module.InferInput("TOP_K", [len(queries), 1], "INT32")
+    top_k.set_data_from_numpy(np.full((len(queries), 1), k, dtype=np.int32))
+    return [q, top_k], [module.InferRequestedOutput(n) for n in RETRIEVE_OUTPUTS]
+
+
+def _relevance_inputs(module, queries: list[str], keyword_ids: list[list[str]]):
+    widths = {len(ids) for ids in keyword_ids}
+    if len(widths) != 1:
+        raise ValueError("every query of one batched relevance call needs the same number of keyword ids")
+    q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
+    q.set_data_from_numpy(np.array([[s.encode("utf-8")] for s in queries], dtype=object))
+    ids = module.InferInput("KEYWORD_IDS", [len(queries), widths.pop()], "BYTES")
+    ids.set_data_from_numpy(np.array([[i.encode("utf-8") for i in row] for row in keyword_ids], dtype=object))
+    return [q, ids], [module.InferRequestedOutput("SCORES")]
+
+
+def _hits(result) -> list[list[Hit]]:
+    ids, texts, scores = (result.as_numpy(n) for n in RETRIEVE_OUTPUTS)
+    return [[Hit(r + 1, float(scores[row, r]), ids[row, r].decode(), texts[row, r].decode())
+             for r in range(ids.shape[1])] for row in range(ids.shape[0])]
+
+
+def _retrieve_params(candidates: int | None) -> dict | None:
+    return None if candidates is None else {"candidates": int(candidates)}
+
+
+def _relevance_params(crossing: str | None) -> dict | None:
+    return None if crossing is None else {"crossing": crossing}
+
+
 class TwinBertClient:
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, model: str = "retrieve"):
-        self.url, self.timeout_s, self.model = url, timeout_s, model
-        self._client = grpcclient.InferenceServerClient(url=url)
+    """Synchronous client. `retrieve`/`relevance` for one query, `*_batch` for several in one request."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, options: ClientOptions | None = None):
+        self.options = options or ClientOptions(url=url, timeout_s=timeout_s)
+        self._client = grpcclient.InferenceServerClient(url=self.options.url, **self.options.channel_kwargs())
 
     def close(self) -> None:
         self._client.close()
@@ -44,21 +133,114 @@ class TwinBertClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def retrieve(self, query: str, k: int = 10) -> list[Hit]:
-        return self.retrieve_batch([query], k)[0]
+    def _call(self, fn, *args, **kwargs):
+        delays = self.options.retry.delays()
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except InferenceServerException as e:
+                delay = next(delays, None) if _is_unavailable(e) else None
+                if delay is None:
+                    raise _error(e) from None
+                time.sleep(delay)
 
-    def retrieve_batch(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
+    def _infer(self, model, inputs, outputs, parameters):
+        return self._call(self._client.infer, model, inputs, outputs=outputs,
+                          client_timeout=self.options.timeout_s, parameters=parameters)
+
+    def retrieve(self, query: str, k: int = 10, candidates: int | None = None) -> list[Hit]:
+        return self.retrieve_batch([query], k, candidates)[0]
+
+    def retrieve_batch(self, queries: list[str], k: int = 10, candidates: int | None = None) -> list[list[Hit]]:
+        """Top-k keywords per query; `candidates` = K' re-scored with res (0 = cosine only; None = server default)."""
         if not queries:
             return []
-        q = grpcclient.InferInput("QUERY", [len(queries), 1], "BYTES")
-        q.set_data_from_numpy(np.array([[s.encode("utf-8")] for s in queries], dtype=object))
-        top_k = grpcclient.InferInput("TOP_K", [len(queries), 1], "INT32")
-        top_k.set_data_from_numpy(np.full((len(queries), 1), k, dtype=np.int32))
-        outputs = [grpcclient.InferRequestedOutput(n) for n in ("KEYWORD_IDS", "KEYWORD_TEXTS", "SCORES")]
-        try:
-            result = self._client.infer(self.model, [q, top_k], outputs=outputs, client_timeout=self.timeout_s)
-        except InferenceServerException as e:
-            raise ClientError(e.message(), e.status()) from None
-        ids, texts, scores = (result.as_numpy(n) for n in ("KEYWORD_IDS", "KEYWORD_TEXTS", "SCORES"))
-        return [[Hit(r + 1, float(scores[row, r]), ids[row, r].decode(), texts[row, r].decode())
-                 for r in range(ids.shape[1])] for row in range(len(queries))]
+        inputs, outputs = _retrieve_inputs(grpcclient, queries, k)
+        return _hits(self._infer("retrieve", inputs, outputs, _retrieve_params(candidates)))
+
+    def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
+        return self.relevance_batch([query], [keyword_ids], crossing)[0]
+
+    def relevance_batch(self, queries: list[str], keyword_ids: list[list[str]], crossing: str | None = None
+                        ) -> list[list[float]]:
+        """One score per keyword id; `crossing` "res" or "cos" (None = server default)."""
+        if not queries:
+            return []
+        inputs, outputs = _relevance_inputs(grpcclient, queries, keyword_ids)
+        result = self._infer("relevance", inputs, outputs, _relevance_params(crossing))
+        return result.as_numpy("SCORES").astype(float).tolist()
+
+    def health(self, metrics_url: str | None = None) -> dict:
+        """Server liveness/readiness, each model's versions and state, and (from the Prometheus
+        endpoint, `metrics_url`) the keyword store's size per loaded version."""
+        live = self._call(self._client.is_server_live)
+        ready = self._call(self._client.is_server_ready)
+        models = {}
+        for m in self._call(self._client.get_model_repository_index).models:
+            models.setdefault(m.name, []).append({"version": m.version, "state": m.state})
+        out = {"url": self.options.url, "live": live, "ready": ready, "models": models}
+        if metrics_url:
+            out["keyword_store_size"] = store_size_from_metrics(metrics_url)
+        return out
+
+
+def store_size_from_metrics(metrics_url: str, timeout_s: float = 5.0) -> dict[str, int]:
+    """{version: keywords} from the twinbert_keyword_store_keywords gauge; {} when unreachable."""
+    import re
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError):
+        return {}
+    pattern = r'^twinbert_keyword_store_keywords\{[^}]*version="(\d+)"[^}]*\} (\S+)$'
+    return {v: int(float(n)) for v, n in re.findall(pattern, text, re.M)}
+
+
+class AsyncTwinBertClient:
+    """asyncio client with the same calls as TwinBertClient (use in `async with`)."""
+
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, options: ClientOptions | None = None):
+        self.options = options or ClientOptions(url=url, timeout_s=timeout_s)
+        self._client = grpcaio.InferenceServerClient(url=self.options.url, **self.options.channel_kwargs())
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncTwinBertClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _infer(self, model, inputs, outputs, parameters):
+        delays = self.options.retry.delays()
+        while True:
+            try:
+                return await self._client.infer(model, inputs, outputs=outputs,
+                                                 client_timeout=self.options.timeout_s, parameters=parameters)
+            except InferenceServerException as e:
+                delay = next(delays, None) if _is_unavailable(e) else None
+                if delay is None:
+                    raise _error(e) from None
+                await asyncio.sleep(delay)
+
+    async def retrieve(self, query: str, k: int = 10, candidates: int | None = None) -> list[Hit]:
+        return (await self.retrieve_batch([query], k, candidates))[0]
+
+    async def retrieve_batch(self, queries, k=10, candidates=None) -> list[list[Hit]]:
+        if not queries:
+            return []
+        inputs, outputs = _retrieve_inputs(grpcaio, queries, k)
+        return _hits(await self._infer("retrieve", inputs, outputs, _retrieve_params(candidates)))
+
+    async def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
+        return (await self.relevance_batch([query], [keyword_ids], crossing))[0]
+
+    async def relevance_batch(self, queries, keyword_ids, crossing=None) -> list[list[float]]:
+        if not queries:
+            return []
+        inputs, outputs = _relevance_inputs(grpcaio, queries, keyword_ids)
+        result = await self._infer("relevance", inputs, outputs, _relevance_params(crossing))
+        return result.as_numpy("SCORES").astype(float).tolist()

@@ -27,7 +27,7 @@ def _step(name: str):
 
 
 def _current_store(store_root: Path, export_dir: Path) -> Path | None:
-    from training.export import sha256_file
+    from serving.keyword_store import sha256_file
     try:
         version = latest_version(store_root)
         manifest = json.loads((version / "manifest.json").read_text())
@@ -39,7 +39,8 @@ def _current_store(store_root: Path, export_dir: Path) -> Path | None:
 def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, steps: int = 400,
           minutes: float = 15.0, index_type: str = "hnsw", rebuild: bool = False) -> Path:
     from training.data import keyword_corpus, load_pairs
-    from training.export import export, sha256_file
+    from serving.keyword_store import sha256_file
+    from training.export import export
     from training.index import build as build_index
     from training.train_twin import TrainConfig, train
     from serving.repository import assemble

@@ -43,7 +43,7 @@ class UnknownKeywordError(KeyError):
         return f"unknown keyword id(s): {shown}{more}"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -124,7 +124,7 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
             "vector_dtype": "float32", "encoder_sha256": encoder_sha256,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(build_s, 3), **(extra or {}),
-            "sha256": {name: _sha256(tmp / name) for name in _DATA_FILES},
+            "sha256": {name: sha256_file(tmp / name) for name in _DATA_FILES},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.rename(final)
@@ -147,7 +147,7 @@ class KeywordStore:
     """A loaded, verified store version: ANN search and lookup of cached vectors by id."""
 
     def __init__(self, version_dir: str | Path, expect_encoder_sha256: str | None = None,
-                 expect_dim: int | None = None, verify: bool = True):
+                 expect_dim: int | None = None, verify: bool = True, load_index: bool = True):
         self.path = Path(version_dir)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
@@ -163,24 +163,24 @@ class KeywordStore:
                 path = self.path / name
                 if not path.is_file():
                     raise StoreError(f"{self.path}: missing {name}")
-                if _sha256(path) != self.manifest["sha256"][name]:
+                if sha256_file(path) != self.manifest["sha256"][name]:
                     raise StoreError(f"{path}: checksum mismatch (file corrupt or changed after build)")
         if expect_encoder_sha256 and self.manifest["encoder_sha256"] != expect_encoder_sha256:
             raise StoreError(f"{self.path}: built with encoder {self.manifest['encoder_sha256'][:12]}, "
                              f"but the served encoder is {expect_encoder_sha256[:12]}; rebuild the index")
         if expect_dim is not None and self.manifest["dim"] != expect_dim:
             raise StoreError(f"{self.path}: dimension {self.manifest['dim']}, the served model needs {expect_dim}")
-        self.index = faiss.read_index(str(self.path / "index.faiss"))
+        self.index = faiss.read_index(str(self.path / "index.faiss")) if load_index else None
         self.ids: list[str] = json.loads((self.path / "ids.json").read_text())
         self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
         with open(self.path / "texts.jsonl", encoding="utf-8") as f:
             self.texts: list[str] = [json.loads(line) for line in f]
         n, dim = self.manifest["count"], self.manifest["dim"]
-        if not (self.index.ntotal == len(self.ids) == len(self.texts) == len(self.vectors) == n) \
-                or self.index.d != dim or self.vectors.shape[1] != dim:
+        index_ok = self.index is None or (self.index.ntotal == n and self.index.d == dim)
+        if not (index_ok and len(self.ids) == len(self.texts) == len(self.vectors) == n) or self.vectors.shape[1] != dim:
             raise StoreError(f"{self.path}: index, ids, texts and vectors disagree with the manifest")
         self.position = {kid: i for i, kid in enumerate(self.ids)}
-        if hasattr(self.index, "hnsw"):
+        if self.index is not None and hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.manifest["index_params"].get("efSearch", 128)
 
     @property
@@ -201,6 +201,11 @@ class KeywordStore:
             raise ValueError("query vectors contain NaN or infinity")
         scores, pos = self.index.search(_normalized(queries), min(k, len(self)))
         return [[int(p) for p in row if p >= 0] for row in pos], scores
+
+    def vectors_at(self, positions: np.ndarray) -> np.ndarray:
+        """Cached vectors (fp32) at store positions of any shape -> [..., D]."""
+        flat = np.asarray(self.vectors[positions.reshape(-1)], dtype=np.float32)
+        return flat.reshape(*positions.shape, self.dim)
 
     def positions(self, keyword_ids: list[str]) -> np.ndarray:
         unknown = [kid for kid in keyword_ids if kid not in self.position]

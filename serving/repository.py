@@ -21,8 +21,10 @@ EXPORT_FILES = {
     "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
     "query_encoder": ("query_encoder.pt",),
     "pool_cross": ("pool_cross.safetensors", "pool_cross.json"),
-    "keyword_store": ("export.json",),
+    "keyword_store": ("pool_cross.safetensors", "pool_cross.json", "export.json"),
 }
+STORE_MODELS = ("keyword_store", "keyword_vectors")  # models whose version dir holds store/
+WARMUP_QUERY = "cordless drill"
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -31,6 +33,28 @@ def _place(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> None:
+    """Sample inputs for `model_warmup` (raw little-endian tensors; BYTES as 4-byte length + data)."""
+    import json
+
+    import numpy as np
+    length = json.loads((export_dir / "tokenizer_config.json").read_text())["query_max_len"]
+    mask = np.zeros(length, dtype="<i8")
+    mask[:4] = 1
+    first_id = json.loads((store_version / "ids.json").read_text())[0].encode()
+
+    def put(model: str, name: str, data: bytes) -> None:
+        path = repo / model / "warmup" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    put("tokenizer", "query", len(WARMUP_QUERY).to_bytes(4, "little") + WARMUP_QUERY.encode())
+    for model in ("keyword_store", "pool_cross"):
+        put(model, "attention_mask", mask.tobytes())
+    put("keyword_store", "top_k", np.array([10], dtype="<i4").tobytes())
+    put("keyword_vectors", "keyword_ids", len(first_id).to_bytes(4, "little") + first_id)
 
 
 def assemble(export_dir: str | Path, store: str | Path, out: str | Path) -> Path:
@@ -49,8 +73,10 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path) -> Path
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found; run `python -m training.export` first")
             _place(src, dst / "1" / name)
-    for f in store_version.iterdir():
-        _place(f, tmp / "keyword_store" / "1" / "store" / f.name)
+    for model in STORE_MODELS:
+        for f in store_version.iterdir():
+            _place(f, tmp / model / "1" / "store" / f.name)
+    write_warmup_files(tmp, export_dir, store_version)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
+import json
+
+from kernels import CROSSINGS
 from serving.keyword_store import MAX_TOP_K
+
+MAX_CANDIDATES = 1000  # K' for res re-scoring
+MAX_KEYWORDS = 1000    # keyword ids per relevance request
 
 
 class BadRequest(ValueError):
@@ -56,3 +62,46 @@ def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int) -> No
                          f"[{ids.min()}, {ids.max()}]")
     if mask.size and not np.isin(mask, (0, 1)).all():
         raise BadRequest("ATTENTION_MASK must hold only 0 and 1")
+
+
+def _parameters(raw: str | dict | None) -> dict:
+    if not raw:
+        return {}
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
+def decode_candidates(parameters: str | dict | None, k: int, default: int) -> int:
+    """Request parameter `candidates` (K'): 0 = no re-scoring, else TOP_K..MAX_CANDIDATES."""
+    value = _parameters(parameters).get("candidates", max(default, k) if default else 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"parameter 'candidates' must be an integer, got {value!r}")
+    if value != 0 and not k <= value <= MAX_CANDIDATES:
+        raise BadRequest(f"parameter 'candidates' must be 0 or between TOP_K ({k}) and {MAX_CANDIDATES}, got {value}")
+    return value
+
+
+def decode_crossing(parameters: str | dict | None, default: str = "res") -> str:
+    crossing = _parameters(parameters).get("crossing", default)
+    if crossing not in CROSSINGS:
+        raise BadRequest(f"parameter 'crossing' must be one of {list(CROSSINGS)}, got {crossing!r}")
+    return crossing
+
+
+def decode_keyword_ids(raw: np.ndarray) -> list[list[str]]:
+    """KEYWORD_IDS [B, N] bytes -> B lists of N ids (1 <= N <= MAX_KEYWORDS)."""
+    if raw.ndim != 2 or raw.shape[1] == 0:
+        raise BadRequest(f"KEYWORD_IDS must be [batch, N] with N >= 1, got {list(raw.shape)}")
+    if raw.shape[1] > MAX_KEYWORDS:
+        raise BadRequest(f"at most {MAX_KEYWORDS} keyword ids per query, got {raw.shape[1]}")
+    rows = []
+    for r, row in enumerate(raw):
+        ids = []
+        for item in row:
+            if isinstance(item, bytes):
+                try:
+                    item = item.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest(f"KEYWORD_IDS row {r} holds an id that is not valid UTF-8") from None
+            ids.append(str(item))
+        rows.append(ids)
+    return rows

@@ -1,13 +1,15 @@
 """End to end on the real tritonserver: tiny real model + index built here, queried over gRPC."""
+import asyncio
 import json
 import subprocess
 import sys
+import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from client import ClientError, TwinBertClient
+from client import AsyncTwinBertClient, ClientError, InvalidRequest, TwinBertClient
 from serving.keyword_store import IndexSpec
 from serving.repository import assemble
 from serving.server import TritonServer, free_port
@@ -40,6 +42,12 @@ def server(tiny_export, tmp_path_factory):
     with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                       log_file=root / "server.log") as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def in_process(server):
+    from serving.pipeline import InProcessPipeline
+    return InProcessPipeline(server.repository)
 
 
 def test_retrieve_ranks_the_asked_for_product_first(server):
@@ -99,6 +107,91 @@ def test_cli_prints_json_results(server):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["rank"] for r in rows] == [1, 2] and rows[0]["keyword_id"] in {"h1", "h2"}
+
+
+def test_relevance_scores_each_keyword_and_matches_in_process(server, in_process):
+    ids = ["d1", "f1", "h1", "k1"]
+    with TwinBertClient(server.grpc_url) as c:
+        served = c.relevance("cordless drill", ids)
+        served_res = c.relevance("cordless drill", ids, crossing="res")
+    assert len(served) == 4 and served[0] == max(served)  # tiny model: default crossing is cos
+    np.testing.assert_allclose(served, in_process.relevance("cordless drill", ids, "cos"), atol=1e-5)
+    np.testing.assert_allclose(served_res, in_process.relevance("cordless drill", ids, "res"), atol=1e-5)
+
+
+def test_served_retrieve_equals_the_in_process_pipeline(server, in_process):
+    with TwinBertClient(server.grpc_url) as c:
+        for candidates in (0, 8):
+            hits = c.retrieve("ceiling fan with light", 5, candidates=candidates)
+            ids, _, scores = in_process.retrieve("ceiling fan with light", 5, candidates)
+            assert [h.keyword_id for h in hits] == [i.decode() for i in ids[0]]
+            np.testing.assert_allclose([h.score for h in hits], scores[0], atol=1e-5)
+
+
+def test_unknown_keyword_id_is_named_and_only_that_request_fails(server):
+    with TwinBertClient(server.grpc_url) as c:
+        with pytest.raises(InvalidRequest, match="'nope'"):
+            c.relevance("drill", ["d1", "nope"])
+        assert len(c.relevance("drill", ["d1"])) == 1
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"candidates": 3}, "between TOP_K"), ({"candidates": 5000}, "between TOP_K"), ({"candidates": "x"}, "integer"),
+])
+def test_bad_candidates_parameter(server, params, message):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[b"drill"]], dtype=object))
+    k = grpcclient.InferInput("TOP_K", [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[5]], dtype=np.int32))
+    with pytest.raises(Exception, match=message):
+        client.infer("retrieve", [q, k], parameters=params)
+    client.close()
+
+
+def test_bad_crossing_and_wrong_dtype_are_rejected(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[b"drill"]], dtype=object))
+    ids = grpcclient.InferInput("KEYWORD_IDS", [1, 1], "BYTES")
+    ids.set_data_from_numpy(np.array([[b"d1"]], dtype=object))
+    with pytest.raises(Exception, match="crossing"):
+        client.infer("relevance", [q, ids], parameters={"crossing": "dot"})
+    k = grpcclient.InferInput("TOP_K", [1, 1], "FP32")
+    k.set_data_from_numpy(np.array([[5.0]], dtype=np.float32))
+    with pytest.raises(Exception, match="TYPE_INT32|INT32|data-type"):
+        client.infer("retrieve", [q, k])
+    assert client.is_server_ready()
+    client.close()
+
+
+def test_a_bad_request_among_concurrent_ones_fails_alone(server):
+    async def go():
+        async with AsyncTwinBertClient(server.grpc_url) as c:
+            good = [c.retrieve(q, 3) for q in ("drill", "fan", "hose", "paint", "toilet seat", "faucet")]
+            bad = c.retrieve(" ", 3)
+            return await asyncio.gather(*good, bad, return_exceptions=True)
+    *good, bad = asyncio.run(go())
+    assert all(isinstance(r, list) and len(r) == 3 for r in good)
+    assert isinstance(bad, InvalidRequest)
+
+
+def test_health_and_custom_metrics(server):
+    with TwinBertClient(server.grpc_url) as c:
+        h = c.health(f"http://127.0.0.1:{server.metrics_port}/metrics")
+    assert h["live"] and h["ready"] and h["keyword_store_size"] == {"1": len(TITLES)}
+    assert {"retrieve", "relevance", "keyword_store", "keyword_vectors", "pool_cross"} <= set(h["models"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert f'twinbert_keyword_store_keywords{{model="keyword_store",version="1"}} {len(TITLES)}' in metrics
+    assert "nv_inference_request_success" in metrics
+
+
+def test_cli_health(server):
+    out = subprocess.run([sys.executable, "-m", "client", "health", "--url", server.grpc_url, "--metrics-url",
+                          f"http://127.0.0.1:{server.metrics_port}/metrics"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "ready=True" in out.stdout and f"keyword store v1: {len(TITLES)} keywords" in out.stdout
 
 
 def test_cli_reports_a_server_error(server):

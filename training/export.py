@@ -15,7 +15,6 @@ Both TorchScript files are checked against eager on shapes other than the traced
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import warnings
@@ -26,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kernels import pool_cross
+from serving.keyword_store import sha256_file
 from training.pretrained import minilm_dir
 from training.twin import TwinBERT
 
@@ -43,14 +43,6 @@ class KeywordEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.encoder(input_ids, attention_mask)
         return pool_cross(states, attention_mask, self.pool.params())[0]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _example(batch: int, length: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +84,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     save_file({k: v.detach().float().contiguous() for k, v in params.state_dict().items()},
               str(tmp / "pool_cross.safetensors"))
     (tmp / "pool_cross.json").write_text(json.dumps(
-        {"hidden": params.hidden, "dim": params.dim, "crossing": cfg.crossing}, indent=2) + "\n")
+        {"hidden": params.hidden, "dim": params.dim, "crossing": cfg.crossing,
+         "trained_crossings": list(cfg.trained_crossings)}, indent=2) + "\n")
     shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
     (tmp / "tokenizer_config.json").write_text(json.dumps(
         {"query_max_len": cfg.query_max_len, "keyword_max_len": cfg.keyword_max_len}, indent=2) + "\n")

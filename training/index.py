@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from serving.keyword_store import INDEX_TYPES, IndexSpec, write_version
 from training.data import keyword_corpus, load_pairs, repair_text
-from training.export import sha256_file
+from serving.keyword_store import sha256_file
 from training.tokenize import WordPiece
 
 

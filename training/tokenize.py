@@ -30,3 +30,23 @@ class WordPiece:
         ids = np.asarray([e.ids for e in enc], dtype=np.int64)
         mask = np.asarray([e.attention_mask for e in enc], dtype=np.int64)
         return ids, mask
+
+
+class PairTokenizer:
+    """[CLS] query [SEP] keyword [SEP], truncated longest-first, padded to the batch's longest."""
+
+    def __init__(self, tokenizer_json: str | Path, max_length: int):
+        self.max_length = max_length
+        self._tok = Tokenizer.from_file(str(tokenizer_json))
+        self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
+        self._tok.enable_padding(pad_id=self._tok.token_to_id("[PAD]") or 0)
+
+    def __call__(self, queries: list[str], keywords: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = self._tok.encode_batch([(q[:MAX_CHARS], k[:MAX_CHARS]) for q, k in zip(queries, keywords)])
+        return (np.asarray([e.ids for e in enc], dtype=np.int64),
+                np.asarray([e.attention_mask for e in enc], dtype=np.int64))
+
+    def lengths(self, queries: list[str], keywords: list[str]) -> np.ndarray:
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.no_padding()
+        return np.asarray([len(e.ids) for e in tok.encode_batch(list(zip(queries, keywords)))])

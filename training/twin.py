@@ -26,9 +26,12 @@ class TwinConfig:
     shared_encoders: bool = True    # one encoder for query and keyword
     query_max_len: int = 16
     keyword_max_len: int = 32
+    trained_crossings: tuple[str, ...] = ("cos",)  # which crossings training fitted (serving defaults)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        d = asdict(self)
+        d["trained_crossings"] = list(d["trained_crossings"])
+        return json.dumps(d, indent=2)
 
 
 class Encoder(nn.Module):
@@ -109,7 +112,9 @@ class TwinBERT(nn.Module):
         for name in ("config.json", "model.safetensors"):
             if not (ckpt / name).is_file():
                 raise FileNotFoundError(f"{ckpt}: checkpoint has no {name}")
-        config = TwinConfig(**json.loads((ckpt / "config.json").read_text()))
+        raw = json.loads((ckpt / "config.json").read_text())
+        raw["trained_crossings"] = tuple(raw.get("trained_crossings", ("cos",)))
+        config = TwinConfig(**raw)
         model = cls(config, pretrained=False)
         state = load_file(str(ckpt / "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)

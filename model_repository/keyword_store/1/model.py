@@ -1,12 +1,15 @@
-"""Triton Python model: QUERY_VECTOR, TOP_K -> KEYWORD_IDS, KEYWORD_TEXTS, SCORES (cosine)."""
+"""Triton Python model: TOKEN_STATES, ATTENTION_MASK, TOP_K -> KEYWORD_IDS, KEYWORD_TEXTS, SCORES."""
+import json
 from pathlib import Path
 
 import faiss
-import numpy as np
+import torch
 import triton_python_backend_utils as pb_utils
 
-from serving.keyword_store import KeywordStore
-from serving.requests import BadRequest, decode_top_k
+from kernels import PoolCrossParams
+from serving.keyword_store import KeywordStore, sha256_file
+from serving.requests import BadRequest, decode_candidates, decode_top_k
+from serving.retrieval import Retriever
 
 
 def _error(message):
@@ -16,23 +19,44 @@ def _error(message):
 class TritonPythonModel:
     def initialize(self, args):
         faiss.omp_set_num_threads(1)  # single queries: OpenMP start-up costs more than it saves
-        self.store = KeywordStore(Path(args["model_repository"]) / args["model_version"] / "store")
+        torch.set_num_threads(1)
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        config = json.loads(args["model_config"])
+        self.default_candidates = int(config["parameters"]["default_candidates"]["string_value"])
+        params, pc_config = PoolCrossParams.load(version_dir)
+        if "res" not in pc_config.get("trained_crossings", ["cos"]):
+            self.default_candidates = 0  # an untrained res head would only scramble the cosine ranking
+        # Refuse a store built with another encoder (its manifest names the export it was built from).
+        store = KeywordStore(version_dir / "store", expect_encoder_sha256=sha256_file(version_dir / "export.json"),
+                             expect_dim=params.dim)
+        self.retriever = Retriever(store, params)
+        labels = {"model": args["model_name"], "version": args["model_version"]}
+        # Families must outlive their metrics: keep both on the instance.
+        self.size_family = pb_utils.MetricFamily(
+            name="twinbert_keyword_store_keywords", description="Keywords in the served keyword store",
+            kind=pb_utils.MetricFamily.GAUGE)
+        self.scored_family = pb_utils.MetricFamily(
+            name="twinbert_candidates_scored_total", description="Candidates re-scored with the res crossing",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.size = self.size_family.Metric(labels=labels)
+        self.size.set(len(store))
+        self.scored = self.scored_family.Metric(labels=labels)
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            vectors = pb_utils.get_input_tensor_by_name(request, "QUERY_VECTOR").as_numpy()
+            states = pb_utils.get_input_tensor_by_name(request, "TOKEN_STATES").as_numpy()
+            mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK").as_numpy()
             try:
-                k = decode_top_k(pb_utils.get_input_tensor_by_name(request, "TOP_K").as_numpy(), len(vectors))
-                positions, scores = self.store.search(vectors, k)
-            except (BadRequest, ValueError) as e:
+                k = decode_top_k(pb_utils.get_input_tensor_by_name(request, "TOP_K").as_numpy(), len(states))
+                candidates = decode_candidates(request.parameters(), k, self.default_candidates)
+                ids, texts, scores = self.retriever.retrieve(states, mask, k, candidates)
+            except (BadRequest, ValueError, TypeError) as e:
                 responses.append(_error(str(e)))
                 continue
-            width = min(len(p) for p in positions)  # HNSW may return fewer than k for tiny stores
-            ids = np.array([[self.store.ids[i].encode() for i in p[:width]] for p in positions], dtype=object)
-            texts = np.array([[self.store.texts[i].encode() for i in p[:width]] for p in positions], dtype=object)
+            if candidates:
+                self.scored.increment(candidates * len(states))
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("KEYWORD_IDS", ids.reshape(len(positions), width)),
-                pb_utils.Tensor("KEYWORD_TEXTS", texts.reshape(len(positions), width)),
-                pb_utils.Tensor("SCORES", np.ascontiguousarray(scores[:, :width], dtype=np.float32))]))
+                pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
+                pb_utils.Tensor("SCORES", scores)]))
         return responses

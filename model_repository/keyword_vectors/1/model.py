@@ -1,0 +1,26 @@
+"""Triton Python model: KEYWORD_IDS [B, N] -> KEYWORD_VECTORS [B, N, D] from the keyword store."""
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from serving.keyword_store import KeywordStore, UnknownKeywordError
+from serving.requests import BadRequest, decode_keyword_ids
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.store = KeywordStore(Path(args["model_repository"]) / args["model_version"] / "store", load_index=False)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                rows = decode_keyword_ids(pb_utils.get_input_tensor_by_name(request, "KEYWORD_IDS").as_numpy())
+                vectors = np.stack([self.store.lookup(ids) for ids in rows])
+            except (BadRequest, UnknownKeywordError) as e:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("KEYWORD_VECTORS", vectors)]))
+        return responses

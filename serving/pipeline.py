@@ -1,0 +1,46 @@
+"""The serving pipeline in-process, from the same model-repository artifacts the server loads:
+the baseline that benchmarks put beside the served path (what Triton costs on top)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kernels import PoolCrossParams, pool_cross
+from serving.keyword_store import KeywordStore
+from serving.retrieval import Retriever
+from training.tokenize import WordPiece
+
+
+class InProcessPipeline:
+    def __init__(self, repository: str | Path, threads: int = 2):
+        repo = Path(repository)
+        torch.set_num_threads(threads)
+        cfg = json.loads((repo / "tokenizer/1/tokenizer_config.json").read_text())
+        self.tokenizer = WordPiece(repo / "tokenizer/1/tokenizer.json", cfg["query_max_len"])
+        self.encoder = torch.jit.load(str(repo / "query_encoder/1/query_encoder.pt")).eval()
+        self.params, pc = PoolCrossParams.load(repo / "pool_cross/1")
+        self.default_candidates = 100 if "res" in pc.get("trained_crossings", ["cos"]) else 0
+        self.default_crossing = "res" if self.default_candidates else "cos"
+        self.store = KeywordStore(repo / "keyword_store/1/store")
+        self.retriever = Retriever(self.store, self.params)
+
+    @torch.inference_mode()
+    def encode(self, queries: list[str]):
+        ids, mask = self.tokenizer(queries)
+        return self.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy(), mask
+
+    def retrieve(self, query: str, k: int = 10, candidates: int | None = None):
+        states, mask = self.encode([query])
+        c = self.default_candidates if candidates is None else candidates
+        return self.retriever.retrieve(states, mask, k, max(c, k) if c else 0)
+
+    @torch.inference_mode()
+    def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> np.ndarray:
+        states, mask = self.encode([query])
+        kv = torch.from_numpy(self.store.lookup(keyword_ids)).unsqueeze(0)
+        _, scores = pool_cross(torch.from_numpy(states), torch.from_numpy(mask), self.params, kv,
+                               crossing or self.default_crossing)
+        return scores[0].numpy()

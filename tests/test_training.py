@@ -1,0 +1,148 @@
+"""Training utilities: metrics, data formats, augmentation, and the resumable / distributed loop."""
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from training.augment import misspell, perturb, token_dropout, token_swap
+from training.datasets import (LabelledPairs, RetrievalSet, read_beir, read_labelled_pairs, retrieval_from_homedepot,
+                               write_beir, write_labelled_pairs)
+from training.data import Pair
+from training.loop import LoopConfig, bucketed_batches, train_loop
+from training.metrics import mrr_at, ndcg_at, pair_metrics, recall_at, retrieval_metrics
+
+
+def test_retrieval_metrics_on_a_hand_computed_ranking():
+    gains = {"a": 2.0, "b": 1.0}
+    assert ndcg_at(["a", "b", "c"], gains) == pytest.approx(1.0)
+    assert ndcg_at(["c", "a"], gains) == pytest.approx((2 / np.log2(3)) / (2 + 1 / np.log2(3)))
+    assert recall_at(["c", "a"], gains, 100) == 0.5 and mrr_at(["c", "a"], gains) == 0.5
+    m = retrieval_metrics({"q1": ["a"], "q2": ["x"]}, {"q1": {"a": 1.0}, "q2": {"y": 1.0}})
+    assert m["mrr@10"] == 0.5 and m["queries"] == 2
+
+
+def test_pair_metrics_perfect_and_inverted():
+    labels = [1.0, 2.0, 3.0, 3.0]
+    binary = [0, 0, 1, 1]
+    assert pair_metrics([0.1, 0.2, 0.8, 0.9], labels, binary)["roc_auc"] == 1.0
+    assert pair_metrics([0.9, 0.8, 0.2, 0.1], labels, binary)["roc_auc"] == 0.0
+
+
+def test_labelled_pairs_round_trip_csv_and_tsv(tmp_path):
+    pairs = LabelledPairs(["drill", "fan, white"], ["DEWALT drill", 'Hunter "fan"'], [3.0, 1.0])
+    for name in ("p.csv", "p.tsv"):
+        write_labelled_pairs(pairs, tmp_path / name)
+        back = read_labelled_pairs(tmp_path / name)
+        assert (back.queries, back.keywords, back.labels) == (pairs.queries, pairs.keywords, pairs.labels)
+        assert back.binary == [1, 0]
+
+
+def test_beir_round_trip_and_homedepot_qrels(tmp_path):
+    rows = [Pair("Drill", "1", "DEWALT drill", 3.0), Pair("drill", "2", "Bosch drill", 2.67),
+            Pair("drill", "3", "Paint", 1.0), Pair("fan", "4", "Fan", 2.0)]
+    rs = retrieval_from_homedepot(rows, rows)
+    assert rs.qrels == {"drill": {"1": 2.0, "2": pytest.approx(1.67)}}  # 'fan' has no relevant item
+    assert list(rs.queries) == ["drill"] and len(rs.corpus) == 4
+    write_beir(rs, tmp_path / "beir")
+    back = read_beir(tmp_path / "beir")
+    assert back.corpus == rs.corpus and back.queries == rs.queries
+    assert back.qrels["drill"]["2"] == pytest.approx(1.67)
+    with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+        read_beir(tmp_path)
+
+
+def test_perturbations_change_the_query_deterministically():
+    q = "cordless drill battery"
+    assert token_dropout(q, random.Random(0)) in {"drill battery", "cordless battery", "cordless drill"}
+    assert sorted(token_swap(q, random.Random(0)).split()) == sorted(q.split())
+    m = misspell(q, random.Random(1))
+    assert m != q and abs(len(m) - len(q)) <= 1
+    assert perturb(q, random.Random(3)) == perturb(q, random.Random(3))
+    assert perturb("x", random.Random(0)) == ("x", "none")
+
+
+def test_bucketed_batches_cover_each_item_once_and_group_lengths():
+    lengths = list(range(1000))
+    batches = bucketed_batches(lengths, 10, seed=1, bucket=20)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000)) and batches == bucketed_batches(lengths, 10, seed=1, bucket=20)
+    assert np.mean([max(b) - min(b) for b in batches]) < 200  # vs ~800 for random batches
+
+
+def _toy_problem():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    return x, y
+
+
+def _toy_loss(model, batch, x, y):
+    return ((model(x[batch]).squeeze(-1) - y[batch]) ** 2).mean()
+
+
+def test_loop_learns_and_a_crashed_run_resumes_to_the_same_weights(tmp_path):
+    x, y = _toy_problem()
+    batches = lambda epoch: bucketed_batches([0] * 64, 8, seed=epoch)  # noqa: E731
+
+    def run(out, crash_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        calls = {"n": 0}
+
+        def loss(m, batch):
+            calls["n"] += 1
+            if crash_at and calls["n"] == crash_at:
+                raise KeyboardInterrupt("simulated crash")
+            return _toy_loss(m, batch, x, y)
+
+        cfg = LoopConfig(out=str(out), epochs=6, lr=0.3, eval_every=0, save_every=5, threads=1)
+        state = train_loop(model, cfg, batches, loss, None, lambda m: None, desc="toy")
+        return model, state
+
+    initial = _toy_loss(torch.nn.Linear(4, 1), torch.arange(64), x, y).item()
+    straight, state = run(tmp_path / "a")
+    assert state["step"] == 48
+    assert _toy_loss(straight, torch.arange(64), x, y).item() < 0.05 * initial
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", crash_at=13)  # checkpoint at step 10, crash during step 13
+    resumed, state_b = run(tmp_path / "b")
+    assert state_b["step"] == 48
+    torch.testing.assert_close(resumed.weight, straight.weight)
+    torch.testing.assert_close(resumed.bias, straight.bias)
+
+
+def test_early_stopping_keeps_the_best_evaluation(tmp_path):
+    x, y = _toy_problem()
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.1, 0.9])
+    saved = []
+    cfg = LoopConfig(out=str(tmp_path), epochs=10, lr=0.01, eval_every=2, patience=3, save_every=0, threads=1)
+    state = train_loop(torch.nn.Linear(4, 1), cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e),
+                       lambda m, b: _toy_loss(m, b, x, y), lambda m: next(scores), lambda m: saved.append(1))
+    assert state["stopped_early"] and state["best"] == 0.7 and state["step"] == 10 and len(saved) == 2
+
+
+def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
+    script = tmp_path / "ddp_toy.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch, torch.distributed as dist
+        from training.loop import LoopConfig, bucketed_batches, train_loop
+        torch.manual_seed(0)
+        x = torch.randn(64, 4); y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+        model = torch.nn.Linear(4, 1)
+        cfg = LoopConfig(out={str(tmp_path / 'out')!r}, epochs=4, lr=0.05, eval_every=0, save_every=0, threads=2)
+        state = train_loop(model, cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e),
+                           lambda m, b: ((m(x[b]).squeeze(-1) - y[b]) ** 2).mean(), None, lambda m: None)
+        w = model.weight.detach().clone(); other = w.clone(); dist.broadcast(other, 0)
+        assert torch.equal(w, other), "replicas diverged"
+        print(f"rank {{dist.get_rank()}} steps {{state['step']}} loss {{state['final_loss']:.4f}}")
+    """))
+    from serving.server import free_port
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rank 0 steps 16" in out.stdout and "rank 1 steps 16" in out.stdout  # 8 batches/epoch / 2 ranks x 4

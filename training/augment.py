@@ -1,0 +1,84 @@
+"""Query perturbations (BertBiLSTM-style augmentation) and negative sampling for distillation."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def token_dropout(query: str, rng: random.Random) -> str:
+    words = query.split()
+    if len(words) < 2:
+        return query
+    del words[rng.randrange(len(words))]
+    return " ".join(words)
+
+
+def token_swap(query: str, rng: random.Random) -> str:
+    words = query.split()
+    if len(words) < 2:
+        return query
+    i = rng.randrange(len(words) - 1)
+    words[i], words[i + 1] = words[i + 1], words[i]
+    return " ".join(words)
+
+
+def misspell(query: str, rng: random.Random) -> str:
+    words = query.split()
+    candidates = [i for i, w in enumerate(words) if len(w) >= 4 and w.isalpha()]
+    if not candidates:
+        return query
+    i = rng.choice(candidates)
+    w = list(words[i])
+    j = rng.randrange(1, len(w) - 1)
+    op = rng.randrange(4)
+    if op == 0:
+        del w[j]                                   # deletion
+    elif op == 1:
+        w.insert(j, rng.choice(_LETTERS))          # insertion
+    elif op == 2:
+        w[j], w[j + 1] = w[j + 1], w[j]            # transposition
+    else:
+        w[j] = rng.choice(_LETTERS)                # substitution
+    words[i] = "".join(w)
+    return " ".join(words)
+
+
+PERTURBATIONS = {"dropout": token_dropout, "swap": token_swap, "misspell": misspell}
+
+
+def perturb(query: str, rng: random.Random) -> tuple[str, str]:
+    """A perturbed copy of the query and the perturbation's name (the query itself if none applies)."""
+    names = list(PERTURBATIONS)
+    rng.shuffle(names)
+    for name in names:
+        out = PERTURBATIONS[name](query, rng)
+        if out != query:
+            return out, name
+    return query, "none"
+
+
+class BM25Index:
+    """bm25s over a keyword corpus: top-k ids per query and scores of given pairs."""
+
+    def __init__(self, ids: list[str], texts: list[str]):
+        import bm25s
+        self._bm25s = bm25s
+        self.ids = ids
+        self.position = {k: i for i, k in enumerate(ids)}
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+
+    def _tokens(self, queries: list[str]):
+        return self._bm25s.tokenize(queries, stopwords="en", show_progress=False)
+
+    def top_k(self, queries: list[str], k: int) -> list[list[str]]:
+        docs, _ = self.retriever.retrieve(self._tokens(queries), k=min(k, len(self.ids)), show_progress=False,
+                                          n_threads=1)
+        return [[self.ids[int(d)] for d in row] for row in docs]
+
+    def scores(self, query: str) -> np.ndarray:
+        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        return self.retriever.get_scores(tokens)

@@ -1,0 +1,142 @@
+"""BiLSTM student (the BertBiLSTM recipe): the teacher's WordPiece embeddings (frozen), a small
+projection, a BiLSTM over [CLS] query [SEP] keyword [SEP], mean+max pooling and an MLP; distilled
+on teacher logits (MSE) plus the human label where there is one (BCE).
+
+    python -m training.bilstm --distill artifacts/distill.tsv --teacher artifacts/teacher --out artifacts/bilstm
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from training.data import load_pairs, split_pairs
+from training.distill_data import SOURCES, read_rows
+from training.loop import LoopConfig, bucketed_batches, is_main, train_loop
+from training.metrics import pair_metrics
+from training.pretrained import minilm_dir
+from training.teacher import CrossEncoder, dev_sample, relevance_target
+from training.tokenize import PairTokenizer
+
+
+@dataclass
+class BiLSTMConfig:
+    vocab_size: int = 30522
+    embed_dim: int = 384
+    proj_dim: int = 128
+    hidden: int = 64
+    max_length: int = 48
+
+
+class BiLSTMStudent(nn.Module):
+    def __init__(self, config: BiLSTMConfig, embeddings: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        if embeddings is not None:
+            self.embed.weight.data.copy_(embeddings)
+        self.embed.weight.requires_grad_(False)  # the teacher's embeddings, frozen
+        self.proj = nn.Linear(config.embed_dim, config.proj_dim)
+        self.lstm = nn.LSTM(config.proj_dim, config.hidden, batch_first=True, bidirectional=True)
+        self.head = nn.Sequential(nn.Linear(4 * config.hidden, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.proj(self.embed(input_ids)))
+        h, _ = self.lstm(x)
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        mx = h.masked_fill(m == 0, -1e4).amax(1)
+        return self.head(torch.cat([mean, mx], -1)).squeeze(-1)
+
+    def tokenizer(self) -> PairTokenizer:
+        return PairTokenizer(minilm_dir() / "tokenizer.json", self.config.max_length)
+
+    @torch.inference_mode()
+    def score(self, queries: list[str], keywords: list[str], batch_size: int = 256) -> np.ndarray:
+        tok = self.tokenizer()
+        out = []
+        for s in range(0, len(queries), batch_size):
+            ids, mask = tok(queries[s:s + batch_size], keywords[s:s + batch_size])
+            out.append(self(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def save(self, out_dir) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, ckpt) -> "BiLSTMStudent":
+        ckpt = Path(ckpt)
+        model = cls(BiLSTMConfig(**json.loads((ckpt / "config.json").read_text())))
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        return model.eval()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--distill", required=True)
+    ap.add_argument("--sources", default=",".join(SOURCES))
+    ap.add_argument("--teacher", required=True, help="teacher checkpoint (its embeddings are reused)")
+    ap.add_argument("--out", default="artifacts/bilstm")
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--max-minutes", type=float, default=0.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--label-weight", type=float, default=0.5)
+    ap.add_argument("--dev-pairs", type=int, default=2000)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    if is_main():
+        print(f"bilstm: {json.dumps(vars(args))}", flush=True)
+    rows = read_rows(args.distill, tuple(args.sources.split(",")))
+    teacher = CrossEncoder.load(args.teacher)
+    emb = teacher.encoder.bert.embeddings.word_embeddings.weight.detach().clone()
+    model = BiLSTMStudent(BiLSTMConfig(vocab_size=emb.shape[0], embed_dim=emb.shape[1]), emb)
+    del teacher
+    tok = model.tokenizer()
+    dev = dev_sample(split_pairs(load_pairs(args.data))["dev"], args.dev_pairs, args.seed)
+    lengths = [len(r.query) + len(r.keyword) for r in rows]
+
+    def loss_fn(net, batch):
+        b = [rows[i] for i in batch]
+        ids, mask = tok([r.query for r in b], [r.keyword for r in b])
+        logits = net(torch.from_numpy(ids), torch.from_numpy(mask))
+        loss = F.mse_loss(logits, torch.tensor([r.teacher_logit for r in b]))
+        has = torch.tensor([r.label is not None for r in b])
+        if args.label_weight and has.any():
+            y = torch.tensor([relevance_target(r.label) if r.label is not None else 0.0 for r in b])
+            loss = loss + args.label_weight * F.binary_cross_entropy_with_logits(logits[has], y[has])
+        return loss
+
+    def evaluate(m):
+        s = m.score([p.query for p in dev], [p.keyword for p in dev])
+        return pair_metrics(s, [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev])["roc_auc"]
+
+    loop = LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+                      eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
+                      threads=args.threads, seed=args.seed, resume=not args.no_resume)
+    state = train_loop(model, loop, lambda e: bucketed_batches(lengths, args.batch_size, args.seed * 1000 + e),
+                       loss_fn, evaluate, lambda m: m.save(args.out), desc="bilstm")
+    if is_main():
+        (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources}, indent=2) + "\n")
+        print(f"bilstm: {state['step']} steps in {state['train_minutes']} min, best dev ROC-AUC "
+              f"{state['best']:.4f} -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

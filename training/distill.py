@@ -1,0 +1,130 @@
+"""Distil the TwinBERT student (cos and res crossings, one shared model) from teacher scores.
+
+Loss: BCE of both crossings' scores against sigmoid(teacher logit), plus in-batch InfoNCE on
+teacher-positive pairs (keeps the cosine space good for ANN retrieval). Initialised from a quick
+contrastive student (`--init`) or from the pretrained lower MiniLM layers.
+
+    python -m training.distill --distill artifacts/distill.tsv --init artifacts/model --out artifacts/twin
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kernels import pool_cross
+from training.data import load_pairs, normalize_query, split_pairs
+from training.distill_data import SOURCES, read_rows
+from training.loop import LoopConfig, bucketed_batches, is_main, train_loop
+from training.metrics import pair_metrics
+from training.pretrained import minilm_dir
+from training.teacher import dev_sample
+from training.tokenize import WordPiece
+from training.twin import TwinBERT, TwinConfig
+
+
+def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], batch_size: int = 256
+                     ) -> dict[str, np.ndarray]:
+    """cos and res scores of (query, keyword) pairs."""
+    qtok = WordPiece(minilm_dir() / "tokenizer.json", model.config.query_max_len)
+    ktok = WordPiece(minilm_dir() / "tokenizer.json", model.config.keyword_max_len)
+    out = {"cos": [], "res": []}
+    with torch.inference_mode():
+        for s in range(0, len(queries), batch_size):
+            qi, qm = map(torch.from_numpy, qtok(queries[s:s + batch_size]))
+            ki, km = map(torch.from_numpy, ktok(keywords[s:s + batch_size]))
+            kv = model.embed(ki, km, "keyword").unsqueeze(1)
+            states = model.query_encoder(qi, qm)
+            for crossing in ("cos", "res"):
+                out[crossing].append(pool_cross(states, qm, model.pool_cross.params(), kv, crossing)[1][:, 0].numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--distill", required=True, help="TSV from training.distill_data")
+    ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated sources to train on")
+    ap.add_argument("--init", help="TwinBERT checkpoint to start from (default: pretrained MiniLM layers)")
+    ap.add_argument("--num-layers", type=int, default=2)
+    ap.add_argument("--proj-dim", type=int, default=0)
+    ap.add_argument("--separate-encoders", action="store_true")
+    ap.add_argument("--out", default="artifacts/twin")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--max-minutes", type=float, default=0.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--contrastive-weight", type=float, default=0.5)
+    ap.add_argument("--scale", type=float, default=20.0)
+    ap.add_argument("--dev-pairs", type=int, default=2000)
+    ap.add_argument("--eval-every", type=int, default=400)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    if is_main():
+        print(f"distill: {json.dumps(vars(args))}", flush=True)
+    rows = read_rows(args.distill, tuple(args.sources.split(",")))
+    if args.init:
+        model = TwinBERT.load(args.init).train()
+        model.config.crossing = "res"
+        model.config.trained_crossings = ("cos", "res")
+    else:
+        model = TwinBERT(TwinConfig(num_layers=args.num_layers, proj_dim=args.proj_dim, crossing="res",
+                                    shared_encoders=not args.separate_encoders, trained_crossings=("cos", "res")))
+    qtok = WordPiece(minilm_dir() / "tokenizer.json", model.config.query_max_len)
+    ktok = WordPiece(minilm_dir() / "tokenizer.json", model.config.keyword_max_len)
+    dev = dev_sample(split_pairs(load_pairs(args.data))["dev"], args.dev_pairs, args.seed)
+    lengths = [len(r.keyword) for r in rows]
+
+    def make_batches(epoch):
+        return bucketed_batches(lengths, args.batch_size, args.seed * 1000 + epoch)
+
+    def loss_fn(net, batch):
+        b = [rows[i] for i in batch]
+        qi, qm = map(torch.from_numpy, qtok([r.query for r in b]))
+        ki, km = map(torch.from_numpy, ktok([r.keyword for r in b]))
+        target = torch.sigmoid(torch.tensor([r.teacher_logit for r in b]))
+        kv = model.embed(ki, km, "keyword")
+        states = model.query_encoder(qi, qm)
+        params = model.pool_cross.params()
+        qv, s_cos = pool_cross(states, qm, params, kv.unsqueeze(1), "cos")
+        _, s_res = pool_cross(states, qm, params, kv.unsqueeze(1), "res")
+        eps = 1e-6
+        loss = F.binary_cross_entropy(s_cos[:, 0].clamp(eps, 1 - eps), target) + \
+            F.binary_cross_entropy(s_res[:, 0].clamp(eps, 1 - eps), target)
+        pos = target >= 0.5
+        if args.contrastive_weight and pos.sum() >= 2:
+            logits = args.scale * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
+            qkey = [normalize_query(r.query) for r in b]
+            same = torch.tensor([[i != j and (qkey[i] == qkey[j] or b[i].keyword_id == b[j].keyword_id)
+                                  for j in range(len(b))] for i in range(len(b))])
+            logits = logits.masked_fill(same, float("-inf"))
+            idx = pos.nonzero().squeeze(1)
+            loss = loss + args.contrastive_weight * F.cross_entropy(logits[idx], idx)
+        return loss
+
+    def evaluate(m):
+        s = twin_pair_scores(m, [p.query for p in dev], [p.keyword for p in dev])
+        labels, binary = [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev]
+        return float(np.mean([pair_metrics(s[c], labels, binary)["roc_auc"] for c in ("cos", "res")]))
+
+    loop = LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+                      eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
+                      threads=args.threads, seed=args.seed, resume=not args.no_resume)
+    state = train_loop(model, loop, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
+    if is_main():
+        (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources,
+                                                                       "pairs": len(rows)}, indent=2) + "\n")
+        print(f"distill: {state['step']} steps in {state['train_minutes']} min on {len(rows)} pairs, best dev "
+              f"ROC-AUC (mean of cos, res) {state['best']:.4f} -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Distillation set: the teacher scores labelled train pairs plus augmentation.
+
+Sources: `labelled` (judged train pairs), `random` (random titles), `bm25` (BM25 top titles the
+query was not judged with), `student` (the quick student's own top titles), `perturbed` (a labelled
+pair with its query perturbed: token dropout, swap or misspelling). Written as TSV:
+query, keyword_id, keyword, label (blank if unjudged), teacher_logit, source.
+
+    python -m training.distill_data --teacher artifacts/teacher --student artifacts/model --out artifacts/distill.tsv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.augment import BM25Index, perturb
+from training.data import keyword_corpus, load_pairs, normalize_query, split_pairs
+from training.teacher import CrossEncoder
+
+SOURCES = ("labelled", "random", "bm25", "student", "perturbed")
+
+
+@dataclass
+class DistillRow:
+    query: str
+    keyword_id: str
+    keyword: str
+    label: float | None
+    teacher_logit: float
+    source: str
+
+
+def student_top_k(student_dir: str | Path, queries: list[str], corpus: dict[str, str], k: int) -> list[list[str]]:
+    """Top-k keyword ids for each query from a TwinBERT checkpoint (exact cosine)."""
+    import faiss
+
+    from training.index import embed_texts
+    from training.pretrained import minilm_dir
+    from training.tokenize import WordPiece
+    from training.twin import TwinBERT
+    from training.export import KeywordEncoder
+    model = TwinBERT.load(student_dir)
+    ids, texts = list(corpus), list(corpus.values())
+    kenc = KeywordEncoder(model).eval()
+    tok = WordPiece(minilm_dir() / "tokenizer.json", model.config.keyword_max_len)
+    kv = embed_texts(kenc, tok, texts, progress=True)
+    qtok = WordPiece(minilm_dir() / "tokenizer.json", model.config.query_max_len)
+    qv = embed_texts(kenc, qtok, queries, progress=False)
+    index = faiss.IndexFlatIP(kv.shape[1])
+    index.add(kv / np.linalg.norm(kv, axis=1, keepdims=True))
+    _, pos = index.search(qv / np.linalg.norm(qv, axis=1, keepdims=True), k)
+    return [[ids[p] for p in row] for row in pos]
+
+
+def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1, perturb_frac=0.3,
+          max_queries=0, seed=0) -> list[DistillRow]:
+    rng = random.Random(seed)
+    all_pairs = load_pairs(data)
+    corpus = keyword_corpus(all_pairs)
+    corpus_ids = list(corpus)
+    train = split_pairs(all_pairs)["train"]
+    if max_queries:  # quick profile: a seeded subset of train queries
+        keep = set(rng.sample(sorted({normalize_query(p.query) for p in train}), max_queries))
+        train = [p for p in train if normalize_query(p.query) in keep]
+    judged: dict[str, set[str]] = {}
+    query_text: dict[str, str] = {}
+    for p in train:
+        judged.setdefault(normalize_query(p.query), set()).add(p.keyword_id)
+        query_text.setdefault(normalize_query(p.query), p.query)
+    qkeys = list(query_text)
+    rows: list[tuple[str, str, float | None, str]] = [(p.query, p.keyword_id, p.relevance, "labelled") for p in train]
+    for q in qkeys:
+        for _ in range(n_random):
+            rows.append((query_text[q], rng.choice(corpus_ids), None, "random"))
+    if n_bm25:
+        bm25 = BM25Index(corpus_ids, list(corpus.values()))
+        tops = bm25.top_k([query_text[q] for q in qkeys], n_bm25 + 20)
+        for q, top in zip(qkeys, tops):
+            rows += [(query_text[q], kid, None, "bm25") for kid in [t for t in top if t not in judged[q]][:n_bm25]]
+    if n_student and student_dir:
+        tops = student_top_k(student_dir, [query_text[q] for q in qkeys], corpus, n_student + 20)
+        for q, top in zip(qkeys, tops):
+            rows += [(query_text[q], kid, None, "student") for kid in [t for t in top if t not in judged[q]][:n_student]]
+    for p in rng.sample(train, int(perturb_frac * len(train))):
+        q2, how = perturb(p.query, rng)
+        if how != "none":
+            rows.append((q2, p.keyword_id, p.relevance, "perturbed"))
+    teacher = CrossEncoder.load(teacher_dir)
+    logits = teacher.score([r[0] for r in rows], [corpus[r[1]] for r in rows], progress=True)
+    return [DistillRow(q, kid, corpus[kid], label, float(s), src) for (q, kid, label, src), s in zip(rows, logits)]
+
+
+def write_rows(rows: list[DistillRow], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["query", "keyword_id", "keyword", "label", "teacher_logit", "source"])
+        for r in rows:
+            w.writerow([r.query, r.keyword_id, r.keyword, "" if r.label is None else r.label,
+                        f"{r.teacher_logit:.5f}", r.source])
+    tmp.rename(path)
+
+
+def read_rows(path: str | Path, sources: tuple[str, ...] = SOURCES) -> list[DistillRow]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [DistillRow(r["query"], r["keyword_id"], r["keyword"], float(r["label"]) if r["label"] else None,
+                           float(r["teacher_logit"]), r["source"])
+                for r in csv.DictReader(f, delimiter="\t") if r["source"] in sources]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--student", help="quick TwinBERT checkpoint for the student's own top-K negatives")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--random", type=int, default=1, help="random titles per train query")
+    ap.add_argument("--bm25", type=int, default=1, help="BM25 hard negatives per train query")
+    ap.add_argument("--student-negatives", type=int, default=1, help="student top-K negatives per train query")
+    ap.add_argument("--perturb", type=float, default=0.3, help="fraction of labelled pairs with a perturbed copy")
+    ap.add_argument("--max-queries", type=int, default=0, help="0 = every train query")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = build(args.teacher, args.student, args.data, args.random, args.bm25, args.student_negatives,
+                 args.perturb, args.max_queries, args.seed)
+    write_rows(rows, args.out)
+    counts = {s: sum(r.source == s for r in rows) for s in SOURCES}
+    print(f"distill_data: {len(rows)} teacher-scored pairs {json.dumps(counts)} -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

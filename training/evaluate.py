@@ -1,0 +1,326 @@
+"""Evaluate any model on any dataset, side by side with baselines, into one report.
+
+Models (`--model LABEL=KIND[:PATH]`, repeatable): bm25, minilm (zero-shot pretrained MiniLM-L6
+bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), bilstm:DIR.
+Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR`.
+Metrics: ROC-AUC, PR-AUC, Spearman on labelled pairs; nDCG@10, recall@100, MRR@10 for retrieval
+over the whole corpus (cross-encoders re-rank nothing: n/a); CPU ms per pair; parameters.
+
+    python -m training.evaluate --dataset homedepot:test --out reports/eval \\
+        --model BM25=bm25 --model "MiniLM zero-shot=minilm" --model teacher=teacher:artifacts/teacher \\
+        --model TwinBERT=twin:artifacts/twin --model BiLSTM=bilstm:artifacts/bilstm
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir, read_labelled_pairs
+from training.metrics import pair_metrics, retrieval_metrics
+from training.pretrained import minilm_dir
+from training.tokenize import WordPiece
+
+TOP = 100
+
+
+def _median_ms(fn, repeats: int = 15) -> float:
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def _rank(qv: np.ndarray, kv: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+    index = faiss.IndexFlatIP(kv.shape[1])
+    index.add(np.ascontiguousarray(kv / np.linalg.norm(kv, axis=1, keepdims=True).clip(1e-8), dtype=np.float32))
+    _, pos = index.search(np.ascontiguousarray(qv / np.linalg.norm(qv, axis=1, keepdims=True).clip(1e-8),
+                                               dtype=np.float32), k)
+    return pos
+
+
+class BM25Model:
+    layers, params = 0, 0
+
+    def __init__(self, pairs: LabelledPairs, rs: RetrievalSet | None):
+        from training.augment import BM25Index
+        texts = list(dict.fromkeys(list(rs.corpus.values() if rs else []) + pairs.keywords))
+        self.text_pos = {t: i for i, t in enumerate(texts)}
+        self.index = BM25Index([str(i) for i in range(len(texts))], texts)
+        self.rs = rs
+
+    def pair_scores(self, pairs: LabelledPairs) -> dict[str, np.ndarray]:
+        out = np.empty(len(pairs), np.float32)
+        by_query: dict[str, list[int]] = {}
+        for i, q in enumerate(pairs.queries):
+            by_query.setdefault(q, []).append(i)
+        for q, rows in by_query.items():
+            s = self.index.scores(q)
+            out[rows] = s[[self.text_pos[pairs.keywords[i]] for i in rows]]
+        return {"": out}
+
+    def rankings(self, rs: RetrievalSet) -> dict[str, dict[str, list[str]]]:
+        ids = list(rs.corpus)
+        pos_to_id = {self.text_pos[t]: i for i, t in reversed(list(rs.corpus.items()))}
+        qids = list(rs.queries)
+        tops = self.index.top_k([rs.queries[q] for q in qids], TOP)
+        del ids
+        return {"": {q: [pos_to_id[int(p)] for p in top if int(p) in pos_to_id] for q, top in zip(qids, tops)}}
+
+    def latency_ms_per_pair(self) -> float | None:
+        return None
+
+
+class BiEncoderModel:
+    """Embeds queries and keywords separately; `encode(texts, side)` -> [N, D]."""
+
+    cache_dir: Path | None = None
+
+    def pair_scores(self, pairs: LabelledPairs) -> dict[str, np.ndarray]:
+        q, k = self.encode(pairs.queries, "query"), self.encode(pairs.keywords, "keyword")
+        q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(1e-8)
+        k = k / np.linalg.norm(k, axis=1, keepdims=True).clip(1e-8)
+        return {"": (q * k).sum(1)}
+
+    def corpus_vectors(self, rs: RetrievalSet) -> np.ndarray:
+        key = hashlib.sha256(("\n".join(rs.corpus.values()) + self.fingerprint).encode()).hexdigest()[:16]
+        path = self.cache_dir / f"{key}.npy" if self.cache_dir else None
+        if path and path.is_file():
+            return np.load(path)
+        kv = self.encode(list(rs.corpus.values()), "keyword", progress=True)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, kv)
+        return kv
+
+    def rankings(self, rs: RetrievalSet) -> dict[str, dict[str, list[str]]]:
+        ids, qids = list(rs.corpus), list(rs.queries)
+        pos = _rank(self.encode([rs.queries[q] for q in qids], "query"), self.corpus_vectors(rs), TOP)
+        return {"": {q: [ids[p] for p in row] for q, row in zip(qids, pos)}}
+
+
+class MiniLMModel(BiEncoderModel):
+    def __init__(self):
+        from training.twin import Encoder
+        self.encoder = Encoder(6).eval()
+        self.tok = {"query": WordPiece(minilm_dir() / "tokenizer.json", 16),
+                    "keyword": WordPiece(minilm_dir() / "tokenizer.json", 32)}
+        self.layers = 6
+        self.params = sum(p.numel() for p in self.encoder.parameters())
+        self.fingerprint = "minilm-l6-mean"
+
+    @torch.inference_mode()
+    def encode(self, texts, side, progress=False):
+        ids, mask = self.tok[side](texts)
+        out = []
+        for s in tqdm(range(0, len(texts), 256), desc="embed (MiniLM)", disable=not progress):
+            i, m = torch.from_numpy(ids[s:s + 256]), torch.from_numpy(mask[s:s + 256])
+            h = self.encoder(i, m)
+            mf = m.unsqueeze(-1).float()
+            out.append(((h * mf).sum(1) / mf.sum(1).clamp_min(1)).numpy())
+        return np.concatenate(out)
+
+    def latency_ms_per_pair(self) -> float:
+        kv = torch.randn(TOP, 384)
+        return _median_ms(lambda: torch.from_numpy(self.encode(["cordless drill"], "query")) @ kv.T) / TOP
+
+
+class TwinModel(BiEncoderModel):
+    def __init__(self, path):
+        from training.twin import TwinBERT
+        self.model = TwinBERT.load(path)
+        self.layers = self.model.config.num_layers
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.fingerprint = hashlib.sha256(Path(path, "model.safetensors").read_bytes()).hexdigest()
+        c = self.model.config
+        self.tok = {"query": WordPiece(minilm_dir() / "tokenizer.json", c.query_max_len),
+                    "keyword": WordPiece(minilm_dir() / "tokenizer.json", c.keyword_max_len)}
+
+    @torch.inference_mode()
+    def encode(self, texts, side, progress=False):
+        ids, mask = self.tok[side](texts)
+        out = []
+        for s in tqdm(range(0, len(texts), 256), desc="embed (TwinBERT)", disable=not progress):
+            out.append(self.model.embed(torch.from_numpy(ids[s:s + 256]), torch.from_numpy(mask[s:s + 256]),
+                                        side).numpy())
+        return np.concatenate(out)
+
+    def pair_scores(self, pairs):
+        from training.distill import twin_pair_scores
+        return twin_pair_scores(self.model, pairs.queries, pairs.keywords)
+
+    @torch.inference_mode()
+    def rankings(self, rs):
+        from kernels import pool_cross
+        ids, qids = list(rs.corpus), list(rs.queries)
+        kv = self.corpus_vectors(rs)
+        qi, qm = map(torch.from_numpy, self.tok["query"]([rs.queries[q] for q in qids]))
+        states = self.model.query_encoder(qi, qm)
+        qv = pool_cross(states, qm, self.model.pool_cross.params())[0].numpy()
+        pos = _rank(qv, kv, TOP)
+        cos = {q: [ids[p] for p in row] for q, row in zip(qids, pos)}
+        # res re-scores the cos top-100 (the serving path): one crossing over the cached vectors
+        _, res = pool_cross(states, qm, self.model.pool_cross.params(), torch.from_numpy(kv[pos]), "res")
+        order = torch.argsort(res, dim=1, descending=True).numpy()
+        reranked = {q: [ids[pos[i, j]] for j in order[i]] for i, q in enumerate(qids)}
+        return {"cos": cos, "res": reranked}
+
+    @torch.inference_mode()
+    def latency_ms_per_pair(self) -> dict[str, float]:
+        from kernels import pool_cross
+        qi, qm = map(torch.from_numpy, self.tok["query"](["cordless drill with battery"]))
+        kv = torch.randn(1, TOP, self.model.pool_cross.params().dim)
+        p = self.model.pool_cross.params()
+        return {c: _median_ms(lambda c=c: pool_cross(self.model.query_encoder(qi, qm), qm, p, kv, c)) / TOP
+                for c in ("cos", "res")}
+
+    def query_encode_ms(self) -> float:
+        qi, qm = map(torch.from_numpy, self.tok["query"](["cordless drill 18 volt lithium ion kit"]))
+        with torch.inference_mode():
+            return _median_ms(lambda: self.model.query_encoder(qi, qm), 50)
+
+
+class PairModel:
+    """Cross models (teacher, BiLSTM): score pairs jointly; no retrieval over a corpus."""
+
+    def __init__(self, model, layers: int, batch_for_latency: int):
+        self.model, self.layers, self.batch = model, layers, batch_for_latency
+        self.params = sum(p.numel() for p in model.parameters())
+
+    def pair_scores(self, pairs):
+        return {"": self.model.score(pairs.queries, pairs.keywords)}
+
+    def rankings(self, rs):
+        return None
+
+    def latency_ms_per_pair(self) -> float:
+        qs = ["cordless drill with battery"] * self.batch
+        ks = ["DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit with 2 Batteries"] * self.batch
+        return _median_ms(lambda: self.model.score(qs, ks, batch_size=self.batch), 10) / self.batch
+
+
+def load_model(kind_path: str, pairs, rs):
+    kind, _, path = kind_path.partition(":")
+    if kind == "bm25":
+        return BM25Model(pairs, rs)
+    if kind == "minilm":
+        return MiniLMModel()
+    if kind == "twin":
+        return TwinModel(path)
+    if kind == "teacher":
+        from training.teacher import CrossEncoder
+        m = CrossEncoder.load(path)
+        return PairModel(m, m.config.num_layers, 100)
+    if kind == "bilstm":
+        from training.bilstm import BiLSTMStudent
+        return PairModel(BiLSTMStudent.load(path), 0, 64)
+    raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, bilstm:DIR)")
+
+
+def load_dataset(spec: str, data=None) -> tuple[LabelledPairs | None, RetrievalSet | None]:
+    kind, _, arg = spec.partition(":")
+    if kind == "homedepot":
+        return load_homedepot(data, arg or "test")
+    if kind == "pairs":
+        return read_labelled_pairs(arg), None
+    if kind == "beir":
+        return None, read_beir(arg)
+    raise ValueError(f"unknown dataset {spec!r} (homedepot[:split], pairs:FILE, beir:DIR)")
+
+
+def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=None,
+             cache_dir: str | Path | None = "artifacts/cache", max_queries: int = 0) -> dict:
+    pairs, rs = load_dataset(dataset, data)
+    if rs and max_queries:
+        keep = list(rs.queries)[:max_queries]
+        rs = RetrievalSet(rs.corpus, {q: rs.queries[q] for q in keep}, {q: rs.qrels[q] for q in keep})
+        if pairs:
+            wanted = {rs.queries[q] for q in keep}
+            idx = [i for i, q in enumerate(pairs.queries) if q in wanted]
+            pairs = LabelledPairs([pairs.queries[i] for i in idx], [pairs.keywords[i] for i in idx],
+                                  [pairs.labels[i] for i in idx], pairs.positive_threshold)
+    BiEncoderModel.cache_dir = Path(cache_dir) if cache_dir else None
+    rows = []
+    for label, spec in models:
+        print(f"evaluate: {label} ({spec})", flush=True)
+        t = time.perf_counter()
+        m = load_model(spec, pairs, rs)
+        scores = m.pair_scores(pairs) if pairs else {}
+        ranks = m.rankings(rs) if rs else None
+        lat = m.latency_ms_per_pair()
+        for variant in (scores or ranks or {"": None}):
+            row = {"model": label + (f" ({variant})" if variant else ""), "kind": spec.split(":")[0],
+                   "transformer_layers": m.layers, "params": m.params}
+            if pairs:
+                row.update(pair_metrics(scores[variant], pairs.labels, pairs.binary))
+            if ranks and variant in ranks:
+                row.update(retrieval_metrics(ranks[variant], rs.qrels))
+            ms = lat.get(variant) if isinstance(lat, dict) else lat
+            row["cpu_ms_per_pair"] = round(ms, 4) if ms is not None else None
+            if isinstance(m, TwinModel):
+                row["query_encode_ms"] = round(m.query_encode_ms(), 3)
+            rows.append(row)
+        print(f"evaluate: {label} done in {time.perf_counter() - t:.0f}s: "
+              + "; ".join(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+                          for r in rows[-len(scores or ranks or [1]):]), flush=True)
+    report = {"dataset": dataset, "pairs": len(pairs) if pairs else 0,
+              "queries": len(rs.queries) if rs else 0, "corpus": len(rs.corpus) if rs else 0,
+              "threads": torch.get_num_threads(), "rows": rows}
+    write_report(report, Path(out))
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    cols = [("model", "model"), ("transformer_layers", "layers"), ("params", "params"), ("roc_auc", "ROC-AUC"),
+            ("pr_auc", "PR-AUC"), ("spearman", "Spearman"), ("ndcg@10", "nDCG@10"), ("recall@100", "R@100"),
+            ("mrr@10", "MRR@10"), ("cpu_ms_per_pair", "CPU ms/pair"), ("query_encode_ms", "query encode ms")]
+
+    def fmt(v):
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.4f}" if v < 10 else f"{v:.1f}"
+        if isinstance(v, int) and v > 10000:
+            return f"{v / 1e6:.1f}M"
+        return str(v)
+
+    lines = [f"# Evaluation: {report['dataset']}", "",
+             f"{report['pairs']} labelled pairs; {report['queries']} retrieval queries over {report['corpus']} "
+             f"keywords; CPU latency with {report['threads']} threads (teacher: 100 pairs per call, BiLSTM: 64, "
+             "twin: one query crossed with 100 cached keyword vectors). Retrieval for TwinBERT (res) re-ranks "
+             "its cos top-100; cross models (teacher, BiLSTM) do not retrieve over the corpus.", "",
+             "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    for r in report["rows"]:
+        lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True, help="LABEL=KIND[:PATH]")
+    ap.add_argument("--dataset", default="homedepot:test")
+    ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
+    ap.add_argument("--out", default="reports/eval", help="report path without suffix (.md and .json)")
+    ap.add_argument("--max-queries", type=int, default=0, help="evaluate on the first N queries only")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = [tuple(m.split("=", 1)) if "=" in m else (m, m) for m in args.model]
+    evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries)
+
+
+if __name__ == "__main__":
+    main()

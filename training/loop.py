@@ -1,0 +1,207 @@
+"""One training loop for every model: single process or `torchrun --nproc_per_node N` (gloo),
+linear warm-up/decay, dev-based early stopping, resumable checkpoints (safetensors + JSON).
+
+Batches are a deterministic function of (seed, epoch), so a resumed run continues with exactly
+the batches it would have seen; under DDP rank r takes batches r, r + N, ...
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+
+@dataclass
+class LoopConfig:
+    out: str
+    epochs: float = 1.0
+    max_steps: int = 0            # 0 = epochs decide
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.06
+    eval_every: int = 500         # steps; 0 = only at the end
+    patience: int = 3             # evaluations without improvement before stopping
+    save_every: int = 200         # steps between resumable checkpoints
+    max_minutes: float = 0.0      # wall-clock cap; 0 = none
+    threads: int = 2
+    seed: int = 0
+    resume: bool = True
+
+
+def dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     sched, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    seen, tensors = set(), {}
+    for k, v in model.state_dict().items():  # tied weights (shared twin encoders) share storage
+        v = v.detach().contiguous()
+        tensors[k] = v.clone() if v.data_ptr() in seen else v
+        seen.add(v.data_ptr())
+    save_file(tensors, str(tmp / "model.safetensors"))
+    opt_state = opt.state_dict()
+    tensors = {f"{pid}.{name}": (v if v.dim() else v.reshape(1)).contiguous()
+               for pid, s in opt_state["state"].items() for name, v in s.items()}
+    if tensors:
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({
+        **state, "param_groups": opt_state["param_groups"], "scheduler": sched.state_dict(),
+        "torch_rng": torch.get_rng_state().tolist()}) + "\n")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def _load_checkpoint(path: Path, model, opt, sched) -> dict:
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    state = json.loads((path / "state.json").read_text())
+    opt_state = {"state": {}, "param_groups": state.pop("param_groups")}
+    if (path / "optimizer.safetensors").is_file():
+        for key, v in load_file(str(path / "optimizer.safetensors")).items():
+            pid, name = key.split(".", 1)
+            opt_state["state"].setdefault(int(pid), {})[name] = v.reshape(()) if name == "step" else v
+    opt.load_state_dict(opt_state)
+    sched.load_state_dict(state.pop("scheduler"))
+    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    return state
+
+
+def train_loop(model: torch.nn.Module, cfg: LoopConfig,
+               make_batches: Callable[[int], Sequence],
+               loss_fn: Callable[[torch.nn.Module, object], torch.Tensor],
+               evaluate: Callable[[torch.nn.Module], float] | None,
+               save_best: Callable[[torch.nn.Module], None], desc: str = "train") -> dict:
+    """Train; `evaluate` returns a dev metric (higher is better) and `save_best` keeps the best model."""
+    rank, world = dist_info()
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(max(1, cfg.threads // world))
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    steps_per_epoch = len(make_batches(0)) // world
+    if steps_per_epoch == 0:
+        raise ValueError("no training batches")
+    total = math.ceil(steps_per_epoch * cfg.epochs)
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    warmup = max(1, int(cfg.warmup_frac * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint"
+    state = {"step": 0, "best": -math.inf, "bad_evals": 0, "evals": [], "stopped_early": False}
+    if cfg.resume and (ckpt / "state.json").is_file():
+        state.update(_load_checkpoint(ckpt, model, opt, sched))
+        if is_main():
+            print(f"{desc}: resuming at step {state['step']} from {ckpt}", flush=True)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "loop_config.json").write_text(json.dumps({**asdict(cfg), "world_size": world,
+                                                          "total_steps": total}, indent=2) + "\n")
+    start = time.monotonic()
+    bar = tqdm(total=total, initial=state["step"], desc=desc, unit="step", disable=not is_main())
+    losses: list[float] = []
+
+    def run_eval() -> bool:
+        """Evaluate on rank 0; returns whether to stop (patience exhausted)."""
+        stop = False
+        if is_main() and evaluate is not None:
+            model.eval()
+            with torch.no_grad():
+                metric = evaluate(model)
+            model.train()
+            state["evals"].append({"step": state["step"], "metric": metric})
+            if metric > state["best"]:
+                state["best"], state["bad_evals"] = metric, 0
+                save_best(model)
+            else:
+                state["bad_evals"] += 1
+            bar.write(f"{desc}: step {state['step']} dev {metric:.4f} (best {state['best']:.4f})")
+            stop = state["bad_evals"] >= cfg.patience
+        elif is_main():
+            save_best(model)
+        return _broadcast_flag(stop)
+
+    model.train()
+    stop = False
+    while state["step"] < total and not stop:
+        epoch, offset = divmod(state["step"], steps_per_epoch)
+        batches = make_batches(epoch)
+        for i in range(offset, steps_per_epoch):
+            if state["step"] >= total:
+                break
+            loss = loss_fn(net, batches[i * world + rank])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < total:
+                stop = run_eval()
+                state["stopped_early"] = stop
+            if cfg.save_every and state["step"] % cfg.save_every == 0 and is_main():
+                _save_checkpoint(ckpt, model, opt, sched, state)
+            over_time = bool(cfg.max_minutes) and time.monotonic() - start > cfg.max_minutes * 60
+            if _broadcast_flag(over_time):
+                bar.write(f"{desc}: stopping at the {cfg.max_minutes:g}-minute cap (step {state['step']})")
+                stop = True
+            if stop:
+                break
+    bar.close()
+    if not state["stopped_early"]:
+        run_eval()
+    if is_main():
+        _save_checkpoint(ckpt, model, opt, sched, state)
+    state["train_minutes"] = round((time.monotonic() - start) / 60, 2)
+    state["final_loss"] = sum(losses[-50:]) / max(1, len(losses[-50:]))
+    return state
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, bucket: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar lengths (less padding): shuffle, sort within chunks of
+    `bucket` batches, cut, then shuffle the batches. Deterministic in `seed`."""
+    import random
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * bucket
+    batches = []
+    for s in range(0, len(order), chunk):
+        part = sorted(order[s:s + chunk], key=lambda i: lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size)]
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,105 @@
+"""The whole offline pipeline: quick student -> teacher -> teacher-scored distillation set ->
+TwinBERT and BiLSTM students (each also without augmentation, for the ablation) -> evaluation.
+
+    python -m training.pipeline --profile full     # make train: about an hour on 2 cores
+    python -m training.pipeline --profile quick    # minutes: smoke-run of every step
+
+Each step is skipped when its output is already complete (delete it, or --force, to redo);
+an interrupted training step resumes from its checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+PROFILES = {
+    "quick": dict(student_steps=100, teacher=["--max-steps", "150", "--eval-every", "75", "--dev-pairs", "300"],
+                  distill_data=["--max-queries", "300"],
+                  twin=["--max-steps", "100", "--eval-every", "50", "--dev-pairs", "300"],
+                  bilstm=["--max-steps", "200", "--eval-every", "100", "--dev-pairs", "300"],
+                  ablation_twin=["--max-steps", "60", "--eval-every", "0", "--dev-pairs", "300"],
+                  ablation_bilstm=["--max-steps", "120", "--eval-every", "0", "--dev-pairs", "300"],
+                  eval_queries=200),
+    "full": dict(student_steps=400, teacher=["--epochs", "1", "--max-minutes", "26", "--eval-every", "600"],
+                 distill_data=[],
+                 twin=["--epochs", "1", "--max-minutes", "14", "--eval-every", "500"],
+                 bilstm=["--epochs", "2", "--max-minutes", "6", "--eval-every", "800"],
+                 ablation_twin=["--epochs", "1", "--max-minutes", "8", "--eval-every", "500"],
+                 ablation_bilstm=["--epochs", "2", "--max-minutes", "4", "--eval-every", "800"],
+                 eval_queries=0),
+}
+
+
+def _done(path: Path) -> bool:
+    return (path / "model.safetensors").is_file() and (path / "train_summary.json").is_file()
+
+
+def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: bool) -> None:
+    from training import bilstm, distill, distill_data, evaluate, teacher
+    from training.train_twin import TrainConfig, train
+    p = PROFILES[profile]
+    common = (["--data", data] if data else [])
+    a = artifacts
+    timings = {}
+
+    def step(name, done, fn):
+        t = time.perf_counter()
+        if done and not force:
+            print(f"\n== {name}: already built, skipping", flush=True)
+        else:
+            print(f"\n== {name}", flush=True)
+            fn()
+        timings[name] = round((time.perf_counter() - t) / 60, 2)
+
+    step("quick contrastive student", (a / "model" / "model.safetensors").is_file(),
+         lambda: train(TrainConfig(data=data, out=str(a / "model"), max_steps=p["student_steps"], minutes=15)))
+    step("teacher", _done(a / "teacher"), lambda: teacher.main(common + ["--out", str(a / "teacher")] + p["teacher"]))
+    step("distillation set", (a / "distill.tsv").is_file(), lambda: distill_data.main(
+        common + ["--teacher", str(a / "teacher"), "--student", str(a / "model"), "--out", str(a / "distill.tsv")]
+        + p["distill_data"]))
+    base_twin = common + ["--distill", str(a / "distill.tsv"), "--init", str(a / "model")]
+    step("TwinBERT student", _done(a / "twin"), lambda: distill.main(base_twin + ["--out", str(a / "twin")] + p["twin"]))
+    step("TwinBERT without augmentation", _done(a / "twin_noaug"), lambda: distill.main(
+        base_twin + ["--sources", "labelled", "--out", str(a / "twin_noaug")] + p["ablation_twin"]))
+    base_lstm = common + ["--distill", str(a / "distill.tsv"), "--teacher", str(a / "teacher")]
+    step("BiLSTM student", _done(a / "bilstm"), lambda: bilstm.main(base_lstm + ["--out", str(a / "bilstm")] + p["bilstm"]))
+    step("BiLSTM without augmentation", _done(a / "bilstm_noaug"), lambda: bilstm.main(
+        base_lstm + ["--sources", "labelled", "--out", str(a / "bilstm_noaug")] + p["ablation_bilstm"]))
+    suffix = "" if profile == "full" else f"_{profile}"
+    step("evaluation", False, lambda: evaluate.main(
+        common + ["--out", str(reports / f"eval{suffix}"), "--max-queries", str(p["eval_queries"]),
+                  "--model", "BM25=bm25", "--model", "MiniLM-L6 zero-shot=minilm",
+                  "--model", f"teacher (cross-encoder)=teacher:{a / 'teacher'}",
+                  "--model", f"TwinBERT=twin:{a / 'twin'}",
+                  "--model", f"TwinBERT, no augmentation=twin:{a / 'twin_noaug'}",
+                  "--model", f"BiLSTM=bilstm:{a / 'bilstm'}",
+                  "--model", f"BiLSTM, no augmentation=bilstm:{a / 'bilstm_noaug'}"]))
+    summary = {"profile": profile, "minutes": timings, "total_minutes": round(sum(timings.values()), 2)}
+    for name in ("teacher", "twin", "twin_noaug", "bilstm", "bilstm_noaug"):
+        f = a / name / "train_summary.json"
+        if f.is_file():
+            s = json.loads(f.read_text())
+            summary[name] = {k: s.get(k) for k in ("step", "best", "train_minutes", "stopped_early", "pairs", "sources")}
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"train{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\npipeline ({profile}): {summary['total_minutes']} min; report {reports / f'eval{suffix}.md'}", flush=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    ap.add_argument("--artifacts", default=None, help="default: artifacts (full) or artifacts/quick (quick)")
+    ap.add_argument("--reports", default="reports")
+    ap.add_argument("--data")
+    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    args = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(2)
+    artifacts = Path(args.artifacts or ("artifacts" if args.profile == "full" else "artifacts/quick"))
+    run(args.profile, artifacts, Path(args.reports), args.data, args.force)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Teacher: a cross-encoder (query and keyword concatenated) fine-tuned from pretrained MiniLM-L6.
+
+Mean-pooled final states -> linear -> logit; BCE on (relevance - 1) / 2, plus sampled random
+titles as negatives (target 0) so the teacher also scores unjudged pairs sensibly; dev ROC-AUC
+early stopping.
+
+    python -m training.teacher --out artifacts/teacher [--epochs 1] [--max-minutes 30]
+    torchrun --nproc_per_node 2 -m training.teacher --out artifacts/teacher
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from training.data import keyword_corpus, load_pairs, split_pairs, write_split
+from training.loop import LoopConfig, bucketed_batches, is_main, train_loop
+from training.metrics import pair_metrics
+from training.pretrained import minilm_dir
+from training.tokenize import PairTokenizer
+from training.twin import Encoder
+
+
+@dataclass
+class CrossEncoderConfig:
+    num_layers: int = 6
+    max_length: int = 48
+
+
+class CrossEncoder(nn.Module):
+    def __init__(self, config: CrossEncoderConfig, pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config.num_layers, pretrained)
+        self.head = nn.Linear(self.encoder.hidden, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.encoder(input_ids, attention_mask)
+        m = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.head(pooled).squeeze(-1)
+
+    def tokenizer(self) -> PairTokenizer:
+        return PairTokenizer(minilm_dir() / "tokenizer.json", self.config.max_length)
+
+    @torch.inference_mode()
+    def score(self, queries: list[str], keywords: list[str], batch_size: int = 128,
+              progress: bool = False) -> np.ndarray:
+        """Logits for pairs, batched by length (less padding)."""
+        tok = self.tokenizer()
+        order = np.argsort([len(q) + len(k) for q, k in zip(queries, keywords)], kind="stable")
+        out = np.empty(len(queries), dtype=np.float32)
+        was_training = self.training
+        self.eval()
+        for s in tqdm(range(0, len(order), batch_size), desc="teacher scoring", unit="batch", disable=not progress):
+            sel = order[s:s + batch_size]
+            ids, mask = tok([queries[i] for i in sel], [keywords[i] for i in sel])
+            out[sel] = self(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
+        self.train(was_training)
+        return out
+
+    def save(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, ckpt: str | Path) -> "CrossEncoder":
+        ckpt = Path(ckpt)
+        if not (ckpt / "config.json").is_file():
+            raise FileNotFoundError(f"{ckpt}: no teacher checkpoint (config.json); run training.teacher")
+        model = cls(CrossEncoderConfig(**json.loads((ckpt / "config.json").read_text())), pretrained=False)
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        return model.eval()
+
+
+def relevance_target(relevance: float) -> float:
+    return (relevance - 1.0) / 2.0
+
+
+def dev_sample(pairs, n: int, seed: int = 0):
+    rng = random.Random(seed)
+    return rng.sample(pairs, min(n, len(pairs)))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--out", default="artifacts/teacher")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--max-minutes", type=float, default=0.0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--max-length", type=int, default=48)
+    ap.add_argument("--random-negatives", type=float, default=0.2, help="random titles per labelled pair")
+    ap.add_argument("--dev-pairs", type=int, default=2000)
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    loop = LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+                      eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
+                      threads=args.threads, seed=args.seed, resume=not args.no_resume)
+    if is_main():
+        print(f"teacher: {json.dumps(vars(args))}", flush=True)
+    all_pairs = load_pairs(args.data)
+    splits = split_pairs(all_pairs)
+    titles = list(keyword_corpus(all_pairs).values())
+    train = [(p.query, p.keyword, relevance_target(p.relevance)) for p in splits["train"]]
+    rng = random.Random(args.seed)
+    train += [(p.query, rng.choice(titles), 0.0)
+              for p in rng.sample(splits["train"], int(args.random_negatives * len(splits["train"])))]
+    dev = dev_sample(splits["dev"], args.dev_pairs, args.seed)
+    model = CrossEncoder(CrossEncoderConfig(max_length=args.max_length))
+    tok = model.tokenizer()
+
+    lengths = [len(q) + len(k) for q, k, _ in train]
+
+    def make_batches(epoch: int):
+        return bucketed_batches(lengths, args.batch_size, args.seed * 1000 + epoch)
+
+    def loss_fn(net, batch):
+        ids, mask = tok([train[i][0] for i in batch], [train[i][1] for i in batch])
+        target = torch.tensor([train[i][2] for i in batch])
+        return F.binary_cross_entropy_with_logits(net(torch.from_numpy(ids), torch.from_numpy(mask)), target)
+
+    def evaluate(m):
+        scores = m.score([p.query for p in dev], [p.keyword for p in dev])
+        return pair_metrics(scores, [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev])["roc_auc"]
+
+    state = train_loop(model, loop, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="teacher")
+    if is_main():
+        write_split(splits, Path(args.out) / "split.json")
+        (Path(args.out) / "train_summary.json").write_text(json.dumps(state, indent=2) + "\n")
+        print(f"teacher: {state['step']} steps in {state['train_minutes']} min, best dev ROC-AUC "
+              f"{state['best']:.4f}, saved to {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
