@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 ARTIFACTS ?= $(or $(TWINBERT_ARTIFACTS),artifacts)
 
-.PHONY: setup demo build serve test bench-kernels clean help
+.PHONY: setup demo build serve test train train-quick eval bench-kernels clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -25,6 +25,18 @@ serve: setup  ## run tritonserver in the foreground on the built repository
 
 test: setup  ## unit and integration tests (real tritonserver), CPU only
 	$(PY) -m pytest -q tests
+
+train: setup  ## full offline pipeline: teacher, distillation, students, evaluation (about 75 min on 2 cores)
+	$(PY) -m training.pipeline --profile full --artifacts $(ARTIFACTS) --reports reports
+
+train-quick: setup  ## every pipeline step on small budgets, into $(ARTIFACTS)/quick (smoke run)
+	$(PY) -m training.pipeline --profile quick --artifacts $(ARTIFACTS)/quick --reports reports
+
+eval: setup  ## evaluate the trained models and baselines on held-out queries -> reports/eval.{md,json}
+	$(PY) -m training.evaluate --out reports/eval --model BM25=bm25 --model "MiniLM-L6 zero-shot=minilm" \
+		--model "teacher (cross-encoder)=teacher:$(ARTIFACTS)/teacher" --model TwinBERT=twin:$(ARTIFACTS)/twin \
+		--model "TwinBERT, no augmentation=twin:$(ARTIFACTS)/twin_noaug" --model BiLSTM=bilstm:$(ARTIFACTS)/bilstm \
+		--model "BiLSTM, no augmentation=bilstm:$(ARTIFACTS)/bilstm_noaug"
 
 bench-kernels: setup  ## pool_cross: fused vs eager (GPU if present, else CPU paths) -> reports/bench_kernels_*.{json,md}
 	$(PY) -m benchmarks.bench_kernels --out reports

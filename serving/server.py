@@ -102,6 +102,9 @@ class TritonServer:
                 f"--backend-directory={backend_dir()}",
                 f"--grpc-port={self.grpc_port}", f"--http-port={self.http_port}",
                 f"--metrics-port={self.metrics_port}",
+                # explicit control: every model loads at start, and new versions (keyword store
+                # updates, encoder swaps) are loaded through the model-control API while serving
+                "--model-control-mode=explicit", "--load-model=*",
                 "--exit-timeout-secs=10", *self.extra_args]
 
     def _ready(self) -> bool:

@@ -1,0 +1,135 @@
+"""Live keyword updates: add, replace and delete keywords while the server keeps answering.
+
+1. A new store version is built from the latest one: unchanged keywords keep their cached vectors,
+   added or replaced ones are embedded with the exported keyword encoder, deleted ones are dropped,
+   and the ANN index is rebuilt (training.index's writer: atomic, checksummed).
+2. It is published as a new Triton version of `keyword_store` and `keyword_vectors` (a directory
+   renamed into place), and loaded through the model-control API (server started with
+   --model-control-mode=explicit). Triton keeps serving the old version until the new one is
+   ready, then retires it: no request fails. If the new version fails to load, it is removed and
+   the old one stays.
+
+    python -m serving.update_store --export artifacts/export --store artifacts/keyword_store \\
+        --repository artifacts/model_repository [--add FILE] [--delete FILE] [--url 127.0.0.1:8001]
+
+--add takes `id,text` CSV or JSONL (an existing id is replaced); --delete a file of ids, one per line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from serving.keyword_store import IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version, write_version
+from serving.repository import STORE_MODELS, _place
+
+
+def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
+                          delete: set[str] | None = None, spec: IndexSpec | None = None) -> Path:
+    import torch
+
+    from serving.keyword_store import sha256_file
+    from training.index import embed_texts
+    from training.tokenize import WordPiece
+    add, delete = dict(add or {}), set(delete or ())
+    base_dir = latest_version(store_root)
+    base = KeywordStore(base_dir, load_index=False)
+    unknown = sorted(delete - set(base.position))
+    if unknown:
+        raise UnknownKeywordError(unknown)
+    keep = [i for i, kid in enumerate(base.ids) if kid not in delete and kid not in add]
+    ids = [base.ids[i] for i in keep] + list(add)
+    texts = [base.texts[i] for i in keep] + list(add.values())
+    vectors = np.asarray(base.vectors[keep], dtype=np.float32)
+    if add:
+        export_dir = Path(export_dir)
+        cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
+        encoder = torch.jit.load(str(export_dir / "keyword_encoder.pt")).eval()
+        tok = WordPiece(export_dir / "tokenizer.json", cfg["keyword_max_len"])
+        vectors = np.concatenate([vectors, embed_texts(encoder, tok, list(add.values()), progress=False)])
+    encoder_sha = sha256_file(Path(export_dir) / "export.json")
+    if encoder_sha != base.manifest["encoder_sha256"]:
+        raise StoreError(f"{base_dir} was built with another encoder; rebuild the whole store with training.index")
+    m = base.manifest
+    spec = spec or IndexSpec(m["index_type"], **{k: v for k, v in {
+        "hnsw_m": m["index_params"].get("M"), "ef_construction": m["index_params"].get("efConstruction"),
+        "ef_search": m["index_params"].get("efSearch")}.items() if v is not None})
+    return write_version(store_root, ids, texts, vectors, spec, encoder_sha,
+                         extra={"base_version": m["version"], "added_or_replaced": len(add), "deleted": len(delete)})
+
+
+def _versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def publish(repository: str | Path, store_version: str | Path, url: str, timeout_s: float = 120.0) -> int:
+    """Add `store_version` as the next Triton version of the store models and load it."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+    repo, store_version = Path(repository), Path(store_version)
+    KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
+    new = max(max(_versions(repo / m)) for m in STORE_MODELS) + 1
+    for model in STORE_MODELS:
+        current = repo / model / str(max(_versions(repo / model)))
+        tmp = repo / model / f".tmp-{new}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in current.iterdir():
+            if f.is_file():
+                _place(f, tmp / f.name)
+        for f in store_version.iterdir():
+            _place(f, tmp / "store" / f.name)
+        tmp.rename(repo / model / str(new))
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        for model in STORE_MODELS:
+            try:
+                client.load_model(model, client_timeout=timeout_s)
+            except InferenceServerException as e:
+                for m in STORE_MODELS:  # withdraw the broken version; the old one keeps serving
+                    shutil.rmtree(repo / m / str(new), ignore_errors=True)
+                    try:
+                        client.load_model(m, client_timeout=timeout_s)
+                    except InferenceServerException:
+                        pass
+                raise StoreError(f"version {new} failed to load ({e.message()}); the previous version keeps "
+                                 "serving") from None
+        deadline = time.monotonic() + timeout_s
+        while not all(client.is_model_ready(m, str(new)) for m in STORE_MODELS):
+            if time.monotonic() > deadline:
+                raise StoreError(f"version {new} not ready after {timeout_s:.0f}s")
+            time.sleep(0.1)
+    finally:
+        client.close()
+    for model in STORE_MODELS:  # retired versions stay on disk for rollback; keep the last two
+        for old in _versions(repo / model)[:-2]:
+            shutil.rmtree(repo / model / str(old), ignore_errors=True)
+    return new
+
+
+def main(argv=None) -> None:
+    from client.core import DEFAULT_URL
+    from training.index import read_corpus
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", required=True)
+    ap.add_argument("--store", required=True, help="keyword store root (a new version is added)")
+    ap.add_argument("--repository", required=True, help="the model repository the server runs on")
+    ap.add_argument("--add", help="id,text CSV or JSONL of keywords to add or replace")
+    ap.add_argument("--delete", help="file of keyword ids to delete, one per line")
+    ap.add_argument("--url", default=DEFAULT_URL)
+    args = ap.parse_args(argv)
+    add = dict(zip(*read_corpus(args.add))) if args.add else {}
+    delete = {line.strip() for line in Path(args.delete).read_text().splitlines() if line.strip()} if args.delete else set()
+    if not add and not delete:
+        raise SystemExit("update_store: nothing to do (give --add and/or --delete)")
+    version = build_updated_version(args.export, args.store, add, delete)
+    triton_version = publish(args.repository, version, args.url)
+    print(f"update_store: +{len(add)} added/replaced, -{len(delete)} deleted -> store {version}, "
+          f"serving as model version {triton_version}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Keyword-store live updates on the real server: no failed request while versions swap."""
+import threading
+
+import numpy as np
+import pytest
+
+from client import InvalidRequest, TwinBertClient
+from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, write_version
+from serving.repository import assemble
+from serving.server import TritonServer, free_port
+from serving.update_store import build_updated_version, publish
+from training.index import build as build_index
+
+pytestmark = pytest.mark.server
+
+TITLES = {"d1": "DEWALT Cordless Drill Driver Kit", "f1": "Hampton Bay Ceiling Fan with Light",
+          "h1": "Flexzilla 50 ft. Garden Hose", "p1": "BEHR Premium Interior Paint",
+          "t1": "American Standard Toilet Seat", "k1": "Glacier Bay Kitchen Faucet"}
+
+
+@pytest.fixture
+def live(tiny_export, tmp_path):
+    store = tmp_path / "store"
+    build_index(tiny_export, store, list(TITLES), list(TITLES.values()), IndexSpec("flat"), progress=False)
+    repo = assemble(tiny_export, store, tmp_path / "repo")
+    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                      log_file=tmp_path / "server.log") as server:
+        yield server, store, repo
+
+
+class Load:
+    """Background retrieve + relevance requests (bounded), counting failures."""
+
+    def __init__(self, url):
+        self.url, self.stop, self.ok, self.failed = url, threading.Event(), 0, []
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self):
+        with TwinBertClient(self.url) as c:
+            for _ in range(20000):
+                if self.stop.is_set():
+                    return
+                try:
+                    c.retrieve("cordless drill", 3)
+                    c.relevance("drill", ["d1", "f1"])
+                    self.ok += 1
+                except Exception as e:  # noqa: BLE001 - any failure counts
+                    self.failed.append(repr(e))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+
+
+def test_add_replace_delete_while_serving_with_no_failed_request(live, tiny_export):
+    server, store, repo = live
+    with Load(server.grpc_url) as load:
+        version = build_updated_version(tiny_export, store, add={"n1": "Ryobi Impact Driver Bit Set",
+                                                                 "h1": "Gilmour 100 ft. Rubber Garden Hose"},
+                                         delete={"p1"})
+        assert publish(repo, version, server.grpc_url) == 2
+        before = load.ok
+        while load.ok < before + 5:  # requests keep flowing on the new version
+            pass
+    assert load.failed == [] and load.ok > 5
+    with TwinBertClient(server.grpc_url) as c:
+        assert c.retrieve("impact driver bits", 1)[0].keyword_id == "n1"
+        assert c.retrieve("100 ft rubber hose", 1)[0].keyword == "Gilmour 100 ft. Rubber Garden Hose"
+        with pytest.raises(InvalidRequest, match="'p1'"):
+            c.relevance("paint", ["p1"])
+        assert c.health()["models"]["keyword_store"][0]["version"] in ("1", "2")
+    manifest = KeywordStore(latest_version(store)).manifest
+    assert manifest["count"] == 6 and manifest["base_version"] == 1
+
+
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(live, tiny_export):
+    server, store, repo = live
+    old = KeywordStore(latest_version(store))
+    bad = write_version(store, old.ids, old.texts, np.asarray(old.vectors), IndexSpec("flat"),
+                        encoder_sha256="another-encoder")
+    with Load(server.grpc_url) as load:
+        with pytest.raises(StoreError, match="previous version keeps serving"):
+            publish(repo, bad, server.grpc_url)
+    assert load.failed == [] and load.ok > 0
+    with TwinBertClient(server.grpc_url) as c:
+        assert c.retrieve("cordless drill", 1)[0].keyword_id == "d1"
+    assert not (repo / "keyword_store" / "2").exists()
+
+
+def test_deleting_an_unknown_id_is_refused(live, tiny_export):
+    _, store, _ = live
+    with pytest.raises(KeyError, match="'zz'"):
+        build_updated_version(tiny_export, store, delete={"zz"})
