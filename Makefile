@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 ARTIFACTS ?= $(or $(TWINBERT_ARTIFACTS),artifacts)
 
-.PHONY: setup demo build serve test train train-quick eval bench-kernels clean help
+.PHONY: setup demo build serve test train train-quick eval bench bench-kernels bench-store loadtest clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -37,6 +37,15 @@ eval: setup  ## evaluate the trained models and baselines on held-out queries ->
 		--model "teacher (cross-encoder)=teacher:$(ARTIFACTS)/teacher" --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		--model "TwinBERT, no augmentation=twin:$(ARTIFACTS)/twin_noaug" --model BiLSTM=bilstm:$(ARTIFACTS)/bilstm \
 		--model "BiLSTM, no augmentation=bilstm:$(ARTIFACTS)/bilstm_noaug"
+
+bench: build  ## served relevance vs teacher and served retrieve vs in-process, one run -> reports/bench.{md,json}
+	$(PY) -m client.suite bench --repository $(ARTIFACTS)/model_repository --teacher $(ARTIFACTS)/teacher
+
+loadtest: build  ## start the server, sweep concurrency with perf_analyzer and the own generator -> reports/loadtest.*
+	$(PY) -m client.suite loadtest --repository $(ARTIFACTS)/model_repository
+
+bench-store: build  ## 1M keyword vectors: build time, memory, top-100 latency and recall -> reports/bench_store.*
+	$(PY) -m serving.bench_store --artifacts $(ARTIFACTS)
 
 bench-kernels: setup  ## pool_cross: fused vs eager (GPU if present, else CPU paths) -> reports/bench_kernels_*.{json,md}
 	$(PY) -m benchmarks.bench_kernels --out reports

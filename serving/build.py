@@ -46,7 +46,10 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
     from serving.repository import assemble
 
     artifacts = Path(artifacts)
-    model_dir, export_dir = artifacts / "model", artifacts / "export"
+    export_dir = artifacts / "export"
+    # The distilled student from `make train` when there is one, else the demo's quick student.
+    distilled = artifacts / "twin"
+    model_dir = distilled if (distilled / "model.safetensors").is_file() else artifacts / "model"
     store_root, repo = artifacts / "keyword_store", artifacts / "model_repository"
     if rebuild:
         for d in (model_dir, export_dir, store_root, repo):
@@ -55,7 +58,7 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
 
     t = _step("model")
     if (model_dir / "model.safetensors").is_file():
-        print(f"reusing {model_dir}")
+        print(f"reusing {model_dir}" + (" (distilled by make train)" if model_dir == distilled else ""))
     else:
         # A fixed, seeded step count keeps the model the same on a busy machine; minutes is a cap.
         train(TrainConfig(data=data, out=str(model_dir), max_steps=steps, minutes=minutes))

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 FORMAT = "twinbert-keyword-store/1"
-INDEX_TYPES = ("flat", "hnsw")
+INDEX_TYPES = ("flat", "hnsw", "hnsw_sq8")
 MAX_TOP_K = 1000
 _DATA_FILES = ("index.faiss", "ids.json", "vectors.npy", "texts.jsonl")
 
@@ -64,7 +64,7 @@ class IndexSpec:
     ef_search: int = 128
 
     def params(self) -> dict:
-        if self.index_type == "hnsw":
+        if self.index_type in ("hnsw", "hnsw_sq8"):
             return {"M": self.hnsw_m, "efConstruction": self.ef_construction, "efSearch": self.ef_search}
         return {}
 
@@ -75,6 +75,14 @@ def build_index(vectors: np.ndarray, spec: IndexSpec) -> faiss.Index:
     dim = vectors.shape[1]
     if spec.index_type == "flat":
         index = faiss.IndexFlatIP(dim)
+    elif spec.index_type == "hnsw_sq8":  # 8-bit scalar-quantised storage: 1/4 of fp32 memory
+        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = spec.ef_construction
+        index.hnsw.efSearch = spec.ef_search
+        unit = _normalized(vectors)
+        index.train(unit)
+        index.add(unit)
+        return index
     else:
         index = faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = spec.ef_construction

@@ -13,13 +13,13 @@ def make_store(root, n=200, dim=16, index_type="flat", seed=0):
     return write_version(root, ids, [f"text {i}" for i in range(n)], vectors, IndexSpec(index_type), "enc"), vectors
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
-def test_search_finds_the_keyword_itself(tmp_path, index_type):
+@pytest.mark.parametrize("index_type, tolerance", [("flat", 1e-5), ("hnsw", 1e-5), ("hnsw_sq8", 2e-2)])
+def test_search_finds_the_keyword_itself(tmp_path, index_type, tolerance):
     path, vectors = make_store(tmp_path, index_type=index_type)
     store = KeywordStore(path)
     positions, scores = store.search(vectors[[3, 150]] * 2.5, 5)  # scale does not matter for cosine
     assert positions[0][0] == 3 and positions[1][0] == 150
-    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert scores[0, 0] == pytest.approx(1.0, abs=tolerance)
     assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 

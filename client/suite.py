@@ -1,0 +1,161 @@
+"""Serving benchmarks that start the real server themselves, measure, write reports, and stop it.
+
+    python -m client.suite loadtest [--repository DIR] [--out reports/loadtest]   # make loadtest
+    python -m client.suite bench    [--repository DIR] [--out reports/bench]      # make bench
+
+loadtest: perf_analyzer and the project's asyncio generator, same held-out queries, same closed-loop
+concurrency levels, side by side (report: table, JSON, CSV, PNG).
+bench: in one run on the same queries and candidates: served `relevance` for 100 candidates against
+the teacher cross-encoder scoring the same 100 pairs in-process; served `retrieve` top-100 against
+the same pipeline in-process without Triton.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def held_out_queries(data=None, n: int = 500) -> list[str]:
+    from training.datasets import load_homedepot
+    _, rs = load_homedepot(data, "test")
+    return list(rs.queries.values())[:n]
+
+
+def _pct(samples, p):
+    return round(float(np.percentile(samples, p)), 3)
+
+
+def _time_calls(fn, args_list, repeats: int) -> list[float]:
+    out = []
+    for i in range(repeats):
+        a = args_list[i % len(args_list)]
+        t = time.perf_counter()
+        fn(*a)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def _server(repository: Path, log: Path):
+    from serving.server import TritonServer, free_port
+    return TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                        log_file=log)
+
+
+def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests: int = 2000,
+             duration_s: float = 15.0, top_k: int = 100) -> dict:
+    from client.loadtest import run_load
+    from client.perf import run_perf_analyzer, write_input_data
+    from client.report import write_load_report
+    queries = held_out_queries(data)
+    input_data = write_input_data(out.parent / "perf_input.json", queries[:200], top_k=top_k)
+    own, perf = [], []
+    with _server(repository, out.parent / "loadtest_server.log") as server:
+        for c in levels:  # interleave the two tools per level so drift hits both alike
+            perf.append(run_perf_analyzer(server.grpc_url, "retrieve", input_data, c, out.parent / f"perf_c{c}.csv"))
+            r = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=c, requests=requests,
+                                     duration_s=duration_s, top_k=top_k))
+            own.append(r)
+            p = perf[-1]
+            print(f"c={c}: perf_analyzer {p['throughput_rps']:.0f}/s p50 {p['p50_ms']:.2f} ms p99 {p['p99_ms']:.2f} | "
+                  f"own {r.throughput_rps:.0f}/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms, errors {r.errors}",
+                  flush=True)
+    agreement = [{"level": p["level"], "p50_perf_analyzer": p["p50_ms"], "p50_own": r.p50_ms,
+                  "relative_difference": round(abs(r.p50_ms - p["p50_ms"]) / p["p50_ms"], 3)}
+                 for p, r in zip(perf, own)]
+    notes = [f"Model `retrieve`, top-{top_k}, {len(queries)} held-out test queries; closed loop at concurrency "
+             f"{levels}. perf_analyzer reads its queries from `perf_input.json` (200 of them).",
+             "", "p50 agreement between the tools (|own - perf_analyzer| / perf_analyzer):", "",
+             "| concurrency | perf_analyzer p50 ms | own p50 ms | difference |", "|---|---|---|---|"]
+    notes += [f"| {a['level']} | {a['p50_perf_analyzer']} | {a['p50_own']} | {a['relative_difference']:.1%} |"
+              for a in agreement]
+    write_load_report(own, out, f"retrieve top-{top_k}: project load generator vs perf_analyzer",
+                      extra_series={"perf_analyzer": perf}, notes=notes)
+    result = json.loads(out.with_suffix(".json").read_text())
+    result["agreement"] = agreement
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: int = 50, repeats: int = 300) -> dict:
+    import torch
+
+    from client.core import TwinBertClient
+    from serving.pipeline import InProcessPipeline
+    from training.teacher import CrossEncoder
+    torch.set_num_threads(2)
+    queries = held_out_queries(data, n_queries)
+    pipe = InProcessPipeline(repository)
+    # The same 100 candidates for every path: the cosine top-100 of each query.
+    candidates = {q: [i.decode() for i in pipe.retrieve(q, 100, 0)[0][0]] for q in queries}
+    rows = {}
+    with _server(repository, out.parent / "bench_server.log") as server, TwinBertClient(server.grpc_url) as c:
+        for q in queries[:5]:  # warm both paths
+            c.retrieve(q, 100), c.relevance(q, candidates[q]), pipe.retrieve(q, 100), pipe.relevance(q, candidates[q])
+        args = [(q,) for q in queries]
+        for name, served, local in (
+                ("retrieve top-100", lambda q: c.retrieve(q, 100), lambda q: pipe.retrieve(q, 100)),
+                ("relevance 100 candidates", lambda q: c.relevance(q, candidates[q]),
+                 lambda q: pipe.relevance(q, candidates[q]))):
+            s_served, s_local = [], []
+            for _ in range(3):  # interleave served and in-process blocks
+                s_served += _time_calls(served, args, repeats // 3)
+                s_local += _time_calls(local, args, repeats // 3)
+            rows[name] = {"served_p50_ms": _pct(s_served, 50), "served_p99_ms": _pct(s_served, 99),
+                          "in_process_p50_ms": _pct(s_local, 50), "in_process_p99_ms": _pct(s_local, 99),
+                          "served_over_in_process": round(statistics.median(s_served) / statistics.median(s_local), 3),
+                          "calls": len(s_served)}
+            print(f"{name}: served p50 {rows[name]['served_p50_ms']} ms p99 {rows[name]['served_p99_ms']} ms; "
+                  f"in-process p50 {rows[name]['in_process_p50_ms']} ms "
+                  f"(x{rows[name]['served_over_in_process']})", flush=True)
+        teacher = CrossEncoder.load(teacher_dir)
+        texts = {q: [pipe.store.texts[pipe.store.position[k]] for k in candidates[q]] for q in queries}
+        t_teacher = _time_calls(lambda q: teacher.score([q] * 100, texts[q], batch_size=100), args[:10], 20)
+        served_rel = _time_calls(lambda q: c.relevance(q, candidates[q]), args, 100)
+    rows["teacher vs twin, 100 pairs"] = {
+        "teacher_in_process_p50_ms": _pct(t_teacher, 50), "twin_served_relevance_p50_ms": _pct(served_rel, 50),
+        "twin_speedup": round(statistics.median(t_teacher) / statistics.median(served_rel), 1)}
+    print(f"teacher 100 pairs p50 {_pct(t_teacher, 50)} ms vs served twin relevance {_pct(served_rel, 50)} ms "
+          f"(x{rows['teacher vs twin, 100 pairs']['twin_speedup']})", flush=True)
+    result = {"queries": len(queries), "threads": 2, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# End-to-end benchmark (one run, same queries and candidates)", "",
+             f"{len(queries)} held-out test queries; candidates are each query's cosine top-100. Served = over gRPC "
+             "through the real tritonserver (one client); in-process = the same artifacts and code without Triton. "
+             "Medians and p99 in ms over interleaved blocks.", "",
+             "| comparison | metric | value |", "|---|---|---|"]
+    for name, r in rows.items():
+        lines += [f"| {name} | {k} | {v} |" for k, v in r.items()]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("loadtest", "bench"))
+    ap.add_argument("--repository", default="artifacts/model_repository")
+    ap.add_argument("--teacher", default="artifacts/teacher")
+    ap.add_argument("--data")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--levels", default="1,2,4,8,16", help="loadtest concurrency levels")
+    ap.add_argument("--duration", type=float, default=15.0, help="loadtest seconds per level (own generator)")
+    args = ap.parse_args(argv)
+    repo = Path(args.repository)
+    if not (repo / "retrieve").is_dir():
+        raise SystemExit(f"{repo} is not a built model repository: run `make build` (after `make train` for the "
+                         "distilled model)")
+    if args.command == "loadtest":
+        loadtest(repo, Path(args.out or "reports/loadtest"), [int(x) for x in args.levels.split(",")], args.data,
+                 duration_s=args.duration)
+    else:
+        bench(repo, Path(args.out or "reports/bench"), Path(args.teacher), args.data)
+
+
+if __name__ == "__main__":
+    main()
