@@ -19,7 +19,7 @@ from torch import nn
 
 from training.data import load_pairs, split_pairs
 from training.distill_data import SOURCES, read_rows
-from training.loop import LoopConfig, bucketed_batches, is_main, train_loop
+from training.loop import add_loop_args, bucketed_batches, is_main, loop_config, train_loop
 from training.metrics import pair_metrics
 from training.pretrained import minilm_dir
 from training.teacher import CrossEncoder, dev_sample, relevance_target
@@ -83,23 +83,12 @@ class BiLSTMStudent(nn.Module):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data")
-    ap.add_argument("--distill", required=True)
-    ap.add_argument("--sources", default=",".join(SOURCES))
+    ap.add_argument("--distill", required=True, help="TSV from training.distill_data")
+    ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated sources to train on")
     ap.add_argument("--teacher", required=True, help="teacher checkpoint (its embeddings are reused)")
     ap.add_argument("--out", default="artifacts/bilstm")
-    ap.add_argument("--epochs", type=float, default=2.0)
-    ap.add_argument("--max-steps", type=int, default=0)
-    ap.add_argument("--max-minutes", type=float, default=0.0)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--label-weight", type=float, default=0.5)
-    ap.add_argument("--dev-pairs", type=int, default=2000)
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-resume", action="store_true")
+    add_loop_args(ap, epochs=2.0, lr=2e-3, batch_size=64, eval_every=500)
     args = ap.parse_args(argv)
     if is_main():
         print(f"bilstm: {json.dumps(vars(args))}", flush=True)
@@ -127,10 +116,7 @@ def main(argv=None) -> None:
         s = m.score([p.query for p in dev], [p.keyword for p in dev])
         return pair_metrics(s, [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev])["roc_auc"]
 
-    loop = LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                      eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
-                      threads=args.threads, seed=args.seed, resume=not args.no_resume)
-    state = train_loop(model, loop, lambda e: bucketed_batches(lengths, args.batch_size, args.seed * 1000 + e),
+    state = train_loop(model, loop_config(args), lambda e: bucketed_batches(lengths, args.batch_size, args.seed * 1000 + e),
                        loss_fn, evaluate, lambda m: m.save(args.out), desc="bilstm")
     if is_main():
         (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources}, indent=2) + "\n")

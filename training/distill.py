@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from kernels import pool_cross
 from training.data import load_pairs, normalize_query, split_pairs
 from training.distill_data import SOURCES, read_rows
-from training.loop import LoopConfig, bucketed_batches, is_main, train_loop
+from training.loop import add_loop_args, bucketed_batches, is_main, loop_config, train_loop
 from training.metrics import pair_metrics
 from training.pretrained import minilm_dir
 from training.teacher import dev_sample
@@ -46,7 +46,6 @@ def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], b
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data")
     ap.add_argument("--distill", required=True, help="TSV from training.distill_data")
     ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated sources to train on")
     ap.add_argument("--init", help="TwinBERT checkpoint to start from (default: pretrained MiniLM layers)")
@@ -54,19 +53,9 @@ def main(argv=None) -> None:
     ap.add_argument("--proj-dim", type=int, default=0)
     ap.add_argument("--separate-encoders", action="store_true")
     ap.add_argument("--out", default="artifacts/twin")
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--max-steps", type=int, default=0)
-    ap.add_argument("--max-minutes", type=float, default=0.0)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--contrastive-weight", type=float, default=0.5)
-    ap.add_argument("--scale", type=float, default=20.0)
-    ap.add_argument("--dev-pairs", type=int, default=2000)
-    ap.add_argument("--eval-every", type=int, default=400)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--scale", type=float, default=20.0, help="inverse temperature of the InfoNCE term")
+    add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
     if is_main():
         print(f"distill: {json.dumps(vars(args))}", flush=True)
@@ -115,10 +104,7 @@ def main(argv=None) -> None:
         labels, binary = [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev]
         return float(np.mean([pair_metrics(s[c], labels, binary)["roc_auc"] for c in ("cos", "res")]))
 
-    loop = LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                      eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
-                      threads=args.threads, seed=args.seed, resume=not args.no_resume)
-    state = train_loop(model, loop, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
+    state = train_loop(model, loop_config(args), make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
     if is_main():
         (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources,
                                                                        "pairs": len(rows)}, indent=2) + "\n")

@@ -205,3 +205,25 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, bucket:
         batches += [part[i:i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def add_loop_args(ap, *, epochs: float, lr: float, batch_size: int, eval_every: int) -> None:
+    """The flags every training command shares (defaults per model)."""
+    ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
+    ap.add_argument("--epochs", type=float, default=epochs)
+    ap.add_argument("--max-steps", type=int, default=0, help="0 = epochs decide")
+    ap.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock cap; 0 = none")
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--dev-pairs", type=int, default=2000, help="dev pairs scored at each evaluation")
+    ap.add_argument("--eval-every", type=int, default=eval_every, help="steps; 0 = only at the end")
+    ap.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+
+
+def loop_config(args) -> LoopConfig:
+    return LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+                      eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
+                      threads=args.threads, seed=args.seed, resume=not args.no_resume)

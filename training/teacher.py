@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.data import keyword_corpus, load_pairs, split_pairs, write_split
-from training.loop import LoopConfig, bucketed_batches, is_main, train_loop
+from training.loop import add_loop_args, bucketed_batches, is_main, loop_config, train_loop
 from training.metrics import pair_metrics
 from training.pretrained import minilm_dir
 from training.tokenize import PairTokenizer
@@ -95,25 +95,13 @@ def dev_sample(pairs, n: int, seed: int = 0):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data")
     ap.add_argument("--out", default="artifacts/teacher")
-    ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--max-steps", type=int, default=0)
-    ap.add_argument("--max-minutes", type=float, default=0.0)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--max-length", type=int, default=48)
+    ap.add_argument("--num-layers", type=int, default=6, help="transformer layers taken from MiniLM-L6")
     ap.add_argument("--random-negatives", type=float, default=0.2, help="random titles per labelled pair")
-    ap.add_argument("--dev-pairs", type=int, default=2000)
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-resume", action="store_true")
+    add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=32, eval_every=500)
     args = ap.parse_args(argv)
-    loop = LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                      eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
-                      threads=args.threads, seed=args.seed, resume=not args.no_resume)
+    loop = loop_config(args)
     if is_main():
         print(f"teacher: {json.dumps(vars(args))}", flush=True)
     all_pairs = load_pairs(args.data)
@@ -124,7 +112,7 @@ def main(argv=None) -> None:
     train += [(p.query, rng.choice(titles), 0.0)
               for p in rng.sample(splits["train"], int(args.random_negatives * len(splits["train"])))]
     dev = dev_sample(splits["dev"], args.dev_pairs, args.seed)
-    model = CrossEncoder(CrossEncoderConfig(max_length=args.max_length))
+    model = CrossEncoder(CrossEncoderConfig(num_layers=args.num_layers, max_length=args.max_length))
     tok = model.tokenizer()
 
     lengths = [len(q) + len(k) for q, k, _ in train]

@@ -1,0 +1,61 @@
+"""Every training command end to end on a tiny Home Depot-shaped CSV written here (small models)."""
+import json
+import random
+
+import pytest
+
+from training import bilstm, distill, distill_data, evaluate, teacher
+from training.data import split_of
+from training.twin import TwinBERT, TwinConfig
+
+PRODUCTS = ["cordless drill", "ceiling fan", "garden hose", "kitchen faucet", "toilet seat", "led bulb",
+            "interior paint", "concrete mix", "angle bracket", "door lock", "wood screws", "shop vacuum"]
+BRANDS = ["DEWALT", "Hampton Bay", "Flexzilla", "Glacier Bay", "BEMIS", "Philips", "BEHR", "Quikrete"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hd")
+    rng = random.Random(0)
+    rows, uid = [], 100000
+    titles = {}
+    for p in PRODUCTS:
+        for b in BRANDS[:4]:
+            uid += 1
+            titles[uid] = f"{b} {p.title()} Model {uid % 97}"
+    queries = [f"{adj} {p}" for p in PRODUCTS for adj in ("best", "cheap", "white", "large", "small", "new")]
+    assert {split_of(q) for q in queries} == {"train", "dev", "test"}
+    for i, q in enumerate(queries):
+        product = q.split(" ", 1)[1]
+        for uid, t in rng.sample(sorted(titles.items()), 2) + [next((u, t) for u, t in titles.items()
+                                                                  if product.title() in t)]:
+            rel = 3.0 if product.title() in t else rng.choice([1.0, 1.33, 2.0])
+            rows.append(f'{len(rows) + 1},{uid},"{t}","{q}",{rel}')
+    (root / "train.csv").write_text('"id","product_uid","product_title","search_term","relevance"\n'
+                                    + "\n".join(rows) + "\n", encoding="latin-1")
+    return root
+
+
+def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
+    d = ["--data", str(tiny_data)]
+    small = ["--max-steps", "3", "--eval-every", "2", "--dev-pairs", "20", "--batch-size", "8"]
+    teacher.main(d + ["--out", str(tmp_path / "teacher"), "--num-layers", "1"] + small)
+    assert json.loads((tmp_path / "teacher" / "train_summary.json").read_text())["step"] == 3
+    TwinBERT(TwinConfig(num_layers=1)).save(tmp_path / "student")
+    distill_data.main(d + ["--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
+                           "--out", str(tmp_path / "distill.tsv")])
+    sources = {line.split("\t")[-1].strip() for line in (tmp_path / "distill.tsv").read_text().splitlines()[1:]}
+    assert sources == {"labelled", "random", "bm25", "student", "perturbed"}
+    distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
+                      "--out", str(tmp_path / "twin")] + small)
+    assert TwinBERT.load(tmp_path / "twin").config.trained_crossings == ("cos", "res")
+    bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
+                     "--out", str(tmp_path / "bilstm")] + small)
+    report = evaluate.evaluate([("BM25", "bm25"), ("teacher", f"teacher:{tmp_path / 'teacher'}"),
+                                ("twin", f"twin:{tmp_path / 'twin'}"), ("bilstm", f"bilstm:{tmp_path / 'bilstm'}")],
+                               "homedepot:test", tmp_path / "eval", data=str(tiny_data), cache_dir=None)
+    rows = {r["model"]: r for r in report["rows"]}
+    assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm"}
+    assert all(0.0 <= r["roc_auc"] <= 1.0 for r in rows.values())
+    assert "ndcg@10" in rows["twin (cos)"] and "ndcg@10" in rows["BM25"] and "ndcg@10" not in rows["teacher"]
+    assert "| twin (res) |" in (tmp_path / "eval.md").read_text()
