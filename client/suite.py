@@ -2,6 +2,7 @@
 
     python -m client.suite loadtest [--repository DIR] [--out reports/loadtest]   # make loadtest
     python -m client.suite bench    [--repository DIR] [--out reports/bench]      # make bench
+    python -m client.suite tune     [--repository DIR] [--out reports/tuning]     # batching/placement variants
 
 loadtest: perf_analyzer and the project's asyncio generator, same held-out queries, same closed-loop
 concurrency levels, side by side (report: table, JSON, CSV, PNG).
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -136,9 +138,59 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     return result
 
 
+# Repository variants compared by `tune`: (name, {model: [(config text, replacement)]}).
+VARIANTS = [
+    ("as shipped", {}),
+    ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
+    ("2 tokenizer + 2 store instances", {"tokenizer": [("count: 1", "count: 2")], "keyword_store": [("count: 1", "count: 2")]}),
+    ("encoder 1 thread, 2 instances", {"query_encoder": [("count: 1", "count: 2"), ('string_value: "2"', 'string_value: "1"')]}),
+]
+
+
+def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> dict:
+    """Same load on each repository variant: one client (latency) and 16 clients (throughput)."""
+    import shutil
+
+    from client.loadtest import run_load
+    queries = held_out_queries(data)
+    rows = []
+    for name, edits in VARIANTS:
+        variant = out.parent / "tune_repo"
+        shutil.rmtree(variant, ignore_errors=True)
+        shutil.copytree(repository, variant, copy_function=os.link)
+        for model, subs in edits.items():
+            cfg = variant / model / "config.pbtxt"
+            text = cfg.read_text()
+            cfg.unlink()  # hard-linked: write a new file, leave the original alone
+            for old, new in subs:
+                if old not in text:
+                    raise ValueError(f"{model}: {old!r} not in config")
+                text = text.replace(old, new)
+            cfg.write_text(text)
+        with _server(variant, out.parent / "tune_server.log") as server:
+            one = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=1, requests=400,
+                                       duration_s=duration_s, top_k=100))
+            many = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=16, requests=4000,
+                                        duration_s=duration_s, top_k=100))
+        rows.append({"variant": name, "c1_p50_ms": one.p50_ms, "c1_p99_ms": one.p99_ms,
+                     "c16_rps": many.throughput_rps, "c16_p50_ms": many.p50_ms, "c16_p99_ms": many.p99_ms,
+                     "errors": one.errors + many.errors})
+        print(f"tune: {rows[-1]}", flush=True)
+        shutil.rmtree(variant, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    cols = list(rows[0])
+    lines = ["# Batching and placement on 2 CPU cores (retrieve top-100, held-out queries)", "",
+             "Each variant changes the shipped repository as named; one client for latency, 16 for throughput.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return {"rows": rows}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("loadtest", "bench"))
+    ap.add_argument("command", choices=("loadtest", "bench", "tune"))
     ap.add_argument("--repository", default="artifacts/model_repository")
     ap.add_argument("--teacher", default="artifacts/teacher")
     ap.add_argument("--data")
@@ -153,6 +205,8 @@ def main(argv=None) -> None:
     if args.command == "loadtest":
         loadtest(repo, Path(args.out or "reports/loadtest"), [int(x) for x in args.levels.split(",")], args.data,
                  duration_s=args.duration)
+    elif args.command == "tune":
+        tune(repo, Path(args.out or "reports/tuning"), args.data)
     else:
         bench(repo, Path(args.out or "reports/bench"), Path(args.teacher), args.data)
 
