@@ -146,3 +146,12 @@ def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank 0 steps 16" in out.stdout and "rank 1 steps 16" in out.stdout  # 8 batches/epoch / 2 ranks x 4
+
+
+def test_bm25_scores_and_a_stopword_only_query():
+    from training.augment import BM25Index
+    bm25 = BM25Index(["d", "f"], ["DEWALT cordless drill", "Hampton Bay ceiling fan"])
+    assert bm25.top_k(["cordless drill"], 1) == [["d"]]
+    s = bm25.scores("drill")
+    assert s[0] > 0 and s[1] == 0
+    assert (bm25.scores("the of and") == 0).all()

@@ -81,4 +81,6 @@ class BM25Index:
 
     def scores(self, query: str) -> np.ndarray:
         tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0]
+        if not tokens:  # a query of stopwords only matches nothing
+            return np.zeros(len(self.ids), dtype=np.float32)
         return self.retriever.get_scores(tokens)
