@@ -43,6 +43,13 @@ def _time_calls(fn, args_list, repeats: int) -> list[float]:
     return out
 
 
+def _work() -> Path:
+    """Logs and perf_analyzer inputs (held-out queries: data, not reports) stay under artifacts/."""
+    path = Path(os.environ.get("TWINBERT_ARTIFACTS", "artifacts")) / "bench_work"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _server(repository: Path, log: Path):
     from serving.server import TritonServer, free_port
     return TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
@@ -55,11 +62,11 @@ def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests
     from client.perf import run_perf_analyzer, write_input_data
     from client.report import write_load_report
     queries = held_out_queries(data)
-    input_data = write_input_data(out.parent / "perf_input.json", queries[:200], top_k=top_k)
+    input_data = write_input_data(_work() / "perf_input.json", queries[:200], top_k=top_k)
     own, perf = [], []
-    with _server(repository, out.parent / "loadtest_server.log") as server:
+    with _server(repository, _work() / "loadtest_server.log") as server:
         for c in levels:  # interleave the two tools per level so drift hits both alike
-            perf.append(run_perf_analyzer(server.grpc_url, "retrieve", input_data, c, out.parent / f"perf_c{c}.csv"))
+            perf.append(run_perf_analyzer(server.grpc_url, "retrieve", input_data, c, _work() / f"perf_c{c}.csv"))
             r = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=c, requests=requests,
                                      duration_s=duration_s, top_k=top_k))
             own.append(r)
@@ -71,7 +78,7 @@ def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests
                   "relative_difference": round(abs(r.p50_ms - p["p50_ms"]) / p["p50_ms"], 3)}
                  for p, r in zip(perf, own)]
     notes = [f"Model `retrieve`, top-{top_k}, {len(queries)} held-out test queries; closed loop at concurrency "
-             f"{levels}. perf_analyzer reads its queries from `perf_input.json` (200 of them).",
+             f"{levels}. perf_analyzer reads 200 of them from its input-data file.",
              "", "p50 agreement between the tools (|own - perf_analyzer| / perf_analyzer):", "",
              "| concurrency | perf_analyzer p50 ms | own p50 ms | difference |", "|---|---|---|---|"]
     notes += [f"| {a['level']} | {a['p50_perf_analyzer']} | {a['p50_own']} | {a['relative_difference']:.1%} |"
@@ -96,7 +103,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     # The same 100 candidates for every path: the cosine top-100 of each query.
     candidates = {q: [i.decode() for i in pipe.retrieve(q, 100, 0)[0][0]] for q in queries}
     rows = {}
-    with _server(repository, out.parent / "bench_server.log") as server, TwinBertClient(server.grpc_url) as c:
+    with _server(repository, _work() / "bench_server.log") as server, TwinBertClient(server.grpc_url) as c:
         for q in queries[:5]:  # warm both paths
             c.retrieve(q, 100), c.relevance(q, candidates[q]), pipe.retrieve(q, 100), pipe.relevance(q, candidates[q])
         args = [(q,) for q in queries]
@@ -143,7 +150,7 @@ VARIANTS = [
     ("as shipped", {}),
     ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
     ("2 tokenizer + 2 store instances", {"tokenizer": [("count: 1", "count: 2")], "keyword_store": [("count: 1", "count: 2")]}),
-    ("encoder 1 thread, 2 instances", {"query_encoder": [("count: 1", "count: 2"), ('string_value: "2"', 'string_value: "1"')]}),
+    ("encoder 2 threads, 1 instance", {"query_encoder": [("count: 2", "count: 1"), ('string_value: "1"', 'string_value: "2"')]}),
 ]
 
 
@@ -155,7 +162,7 @@ def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> di
     queries = held_out_queries(data)
     rows = []
     for name, edits in VARIANTS:
-        variant = out.parent / "tune_repo"
+        variant = _work() / "tune_repo"
         shutil.rmtree(variant, ignore_errors=True)
         shutil.copytree(repository, variant, copy_function=os.link)
         for model, subs in edits.items():
@@ -167,7 +174,7 @@ def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> di
                     raise ValueError(f"{model}: {old!r} not in config")
                 text = text.replace(old, new)
             cfg.write_text(text)
-        with _server(variant, out.parent / "tune_server.log") as server:
+        with _server(variant, _work() / "tune_server.log") as server:
             one = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=1, requests=400,
                                        duration_s=duration_s, top_k=100))
             many = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=16, requests=4000,

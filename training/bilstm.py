@@ -56,7 +56,10 @@ class BiLSTMStudent(nn.Module):
         return self.head(torch.cat([mean, mx], -1)).squeeze(-1)
 
     def tokenizer(self) -> PairTokenizer:
-        return PairTokenizer(minilm_dir() / "tokenizer.json", self.config.max_length)
+        """Built once per model: parsing tokenizer.json costs milliseconds per call otherwise."""
+        if getattr(self, "_tokenizer", None) is None:
+            self._tokenizer = PairTokenizer(minilm_dir() / "tokenizer.json", self.config.max_length)
+        return self._tokenizer
 
     @torch.inference_mode()
     def score(self, queries: list[str], keywords: list[str], batch_size: int = 256) -> np.ndarray:

@@ -50,7 +50,10 @@ class CrossEncoder(nn.Module):
         return self.head(pooled).squeeze(-1)
 
     def tokenizer(self) -> PairTokenizer:
-        return PairTokenizer(minilm_dir() / "tokenizer.json", self.config.max_length)
+        """Built once per model: parsing tokenizer.json costs milliseconds per call otherwise."""
+        if getattr(self, "_tokenizer", None) is None:
+            self._tokenizer = PairTokenizer(minilm_dir() / "tokenizer.json", self.config.max_length)
+        return self._tokenizer
 
     @torch.inference_mode()
     def score(self, queries: list[str], keywords: list[str], batch_size: int = 128,
