@@ -129,7 +129,7 @@ def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
     script = tmp_path / "ddp_toy.py"
     script.write_text(textwrap.dedent(f"""
         import torch, torch.distributed as dist
-        from training.loop import LoopConfig, bucketed_batches, train_loop
+        from training.loop import LoopConfig, bucketed_batches, finish_distributed, train_loop
         torch.manual_seed(0)
         x = torch.randn(64, 4); y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
         model = torch.nn.Linear(4, 1)
@@ -138,7 +138,8 @@ def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
                            lambda m, b: ((m(x[b]).squeeze(-1) - y[b]) ** 2).mean(), None, lambda m: None)
         w = model.weight.detach().clone(); other = w.clone(); dist.broadcast(other, 0)
         assert torch.equal(w, other), "replicas diverged"
-        print(f"rank {{dist.get_rank()}} steps {{state['step']}} loss {{state['final_loss']:.4f}}")
+        print(f"rank {{dist.get_rank()}} steps {{state['step']}} loss {{state['final_loss']:.4f}}", flush=True)
+        finish_distributed()
     """))
     from serving.server import free_port
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

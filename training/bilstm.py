@@ -19,7 +19,7 @@ from torch import nn
 
 from training.data import load_pairs, split_pairs
 from training.distill_data import SOURCES, read_rows
-from training.loop import add_loop_args, bucketed_batches, is_main, loop_config, train_loop
+from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import pair_metrics
 from training.pretrained import minilm_dir
 from training.teacher import CrossEncoder, dev_sample, relevance_target
@@ -126,6 +126,7 @@ def main(argv=None) -> None:
         print(f"bilstm: {state['step']} steps in {state['train_minutes']} min, best dev ROC-AUC "
               f"{state['best']:.4f} -> {args.out}", flush=True)
 
+    finish_distributed()
 
 if __name__ == "__main__":
     main()

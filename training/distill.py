@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from kernels import pool_cross
 from training.data import load_pairs, normalize_query, split_pairs
 from training.distill_data import SOURCES, read_rows
-from training.loop import add_loop_args, bucketed_batches, is_main, loop_config, train_loop
+from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import pair_metrics
 from training.pretrained import minilm_dir
 from training.teacher import dev_sample
@@ -111,6 +111,7 @@ def main(argv=None) -> None:
         print(f"distill: {state['step']} steps in {state['train_minutes']} min on {len(rows)} pairs, best dev "
               f"ROC-AUC (mean of cos, res) {state['best']:.4f} -> {args.out}", flush=True)
 
+    finish_distributed()
 
 if __name__ == "__main__":
     main()

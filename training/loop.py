@@ -227,3 +227,10 @@ def loop_config(args) -> LoopConfig:
     return LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
                       eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
                       threads=args.threads, seed=args.seed, resume=not args.no_resume)
+
+
+def finish_distributed() -> None:
+    """Tear the process group down before exit: gloo's threads abort the process otherwise."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.data import keyword_corpus, load_pairs, split_pairs, write_split
-from training.loop import add_loop_args, bucketed_batches, is_main, loop_config, train_loop
+from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import pair_metrics
 from training.pretrained import minilm_dir
 from training.tokenize import PairTokenizer
@@ -139,6 +139,7 @@ def main(argv=None) -> None:
         print(f"teacher: {state['step']} steps in {state['train_minutes']} min, best dev ROC-AUC "
               f"{state['best']:.4f}, saved to {args.out}", flush=True)
 
+    finish_distributed()
 
 if __name__ == "__main__":
     main()
