@@ -94,11 +94,13 @@ def main(argv=None) -> None:
     ap.add_argument("--artifacts", default="artifacts")
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--index", default="hnsw_sq8", help="comma-separated index types to measure")
-    ap.add_argument("--search", default="128,256", help="efSearch (HNSW) values to measure")
+    ap.add_argument("--search", default="192,224,256", help="efSearch (HNSW) values to measure")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--noise", type=float, default=0.03)
-    ap.add_argument("--ef-construction", type=int, default=40)
+    ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--workdir", default=None, help="where the 1M store versions are written (default: temp)")
+    ap.add_argument("--reuse", action="store_true", help="reuse a version already built in --workdir "
+                    "(same --n, --noise and seed make the same vectors)")
     ap.add_argument("--out", default="reports/bench_store")
     ap.add_argument("--data")
     args = ap.parse_args(argv)
@@ -120,7 +122,12 @@ def main(argv=None) -> None:
     rows = []
     for index_type in args.index.split(","):
         t = time.perf_counter()
-        version = write_version(workdir / index_type, ids, texts, vectors, IndexSpec(index_type, ef_construction=args.ef_construction), "bench")
+        built = workdir / index_type / "1"
+        if args.reuse and (built / "manifest.json").is_file():
+            version = built
+        else:
+            version = write_version(workdir / index_type, ids, texts, vectors,
+                                    IndexSpec(index_type, ef_construction=args.ef_construction), "bench")
         build_s = json.loads((version / "manifest.json").read_text())["build_seconds"]
         total_s = time.perf_counter() - t
         for ef in [int(x) for x in args.search.split(",")]:
@@ -130,7 +137,8 @@ def main(argv=None) -> None:
                 raise RuntimeError(out.stderr[-2000:])
             r = json.loads(out.stdout.strip().splitlines()[-1])
             recall = float(np.mean([len(set(f) & set(t_)) / 100 for f, t_ in zip(r["found"], truth)]))
-            row = {"index": index_type, "efSearch": ef, "n": args.n, "dim": int(vectors.shape[1]),
+            params = json.loads((version / "manifest.json").read_text())["index_params"]
+            row = {"index": index_type, "efConstruction": params.get("efConstruction"), "efSearch": ef, "n": args.n, "dim": int(vectors.shape[1]),
                    "build_s": build_s, "write_s": round(total_s, 1), "rss_gb": round(r["rss_bytes"] / 2**30, 3),
                    "single_p50_ms": round(float(np.percentile(r["single"], 50)), 3),
                    "single_p99_ms": round(float(np.percentile(r["single"], 99)), 3),
