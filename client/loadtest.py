@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -120,6 +119,3 @@ def sweep(url: str, queries: list[str], target: str, levels: list[float], mode: 
         out.append(r)
     return out
 
-
-def median_of(results: list[LoadResult], key: str) -> float:
-    return statistics.median(getattr(r, key) for r in results)

@@ -33,6 +33,13 @@ def _tanh(x):
 
 
 @triton.jit
+def _load_tokens(t_row, offs_l, offs_h, l_ok, h_ok, stride_tl, stride_th):
+    """A [BLOCK_L, BLOCK] tile of one row's token states, masked, as fp32."""
+    return tl.load(t_row + offs_l[:, None] * stride_tl + offs_h[None, :] * stride_th,
+                   mask=l_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _pool_cross_fwd_kernel(
     T, M, V, W, WB, KW, W1, W2, U, SCAL, Q, S,
     L, H, D, K, R,
@@ -58,15 +65,13 @@ def _pool_cross_fwd_kernel(
         for h0 in range(0, H, BLOCK_HC):
             offs_h = h0 + tl.arange(0, BLOCK_HC)
             h_ok = offs_h < H
-            t = tl.load(t_row + offs_l[:, None] * stride_tl + offs_h[None, :] * stride_th,
-                        mask=l_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+            t = _load_tokens(t_row, offs_l, offs_h, l_ok, h_ok, stride_tl, stride_th)
             v = tl.load(V + offs_h, mask=h_ok, other=0.0)
             logits += tl.sum(t * v[None, :], axis=1)
     else:
         offs_h = tl.arange(0, BLOCK_H)
         h_ok = offs_h < H
-        t_full = tl.load(t_row + offs_l[:, None] * stride_tl + offs_h[None, :] * stride_th,
-                         mask=l_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+        t_full = _load_tokens(t_row, offs_l, offs_h, l_ok, h_ok, stride_tl, stride_th)
         v = tl.load(V + offs_h, mask=h_ok, other=0.0)
         logits = tl.sum(t_full * v[None, :], axis=1)
     logits = tl.where(real, logits + pool_b, float("-inf"))
@@ -83,8 +88,7 @@ def _pool_cross_fwd_kernel(
         for h0 in range(0, H, BLOCK_HC):
             offs_h = h0 + tl.arange(0, BLOCK_HC)
             h_ok = offs_h < H
-            t = tl.load(t_row + offs_l[:, None] * stride_tl + offs_h[None, :] * stride_th,
-                        mask=l_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
+            t = _load_tokens(t_row, offs_l, offs_h, l_ok, h_ok, stride_tl, stride_th)
             e_chunk = tl.sum(a[:, None] * t, axis=0)
             w = tl.load(W + offs_d[:, None] * stride_wd + offs_h[None, :] * stride_wh,
                         mask=d_ok[:, None] & h_ok[None, :], other=0.0)

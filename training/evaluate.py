@@ -71,11 +71,9 @@ class BM25Model:
         return {"": out}
 
     def rankings(self, rs: RetrievalSet) -> dict[str, dict[str, list[str]]]:
-        ids = list(rs.corpus)
         pos_to_id = {self.text_pos[t]: i for i, t in reversed(list(rs.corpus.items()))}
         qids = list(rs.queries)
         tops = self.index.top_k([rs.queries[q] for q in qids], TOP)
-        del ids
         return {"": {q: [pos_to_id[int(p)] for p in top if int(p) in pos_to_id] for q, top in zip(qids, tops)}}
 
     def latency_ms_per_pair(self) -> float | None:

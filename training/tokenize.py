@@ -45,8 +45,3 @@ class PairTokenizer:
         enc = self._tok.encode_batch([(q[:MAX_CHARS], k[:MAX_CHARS]) for q, k in zip(queries, keywords)])
         return (np.asarray([e.ids for e in enc], dtype=np.int64),
                 np.asarray([e.attention_mask for e in enc], dtype=np.int64))
-
-    def lengths(self, queries: list[str], keywords: list[str]) -> np.ndarray:
-        tok = Tokenizer.from_str(self._tok.to_str())
-        tok.no_padding()
-        return np.asarray([len(e.ids) for e in tok.encode_batch(list(zip(queries, keywords)))])
