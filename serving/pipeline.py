@@ -10,6 +10,7 @@ import torch
 
 from kernels import PoolCrossParams, pool_cross
 from serving.keyword_store import KeywordStore
+from serving.requests import serving_defaults
 from serving.retrieval import Retriever
 from training.tokenize import WordPiece
 
@@ -22,8 +23,7 @@ class InProcessPipeline:
         self.tokenizer = WordPiece(repo / "tokenizer/1/tokenizer.json", cfg["query_max_len"])
         self.encoder = torch.jit.load(str(repo / "query_encoder/1/query_encoder.pt")).eval()
         self.params, pc = PoolCrossParams.load(repo / "pool_cross/1")
-        self.default_candidates = 100 if "res" in pc.get("trained_crossings", ["cos"]) else 0
-        self.default_crossing = "res" if self.default_candidates else "cos"
+        self.default_candidates, self.default_crossing = serving_defaults(pc)
         self.store = KeywordStore(repo / "keyword_store/1/store")
         self.retriever = Retriever(self.store, self.params)
 

@@ -105,3 +105,10 @@ def decode_keyword_ids(raw: np.ndarray) -> list[list[str]]:
             ids.append(str(item))
         rows.append(ids)
     return rows
+
+
+def serving_defaults(pool_cross_config: dict, configured_candidates: int = 100) -> tuple[int, str]:
+    """(default K', default crossing) for an exported model: an untrained res head would only
+    scramble the cosine ranking, so re-scoring and res are defaults only when res was trained."""
+    res_trained = "res" in pool_cross_config.get("trained_crossings", ["cos"])
+    return (configured_candidates if res_trained else 0), ("res" if res_trained else "cos")

@@ -20,7 +20,7 @@ from torch import nn
 from training.data import load_pairs, split_pairs
 from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
-from training.metrics import pair_metrics
+from training.metrics import dev_roc_auc
 from training.pretrained import minilm_dir
 from training.teacher import CrossEncoder, dev_sample, relevance_target
 from training.tokenize import PairTokenizer
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
 
     def evaluate(m):
         s = m.score([p.query for p in dev], [p.keyword for p in dev])
-        return pair_metrics(s, [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev])["roc_auc"]
+        return dev_roc_auc(s, dev)
 
     state = train_loop(model, loop_config(args), lambda e: bucketed_batches(lengths, args.batch_size, args.seed * 1000 + e),
                        loss_fn, evaluate, lambda m: m.save(args.out), desc="bilstm")

@@ -20,7 +20,7 @@ from kernels import pool_cross
 from training.data import load_pairs, normalize_query, split_pairs
 from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
-from training.metrics import pair_metrics
+from training.metrics import dev_roc_auc
 from training.pretrained import minilm_dir
 from training.teacher import dev_sample
 from training.tokenize import WordPiece
@@ -101,8 +101,7 @@ def main(argv=None) -> None:
 
     def evaluate(m):
         s = twin_pair_scores(m, [p.query for p in dev], [p.keyword for p in dev])
-        labels, binary = [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev]
-        return float(np.mean([pair_metrics(s[c], labels, binary)["roc_auc"] for c in ("cos", "res")]))
+        return float(np.mean([dev_roc_auc(s[c], dev) for c in ("cos", "res")]))
 
     state = train_loop(model, loop_config(args), make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
     if is_main():

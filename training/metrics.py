@@ -41,3 +41,10 @@ def retrieval_metrics(rankings: dict[str, list[str]], qrels: dict[str, dict[str,
             "recall@100": float(np.mean([recall_at(rankings[q], qrels[q]) for q in qids])),
             "mrr@10": float(np.mean([mrr_at(rankings[q], qrels[q]) for q in qids])),
             "queries": len(qids)}
+
+
+def dev_roc_auc(scores, pairs) -> float:
+    """ROC-AUC of scores on judged Home Depot pairs (positive iff relevance >= POSITIVE_THRESHOLD)."""
+    from training.data import POSITIVE_THRESHOLD
+    labels = [p.relevance for p in pairs]
+    return pair_metrics(scores, labels, [int(y >= POSITIVE_THRESHOLD) for y in labels])["roc_auc"]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from training.data import keyword_corpus, load_pairs, split_pairs, write_split
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
-from training.metrics import pair_metrics
+from training.metrics import dev_roc_auc
 from training.pretrained import minilm_dir
 from training.tokenize import PairTokenizer
 from training.twin import Encoder
@@ -130,7 +130,7 @@ def main(argv=None) -> None:
 
     def evaluate(m):
         scores = m.score([p.query for p in dev], [p.keyword for p in dev])
-        return pair_metrics(scores, [p.relevance for p in dev], [int(p.relevance >= 2.5) for p in dev])["roc_auc"]
+        return dev_roc_auc(scores, dev)
 
     state = train_loop(model, loop, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="teacher")
     if is_main():

@@ -8,7 +8,7 @@ import triton_python_backend_utils as pb_utils
 
 from kernels import PoolCrossParams
 from serving.keyword_store import KeywordStore, sha256_file
-from serving.requests import BadRequest, decode_candidates, decode_top_k
+from serving.requests import BadRequest, decode_candidates, decode_top_k, serving_defaults
 from serving.retrieval import Retriever
 
 
@@ -22,10 +22,9 @@ class TritonPythonModel:
         torch.set_num_threads(1)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         config = json.loads(args["model_config"])
-        self.default_candidates = int(config["parameters"]["default_candidates"]["string_value"])
         params, pc_config = PoolCrossParams.load(version_dir)
-        if "res" not in pc_config.get("trained_crossings", ["cos"]):
-            self.default_candidates = 0  # an untrained res head would only scramble the cosine ranking
+        self.default_candidates, _ = serving_defaults(
+            pc_config, int(config["parameters"]["default_candidates"]["string_value"]))
         # Refuse a store built with another encoder (its manifest names the export it was built from).
         store = KeywordStore(version_dir / "store", expect_encoder_sha256=sha256_file(version_dir / "export.json"),
                              expect_dim=params.dim)

@@ -9,7 +9,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from kernels import PoolCrossParams, pool_cross
-from serving.requests import BadRequest, decode_crossing
+from serving.requests import BadRequest, decode_crossing, serving_defaults
 
 
 class TritonPythonModel:
@@ -19,8 +19,7 @@ class TritonPythonModel:
         self.device = torch.device(f"cuda:{args['model_instance_device_id']}" if gpu else "cpu")
         params, self.config = PoolCrossParams.load(Path(args["model_repository"]) / args["model_version"])
         self.params = params.to(self.device)
-        trained = self.config.get("trained_crossings", ["cos"])
-        self.default_crossing = "res" if "res" in trained else "cos"
+        _, self.default_crossing = serving_defaults(self.config)
 
     def _input(self, request, name):
         tensor = pb_utils.get_input_tensor_by_name(request, name)
