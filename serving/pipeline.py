@@ -2,35 +2,31 @@
 the baseline that benchmarks put beside the served path (what Triton costs on top)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kernels import PoolCrossParams, pool_cross
+from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore
 from serving.requests import serving_defaults
 from serving.retrieval import Retriever
-from training.tokenize import WordPiece
 
 
 class InProcessPipeline:
     def __init__(self, repository: str | Path, threads: int = 2):
         repo = Path(repository)
         torch.set_num_threads(threads)
-        cfg = json.loads((repo / "tokenizer/1/tokenizer_config.json").read_text())
-        self.tokenizer = WordPiece(repo / "tokenizer/1/tokenizer.json", cfg["query_max_len"])
-        self.encoder = torch.jit.load(str(repo / "query_encoder/1/query_encoder.pt")).eval()
+        self.encoder = QueryEncoder(repo / "query_encoder/1")
         self.params, pc = PoolCrossParams.load(repo / "pool_cross/1")
         self.default_candidates, self.default_crossing = serving_defaults(pc)
         self.store = KeywordStore(repo / "keyword_store/1/store")
         self.retriever = Retriever(self.store, self.params)
 
-    @torch.inference_mode()
     def encode(self, queries: list[str]):
-        ids, mask = self.tokenizer(queries)
-        return self.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy(), mask
+        ids, mask = self.encoder.tokenize(queries)
+        return self.encoder(ids, mask), mask
 
     def retrieve(self, query: str, k: int = 10, candidates: int | None = None):
         states, mask = self.encode([query])

@@ -19,12 +19,14 @@ SOURCE = Path(__file__).resolve().parent.parent / "model_repository"
 # model -> files from the export directory placed in its version directory
 EXPORT_FILES = {
     "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
-    "query_encoder": ("query_encoder.pt",),
+    "query_encoder": ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json"),
     "pool_cross": ("pool_cross.safetensors", "pool_cross.json"),
     "keyword_store": ("pool_cross.safetensors", "pool_cross.json", "export.json"),
 }
 STORE_MODELS = ("keyword_store", "keyword_vectors")  # models whose version dir holds store/
 WARMUP_QUERY = "cordless drill"
+# Longer than query_max_len: the encoder's other trimmed width (serving/encoder.py) is warmed as well.
+WARMUP_LONG_QUERY = "milwaukee m18 fuel 18 volt lithium ion brushless cordless hammer drill driver kit with two batteries"
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -50,7 +52,12 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> Non
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
 
-    put("tokenizer", "query", len(WARMUP_QUERY).to_bytes(4, "little") + WARMUP_QUERY.encode())
+    def text(query: str) -> bytes:
+        return len(query).to_bytes(4, "little") + query.encode()
+
+    for model in ("tokenizer", "query_encoder"):
+        put(model, "query", text(WARMUP_QUERY))
+    put("query_encoder", "long_query", text(WARMUP_LONG_QUERY))
     for model in ("keyword_store", "pool_cross"):
         put(model, "attention_mask", mask.tobytes())
     put("keyword_store", "top_k", np.array([10], dtype="<i4").tobytes())

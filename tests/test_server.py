@@ -10,6 +10,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import AsyncTwinBertClient, ClientError, InvalidRequest, TwinBertClient
+from serving.encoder import trim_padding
 from serving.keyword_store import IndexSpec
 from serving.repository import assemble
 from serving.server import TritonServer, free_port
@@ -198,3 +199,38 @@ def test_cli_reports_a_server_error(server):
     out = subprocess.run([sys.executable, "-m", "client", "query", " ", "--url", server.grpc_url],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "empty or blank" in out.stderr
+
+
+def _infer_encoder(client, **tensors):
+    inputs = []
+    for name, value in tensors.items():
+        t = grpcclient.InferInput(name, list(value.shape), "BYTES" if value.dtype == object else "INT64")
+        t.set_data_from_numpy(value)
+        inputs.append(t)
+    result = client.infer("query_encoder", inputs)
+    return result.as_numpy("TOKEN_STATES"), result.as_numpy("TOKEN_MASK")
+
+
+def test_query_encoder_takes_text_or_the_tokenizer_ids(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    text = np.array([[b"cordless drill"], [b"garden hose 50 ft"]], dtype=object)
+    q = grpcclient.InferInput("QUERY", [2, 1], "BYTES")
+    q.set_data_from_numpy(text)
+    tokens = client.infer("tokenizer", [q])
+    ids, mask = tokens.as_numpy("INPUT_IDS"), tokens.as_numpy("ATTENTION_MASK")
+    states_text, mask_text = _infer_encoder(client, QUERY=text)
+    states_ids, mask_ids = _infer_encoder(client, INPUT_IDS=ids, ATTENTION_MASK=mask)
+    _, trimmed = trim_padding(ids, mask)
+    assert trimmed.shape[1] < mask.shape[1]  # short queries: trailing padding is not encoded
+    np.testing.assert_array_equal(mask_text, trimmed)
+    np.testing.assert_array_equal(mask_ids, trimmed)
+    np.testing.assert_allclose(states_text, states_ids, atol=1e-5)
+    assert states_text.shape[:2] == trimmed.shape
+    with pytest.raises(Exception, match="not both"):
+        _infer_encoder(client, QUERY=text, INPUT_IDS=ids, ATTENTION_MASK=mask)
+    with pytest.raises(Exception, match="both INPUT_IDS and ATTENTION_MASK"):
+        _infer_encoder(client, INPUT_IDS=ids)
+    with pytest.raises(Exception, match="empty or blank"):
+        _infer_encoder(client, QUERY=np.array([[b"  "]], dtype=object))
+    assert client.is_server_ready()
+    client.close()

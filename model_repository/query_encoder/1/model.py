@@ -1,7 +1,11 @@
-"""Triton Python model: INPUT_IDS, ATTENTION_MASK -> TOKEN_STATES via the TorchScript encoder.
+"""Triton Python model: query text (or ids + mask) -> TOKEN_STATES, TOKEN_MASK via the TorchScript encoder.
 
-Requests queued together run as one forward pass (rows concatenated, then split back); a request
-with bad ids or mask gets its own INVALID_ARG error and never reaches the encoder.
+Each request sends either QUERY (strings, tokenised here with the export's WordPiece, so the
+ensembles need no separate tokenizer hop) or INPUT_IDS + ATTENTION_MASK (ids from the `tokenizer`
+model or the client's own). Trailing padding is trimmed (serving/encoder.py), so TOKEN_STATES and
+TOKEN_MASK may be narrower than the tokenizer's fixed length. Requests queued together run as one
+forward pass (rows concatenated, then split back); a bad request gets its own INVALID_ARG error and
+never reaches the encoder.
 """
 import json
 from pathlib import Path
@@ -10,7 +14,8 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from serving.requests import BadRequest, check_token_inputs
+from serving.encoder import QueryEncoder
+from serving.requests import BadRequest
 
 
 class TritonPythonModel:
@@ -18,36 +23,45 @@ class TritonPythonModel:
         params = json.loads(args["model_config"]).get("parameters", {})
         torch.set_num_threads(int(params.get("threads", {}).get("string_value", "2")))
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.encoder = torch.jit.load(str(version_dir / "query_encoder.pt")).eval()
-        self.vocab_size = self.encoder.bert.embeddings.word_embeddings.weight.shape[0]
+        self.encoder = QueryEncoder(version_dir)
+
+    def _inputs(self, request):
+        """(ids, mask) of one request, from QUERY or from INPUT_IDS + ATTENTION_MASK."""
+        query = pb_utils.get_input_tensor_by_name(request, "QUERY")
+        ids = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS")
+        mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK")
+        if query is not None:
+            if ids is not None or mask is not None:
+                raise BadRequest("send either QUERY or INPUT_IDS + ATTENTION_MASK, not both")
+            return self.encoder.tokenize_request(query.as_numpy())
+        if ids is None or mask is None:
+            raise BadRequest("send QUERY, or both INPUT_IDS and ATTENTION_MASK")
+        return self.encoder.check_ids(ids.as_numpy(), mask.as_numpy())
 
     def execute(self, requests):
         responses = [None] * len(requests)
         good = []
         for n, request in enumerate(requests):
-            ids = pb_utils.get_input_tensor_by_name(request, "INPUT_IDS").as_numpy()
-            mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK").as_numpy()
             try:
-                check_token_inputs(ids, mask, self.vocab_size)
-                good.append((n, ids, mask))
+                good.append((n, *self._inputs(request)))
             except BadRequest as e:
                 responses[n] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         if good and len({ids.shape[1] for _, ids, _ in good}) == 1:
             states = self._encode(np.concatenate([g[1] for g in good]), np.concatenate([g[2] for g in good]))
             start = 0
-            for n, ids, _ in good:
-                responses[n] = self._respond(states[start:start + len(ids)])
+            for n, ids, mask in good:
+                responses[n] = self._respond(states[start:start + len(ids)], mask)
                 start += len(ids)
         else:  # differently padded requests: one by one rather than fail them
             for n, ids, mask in good:
-                responses[n] = self._respond(self._encode(ids, mask))
+                responses[n] = self._respond(self._encode(ids, mask), mask)
         return responses
 
     def _encode(self, ids, mask):
-        with torch.inference_mode():
-            return self.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        return self.encoder(ids, mask)
 
     @staticmethod
-    def _respond(states):
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("TOKEN_STATES", states)])
+    def _respond(states, mask):
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("TOKEN_STATES", states), pb_utils.Tensor("TOKEN_MASK", mask)])

@@ -1,0 +1,74 @@
+"""The query side of serving, shared by the `query_encoder` Triton model and the in-process pipeline:
+WordPiece tokenisation, padding trimmed to the batch's real length, the TorchScript encoder.
+
+Queries are short (Home Depot: median 6 WordPiece tokens with [CLS]/[SEP], 84% at most 8) while the
+tokenizer pads to `query_max_len` (16), and the encoder's cost grows with the padded width. Trailing
+columns that are padding in every row are dropped, keeping a multiple of PAD_MULTIPLE columns so that
+batches of similar queries still share one shape downstream. Padding gets zero attention and zero
+pooling weight, so the real tokens' states are unchanged (to float rounding).
+
+The TorchScript file is loaded with `torch.jit.optimize_for_inference` (oneDNN-prepacked weights):
+1.3-1.7x faster for one query and about even at batches of 16 on this CPU (measured with 1 and 2
+threads; results equal to the plain file within 2e-6). The file itself stays plain TorchScript, loadable
+by Triton's PyTorch backend.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serving.requests import check_token_inputs, decode_queries
+from training.tokenize import WordPiece
+
+PAD_MULTIPLE = 8
+
+
+def trim_padding(ids: np.ndarray, mask: np.ndarray, multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
+    """Drop trailing columns that are padding in every row, keeping a multiple of `multiple` columns
+    (never fewer than one real token's column, never more than given)."""
+    real = np.flatnonzero(mask.any(axis=0))
+    width = int(real[-1]) + 1 if real.size else 1
+    width = min(mask.shape[1], -(-width // multiple) * multiple)
+    return ids[:, :width], mask[:, :width]
+
+
+def load_torchscript(path: str | Path, optimize: bool = True) -> torch.jit.ScriptModule:
+    module = torch.jit.load(str(path)).eval()
+    if optimize:
+        try:
+            module = torch.jit.optimize_for_inference(module)
+        except Exception:  # an encoder optimize_for_inference cannot handle still runs, just slower
+            module = torch.jit.load(str(path)).eval()
+    return module
+
+
+class QueryEncoder:
+    """`version_dir` holds query_encoder.pt, tokenizer.json and tokenizer_config.json."""
+
+    def __init__(self, version_dir: str | Path, optimize: bool = True):
+        version_dir = Path(version_dir)
+        cfg = json.loads((version_dir / "tokenizer_config.json").read_text())
+        self.tokenizer = WordPiece(version_dir / "tokenizer.json", cfg["query_max_len"])
+        plain = torch.jit.load(str(version_dir / "query_encoder.pt"))
+        self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])
+        self.encoder = load_torchscript(version_dir / "query_encoder.pt", optimize)
+
+    def tokenize(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return trim_padding(*self.tokenizer(queries))
+
+    def tokenize_request(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """QUERY tensor [B, 1] of bytes -> trimmed (ids, mask); BadRequest for blank or non-UTF-8."""
+        return self.tokenize(decode_queries(raw))
+
+    def check_ids(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Client-sent INPUT_IDS + ATTENTION_MASK -> validated, trimmed (ids, mask)."""
+        check_token_inputs(ids, mask, self.vocab_size)
+        return trim_padding(ids, mask)
+
+    @torch.inference_mode()
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Token states [B, L, H] fp32."""
+        return self.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
