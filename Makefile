@@ -44,7 +44,7 @@ bench: build  ## served relevance vs teacher and served retrieve vs in-process, 
 loadtest: build  ## start the server, sweep concurrency with perf_analyzer and the own generator -> reports/loadtest.*
 	$(PY) -m client.suite loadtest --repository $(ARTIFACTS)/model_repository
 
-bench-store: build  ## 1M keyword vectors: build time, memory, top-100 latency and recall -> reports/bench_store.*
+bench-store: build  ## 1M keyword vectors: build time, memory, top-100 latency and recall, indexing throughput -> reports/bench_store.*; float16 vs float32 cached vectors -> reports/vector_dtype.*
 	$(PY) -m serving.bench_store --artifacts $(ARTIFACTS)
 
 bench-kernels: setup  ## pool_cross: fused vs eager (GPU if present, else CPU paths) -> reports/bench_kernels_*.{json,md}

@@ -44,7 +44,9 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
     keep = [i for i, kid in enumerate(base.ids) if kid not in delete and kid not in add]
     ids = [base.ids[i] for i in keep] + list(add)
     texts = [base.texts[i] for i in keep] + list(add.values())
-    vectors = np.asarray(base.vectors[keep], dtype=np.float32)
+    # Kept keywords reuse their cached vectors (float16-rounded when the store keeps float16: their
+    # index entries move by ~1e-4 in cosine, far below what separates neighbours).
+    vectors = base.vectors_at(np.asarray(keep, dtype=np.int64))
     if add:
         export_dir = Path(export_dir)
         cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
@@ -58,7 +60,7 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
     spec = spec or IndexSpec(m["index_type"], **{k: v for k, v in {
         "hnsw_m": m["index_params"].get("M"), "ef_construction": m["index_params"].get("efConstruction"),
         "ef_search": m["index_params"].get("efSearch")}.items() if v is not None})
-    return write_version(store_root, ids, texts, vectors, spec, encoder_sha,
+    return write_version(store_root, ids, texts, vectors, spec, encoder_sha, vector_dtype=base.vector_dtype,
                          extra={"base_version": m["version"], "added_or_replaced": len(add), "deleted": len(delete)})
 
 

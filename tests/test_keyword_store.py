@@ -6,11 +6,12 @@ import pytest
 from serving.keyword_store import IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version, write_version
 
 
-def make_store(root, n=200, dim=16, index_type="flat", seed=0):
+def make_store(root, n=200, dim=16, index_type="flat", seed=0, vector_dtype="float32"):
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     ids = [f"kw{i}" for i in range(n)]
-    return write_version(root, ids, [f"text {i}" for i in range(n)], vectors, IndexSpec(index_type), "enc"), vectors
+    return write_version(root, ids, [f"text {i}" for i in range(n)], vectors, IndexSpec(index_type), "enc",
+                         vector_dtype=vector_dtype), vectors
 
 
 @pytest.mark.parametrize("index_type, tolerance", [("flat", 1e-5), ("hnsw", 1e-5), ("hnsw_sq8", 2e-2)])
@@ -29,6 +30,30 @@ def test_lookup_returns_cached_vectors_and_names_unknown_ids(tmp_path):
     np.testing.assert_array_equal(store.lookup(["kw7", "kw1"]), vectors[[7, 1]])
     with pytest.raises(UnknownKeywordError, match="'nope'"):
         store.lookup(["kw1", "nope"])
+
+
+def test_float16_cached_vectors_come_back_as_float32(tmp_path):
+    path, vectors = make_store(tmp_path, vector_dtype="float16")
+    store = KeywordStore(path)
+    assert store.manifest["vector_dtype"] == "float16" and store.vector_dtype == "float16"
+    assert (path / "vectors.npy").stat().st_size < vectors.nbytes * 0.6
+    got = store.lookup(["kw7", "kw1"])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, vectors[[7, 1]], rtol=1e-3, atol=1e-3)
+    grid = store.vectors_at(np.array([[7, 1], [0, 199]]))
+    assert grid.shape == (2, 2, 16) and grid.dtype == np.float32
+    np.testing.assert_array_equal(grid[0], got)
+    positions, _ = store.search(vectors[[42]], 1)  # the index is built from the float32 vectors
+    assert positions[0][0] == 42
+
+
+def test_a_vector_file_that_disagrees_with_the_manifest_is_refused(tmp_path):
+    path, vectors = make_store(tmp_path, vector_dtype="float16")
+    np.save(path / "vectors.npy", vectors)  # float32 now; checksums off to reach the dtype check
+    with pytest.raises(StoreError, match="float32.*manifest says float16"):
+        KeywordStore(path, verify=False)
+    with pytest.raises(ValueError, match="vector_dtype"):
+        make_store(tmp_path, vector_dtype="int8")
 
 
 def test_versions_are_numbered_and_written_atomically(tmp_path):

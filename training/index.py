@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.keyword_store import INDEX_TYPES, IndexSpec, write_version
+from serving.keyword_store import DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec, write_version
 from training.data import keyword_corpus, load_pairs, repair_text
 from serving.keyword_store import sha256_file
 from training.tokenize import WordPiece
@@ -56,8 +56,13 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
+# Batches of 64 length-sorted titles beat 256 on 2 cores (smaller activations stay in cache):
+# `make bench-store` measures both over all real titles, reports/bench_store.md.
+DEFAULT_BATCH_SIZE = 64
+
+
 def embed_texts(encoder: torch.jit.ScriptModule, tokenizer: WordPiece, texts: list[str],
-                batch_size: int = 256, progress: bool = True) -> np.ndarray:
+                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> np.ndarray:
     """Pooled vectors [N, D] in input order; batches sorted by length and trimmed of padding."""
     ids, mask = tokenizer(texts)
     lengths = mask.sum(1)
@@ -77,7 +82,8 @@ def embed_texts(encoder: torch.jit.ScriptModule, tokenizer: WordPiece, texts: li
 
 
 def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts: list[str],
-          spec: IndexSpec, batch_size: int = 256, progress: bool = True) -> Path:
+          spec: IndexSpec, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
+          vector_dtype: str = DEFAULT_VECTOR_DTYPE) -> Path:
     export_dir = Path(export_dir)
     encoder_path = export_dir / "keyword_encoder.pt"
     if not encoder_path.is_file():
@@ -90,7 +96,7 @@ def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts:
     embed_s = time.perf_counter() - start
     # The served encoder is the query encoder; tie the store to the whole export it came from.
     export_sha = sha256_file(export_dir / "export.json")
-    version = write_version(store_root, ids, texts, vectors, spec, export_sha,
+    version = write_version(store_root, ids, texts, vectors, spec, export_sha, vector_dtype=vector_dtype,
                             extra={"embed_seconds": round(embed_s, 3),
                                    "keywords_per_second": round(len(texts) / embed_s, 1)})
     manifest = json.loads((version / "manifest.json").read_text())
@@ -110,7 +116,10 @@ def main(argv=None) -> None:
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--ef-search", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--vector-dtype", choices=VECTOR_DTYPES, default=DEFAULT_VECTOR_DTYPE,
+                    help="how the cached vectors for exact crossing are stored (default %(default)s: half "
+                         "the memory, scores within 1.1e-4 of float32)")
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -120,7 +129,7 @@ def main(argv=None) -> None:
         corpus = keyword_corpus(load_pairs(args.data))
         ids, texts = list(corpus), list(corpus.values())
     spec = IndexSpec(args.index_type, args.hnsw_m, args.ef_construction, args.ef_search)
-    build(args.export, args.store, ids, texts, spec, args.batch_size)
+    build(args.export, args.store, ids, texts, spec, args.batch_size, vector_dtype=args.vector_dtype)
 
 
 if __name__ == "__main__":
