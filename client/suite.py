@@ -149,7 +149,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
 VARIANTS = [
     ("as shipped", {}),
     ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
-    ("2 store instances", {"keyword_store": [("count: 1", "count: 2")]}),
+    ("1 store instance", {"keyword_store": [("count: 2", "count: 1")]}),
     ("encoder 2 threads, 1 instance", {"query_encoder": [("count: 2", "count: 1"), ('string_value: "1"', 'string_value: "2"')]}),
     ("encoder 3 instances", {"query_encoder": [("count: 2", "count: 3")]}),
 ]
