@@ -77,7 +77,8 @@ def cmd_loadtest(args) -> int:
     queries = [q.strip() for q in Path(args.queries).read_text(encoding="utf-8").splitlines() if q.strip()]
     ids = [k.strip() for k in Path(args.keyword_ids).read_text().split()] if args.keyword_ids else None
     mode, levels = ("open", _levels(args.rate)) if args.rate else ("closed", _levels(args.concurrency))
-    results = sweep(args.url, queries, args.target, levels, mode, args.requests, args.duration, args.top_k, ids)
+    results = sweep(args.url, queries, args.target, levels, mode, args.requests, args.duration, args.top_k, ids,
+                    client=args.client)
     write_load_report(results, Path(args.out), title=f"{args.target}, {mode} loop (project load generator)")
     print(f"loadtest: report {args.out}.md / .json / .csv / .png")
     return 0 if all(r.errors == 0 for r in results) else 1
@@ -115,6 +116,9 @@ def main(argv=None) -> int:
     lt.add_argument("--requests", type=int, default=1000, help="at most this many requests per level")
     lt.add_argument("--duration", type=float, default=20.0, help="at most this many seconds per level")
     lt.add_argument("--top-k", type=int, default=100)
+    lt.add_argument("--client", choices=("wire", "library"), default="wire",
+                    help="wire: pre-serialised requests, answers not decoded (measures the server, like "
+                         "perf_analyzer); library: through AsyncTwinBertClient, decoding included")
     lt.add_argument("--out", default="reports/loadtest_own")
     lt.set_defaults(func=cmd_loadtest)
     args = ap.parse_args(argv)

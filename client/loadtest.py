@@ -4,6 +4,15 @@ Closed loop (`--concurrency N`): N workers, each sends its next request when the
 Open loop (`--rate R`): requests start on a Poisson schedule at R per second, whatever the latency
 (queueing shows up in latency instead of being hidden by back-pressure). Both stop at whichever
 comes first of `--requests` and `--duration`; queries cycle through the given list.
+
+Two ways to send (`client=`):
+- "wire" (default): every request is built and serialised once before the run, sent over one
+  grpc.aio channel as raw bytes, and answered responses are not decoded (the first one per query is,
+  at warm-up, to check the outputs). This is what perf_analyzer does; on a small machine where the
+  generator shares the cores with the server, the generator's own CPU per request is load taken off
+  the server, so it must be as small as possible to measure the server.
+- "library": through AsyncTwinBertClient, results decoded into typed objects: what an application
+  using the client library sees, client-side decoding included.
 """
 from __future__ import annotations
 
@@ -12,9 +21,14 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
+import grpc
 import numpy as np
 
 from client.core import AsyncTwinBertClient, ClientError
+
+CLIENTS = ("wire", "library")
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_EXPECTED_OUTPUTS = {"retrieve": {"KEYWORD_IDS", "KEYWORD_TEXTS", "SCORES"}, "relevance": {"SCORES"}}
 
 
 @dataclass
@@ -48,29 +62,89 @@ def summarize(mode, target, level, latencies, errors, seconds, examples) -> Load
                       round(float(lat.mean()), 3), examples[:5], [round(x, 3) for x in latencies])
 
 
+def _check_target(target: str, keyword_ids: list[str] | None) -> None:
+    if target not in _EXPECTED_OUTPUTS:
+        raise ValueError(f"target must be retrieve or relevance, got {target!r}")
+    if target == "relevance" and not keyword_ids:
+        raise ValueError("relevance load needs keyword ids")
+
+
 def make_call(client: AsyncTwinBertClient, target: str, top_k: int, keyword_ids: list[str] | None):
+    _check_target(target, keyword_ids)
     if target == "retrieve":
         return lambda q: client.retrieve(q, top_k)
-    if target == "relevance":
-        if not keyword_ids:
-            raise ValueError("relevance load needs keyword ids")
-        return lambda q: client.relevance(q, keyword_ids)
-    raise ValueError(f"target must be retrieve or relevance, got {target!r}")
+    return lambda q: client.relevance(q, keyword_ids)
+
+
+def serialized_requests(target: str, queries: list[str], top_k: int, keyword_ids: list[str] | None) -> list[bytes]:
+    """One serialised ModelInferRequest per query, the same tensors the client library sends."""
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import serialize_byte_tensor
+    _check_target(target, keyword_ids)
+    out = []
+    for q in queries:
+        req = service_pb2.ModelInferRequest(model_name=target)
+        tensors = [("QUERY", "BYTES", np.array([[q.encode("utf-8")]], dtype=object))]
+        if target == "retrieve":
+            tensors.append(("TOP_K", "INT32", np.array([[top_k]], dtype=np.int32)))
+        else:
+            tensors.append(("KEYWORD_IDS", "BYTES", np.array([[i.encode("utf-8") for i in keyword_ids]], dtype=object)))
+        for name, dtype, array in tensors:
+            t = req.inputs.add()
+            t.name, t.datatype = name, dtype
+            t.shape.extend(array.shape)
+            req.raw_input_contents.append(serialize_byte_tensor(array).item() if dtype == "BYTES" else array.tobytes())
+        out.append(req.SerializeToString())
+    return out
+
+
+class WireCaller:
+    """Sends pre-serialised requests; a gRPC error becomes a ClientError with the server's message."""
+
+    def __init__(self, url: str, target: str, payloads: list[bytes], timeout_s: float = 30.0):
+        self.target, self.payloads, self.timeout_s = target, payloads, timeout_s
+        self.channel = grpc.aio.insecure_channel(url, options=[("grpc.max_receive_message_length", 1 << 30),
+                                                               ("grpc.max_send_message_length", 1 << 30)])
+        self.infer = self.channel.unary_unary(_MODEL_INFER)  # bytes in, bytes out: no (de)serialisation
+
+    async def __call__(self, i: int, check: bool = False) -> None:
+        try:
+            raw = await self.infer(self.payloads[i % len(self.payloads)], timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise ClientError(f"[{e.code().name}] {e.details()}", e.code().name) from None
+        if check:
+            from tritonclient.grpc import service_pb2
+            names = {o.name for o in service_pb2.ModelInferResponse.FromString(raw).outputs}
+            if not _EXPECTED_OUTPUTS[self.target] <= names:
+                raise ClientError(f"{self.target} answered without {sorted(_EXPECTED_OUTPUTS[self.target] - names)}")
+
+    async def close(self) -> None:
+        await self.channel.close()
 
 
 async def run_load(url: str, queries: list[str], target: str = "retrieve", concurrency: int = 0, rate: float = 0.0,
                    requests: int = 1000, duration_s: float = 30.0, top_k: int = 100,
-                   keyword_ids: list[str] | None = None, warmup: int = 20, seed: int = 0) -> LoadResult:
+                   keyword_ids: list[str] | None = None, warmup: int = 20, seed: int = 0,
+                   client: str = "wire") -> LoadResult:
     if bool(concurrency) == bool(rate):
         raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
     if not queries:
         raise ValueError("no queries to send")
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {CLIENTS}, got {client!r}")
     latencies: list[float] = []
     errors, examples = 0, []
-    async with AsyncTwinBertClient(url, timeout_s=30.0) as client:
-        call = make_call(client, target, top_k, keyword_ids)
-        for q in queries[:warmup]:
-            await call(q)
+    if client == "wire":
+        caller = WireCaller(url, target, serialized_requests(target, queries, top_k, keyword_ids))
+        call, close, first = caller, caller.close, (lambda i: caller(i, check=True))
+    else:
+        library = AsyncTwinBertClient(url, timeout_s=30.0)
+        by_query = make_call(library, target, top_k, keyword_ids)
+        call = first = (lambda i: by_query(queries[i % len(queries)]))
+        close = library.close
+    try:
+        for i in range(min(warmup, len(queries))):
+            await first(i)
         counter = iter(range(requests))
         deadline = time.perf_counter() + duration_s
 
@@ -78,7 +152,7 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
             nonlocal errors
             t = time.perf_counter()
             try:
-                await call(queries[i % len(queries)])
+                await call(i)
                 latencies.append((time.perf_counter() - t) * 1000)
             except ClientError as e:
                 errors += 1
@@ -103,17 +177,20 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
                 tasks.append(asyncio.ensure_future(one(i)))
             await asyncio.gather(*tasks)
         seconds = time.perf_counter() - start
+    finally:
+        await close()
     return summarize("closed" if concurrency else "open", target, concurrency or rate, latencies, errors,
                      seconds, examples)
 
 
 def sweep(url: str, queries: list[str], target: str, levels: list[float], mode: str = "closed",
-          requests: int = 1000, duration_s: float = 20.0, top_k: int = 100, keyword_ids=None) -> list[LoadResult]:
+          requests: int = 1000, duration_s: float = 20.0, top_k: int = 100, keyword_ids=None,
+          client: str = "wire") -> list[LoadResult]:
     out = []
     for level in levels:
         kwargs = {"concurrency": int(level)} if mode == "closed" else {"rate": float(level)}
         r = asyncio.run(run_load(url, queries, target, requests=requests, duration_s=duration_s, top_k=top_k,
-                                 keyword_ids=keyword_ids, **kwargs))
+                                 keyword_ids=keyword_ids, client=client, **kwargs))
         print(f"loadtest {target} {mode} {level:g}: {r.throughput_rps:.0f} req/s, p50 {r.p50_ms:.2f} ms, "
               f"p99 {r.p99_ms:.2f} ms, errors {r.errors}", flush=True)
         out.append(r)

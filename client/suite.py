@@ -61,9 +61,9 @@ def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests
     from client.loadtest import run_load
     from client.perf import run_perf_analyzer, write_input_data
     from client.report import write_load_report
-    queries = held_out_queries(data)
-    input_data = write_input_data(_work() / "perf_input.json", queries[:200], top_k=top_k)
-    own, perf = [], []
+    queries = held_out_queries(data)[:200]  # the same queries for both tools
+    input_data = write_input_data(_work() / "perf_input.json", queries, top_k=top_k)
+    own, perf, library = [], [], {}
     with _server(repository, _work() / "loadtest_server.log") as server:
         for c in levels:  # interleave the two tools per level so drift hits both alike
             perf.append(run_perf_analyzer(server.grpc_url, "retrieve", input_data, c, _work() / f"perf_c{c}.csv"))
@@ -74,19 +74,28 @@ def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests
             print(f"c={c}: perf_analyzer {p['throughput_rps']:.0f}/s p50 {p['p50_ms']:.2f} ms p99 {p['p99_ms']:.2f} | "
                   f"own {r.throughput_rps:.0f}/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms, errors {r.errors}",
                   flush=True)
+        for c in (levels[0], levels[-1]):  # what an application sees through the client library
+            library[c] = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=c, requests=requests,
+                                              duration_s=duration_s, top_k=top_k, client="library"))
     agreement = [{"level": p["level"], "p50_perf_analyzer": p["p50_ms"], "p50_own": r.p50_ms,
                   "relative_difference": round(abs(r.p50_ms - p["p50_ms"]) / p["p50_ms"], 3)}
                  for p, r in zip(perf, own)]
-    notes = [f"Model `retrieve`, top-{top_k}, {len(queries)} held-out test queries; closed loop at concurrency "
-             f"{levels}. perf_analyzer reads 200 of them from its input-data file.",
+    notes = [f"Model `retrieve`, top-{top_k}, the same {len(queries)} held-out test queries for both tools "
+             f"(perf_analyzer reads them from its input-data file); closed loop at concurrency {levels}. The "
+             "project's generator sends pre-serialised requests and does not decode answers (`--client wire`), "
+             "as perf_analyzer does.",
              "", "p50 agreement between the tools (|own - perf_analyzer| / perf_analyzer):", "",
              "| concurrency | perf_analyzer p50 ms | own p50 ms | difference |", "|---|---|---|---|"]
     notes += [f"| {a['level']} | {a['p50_perf_analyzer']} | {a['p50_own']} | {a['relative_difference']:.1%} |"
               for a in agreement]
+    notes += ["", "Through the client library (`--client library`: typed results, answers decoded in Python on the "
+              "same 2 cores as the server):", "", "| concurrency | req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    notes += [f"| {c} | {r.throughput_rps} | {r.p50_ms} | {r.p99_ms} |" for c, r in library.items()]
     write_load_report(own, out, f"retrieve top-{top_k}: project load generator vs perf_analyzer",
                       extra_series={"perf_analyzer": perf}, notes=notes)
     result = json.loads(out.with_suffix(".json").read_text())
     result["agreement"] = agreement
+    result["library_client"] = [r.summary() for r in library.values()]
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

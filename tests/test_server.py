@@ -234,3 +234,24 @@ def test_query_encoder_takes_text_or_the_tokenizer_ids(server):
         _infer_encoder(client, QUERY=np.array([[b"  "]], dtype=object))
     assert client.is_server_ready()
     client.close()
+
+
+@pytest.mark.parametrize("client", ["wire", "library"])
+def test_load_generator_closed_and_open_loop(server, client):
+    from client.loadtest import run_load
+    queries = ["cordless drill", "ceiling fan", "garden hose", "paint"]
+    closed = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=2, requests=40, duration_s=30,
+                                  top_k=5, warmup=2, client=client))
+    assert (closed.requests, closed.errors, len(closed.latencies_ms)) == (40, 0, 40)
+    assert closed.throughput_rps > 0 and 0 < closed.p50_ms <= closed.p99_ms
+    opened = asyncio.run(run_load(server.grpc_url, queries, "relevance", rate=50, requests=20, duration_s=30,
+                                  keyword_ids=["d1", "h1", "p1"], warmup=2, client=client))
+    assert opened.errors == 0 and opened.requests == 20
+
+
+def test_load_generator_counts_refused_requests_with_the_server_message(server):
+    from client.loadtest import run_load
+    r = asyncio.run(run_load(server.grpc_url, ["drill", " "], "retrieve", concurrency=1, requests=10,
+                             duration_s=30, top_k=5, warmup=0))
+    assert r.errors == 5 and len(r.latencies_ms) == 5
+    assert "INVALID_ARGUMENT" in r.error_examples[0] and "empty or blank" in r.error_examples[0]
