@@ -133,8 +133,10 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                   f"(x{rows[name]['served_over_in_process']})", flush=True)
         teacher = CrossEncoder.load(teacher_dir)
         texts = {q: [pipe.store.texts[pipe.store.position[k]] for k in candidates[q]] for q in queries}
-        t_teacher = _time_calls(lambda q: teacher.score([q] * 100, texts[q], batch_size=100), args[:10], 20)
-        served_rel = _time_calls(lambda q: c.relevance(q, candidates[q]), args, 100)
+        t_teacher, served_rel = [], []
+        for _ in range(4):  # interleaved blocks: drift on a shared machine hits both sides alike
+            t_teacher += _time_calls(lambda q: teacher.score([q] * 100, texts[q], batch_size=100), args[:10], 5)
+            served_rel += _time_calls(lambda q: c.relevance(q, candidates[q]), args, 25)
     rows["teacher vs twin, 100 pairs"] = {
         "teacher_in_process_p50_ms": _pct(t_teacher, 50), "twin_served_relevance_p50_ms": _pct(served_rel, 50),
         "twin_speedup": round(statistics.median(t_teacher) / statistics.median(served_rel), 1)}
