@@ -163,6 +163,7 @@ VARIANTS = [
     ("1 store instance", {"keyword_store": [("count: 2", "count: 1")]}),
     ("encoder 2 threads, 1 instance", {"query_encoder": [("count: 2", "count: 1"), ('string_value: "1"', 'string_value: "2"')]}),
     ("encoder 3 instances", {"query_encoder": [("count: 2", "count: 3")]}),
+    ("encoder 2 instances x 2 threads", {"query_encoder": [('string_value: "1"', 'string_value: "2"')]}),
 ]
 
 
