@@ -100,6 +100,31 @@ def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests
     return result
 
 
+def _model_stats(url: str) -> dict:
+    import tritonclient.grpc as grpcclient
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    finally:
+        client.close()
+    return {(m["name"], m["version"]): m["inference_stats"] for m in stats}
+
+
+def _stage_breakdown(before: dict, after: dict) -> list[dict]:
+    """Per-model mean microseconds per request between two statistics snapshots (Triton's own
+    accounting: queue wait, then compute split into input, infer and output)."""
+    rows = []
+    for key, st in after.items():
+        n = int(st["success"].get("count", 0)) - int(before.get(key, {}).get("success", {}).get("count", 0))
+        if n <= 0:
+            continue
+        mean = lambda k: round((int(st[k].get("ns", 0)) - int(before[key][k].get("ns", 0))) / n / 1e3)  # noqa: E731
+        rows.append({"model": key[0], "requests": n, "total_us": mean("success"), "queue_us": mean("queue"),
+                     "input_us": mean("compute_input"), "infer_us": mean("compute_infer"),
+                     "output_us": mean("compute_output")})
+    return sorted(rows, key=lambda r: -r["total_us"])
+
+
 def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: int = 50, repeats: int = 300) -> dict:
     import torch
 
@@ -111,7 +136,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     pipe = InProcessPipeline(repository)
     # The same 100 candidates for every path: the cosine top-100 of each query.
     candidates = {q: [i.decode() for i in pipe.retrieve(q, 100, 0)[0][0]] for q in queries}
-    rows = {}
+    rows, stages = {}, {}
     with _server(repository, _work() / "bench_server.log") as server, TwinBertClient(server.grpc_url) as c:
         for q in queries[:5]:  # warm both paths
             c.retrieve(q, 100), c.relevance(q, candidates[q]), pipe.retrieve(q, 100), pipe.relevance(q, candidates[q])
@@ -121,9 +146,11 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                 ("relevance 100 candidates", lambda q: c.relevance(q, candidates[q]),
                  lambda q: pipe.relevance(q, candidates[q]))):
             s_served, s_local = [], []
+            before = _model_stats(server.grpc_url)
             for _ in range(3):  # interleave served and in-process blocks
                 s_served += _time_calls(served, args, repeats // 3)
                 s_local += _time_calls(local, args, repeats // 3)
+            stages[name] = _stage_breakdown(before, _model_stats(server.grpc_url))
             rows[name] = {"served_p50_ms": _pct(s_served, 50), "served_p99_ms": _pct(s_served, 99),
                           "in_process_p50_ms": _pct(s_local, 50), "in_process_p99_ms": _pct(s_local, 99),
                           "served_over_in_process": round(statistics.median(s_served) / statistics.median(s_local), 3),
@@ -142,7 +169,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
         "twin_speedup": round(statistics.median(t_teacher) / statistics.median(served_rel), 1)}
     print(f"teacher 100 pairs p50 {_pct(t_teacher, 50)} ms vs served twin relevance {_pct(served_rel, 50)} ms "
           f"(x{rows['teacher vs twin, 100 pairs']['twin_speedup']})", flush=True)
-    result = {"queries": len(queries), "threads": 2, "rows": rows}
+    result = {"queries": len(queries), "threads": 2, "rows": rows, "server_stages": stages}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# End-to-end benchmark (one run, same queries and candidates)", "",
@@ -152,6 +179,18 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
              "| comparison | metric | value |", "|---|---|---|"]
     for name, r in rows.items():
         lines += [f"| {name} | {k} | {v} |" for k, v in r.items()]
+    lines += ["", "## Where the served time goes", "",
+              "Triton's own statistics over the served calls above: mean microseconds per request in each model "
+              "(queue wait; compute split into reading inputs, the model's execute, writing outputs). The "
+              "ensemble's total covers its steps plus the hand-offs between them; the client's latency adds gRPC "
+              "and the client library. A Python-backend model's infer time includes the round trip to its stub "
+              "process, so compare it with the same work in-process.", ""]
+    for name, st in stages.items():
+        lines += [f"### {name}", "", "| model | requests | total µs | queue | input | infer | output |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['requests']} | {r['total_us']} | {r['queue_us']} | {r['input_us']} | "
+                  f"{r['infer_us']} | {r['output_us']} |" for r in st]
+        lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return result
 

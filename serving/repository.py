@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from serving.encoder import PAD_MULTIPLE
 from serving.keyword_store import latest_version
 
 SOURCE = Path(__file__).resolve().parent.parent / "model_repository"
@@ -45,6 +46,7 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> Non
     length = json.loads((export_dir / "tokenizer_config.json").read_text())["query_max_len"]
     mask = np.zeros(length, dtype="<i8")
     mask[:4] = 1
+    short = mask[:PAD_MULTIPLE]  # the width most queries arrive at after the encoder trims padding
     first_id = json.loads((store_version / "ids.json").read_text())[0].encode()
 
     def put(model: str, name: str, data: bytes) -> None:
@@ -60,6 +62,7 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> Non
     put("query_encoder", "long_query", text(WARMUP_LONG_QUERY))
     for model in ("keyword_store", "pool_cross"):
         put(model, "attention_mask", mask.tobytes())
+        put(model, "attention_mask_short", short.tobytes())
     put("keyword_store", "top_k", np.array([10], dtype="<i4").tobytes())
     put("keyword_vectors", "keyword_ids", len(first_id).to_bytes(4, "little") + first_id)
 
