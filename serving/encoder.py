@@ -54,6 +54,7 @@ class QueryEncoder:
         self.tokenizer = WordPiece(version_dir / "tokenizer.json", cfg["query_max_len"])
         plain = torch.jit.load(str(version_dir / "query_encoder.pt"))
         self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])
+        self.max_length = int(plain.bert.embeddings.position_embeddings.weight.shape[0])
         self.encoder = load_torchscript(version_dir / "query_encoder.pt", optimize)
 
     def tokenize(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +66,7 @@ class QueryEncoder:
 
     def check_ids(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Client-sent INPUT_IDS + ATTENTION_MASK -> validated, trimmed (ids, mask)."""
-        check_token_inputs(ids, mask, self.vocab_size)
+        check_token_inputs(ids, mask, self.vocab_size, self.max_length)
         return trim_padding(ids, mask)
 
     @torch.inference_mode()

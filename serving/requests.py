@@ -51,12 +51,15 @@ def decode_top_k(raw: np.ndarray, rows: int) -> int:
     return k
 
 
-def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int) -> None:
-    """INPUT_IDS / ATTENTION_MASK [B, L] int64: same shape, ids within the vocabulary, mask 0/1."""
+def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int, max_length: int | None = None) -> None:
+    """INPUT_IDS / ATTENTION_MASK [B, L] int64: same shape, 1 <= L <= max_length (the encoder's
+    position embeddings), ids within the vocabulary, mask 0/1."""
     if ids.shape != mask.shape or ids.ndim != 2:
         raise BadRequest(f"INPUT_IDS {list(ids.shape)} and ATTENTION_MASK {list(mask.shape)} must both be [batch, length]")
     if ids.shape[1] == 0:
         raise BadRequest("INPUT_IDS has length 0")
+    if max_length is not None and ids.shape[1] > max_length:
+        raise BadRequest(f"INPUT_IDS has length {ids.shape[1]}; the encoder takes at most {max_length} tokens")
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise BadRequest(f"INPUT_IDS must be token ids in [0, {vocab_size}), got values in "
                          f"[{ids.min()}, {ids.max()}]")

@@ -41,3 +41,5 @@ def test_token_inputs_are_checked_against_the_vocabulary():
         check_token_inputs(ids, np.array([[1, 2, 0]]), 30522)
     with pytest.raises(BadRequest, match="must both be"):
         check_token_inputs(ids, np.array([[1, 1]]), 30522)
+    with pytest.raises(BadRequest, match="at most 2 tokens"):
+        check_token_inputs(ids, mask, 30522, max_length=2)

@@ -232,6 +232,9 @@ def test_query_encoder_takes_text_or_the_tokenizer_ids(server):
         _infer_encoder(client, INPUT_IDS=ids)
     with pytest.raises(Exception, match="empty or blank"):
         _infer_encoder(client, QUERY=np.array([[b"  "]], dtype=object))
+    long_ids = np.full((1, 600), 1000, dtype=np.int64)  # past the position embeddings
+    with pytest.raises(Exception, match="at most 512 tokens"):
+        _infer_encoder(client, INPUT_IDS=long_ids, ATTENTION_MASK=np.ones_like(long_ids))
     assert client.is_server_ready()
     client.close()
 
