@@ -35,14 +35,13 @@ def trim_padding(ids: np.ndarray, mask: np.ndarray, multiple: int = PAD_MULTIPLE
     return ids[:, :width], mask[:, :width]
 
 
-def load_torchscript(path: str | Path, optimize: bool = True) -> torch.jit.ScriptModule:
-    module = torch.jit.load(str(path)).eval()
-    if optimize:
-        try:
-            module = torch.jit.optimize_for_inference(module)
-        except Exception:  # an encoder optimize_for_inference cannot handle still runs, just slower
-            module = torch.jit.load(str(path)).eval()
-    return module
+def optimized(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """A frozen, oneDNN-optimised copy of `module` (left unchanged); `module` itself when the
+    optimisation does not apply (it still runs, just slower)."""
+    try:
+        return torch.jit.optimize_for_inference(module)
+    except Exception:
+        return module
 
 
 class QueryEncoder:
@@ -52,10 +51,10 @@ class QueryEncoder:
         version_dir = Path(version_dir)
         cfg = json.loads((version_dir / "tokenizer_config.json").read_text())
         self.tokenizer = WordPiece(version_dir / "tokenizer.json", cfg["query_max_len"])
-        plain = torch.jit.load(str(version_dir / "query_encoder.pt"))
-        self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])
+        plain = torch.jit.load(str(version_dir / "query_encoder.pt")).eval()
+        self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])  # gone once frozen
         self.max_length = int(plain.bert.embeddings.position_embeddings.weight.shape[0])
-        self.encoder = load_torchscript(version_dir / "query_encoder.pt", optimize)
+        self.encoder = optimized(plain) if optimize else plain
 
     def tokenize(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return trim_padding(*self.tokenizer(queries))
