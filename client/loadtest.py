@@ -12,7 +12,8 @@ Two ways to send (`client=`):
   generator shares the cores with the server, the generator's own CPU per request is load taken off
   the server, so it must be as small as possible to measure the server.
 - "library": through AsyncTwinBertClient, results decoded into typed objects: what an application
-  using the client library sees, client-side decoding included.
+  using the client library sees, client-side decoding (and its retries on UNAVAILABLE) included.
+A refused request counts as an error in both modes (InvalidRequest for INVALID_ARGUMENT).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import numpy as np
 
-from client.core import AsyncTwinBertClient, ClientError
+from client.core import AsyncTwinBertClient, ClientError, InvalidRequest
 
 CLIENTS = ("wire", "library")
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -110,8 +111,9 @@ class WireCaller:
     async def __call__(self, i: int, check: bool = False) -> None:
         try:
             raw = await self.infer(self.payloads[i % len(self.payloads)], timeout=self.timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise ClientError(f"[{e.code().name}] {e.details()}", e.code().name) from None
+        except grpc.aio.AioRpcError as e:  # counted, never retried: a load tool reports failures
+            cls = InvalidRequest if e.code() == grpc.StatusCode.INVALID_ARGUMENT else ClientError
+            raise cls(f"[{e.code().name}] {e.details()}", e.code().name) from None
         if check:
             from tritonclient.grpc import service_pb2
             names = {o.name for o in service_pb2.ModelInferResponse.FromString(raw).outputs}
@@ -138,7 +140,8 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
         caller = WireCaller(url, target, serialized_requests(target, queries, top_k, keyword_ids))
         call, close, first = caller, caller.close, (lambda i: caller(i, check=True))
     else:
-        library = AsyncTwinBertClient(url, timeout_s=30.0)
+        _check_target(target, keyword_ids)  # before connecting: nothing to close on a bad argument
+        library = AsyncTwinBertClient(url, timeout_s=30.0)  # as applications use it, retries included
         by_query = make_call(library, target, top_k, keyword_ids)
         call = first = (lambda i: by_query(queries[i % len(queries)]))
         close = library.close

@@ -118,7 +118,8 @@ def _stage_breakdown(before: dict, after: dict) -> list[dict]:
         n = int(st["success"].get("count", 0)) - int(before.get(key, {}).get("success", {}).get("count", 0))
         if n <= 0:
             continue
-        mean = lambda k: round((int(st[k].get("ns", 0)) - int(before[key][k].get("ns", 0))) / n / 1e3)  # noqa: E731
+        prev = before.get(key, {})
+        mean = lambda k: round((int(st[k].get("ns", 0)) - int(prev.get(k, {}).get("ns", 0))) / n / 1e3)  # noqa: E731
         rows.append({"model": key[0], "requests": n, "total_us": mean("success"), "queue_us": mean("queue"),
                      "input_us": mean("compute_input"), "infer_us": mean("compute_infer"),
                      "output_us": mean("compute_output")})
@@ -199,9 +200,10 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
 VARIANTS = [
     ("as shipped", {}),
     ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
-    ("1 store instance", {"keyword_store": [("count: 2", "count: 1")]}),
-    ("encoder 2 threads, 1 instance", {"query_encoder": [("count: 2", "count: 1"), ('string_value: "1"', 'string_value: "2"')]}),
-    ("encoder 3 instances", {"query_encoder": [("count: 2", "count: 3")]}),
+    ("1 store instance", {"keyword_store": [("{ count: 2 kind", "{ count: 1 kind")]}),
+    ("encoder 2 threads, 1 instance", {"query_encoder": [("{ count: 2 kind", "{ count: 1 kind"),
+                                                         ('string_value: "1"', 'string_value: "2"')]}),
+    ("encoder 3 instances", {"query_encoder": [("{ count: 2 kind", "{ count: 3 kind")]}),
     ("encoder 2 instances x 2 threads", {"query_encoder": [('string_value: "1"', 'string_value: "2"')]}),
 ]
 
@@ -222,8 +224,8 @@ def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> di
             text = cfg.read_text()
             cfg.unlink()  # hard-linked: write a new file, leave the original alone
             for old, new in subs:
-                if old not in text:
-                    raise ValueError(f"{model}: {old!r} not in config")
+                if text.count(old) != 1:
+                    raise ValueError(f"{model}: {old!r} must occur exactly once in config.pbtxt")
                 text = text.replace(old, new)
             cfg.write_text(text)
         with _server(variant, _work() / "tune_server.log") as server:

@@ -159,7 +159,8 @@ def vector_dtype_effect(artifacts: Path, n_queries: int = 200, data=None, out: P
     return result
 
 
-def indexing_throughput(export_dir: Path, texts: list[str], batch_sizes=(64, 256), repeats: int = 3) -> dict:
+def indexing_throughput(export_dir: Path, texts: list[str], batch_sizes=(DEFAULT_BATCH_SIZE, 256),
+                        repeats: int = 3) -> dict:
     """Keywords per second embedding `texts` (tokenisation included), median of interleaved runs per
     batch size, so the indexer's default batch size is chosen by the same measurement."""
     import torch
@@ -171,9 +172,9 @@ def indexing_throughput(export_dir: Path, texts: list[str], batch_sizes=(64, 256
     enc = torch.jit.load(str(export_dir / "keyword_encoder.pt")).eval()
     tok = WordPiece(export_dir / "tokenizer.json", cfg["keyword_max_len"])
     embed_texts(enc, tok, texts[:512], progress=False)
-    runs: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    runs: dict[int, list[float]] = {b: [] for b in dict.fromkeys(batch_sizes)}
     for _ in range(repeats):
-        for b in batch_sizes:
+        for b in runs:
             t = time.perf_counter()
             embed_texts(enc, tok, texts, batch_size=b, progress=False)
             runs[b].append(len(texts) / (time.perf_counter() - t))

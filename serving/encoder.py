@@ -72,3 +72,15 @@ class QueryEncoder:
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Token states [B, L, H] fp32."""
         return self.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    def encode_many(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """Several requests' (ids, mask) in one forward pass: rows padded to the widest (the padding is
+        masked out, so real tokens' states do not change), states cut back to each request's width."""
+        width = max(ids.shape[1] for ids, _ in parts)
+        pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])))  # noqa: E731
+        states = self(np.concatenate([pad(ids) for ids, _ in parts]), np.concatenate([pad(m) for _, m in parts]))
+        out, start = [], 0
+        for ids, _ in parts:
+            out.append(states[start:start + len(ids), :ids.shape[1]])
+            start += len(ids)
+        return out

@@ -5,7 +5,8 @@ A store root holds integer-named version directories (`1/`, `2/`, ...). Each ver
   ids.json        external string ids; position i is FAISS id i
   vectors.npy     the pooled keyword vectors (un-normalised), for exact crossing: float16 by default
                   (half the memory of float32; crossing scores move by at most 1.1e-4 and the top 10
-                  of 100 re-scored candidates stay the same: reports/vector_dtype.md), or float32
+                  of 100 re-scored candidates stayed the same for 199 of 200 queries:
+                  reports/vector_dtype.md), or float32
   texts.jsonl     one JSON string per keyword, for display
   manifest.json   format, encoder checksum, dim, count, metric, index type/params, sha256 of files
 A version is written under a temporary name and renamed into place, so an interrupted build never
@@ -115,6 +116,11 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
         raise ValueError("keyword ids must be unique")
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError(f"vectors must be a non-empty [N, D] array, got shape {vectors.shape}")
+    with np.errstate(over="ignore"):  # overflow is reported below, with what to do about it
+        stored = np.ascontiguousarray(vectors, dtype=vector_dtype)
+    if not np.isfinite(stored).all():
+        raise ValueError(f"vectors are not finite as {vector_dtype} (NaN, or beyond its range); "
+                         "store them as float32")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     version = version or next_version(root)
@@ -130,7 +136,7 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
         build_s = time.perf_counter() - start
         faiss.write_index(index, str(tmp / "index.faiss"))
         (tmp / "ids.json").write_text(json.dumps(list(ids)))
-        np.save(tmp / "vectors.npy", np.ascontiguousarray(vectors, dtype=vector_dtype))
+        np.save(tmp / "vectors.npy", stored)
         with open(tmp / "texts.jsonl", "w", encoding="utf-8") as f:
             for t in texts:
                 f.write(json.dumps(t, ensure_ascii=False) + "\n")

@@ -60,6 +60,7 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> Non
     for model in ("tokenizer", "query_encoder"):
         put(model, "query", text(WARMUP_QUERY))
     put("query_encoder", "long_query", text(WARMUP_LONG_QUERY))
+    put("query_encoder", "attention_mask_full", np.ones(length, dtype="<i8").tobytes())  # batched, untrimmed
     for model in ("keyword_store", "pool_cross"):
         put(model, "attention_mask", mask.tobytes())
         put(model, "attention_mask_short", short.tobytes())

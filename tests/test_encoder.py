@@ -58,3 +58,16 @@ def test_bad_ids_are_refused(encoder_dir):
         enc.check_ids(ids, np.ones_like(ids))
     with pytest.raises(BadRequest, match="not valid UTF-8"):
         enc.tokenize_request(np.array([[b"\xff\xfe"]], dtype=object))
+
+
+def test_requests_of_different_widths_share_one_forward_pass(encoder_dir):
+    enc = QueryEncoder(encoder_dir)
+    short = enc.tokenize(["drill"])
+    long = enc.tokenize(["milwaukee m18 fuel brushless cordless hammer drill driver kit with batteries"])
+    assert short[1].shape[1] == 8 and long[1].shape[1] == 16
+    together = enc.encode_many([short, long, short])
+    assert [s.shape[1] for s in together] == [8, 16, 8]
+    for states, (ids, mask) in zip(together, [short, long, short]):
+        alone = enc(ids, mask)
+        real = mask.astype(bool)
+        np.testing.assert_allclose(states[real], alone[real], atol=1e-5)

@@ -54,6 +54,10 @@ def test_a_vector_file_that_disagrees_with_the_manifest_is_refused(tmp_path):
         KeywordStore(path, verify=False)
     with pytest.raises(ValueError, match="vector_dtype"):
         make_store(tmp_path, vector_dtype="int8")
+    huge = np.full((2, 4), 1e6, dtype=np.float32)  # beyond float16's range
+    with pytest.raises(ValueError, match="not finite as float16"):
+        write_version(tmp_path, ["a", "b"], ["x", "y"], huge, IndexSpec("flat"), "enc", vector_dtype="float16")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
 def test_versions_are_numbered_and_written_atomically(tmp_path):

@@ -4,13 +4,12 @@ Each request sends either QUERY (strings, tokenised here with the export's WordP
 ensembles need no separate tokenizer hop) or INPUT_IDS + ATTENTION_MASK (ids from the `tokenizer`
 model or the client's own). Trailing padding is trimmed (serving/encoder.py), so TOKEN_STATES and
 TOKEN_MASK may be narrower than the tokenizer's fixed length. Requests queued together run as one
-forward pass (rows concatenated, then split back); a bad request gets its own INVALID_ARG error and
-never reaches the encoder.
+forward pass (rows padded to the widest and concatenated, then split back); a bad request gets its
+own INVALID_ARG error and never reaches the encoder.
 """
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -47,19 +46,10 @@ class TritonPythonModel:
             except BadRequest as e:
                 responses[n] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
-        if good and len({ids.shape[1] for _, ids, _ in good}) == 1:
-            states = self._encode(np.concatenate([g[1] for g in good]), np.concatenate([g[2] for g in good]))
-            start = 0
-            for n, ids, mask in good:
-                responses[n] = self._respond(states[start:start + len(ids)], mask)
-                start += len(ids)
-        else:  # differently padded requests: one by one rather than fail them
-            for n, ids, mask in good:
-                responses[n] = self._respond(self._encode(ids, mask), mask)
+        if good:
+            for (n, _, mask), states in zip(good, self.encoder.encode_many([(ids, mask) for _, ids, mask in good])):
+                responses[n] = self._respond(states, mask)
         return responses
-
-    def _encode(self, ids, mask):
-        return self.encoder(ids, mask)
 
     @staticmethod
     def _respond(states, mask):
