@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.keyword_store import DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, IndexSpec, KeywordStore, latest_version, write_version
+from serving.keyword_store import (DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, IndexSpec, KeywordStore, as_float32,
+                                   latest_version, write_version)
 from training.index import DEFAULT_BATCH_SIZE
 
 _PROBE = r"""
@@ -91,13 +92,9 @@ def vector_dtype_effect(artifacts: Path, n_queries: int = 200, data=None, out: P
     from client.suite import held_out_queries
     from kernels import pool_cross
     from serving.pipeline import InProcessPipeline
-    from training.index import embed_texts
-    from training.tokenize import WordPiece
+    from training.index import embed_texts, load_keyword_encoder
     pipe = InProcessPipeline(artifacts / "model_repository")
-    export_dir = artifacts / "export"
-    cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
-    enc = torch.jit.load(str(export_dir / "keyword_encoder.pt")).eval()
-    tok = WordPiece(export_dir / "tokenizer.json", cfg["keyword_max_len"])
+    enc, tok = load_keyword_encoder(artifacts / "export")
     store = pipe.store
     encoded = []
     for q in held_out_queries(data, n_queries):
@@ -131,9 +128,7 @@ def vector_dtype_effect(artifacts: Path, n_queries: int = 200, data=None, out: P
         ts = []
         for _ in range(2000):
             t = time.perf_counter()
-            rows = arr[positions]
-            if rows.dtype != np.float32:
-                rows = torch.from_numpy(rows).float().numpy()
+            as_float32(arr[positions])
             ts.append((time.perf_counter() - t) * 1e6)
         lookup_us[name] = round(float(np.median(ts)), 1)
     result = {"queries": len(encoded), "candidates_per_query": 100, "crossings": stats,
@@ -165,12 +160,9 @@ def indexing_throughput(export_dir: Path, texts: list[str], batch_sizes=(DEFAULT
     batch size, so the indexer's default batch size is chosen by the same measurement."""
     import torch
 
-    from training.index import embed_texts
-    from training.tokenize import WordPiece
+    from training.index import embed_texts, load_keyword_encoder
     torch.set_num_threads(2)
-    cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
-    enc = torch.jit.load(str(export_dir / "keyword_encoder.pt")).eval()
-    tok = WordPiece(export_dir / "tokenizer.json", cfg["keyword_max_len"])
+    enc, tok = load_keyword_encoder(export_dir)
     embed_texts(enc, tok, texts[:512], progress=False)
     runs: dict[int, list[float]] = {b: [] for b in dict.fromkeys(batch_sizes)}
     for _ in range(repeats):

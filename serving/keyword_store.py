@@ -165,6 +165,13 @@ def latest_version(root: str | Path) -> Path:
     return root / str(versions[0])
 
 
+def as_float32(rows: np.ndarray) -> np.ndarray:
+    """Cached-vector rows as float32 (float16 through torch's F16C conversion: ~5x numpy's astype)."""
+    if rows.dtype == np.float32:
+        return np.asarray(rows)
+    return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
+
+
 class KeywordStore:
     """A loaded, verified store version: ANN search and lookup of cached vectors by id."""
 
@@ -232,10 +239,7 @@ class KeywordStore:
         return str(self.vectors.dtype)
 
     def _rows(self, positions: np.ndarray) -> np.ndarray:
-        rows = self.vectors[positions]
-        if rows.dtype == np.float32:
-            return np.asarray(rows)
-        return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()  # F16C: ~5x numpy's astype
+        return as_float32(self.vectors[positions])
 
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
         """Cached vectors (fp32) at store positions of any shape -> [..., D]."""

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -30,11 +29,8 @@ from serving.repository import STORE_MODELS, _place
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
                           delete: set[str] | None = None, spec: IndexSpec | None = None) -> Path:
-    import torch
-
     from serving.keyword_store import sha256_file
-    from training.index import embed_texts
-    from training.tokenize import WordPiece
+    from training.index import embed_texts, load_keyword_encoder
     add, delete = dict(add or {}), set(delete or ())
     base_dir = latest_version(store_root)
     base = KeywordStore(base_dir, load_index=False)
@@ -48,10 +44,7 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
     # index entries move by ~1e-4 in cosine, far below what separates neighbours).
     vectors = base.vectors_at(np.asarray(keep, dtype=np.int64))
     if add:
-        export_dir = Path(export_dir)
-        cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
-        encoder = torch.jit.load(str(export_dir / "keyword_encoder.pt")).eval()
-        tok = WordPiece(export_dir / "tokenizer.json", cfg["keyword_max_len"])
+        encoder, tok = load_keyword_encoder(export_dir)
         vectors = np.concatenate([vectors, embed_texts(encoder, tok, list(add.values()), progress=False)])
     encoder_sha = sha256_file(Path(export_dir) / "export.json")
     if encoder_sha != base.manifest["encoder_sha256"]:

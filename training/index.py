@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.keyword_store import DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec, write_version
+from serving.keyword_store import DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec, sha256_file, write_version
 from training.data import keyword_corpus, load_pairs, repair_text
-from serving.keyword_store import sha256_file
 from training.tokenize import WordPiece
 
 
@@ -81,16 +80,22 @@ def embed_texts(encoder: torch.jit.ScriptModule, tokenizer: WordPiece, texts: li
     return out
 
 
-def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts: list[str],
-          spec: IndexSpec, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
-          vector_dtype: str = DEFAULT_VECTOR_DTYPE) -> Path:
+def load_keyword_encoder(export_dir: str | Path) -> tuple[torch.jit.ScriptModule, WordPiece]:
+    """The exported keyword encoder and its tokenizer (keyword_max_len), as every indexer uses them."""
     export_dir = Path(export_dir)
     encoder_path = export_dir / "keyword_encoder.pt"
     if not encoder_path.is_file():
         raise FileNotFoundError(f"{encoder_path} not found; run `python -m training.export` first")
     tok_cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
-    tokenizer = WordPiece(export_dir / "tokenizer.json", tok_cfg["keyword_max_len"])
-    encoder = torch.jit.load(str(encoder_path)).eval()
+    return (torch.jit.load(str(encoder_path)).eval(),
+            WordPiece(export_dir / "tokenizer.json", tok_cfg["keyword_max_len"]))
+
+
+def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts: list[str],
+          spec: IndexSpec, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
+          vector_dtype: str = DEFAULT_VECTOR_DTYPE) -> Path:
+    export_dir = Path(export_dir)
+    encoder, tokenizer = load_keyword_encoder(export_dir)
     start = time.perf_counter()
     vectors = embed_texts(encoder, tokenizer, texts, batch_size, progress)
     embed_s = time.perf_counter() - start
