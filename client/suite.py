@@ -160,7 +160,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                   f"in-process p50 {rows[name]['in_process_p50_ms']} ms "
                   f"(x{rows[name]['served_over_in_process']})", flush=True)
         teacher = CrossEncoder.load(teacher_dir)
-        texts = {q: [pipe.store.texts[pipe.store.position[k]] for k in candidates[q]] for q in queries}
+        texts = {q: [pipe.store.texts[p] for p in pipe.store.positions(candidates[q])] for q in queries}
         t_teacher, served_rel = [], []
         for _ in range(4):  # interleaved blocks: drift on a shared machine hits both sides alike
             t_teacher += _time_calls(lambda q: teacher.score([q] * 100, texts[q], batch_size=100), args[:10], 5)

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from serving.keyword_store import IndexSpec, latest_version
+from serving.keyword_store import INDEX_TYPES, IndexSpec, latest_version
 
 DEFAULT_ARTIFACTS = os.environ.get("TWINBERT_ARTIFACTS", "artifacts")
 
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
     ap.add_argument("--steps", type=int, default=400, help="training steps (batch 64) when no model is built")
     ap.add_argument("--minutes", type=float, default=15.0, help="cap on training time")
-    ap.add_argument("--index-type", default="hnsw", choices=("flat", "hnsw"))
+    ap.add_argument("--index-type", default="hnsw", choices=INDEX_TYPES)
     ap.add_argument("--rebuild", action="store_true", help="discard built artifacts first")
     args = ap.parse_args(argv)
     import torch

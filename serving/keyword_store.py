@@ -7,6 +7,9 @@ A store root holds integer-named version directories (`1/`, `2/`, ...). Each ver
                   (half the memory of float32; crossing scores move by at most 1.1e-4 and the top 10
                   of 100 re-scored candidates stayed the same for 199 of 200 queries:
                   reports/vector_dtype.md), or float32
+  norms.npy       instead of vectors.npy for `hnsw_fp16`: that index already holds every vector as
+                  float16 (unit length) for its own distance computations, so the cached vectors are
+                  read from it (times these float32 norms) and not kept twice in memory
   texts.jsonl     one JSON string per keyword, for display
   manifest.json   format, encoder checksum, dim, count, metric, index type/params, sha256 of files
 A version is written under a temporary name and renamed into place, so an interrupted build never
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +32,17 @@ import numpy as np
 import torch
 
 FORMAT = "twinbert-keyword-store/1"
-INDEX_TYPES = ("flat", "hnsw", "hnsw_sq8")
+INDEX_TYPES = ("flat", "hnsw", "hnsw_sq8", "hnsw_fp16")
+# Index types whose storage doubles as the cached float16 vectors (see norms.npy above).
+SHARED_VECTOR_INDEX_TYPES = ("hnsw_fp16",)
 VECTOR_DTYPES = ("float16", "float32")
 DEFAULT_VECTOR_DTYPE = "float16"
 MAX_TOP_K = 1000
-_DATA_FILES = ("index.faiss", "ids.json", "vectors.npy", "texts.jsonl")
+
+
+def data_files(index_type: str) -> tuple[str, ...]:
+    vectors = "norms.npy" if index_type in SHARED_VECTOR_INDEX_TYPES else "vectors.npy"
+    return ("index.faiss", "ids.json", vectors, "texts.jsonl")
 
 
 class StoreError(RuntimeError):
@@ -70,7 +81,7 @@ class IndexSpec:
     ef_search: int = 128
 
     def params(self) -> dict:
-        if self.index_type in ("hnsw", "hnsw_sq8"):
+        if self.index_type.startswith("hnsw"):
             return {"M": self.hnsw_m, "efConstruction": self.ef_construction, "efSearch": self.ef_search}
         return {}
 
@@ -81,8 +92,9 @@ def build_index(vectors: np.ndarray, spec: IndexSpec) -> faiss.Index:
     dim = vectors.shape[1]
     if spec.index_type == "flat":
         index = faiss.IndexFlatIP(dim)
-    elif spec.index_type == "hnsw_sq8":  # 8-bit scalar-quantised storage: 1/4 of fp32 memory
-        index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    elif spec.index_type in ("hnsw_sq8", "hnsw_fp16"):  # scalar-quantised storage: 1/4 or 1/2 of fp32
+        qtype = faiss.ScalarQuantizer.QT_8bit if spec.index_type == "hnsw_sq8" else faiss.ScalarQuantizer.QT_fp16
+        index = faiss.IndexHNSWSQ(dim, qtype, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = spec.ef_construction
         index.hnsw.efSearch = spec.ef_search
         unit = _normalized(vectors)
@@ -110,6 +122,10 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
     from the float32 vectors; `vector_dtype` is how the cached copy for exact crossing is stored."""
     if vector_dtype not in VECTOR_DTYPES:
         raise ValueError(f"vector_dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
+    shared = spec.index_type in SHARED_VECTOR_INDEX_TYPES
+    if shared and vector_dtype != "float16":
+        raise ValueError(f"index type {spec.index_type} keeps the cached vectors in the index as float16; "
+                         f"use vector_dtype float16, or another index type for {vector_dtype}")
     if len(ids) != len(texts) or len(ids) != len(vectors):
         raise ValueError(f"ids ({len(ids)}), texts ({len(texts)}) and vectors ({len(vectors)}) differ in length")
     if len(set(ids)) != len(ids):
@@ -136,7 +152,10 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
         build_s = time.perf_counter() - start
         faiss.write_index(index, str(tmp / "index.faiss"))
         (tmp / "ids.json").write_text(json.dumps(list(ids)))
-        np.save(tmp / "vectors.npy", stored)
+        if shared:
+            np.save(tmp / "norms.npy", np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1))
+        else:
+            np.save(tmp / "vectors.npy", stored)
         with open(tmp / "texts.jsonl", "w", encoding="utf-8") as f:
             for t in texts:
                 f.write(json.dumps(t, ensure_ascii=False) + "\n")
@@ -146,7 +165,7 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
             "vector_dtype": vector_dtype, "encoder_sha256": encoder_sha256,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(build_s, 3), **(extra or {}),
-            "sha256": {name: sha256_file(tmp / name) for name in _DATA_FILES},
+            "sha256": {name: sha256_file(tmp / name) for name in data_files(spec.index_type)},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.rename(final)
@@ -172,6 +191,78 @@ def as_float32(rows: np.ndarray) -> np.ndarray:
     return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
 
 
+class StringTable(Sequence[str]):
+    """Read-only strings packed into one UTF-8 buffer with offsets. A million keyword ids or titles
+    as a list of str costs ~60 bytes of object header each, plus an int and a dict entry per id for
+    the reverse map; here each costs its bytes plus 8 (reports/bench_store.md measures the store)."""
+
+    def __init__(self, strings: Iterable[str]):
+        encoded = [s.encode("utf-8") for s in strings]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=self._offsets[1:])
+        self._buffer = b"".join(encoded)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def encoded(self, i: int) -> bytes:
+        return self._buffer[self._offsets[i]:self._offsets[i + 1]]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"position {i} out of range for {len(self)} strings")
+        return self.encoded(i).decode("utf-8")
+
+
+class _IdIndex:
+    """External id -> store position without a dict: ids' hashes sorted once, binary-searched per
+    lookup, and every hit confirmed against the id itself (a hash collision is never a match)."""
+
+    hash = staticmethod(hash)  # per process, like the index built from it
+
+    def __init__(self, ids: list[str]):
+        hashes = np.fromiter(map(self.hash, ids), dtype=np.int64, count=len(ids))
+        self._order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[self._order]
+
+    def find(self, table: StringTable, keyword_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+        """-> (positions, with -1 for unknown ids; the unknown ids in request order)."""
+        if not keyword_ids:
+            return np.empty(0, dtype=np.int64), []
+        h = np.fromiter(map(self.hash, keyword_ids), dtype=np.int64, count=len(keyword_ids))
+        at = np.searchsorted(self._hashes, h)
+        out = np.full(len(keyword_ids), -1, dtype=np.int64)
+        unknown = []
+        for i, (kid, j) in enumerate(zip(keyword_ids, at.tolist())):
+            want = kid.encode("utf-8")
+            while j < len(self._hashes) and self._hashes[j] == h[i]:
+                pos = int(self._order[j])
+                if table.encoded(pos) == want:
+                    out[i] = pos
+                    break
+                j += 1
+            else:
+                unknown.append(kid)
+        return out, unknown
+
+
+def _fp16_storage_view(index: faiss.Index, n: int, dim: int) -> np.ndarray:
+    """The float16 codes of an HNSW-SQ(fp16) index as an [n, dim] array, without a copy: valid for
+    as long as the index lives (the store keeps both)."""
+    storage = faiss.downcast_index(index.storage)
+    if not isinstance(storage, faiss.IndexScalarQuantizer) or storage.sq.qtype != faiss.ScalarQuantizer.QT_fp16:
+        raise StoreError("an hnsw_fp16 index must store float16 codes")
+    if storage.code_size != 2 * dim or storage.ntotal != n:
+        raise StoreError(f"index storage holds {storage.ntotal} codes of {storage.code_size} bytes, "
+                         f"expected {n} of {2 * dim}")
+    return faiss.rev_swig_ptr(storage.codes.data(), n * storage.code_size).view(np.float16).reshape(n, dim)
+
+
 class KeywordStore:
     """A loaded, verified store version: ANN search and lookup of cached vectors by id."""
 
@@ -187,31 +278,47 @@ class KeywordStore:
             raise StoreError(f"{manifest_path}: corrupt manifest ({e})") from e
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{self.path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        index_type = self.manifest.get("index_type")
+        if index_type not in INDEX_TYPES:
+            raise StoreError(f"{self.path}: unknown index type {index_type!r} (this server knows {INDEX_TYPES})")
+        shared = index_type in SHARED_VECTOR_INDEX_TYPES
         if verify:
-            for name in _DATA_FILES:
+            for name in data_files(index_type):
                 path = self.path / name
                 if not path.is_file():
                     raise StoreError(f"{self.path}: missing {name}")
-                if sha256_file(path) != self.manifest["sha256"][name]:
+                if sha256_file(path) != self.manifest["sha256"].get(name):
                     raise StoreError(f"{path}: checksum mismatch (file corrupt or changed after build)")
         if expect_encoder_sha256 and self.manifest["encoder_sha256"] != expect_encoder_sha256:
             raise StoreError(f"{self.path}: built with encoder {self.manifest['encoder_sha256'][:12]}, "
                              f"but the served encoder is {expect_encoder_sha256[:12]}; rebuild the index")
         if expect_dim is not None and self.manifest["dim"] != expect_dim:
             raise StoreError(f"{self.path}: dimension {self.manifest['dim']}, the served model needs {expect_dim}")
-        self.index = faiss.read_index(str(self.path / "index.faiss")) if load_index else None
-        self.ids: list[str] = json.loads((self.path / "ids.json").read_text())
-        self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
-        with open(self.path / "texts.jsonl", encoding="utf-8") as f:
-            self.texts: list[str] = [json.loads(line) for line in f]
         n, dim = self.manifest["count"], self.manifest["dim"]
+        # An index whose storage holds the cached vectors is needed even when search is not.
+        self.index = faiss.read_index(str(self.path / "index.faiss")) if load_index or shared else None
+        if self.index is not None and not (self.index.ntotal == n and self.index.d == dim):
+            raise StoreError(f"{self.path}: the index holds {self.index.ntotal} x {self.index.d}, "
+                             f"the manifest says {n} x {dim}")
+        ids = json.loads((self.path / "ids.json").read_text())
+        self.ids = StringTable(ids)
+        self._id_index = _IdIndex(ids)
+        del ids
+        with open(self.path / "texts.jsonl", encoding="utf-8") as f:
+            self.texts = StringTable(json.loads(line) for line in f)
+        if shared:
+            self.norms: np.ndarray | None = np.load(self.path / "norms.npy")
+            self.vectors = _fp16_storage_view(self.index, n, dim)  # unit length; times norms = cached vector
+            if self.norms.shape != (n,):
+                raise StoreError(f"{self.path}: norms.npy has shape {self.norms.shape}, expected ({n},)")
+        else:
+            self.norms = None
+            self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
         if self.vectors.dtype != np.dtype(self.manifest.get("vector_dtype", "float32")):
             raise StoreError(f"{self.path}: vectors.npy holds {self.vectors.dtype}, the manifest says "
                              f"{self.manifest.get('vector_dtype')}")
-        index_ok = self.index is None or (self.index.ntotal == n and self.index.d == dim)
-        if not (index_ok and len(self.ids) == len(self.texts) == len(self.vectors) == n) or self.vectors.shape[1] != dim:
+        if not len(self.ids) == len(self.texts) == len(self.vectors) == n or self.vectors.shape[1] != dim:
             raise StoreError(f"{self.path}: index, ids, texts and vectors disagree with the manifest")
-        self.position = {kid: i for i, kid in enumerate(self.ids)}
         if self.index is not None and hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.manifest["index_params"].get("efSearch", 128)
 
@@ -239,17 +346,21 @@ class KeywordStore:
         return str(self.vectors.dtype)
 
     def _rows(self, positions: np.ndarray) -> np.ndarray:
-        return as_float32(self.vectors[positions])
+        rows = as_float32(self.vectors[positions])
+        if self.norms is not None:
+            rows *= self.norms[positions, None]
+        return rows
 
     def vectors_at(self, positions: np.ndarray) -> np.ndarray:
         """Cached vectors (fp32) at store positions of any shape -> [..., D]."""
         return self._rows(positions.reshape(-1)).reshape(*positions.shape, self.dim)
 
     def positions(self, keyword_ids: list[str]) -> np.ndarray:
-        unknown = [kid for kid in keyword_ids if kid not in self.position]
+        """Store positions of external ids; unknown ids raise UnknownKeywordError naming them."""
+        found, unknown = self._id_index.find(self.ids, list(keyword_ids))
         if unknown:
             raise UnknownKeywordError(unknown)
-        return np.asarray([self.position[kid] for kid in keyword_ids], dtype=np.int64)
+        return found
 
     def lookup(self, keyword_ids: list[str]) -> np.ndarray:
         """Cached vectors [K, D] (fp32) for external ids; unknown ids raise UnknownKeywordError."""

@@ -34,6 +34,6 @@ class Retriever:
             scores = torch.gather(res, 1, order).numpy()
         else:
             pos, scores = pos[:, :k], cos[:, :width][:, :k]
-        ids = np.array([[self.store.ids[i].encode() for i in row] for row in pos], dtype=object).reshape(pos.shape)
-        texts = np.array([[self.store.texts[i].encode() for i in row] for row in pos], dtype=object).reshape(pos.shape)
+        ids = np.array([[self.store.ids.encoded(i) for i in row] for row in pos], dtype=object).reshape(pos.shape)
+        texts = np.array([[self.store.texts.encoded(i) for i in row] for row in pos], dtype=object).reshape(pos.shape)
         return ids, texts, np.ascontiguousarray(scores, dtype=np.float32)

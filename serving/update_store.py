@@ -34,9 +34,10 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
     add, delete = dict(add or {}), set(delete or ())
     base_dir = latest_version(store_root)
     base = KeywordStore(base_dir, load_index=False)
-    unknown = sorted(delete - set(base.position))
-    if unknown:
-        raise UnknownKeywordError(unknown)
+    try:
+        base.positions(sorted(delete))
+    except UnknownKeywordError as e:
+        raise UnknownKeywordError(sorted(e.ids)) from None
     keep = [i for i, kid in enumerate(base.ids) if kid not in delete and kid not in add]
     ids = [base.ids[i] for i in keep] + list(add)
     texts = [base.texts[i] for i in keep] + list(add.values())

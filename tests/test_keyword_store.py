@@ -99,3 +99,50 @@ def test_search_rejects_bad_k_and_shapes(tmp_path, k):
         store.search(vectors[:1], k)
     with pytest.raises(ValueError, match=r"\[B, 16\]"):
         store.search(np.ones((1, 8)), 5)
+
+
+def test_hnsw_fp16_serves_cached_vectors_from_the_index_itself(tmp_path):
+    path, vectors = make_store(tmp_path, index_type="hnsw_fp16", vector_dtype="float16")
+    assert not (path / "vectors.npy").exists() and (path / "norms.npy").is_file()
+    store = KeywordStore(path)
+    assert store.vector_dtype == "float16" and store.norms is not None
+    got = store.lookup(["kw7", "kw1"])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, vectors[[7, 1]], rtol=2e-3, atol=2e-3)  # float16 of the unit vector x norm
+    positions, scores = store.search(vectors[[3, 150]], 5)
+    assert positions[0][0] == 3 and positions[1][0] == 150
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-3)
+    without_search = KeywordStore(path, load_index=False)  # the vectors live in the index: still readable
+    np.testing.assert_array_equal(without_search.lookup(["kw7", "kw1"]), got)
+    with pytest.raises(ValueError, match="float16"):
+        make_store(tmp_path, index_type="hnsw_fp16", vector_dtype="float32")
+    with open(path / "norms.npy", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\0\0\0\1")
+    with pytest.raises(StoreError, match="norms.npy: checksum mismatch"):
+        KeywordStore(path)
+
+
+def test_string_table_round_trips_unicode_and_bounds():
+    from serving.keyword_store import StringTable
+    strings = ["drill", "", "60° elbow", "日本語", "x" * 1000]
+    table = StringTable(strings)
+    assert len(table) == 5 and list(table) == strings and table[-1] == "x" * 1000
+    assert table.encoded(2) == "60° elbow".encode() and table[1:3] == ["", "60° elbow"]
+    with pytest.raises(IndexError):
+        table[5]
+    assert len(StringTable([])) == 0
+
+
+def test_id_lookup_survives_hash_collisions(tmp_path, monkeypatch):
+    from serving import keyword_store
+    monkeypatch.setattr(keyword_store._IdIndex, "hash", staticmethod(len))  # every id of a length collides
+    path, vectors = make_store(tmp_path, n=200)
+    store = KeywordStore(path)
+    want = ["kw199", "kw7", "kw10", "kw0"]
+    np.testing.assert_array_equal(store.positions(want), [199, 7, 10, 0])
+    np.testing.assert_array_equal(store.lookup(want), vectors[[199, 7, 10, 0]])
+    with pytest.raises(UnknownKeywordError) as e:
+        store.positions(["kw5", "kw999", "zz", "kw3"])
+    assert e.value.ids == ["kw999", "zz"]
+    assert store.positions([]).shape == (0,)

@@ -80,7 +80,7 @@ def test_add_replace_delete_while_serving_with_no_failed_request(live, tiny_expo
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(live, tiny_export):
     server, store, repo = live
     old = KeywordStore(latest_version(store))
-    bad = write_version(store, old.ids, old.texts, np.asarray(old.vectors), IndexSpec("flat"),
+    bad = write_version(store, old.ids, old.texts, old.vectors_at(np.arange(len(old))), IndexSpec("flat"),
                         encoder_sha256="another-encoder")
     with Load(server.grpc_url) as load:
         with pytest.raises(StoreError, match="previous version keeps serving"):
