@@ -186,6 +186,48 @@ def indexing_throughput(export_dir: Path, texts: list[str], batch_sizes=(DEFAULT
     return {b: round(float(np.median(r)), 1) for b, r in runs.items()}
 
 
+def _measure(args, workdir: Path, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+             ids: list[str], texts: list[str]) -> list[dict]:
+    """Build (or reuse) each index type's store under `workdir` and probe it per efSearch."""
+    qfile = workdir / "queries.npy"
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(qfile, queries)
+    rows = []
+    for index_type in args.index.split(","):
+        t = time.perf_counter()
+        built = workdir / index_type / "1"
+        reused = (args.reuse and (built / "manifest.json").is_file()
+                  and json.loads((built / "manifest.json").read_text()).get("vector_dtype") == args.vector_dtype)
+        if reused:
+            version = built
+        else:
+            shutil.rmtree(workdir / index_type, ignore_errors=True)
+            version = write_version(workdir / index_type, ids, texts, vectors,
+                                    IndexSpec(index_type, ef_construction=args.ef_construction), "bench",
+                                    vector_dtype=args.vector_dtype)
+        build_s = json.loads((version / "manifest.json").read_text())["build_seconds"]
+        total_s = None if reused else round(time.perf_counter() - t, 1)  # build + write; unknown when reused
+        for ef in [int(x) for x in args.search.split(",")]:
+            out = subprocess.run([sys.executable, "-c", _PROBE, str(version), str(qfile), str(ef)],
+                                 capture_output=True, text=True, timeout=1800)
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr[-2000:])
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            recall = float(np.mean([len(set(f) & set(t_)) / 100 for f, t_ in zip(r["found"], truth)]))
+            params = json.loads((version / "manifest.json").read_text())["index_params"]
+            row = {"index": index_type, "efConstruction": params.get("efConstruction"), "efSearch": ef, "n": args.n, "dim": int(vectors.shape[1]),
+                   "build_s": build_s, "write_s": total_s, "rss_gb": round(r["rss_bytes"] / 2**30, 3),
+                   "rss_all_vectors_gb": round(r["rss_all_bytes"] / 2**30, 3),
+                   "single_p50_ms": round(float(np.percentile(r["single"], 50)), 3),
+                   "single_p99_ms": round(float(np.percentile(r["single"], 99)), 3),
+                   "batch32_p50_ms": round(float(np.percentile(r["batch32"], 50)), 3),
+                   "batch32_p99_ms": round(float(np.percentile(r["batch32"], 99)), 3),
+                   "recall@100": round(recall, 4)}
+            rows.append(row)
+            print(f"bench_store: {row}", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", default="artifacts")
@@ -221,41 +263,11 @@ def main(argv=None) -> None:
     ids = [f"kw{i}" for i in range(args.n)]
     texts = [real.texts[p] for p in picks]  # real titles, so their memory is counted as served
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_store_"))
-    qfile = workdir / "queries.npy"
-    workdir.mkdir(parents=True, exist_ok=True)
-    np.save(qfile, queries)
-    rows = []
-    for index_type in args.index.split(","):
-        t = time.perf_counter()
-        built = workdir / index_type / "1"
-        if (args.reuse and (built / "manifest.json").is_file()
-                and json.loads((built / "manifest.json").read_text()).get("vector_dtype") == args.vector_dtype):
-            version = built
-        else:
-            shutil.rmtree(workdir / index_type, ignore_errors=True)
-            version = write_version(workdir / index_type, ids, texts, vectors,
-                                    IndexSpec(index_type, ef_construction=args.ef_construction), "bench",
-                                    vector_dtype=args.vector_dtype)
-        build_s = json.loads((version / "manifest.json").read_text())["build_seconds"]
-        total_s = time.perf_counter() - t
-        for ef in [int(x) for x in args.search.split(",")]:
-            out = subprocess.run([sys.executable, "-c", _PROBE, str(version), str(qfile), str(ef)],
-                                 capture_output=True, text=True, timeout=1800)
-            if out.returncode != 0:
-                raise RuntimeError(out.stderr[-2000:])
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            recall = float(np.mean([len(set(f) & set(t_)) / 100 for f, t_ in zip(r["found"], truth)]))
-            params = json.loads((version / "manifest.json").read_text())["index_params"]
-            row = {"index": index_type, "efConstruction": params.get("efConstruction"), "efSearch": ef, "n": args.n, "dim": int(vectors.shape[1]),
-                   "build_s": build_s, "write_s": round(total_s, 1), "rss_gb": round(r["rss_bytes"] / 2**30, 3),
-                   "rss_all_vectors_gb": round(r["rss_all_bytes"] / 2**30, 3),
-                   "single_p50_ms": round(float(np.percentile(r["single"], 50)), 3),
-                   "single_p99_ms": round(float(np.percentile(r["single"], 99)), 3),
-                   "batch32_p50_ms": round(float(np.percentile(r["batch32"], 50)), 3),
-                   "batch32_p99_ms": round(float(np.percentile(r["batch32"], 99)), 3),
-                   "recall@100": round(recall, 4)}
-            rows.append(row)
-            print(f"bench_store: {row}", flush=True)
+    try:
+        rows = _measure(args, workdir, vectors, queries, truth, ids, texts)
+    finally:
+        if not args.workdir:  # a million-keyword store per index type: gigabytes of temp files
+            shutil.rmtree(workdir, ignore_errors=True)
     kps = indexing_throughput(a / "export", real.texts)
     best = kps[DEFAULT_BATCH_SIZE]
     result = {"n": args.n, "dim": int(vectors.shape[1]), "queries": len(queries), "noise": args.noise,
