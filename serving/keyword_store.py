@@ -260,7 +260,9 @@ def _fp16_storage_view(index: faiss.Index, n: int, dim: int) -> np.ndarray:
     if storage.code_size != 2 * dim or storage.ntotal != n:
         raise StoreError(f"index storage holds {storage.ntotal} codes of {storage.code_size} bytes, "
                          f"expected {n} of {2 * dim}")
-    return faiss.rev_swig_ptr(storage.codes.data(), n * storage.code_size).view(np.float16).reshape(n, dim)
+    view = faiss.rev_swig_ptr(storage.codes.data(), n * storage.code_size).view(np.float16).reshape(n, dim)
+    view.flags.writeable = False  # a read-only mapping of index.faiss
+    return view
 
 
 class KeywordStore:
@@ -295,8 +297,12 @@ class KeywordStore:
         if expect_dim is not None and self.manifest["dim"] != expect_dim:
             raise StoreError(f"{self.path}: dimension {self.manifest['dim']}, the served model needs {expect_dim}")
         n, dim = self.manifest["count"], self.manifest["dim"]
-        # An index whose storage holds the cached vectors is needed even when search is not.
-        self.index = faiss.read_index(str(self.path / "index.faiss")) if load_index or shared else None
+        # An index whose storage holds the cached vectors is needed even when search is not. The index
+        # is memory-mapped (its codes and graph stay file-backed pages): instances of the serving model
+        # that load the same version share one copy, and the checksum pass above has just read the
+        # file into the page cache.
+        self.index = (faiss.read_index(str(self.path / "index.faiss"), faiss.IO_FLAG_MMAP_IFC)
+                      if load_index or shared else None)
         if self.index is not None and not (self.index.ntotal == n and self.index.d == dim):
             raise StoreError(f"{self.path}: the index holds {self.index.ntotal} x {self.index.d}, "
                              f"the manifest says {n} x {dim}")
@@ -321,6 +327,22 @@ class KeywordStore:
             raise StoreError(f"{self.path}: index, ids, texts and vectors disagree with the manifest")
         if self.index is not None and hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.manifest["index_params"].get("efSearch", 128)
+
+    def page_in(self) -> int:
+        """Read one byte of every page of the memory-mapped data (the index's codes and graph, and
+        vectors.npy): what traffic over every keyword would fault in. Returns the bytes covered."""
+        buffers = []
+        if self.index is not None:
+            hnsw = getattr(self.index, "hnsw", None)
+            storage = faiss.downcast_index(self.index.storage) if hnsw is not None else self.index
+            buffers.append(faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size()))
+            if hnsw is not None and hnsw.neighbors.size():
+                buffers.append(faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size()).view(np.uint8))
+        if self.norms is None:
+            buffers.append(np.asarray(self.vectors).reshape(-1).view(np.uint8))
+        for buf in buffers:
+            int(buf[::4096].sum(dtype=np.int64))
+        return sum(b.nbytes for b in buffers)
 
     @property
     def dim(self) -> int:

@@ -146,3 +146,19 @@ def test_id_lookup_survives_hash_collisions(tmp_path, monkeypatch):
         store.positions(["kw5", "kw999", "zz", "kw3"])
     assert e.value.ids == ["kw999", "zz"]
     assert store.positions([]).shape == (0,)
+
+
+@pytest.mark.parametrize("index_type, vector_dtype", [("flat", "float32"), ("hnsw", "float16"),
+                                                      ("hnsw_sq8", "float16"), ("hnsw_fp16", "float16")])
+def test_index_is_memory_mapped_and_pages_in(tmp_path, index_type, vector_dtype):
+    path, vectors = make_store(tmp_path, index_type=index_type, vector_dtype=vector_dtype)
+    store = KeywordStore(path)
+    maps = open("/proc/self/maps").read()
+    assert str(path / "index.faiss") in maps  # file-backed: instances serving one version share it
+    touched = store.page_in()
+    assert touched >= vectors.size * (2 if vector_dtype == "float16" else 4)
+    positions, _ = store.search(vectors[[5]], 1)
+    assert positions[0][0] == 5
+    if index_type == "hnsw_fp16":
+        with pytest.raises(ValueError):  # a read-only mapping: never written through
+            store.vectors[0, 0] = 1

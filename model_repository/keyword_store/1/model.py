@@ -28,6 +28,7 @@ class TritonPythonModel:
         # Refuse a store built with another encoder (its manifest names the export it was built from).
         store = KeywordStore(version_dir / "store", expect_encoder_sha256=sha256_file(version_dir / "export.json"),
                              expect_dim=params.dim)
+        store.page_in()  # map every page of the index and vectors now, not inside the first requests
         self.retriever = Retriever(store, params)
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # Families must outlive their metrics: keep both on the instance.
