@@ -269,7 +269,8 @@ class KeywordStore:
     """A loaded, verified store version: ANN search and lookup of cached vectors by id."""
 
     def __init__(self, version_dir: str | Path, expect_encoder_sha256: str | None = None,
-                 expect_dim: int | None = None, verify: bool = True, load_index: bool = True):
+                 expect_dim: int | None = None, verify: bool = True, load_index: bool = True,
+                 load_texts: bool = True):
         self.path = Path(version_dir)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
@@ -310,8 +311,10 @@ class KeywordStore:
         self.ids = StringTable(ids)
         self._id_index = _IdIndex(ids)
         del ids
-        with open(self.path / "texts.jsonl", encoding="utf-8") as f:
-            self.texts = StringTable(json.loads(line) for line in f)
+        self.texts: StringTable | None = None  # only for display: a lookup-only model can skip them
+        if load_texts:
+            with open(self.path / "texts.jsonl", encoding="utf-8") as f:
+                self.texts = StringTable(json.loads(line) for line in f)
         if shared:
             self.norms: np.ndarray | None = np.load(self.path / "norms.npy")
             self.vectors = _fp16_storage_view(self.index, n, dim)  # unit length; times norms = cached vector
@@ -323,7 +326,8 @@ class KeywordStore:
         if self.vectors.dtype != np.dtype(self.manifest.get("vector_dtype", "float32")):
             raise StoreError(f"{self.path}: vectors.npy holds {self.vectors.dtype}, the manifest says "
                              f"{self.manifest.get('vector_dtype')}")
-        if not len(self.ids) == len(self.texts) == len(self.vectors) == n or self.vectors.shape[1] != dim:
+        texts_n = n if self.texts is None else len(self.texts)
+        if not len(self.ids) == texts_n == len(self.vectors) == n or self.vectors.shape[1] != dim:
             raise StoreError(f"{self.path}: index, ids, texts and vectors disagree with the manifest")
         if self.index is not None and hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.manifest["index_params"].get("efSearch", 128)

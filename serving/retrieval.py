@@ -13,6 +13,8 @@ from serving.keyword_store import KeywordStore
 
 class Retriever:
     def __init__(self, store: KeywordStore, params: PoolCrossParams):
+        if store.texts is None:
+            raise ValueError("retrieval returns keyword texts: load the store with its texts")
         if params.dim != store.dim:
             raise ValueError(f"pool/cross dimension {params.dim} does not match the store's {store.dim}")
         self.store, self.params = store, params

@@ -30,6 +30,9 @@ def test_lookup_returns_cached_vectors_and_names_unknown_ids(tmp_path):
     np.testing.assert_array_equal(store.lookup(["kw7", "kw1"]), vectors[[7, 1]])
     with pytest.raises(UnknownKeywordError, match="'nope'"):
         store.lookup(["kw1", "nope"])
+    lookup_only = KeywordStore(path, load_index=False, load_texts=False)  # what keyword_vectors loads
+    assert lookup_only.texts is None and lookup_only.index is None
+    np.testing.assert_array_equal(lookup_only.lookup(["kw7", "kw1"]), vectors[[7, 1]])
 
 
 def test_float16_cached_vectors_come_back_as_float32(tmp_path):

@@ -10,7 +10,8 @@ from serving.requests import BadRequest, decode_keyword_ids
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.store = KeywordStore(Path(args["model_repository"]) / args["model_version"] / "store", load_index=False)
+        self.store = KeywordStore(Path(args["model_repository"]) / args["model_version"] / "store",
+                                  load_index=False, load_texts=False)
         self.store.page_in()  # map every page now, not inside the first requests
 
     def execute(self, requests):
