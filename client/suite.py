@@ -221,7 +221,9 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
 VARIANTS = [
     ("as shipped", {}),
     ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
-    ("1 store instance", {"keyword_store": [("{ count: 2 kind", "{ count: 1 kind")]}),
+    ("store with dynamic batching", {"keyword_store": [("instance_group [", "dynamic_batching { }\ninstance_group [")]}),
+    ("2 store instances", {"keyword_store": [("{ count: 3 kind", "{ count: 2 kind")]}),
+    ("1 store instance", {"keyword_store": [("{ count: 3 kind", "{ count: 1 kind")]}),
     ("encoder 2 threads, 1 instance", {"query_encoder": [("{ count: 2 kind", "{ count: 1 kind"),
                                                          ('string_value: "1"', 'string_value: "2"')]}),
     ("encoder 3 instances", {"query_encoder": [("{ count: 2 kind", "{ count: 3 kind")]}),
