@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,3 +42,19 @@ def test_checkpoint_round_trip_is_exact(tmp_path, tiny_export):
 def test_loading_a_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         TwinBERT.load(tmp_path)
+
+
+def test_indexer_builds_an_hnsw_fp16_store_and_refuses_float32_before_embedding(tmp_path, tiny_export):
+    from serving.keyword_store import IndexSpec, KeywordStore
+    from training.index import build, embed_texts, load_keyword_encoder
+    ids = ["d1", "d2", "d3", "d4"]
+    texts = ["cordless drill 18v", "garden hose 50 ft", "led light bulb", "toilet seat white"]
+    with pytest.raises(ValueError, match="float16"):
+        build(tiny_export, tmp_path / "store", ids, texts, IndexSpec("hnsw_fp16"), progress=False,
+              vector_dtype="float32")
+    assert not (tmp_path / "store").exists()
+    store = KeywordStore(build(tiny_export, tmp_path / "store", ids, texts, IndexSpec("hnsw_fp16"), progress=False))
+    encoder, tokenizer = load_keyword_encoder(tiny_export)
+    vectors = embed_texts(encoder, tokenizer, texts, progress=False)
+    np.testing.assert_allclose(store.lookup(["d3", "d1"]), vectors[[2, 0]], rtol=2e-3, atol=2e-3)
+    assert store.search(vectors[[1]], 1)[0][0] == [1]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.keyword_store import DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec, sha256_file, write_version
+from serving.keyword_store import (DEFAULT_VECTOR_DTYPE, INDEX_TYPES, SHARED_VECTOR_INDEX_TYPES, VECTOR_DTYPES,
+                                   IndexSpec, sha256_file, write_version)
 from training.data import keyword_corpus, load_pairs, repair_text
 from training.tokenize import WordPiece
 
@@ -95,6 +96,9 @@ def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts:
           spec: IndexSpec, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
           vector_dtype: str = DEFAULT_VECTOR_DTYPE) -> Path:
     export_dir = Path(export_dir)
+    if spec.index_type in SHARED_VECTOR_INDEX_TYPES and vector_dtype != "float16":  # before minutes of embedding
+        raise ValueError(f"index type {spec.index_type} keeps the cached vectors as float16; "
+                         f"--vector-dtype {vector_dtype} needs another index type")
     encoder, tokenizer = load_keyword_encoder(export_dir)
     start = time.perf_counter()
     vectors = embed_texts(encoder, tokenizer, texts, batch_size, progress)
@@ -117,10 +121,14 @@ def main(argv=None) -> None:
     ap.add_argument("--store", required=True, help="keyword store root; a new version is added")
     ap.add_argument("--corpus", help="id,text CSV or JSONL (default: Home Depot titles)")
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
-    ap.add_argument("--index-type", choices=INDEX_TYPES, default="hnsw")
+    ap.add_argument("--index-type", choices=INDEX_TYPES, default="hnsw",
+                    help="flat: exact; hnsw (default): float32 storage; hnsw_fp16: float16 storage that is "
+                         "also the cached vectors, for millions of keywords (1M: 1.34 GB, recall@100 0.951 at "
+                         "efSearch 192, reports/bench_store.md); hnsw_sq8: 8-bit storage plus vectors.npy")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
-    ap.add_argument("--ef-search", type=int, default=128)
+    ap.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth stored in the manifest "
+                    "(default %(default)s; 192 for hnsw_fp16 at a million keywords)")
     ap.add_argument("--vector-dtype", choices=VECTOR_DTYPES, default=DEFAULT_VECTOR_DTYPE,
                     help="how the cached vectors for exact crossing are stored (default %(default)s: half "
                          "the memory, scores within 1.1e-4 of float32)")
