@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.keyword_store import (DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, IndexSpec, KeywordStore, as_float32,
-                                   latest_version, write_version)
+                                   fp16_unit_and_norm, latest_version, write_version)
 from training.index import DEFAULT_BATCH_SIZE
 
 _PROBE = r"""
@@ -111,11 +111,10 @@ def vector_dtype_effect(artifacts: Path, n_queries: int = 200, data=None, out: P
     fp32 = np.zeros((len(store), store.dim), dtype=np.float32)
     fp32[union] = embed_texts(enc, tok, [store.texts[i] for i in union], progress=False)
     fp16 = fp32.astype(np.float16)
-    norms = np.maximum(np.linalg.norm(fp32, axis=1, keepdims=True), 1e-8)
-    unit16 = (fp32 / norms).astype(np.float16)
+    unit16, norms = fp16_unit_and_norm(fp32)  # exactly what an hnsw_fp16 store keeps
     variants = {"float16": lambda pos: torch.from_numpy(fp16[pos]).float(),
                 "float16 unit x norm (hnsw_fp16)": lambda pos: torch.from_numpy(unit16[pos]).float()
-                * torch.from_numpy(norms[pos])}
+                * torch.from_numpy(norms[pos, None])}
     stats: dict = {}
     crossings = ["cos", "res"] if pipe.default_crossing == "res" else ["cos"]
     for (variant, rounded), crossing in ((v, c) for v in variants.items() for c in crossings):

@@ -86,7 +86,20 @@ class IndexSpec:
         return {}
 
 
-def build_index(vectors: np.ndarray, spec: IndexSpec) -> faiss.Index:
+def fp16_unit_and_norm(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """hnsw_fp16's form of the cached vectors: float16 unit directions u and float32 scales n with
+    n * u as close to v as the rounding allows (n = v.u / u.u, not |v|). A kept keyword, read back
+    as n * u and stored again by a live update, gets the same u and n: no drift across versions."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    unit16 = _normalized(vectors).astype(np.float16)
+    u = unit16.astype(np.float32)
+    norms = (vectors * u).sum(axis=1) / np.maximum((u * u).sum(axis=1), 1e-12)
+    return unit16, norms.astype(np.float32)
+
+
+def build_index(vectors: np.ndarray, spec: IndexSpec, prepared: np.ndarray | None = None) -> faiss.Index:
+    """Index over the L2-normalised `vectors`; `prepared`, when given, is added instead (hnsw_fp16's
+    float16 unit vectors as float32, so the index stores exactly the codes the norms were fitted to)."""
     if spec.index_type not in INDEX_TYPES:
         raise ValueError(f"index type must be one of {INDEX_TYPES}, got {spec.index_type!r}")
     dim = vectors.shape[1]
@@ -97,7 +110,7 @@ def build_index(vectors: np.ndarray, spec: IndexSpec) -> faiss.Index:
         index = faiss.IndexHNSWSQ(dim, qtype, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = spec.ef_construction
         index.hnsw.efSearch = spec.ef_search
-        unit = _normalized(vectors)
+        unit = _normalized(vectors) if prepared is None else np.ascontiguousarray(prepared, dtype=np.float32)
         index.train(unit)
         index.add(unit)
         return index
@@ -132,11 +145,21 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
         raise ValueError("keyword ids must be unique")
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError(f"vectors must be a non-empty [N, D] array, got shape {vectors.shape}")
-    with np.errstate(over="ignore"):  # overflow is reported below, with what to do about it
-        stored = np.ascontiguousarray(vectors, dtype=vector_dtype)
-    if not np.isfinite(stored).all():
-        raise ValueError(f"vectors are not finite as {vector_dtype} (NaN, or beyond its range); "
-                         "store them as float32")
+    for kind, strings in (("id", ids), ("text", texts)):
+        for i, value in enumerate(strings):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"keyword {kind} at row {i} is not valid Unicode ({e.reason}): {value!r}") from None
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or infinity")
+    if shared:
+        unit16, norms = fp16_unit_and_norm(vectors)
+    else:
+        with np.errstate(over="ignore"):  # overflow is reported below, with what to do about it
+            stored = np.ascontiguousarray(vectors, dtype=vector_dtype)
+        if not np.isfinite(stored).all():
+            raise ValueError(f"vectors are beyond the range of {vector_dtype}; store them as float32")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     version = version or next_version(root)
@@ -148,12 +171,12 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        index = build_index(vectors, spec)
+        index = build_index(vectors, spec, unit16.astype(np.float32) if shared else None)
         build_s = time.perf_counter() - start
         faiss.write_index(index, str(tmp / "index.faiss"))
         (tmp / "ids.json").write_text(json.dumps(list(ids)))
         if shared:
-            np.save(tmp / "norms.npy", np.linalg.norm(np.asarray(vectors, dtype=np.float32), axis=1))
+            np.save(tmp / "norms.npy", norms)
         else:
             np.save(tmp / "vectors.npy", stored)
         with open(tmp / "texts.jsonl", "w", encoding="utf-8") as f:
@@ -251,6 +274,10 @@ class _IdIndex:
         return out, unknown
 
 
+class _IndexBacked(np.ndarray):
+    """An array over memory owned by a FAISS index, holding that index alive."""
+
+
 def _fp16_storage_view(index: faiss.Index, n: int, dim: int) -> np.ndarray:
     """The float16 codes of an HNSW-SQ(fp16) index as an [n, dim] array, without a copy: valid for
     as long as the index lives (the store keeps both)."""
@@ -261,8 +288,10 @@ def _fp16_storage_view(index: faiss.Index, n: int, dim: int) -> np.ndarray:
         raise StoreError(f"index storage holds {storage.ntotal} codes of {storage.code_size} bytes, "
                          f"expected {n} of {2 * dim}")
     view = faiss.rev_swig_ptr(storage.codes.data(), n * storage.code_size).view(np.float16).reshape(n, dim)
-    view.flags.writeable = False  # a read-only mapping of index.faiss
-    return view
+    pinned = view.view(_IndexBacked)
+    pinned.index = index  # every slice's base chain leads here: the memory lives as long as any view
+    pinned.flags.writeable = False  # a read-only mapping of index.faiss
+    return pinned
 
 
 class KeywordStore:
@@ -308,26 +337,32 @@ class KeywordStore:
             raise StoreError(f"{self.path}: the index holds {self.index.ntotal} x {self.index.d}, "
                              f"the manifest says {n} x {dim}")
         ids = json.loads((self.path / "ids.json").read_text())
-        self.ids = StringTable(ids)
+        self.texts: StringTable | None = None  # only for display: a lookup-only model can skip them
+        try:
+            self.ids = StringTable(ids)
+            if load_texts:
+                with open(self.path / "texts.jsonl", encoding="utf-8") as f:
+                    self.texts = StringTable(json.loads(line) for line in f)
+        except UnicodeEncodeError as e:
+            raise StoreError(f"{self.path}: an id or text is not valid Unicode ({e.reason}); rebuild the store") from None
         self._id_index = _IdIndex(ids)
         del ids
-        self.texts: StringTable | None = None  # only for display: a lookup-only model can skip them
-        if load_texts:
-            with open(self.path / "texts.jsonl", encoding="utf-8") as f:
-                self.texts = StringTable(json.loads(line) for line in f)
+        # _stored: the rows as stored, vectors.npy (memory-mapped), or for hnsw_fp16 the index's float16
+        # unit directions, which times `norms` are the cached vectors. Read them through vectors_at.
+        self._searchable = load_index
         if shared:
             self.norms: np.ndarray | None = np.load(self.path / "norms.npy")
-            self.vectors = _fp16_storage_view(self.index, n, dim)  # unit length; times norms = cached vector
+            self._stored = _fp16_storage_view(self.index, n, dim)
             if self.norms.shape != (n,):
                 raise StoreError(f"{self.path}: norms.npy has shape {self.norms.shape}, expected ({n},)")
         else:
             self.norms = None
-            self.vectors = np.load(self.path / "vectors.npy", mmap_mode="r")
-        if self.vectors.dtype != np.dtype(self.manifest.get("vector_dtype", "float32")):
-            raise StoreError(f"{self.path}: vectors.npy holds {self.vectors.dtype}, the manifest says "
+            self._stored = np.load(self.path / "vectors.npy", mmap_mode="r")
+        if self._stored.dtype != np.dtype(self.manifest.get("vector_dtype", "float32")):
+            raise StoreError(f"{self.path}: vectors.npy holds {self._stored.dtype}, the manifest says "
                              f"{self.manifest.get('vector_dtype')}")
         texts_n = n if self.texts is None else len(self.texts)
-        if not len(self.ids) == texts_n == len(self.vectors) == n or self.vectors.shape[1] != dim:
+        if not len(self.ids) == texts_n == len(self._stored) == n or self._stored.shape[1] != dim:
             raise StoreError(f"{self.path}: index, ids, texts and vectors disagree with the manifest")
         if self.index is not None and hasattr(self.index, "hnsw"):
             self.index.hnsw.efSearch = self.manifest["index_params"].get("efSearch", 128)
@@ -340,10 +375,10 @@ class KeywordStore:
             hnsw = getattr(self.index, "hnsw", None)
             storage = faiss.downcast_index(self.index.storage) if hnsw is not None else self.index
             buffers.append(faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size()))
-            if hnsw is not None and hnsw.neighbors.size():
+            if self._searchable and hnsw is not None and hnsw.neighbors.size():  # the graph only serves search
                 buffers.append(faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size()).view(np.uint8))
         if self.norms is None:
-            buffers.append(np.asarray(self.vectors).reshape(-1).view(np.uint8))
+            buffers.append(np.asarray(self._stored).reshape(-1).view(np.uint8))
         for buf in buffers:
             int(buf[::4096].sum(dtype=np.int64))
         return sum(b.nbytes for b in buffers)
@@ -369,10 +404,10 @@ class KeywordStore:
 
     @property
     def vector_dtype(self) -> str:
-        return str(self.vectors.dtype)
+        return str(self._stored.dtype)
 
     def _rows(self, positions: np.ndarray) -> np.ndarray:
-        rows = as_float32(self.vectors[positions])
+        rows = as_float32(self._stored[positions])
         if self.norms is not None:
             rows *= self.norms[positions, None]
         return rows
