@@ -122,6 +122,31 @@ def build_index(vectors: np.ndarray, spec: IndexSpec, prepared: np.ndarray | Non
     return index
 
 
+RECALL_SAMPLE = 200  # keywords used as queries for the recall check of every build
+
+
+def ann_recall(index: faiss.Index, vectors: np.ndarray, k: int = 100, sample: int = RECALL_SAMPLE,
+               seed: int = 0, chunk: int = 65536) -> float:
+    """recall@k of `index` against exact inner product over the normalised `vectors`, with a seeded
+    sample of the keywords themselves as queries (a keyword corpus comes without a query log). The
+    exact search runs chunk by chunk, so it needs no second copy of the vectors."""
+    n = len(vectors)
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    queries = _normalized(vectors[rng.choice(n, min(sample, n), replace=False)])
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_ids = np.empty((len(queries), 0), dtype=np.int64)
+    for s in range(0, n, chunk):
+        scores = queries @ _normalized(vectors[s:s + chunk]).T
+        scores = np.concatenate([best_scores, scores], axis=1)
+        ids = np.concatenate([best_ids, np.broadcast_to(np.arange(s, s + scores.shape[1] - best_ids.shape[1]),
+                                                        (len(queries), scores.shape[1] - best_ids.shape[1]))], axis=1)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores, axis=1)
+        best_scores, best_ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
+    _, found = index.search(queries, k)
+    return float(np.mean([len(set(f[f >= 0]) & set(t)) / k for f, t in zip(found, best_ids)]))
+
+
 def next_version(root: str | Path) -> int:
     root = Path(root)
     versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
@@ -173,6 +198,7 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
         start = time.perf_counter()
         index = build_index(vectors, spec, unit16.astype(np.float32) if shared else None)
         build_s = time.perf_counter() - start
+        recall = 1.0 if spec.index_type == "flat" else round(ann_recall(index, vectors), 4)
         faiss.write_index(index, str(tmp / "index.faiss"))
         (tmp / "ids.json").write_text(json.dumps(list(ids)))
         if shared:
@@ -187,7 +213,9 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
             "metric": "cos", "index_type": spec.index_type, "index_params": spec.params(),
             "vector_dtype": vector_dtype, "encoder_sha256": encoder_sha256,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_seconds": round(build_s, 3), **(extra or {}),
+            "build_seconds": round(build_s, 3),
+            # ANN top-100 against exact search, the index's efSearch, keywords as queries (ann_recall)
+            "recall_at_100": recall, "recall_queries": min(RECALL_SAMPLE, len(ids)), **(extra or {}),
             "sha256": {name: sha256_file(tmp / name) for name in data_files(spec.index_type)},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

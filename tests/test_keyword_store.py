@@ -63,6 +63,18 @@ def test_a_vector_file_that_disagrees_with_the_manifest_is_refused(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
 
 
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "hnsw_fp16"])
+def test_every_build_records_ann_recall_against_exact_search(tmp_path, index_type):
+    path, vectors = make_store(tmp_path, n=2000, index_type=index_type,
+                               vector_dtype="float16" if index_type == "hnsw_fp16" else "float32")
+    manifest = KeywordStore(path).manifest
+    assert manifest["recall_queries"] == 200
+    assert manifest["recall_at_100"] == 1.0 if index_type == "flat" else 0.9 <= manifest["recall_at_100"] <= 1.0
+    from serving.keyword_store import ann_recall, build_index
+    bad = build_index(vectors[::-1].copy(), IndexSpec("flat"))  # positions shuffled: exact but wrong ids
+    assert ann_recall(bad, vectors) < 0.2
+
+
 def test_versions_are_numbered_and_written_atomically(tmp_path):
     first, _ = make_store(tmp_path)
     second, _ = make_store(tmp_path, seed=1)

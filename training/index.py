@@ -110,8 +110,9 @@ def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts:
                                    "keywords_per_second": round(len(texts) / embed_s, 1)})
     manifest = json.loads((version / "manifest.json").read_text())
     print(f"index: {len(ids)} keywords, dim {manifest['dim']}, {spec.index_type}, embedded at "
-          f"{manifest['keywords_per_second']:.0f}/s, index built in {manifest['build_seconds']:.1f}s -> {version}",
-          flush=True)
+          f"{manifest['keywords_per_second']:.0f}/s, index built in {manifest['build_seconds']:.1f}s, "
+          f"recall@100 {manifest['recall_at_100']:.4f} against exact search ({manifest['recall_queries']} "
+          f"keywords as queries) -> {version}", flush=True)
     return version
 
 
