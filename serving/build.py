@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from serving.keyword_store import INDEX_TYPES, IndexSpec, latest_version
+from serving.keyword_store import DEFAULT_INDEX_TYPE, INDEX_TYPES, IndexSpec, latest_version
 
 DEFAULT_ARTIFACTS = os.environ.get("TWINBERT_ARTIFACTS", "artifacts")
 
@@ -26,18 +26,20 @@ def _step(name: str):
     return time.perf_counter()
 
 
-def _current_store(store_root: Path, export_dir: Path) -> Path | None:
+def _current_store(store_root: Path, export_dir: Path, index_type: str) -> Path | None:
+    """The latest store version if it was built from this export with this index type."""
     from serving.keyword_store import sha256_file
     try:
         version = latest_version(store_root)
         manifest = json.loads((version / "manifest.json").read_text())
     except Exception:
         return None
-    return version if manifest.get("encoder_sha256") == sha256_file(export_dir / "export.json") else None
+    same_encoder = manifest.get("encoder_sha256") == sha256_file(export_dir / "export.json")
+    return version if same_encoder and manifest.get("index_type") == index_type else None
 
 
 def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, steps: int = 400,
-          minutes: float = 15.0, index_type: str = "hnsw", rebuild: bool = False) -> Path:
+          minutes: float = 15.0, index_type: str = DEFAULT_INDEX_TYPE, rebuild: bool = False) -> Path:
     from training.data import keyword_corpus, load_pairs
     from serving.keyword_store import sha256_file
     from training.export import export
@@ -74,7 +76,7 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
     print(f"[{time.perf_counter() - t:.1f}s]")
 
     t = _step("keyword store")
-    version = _current_store(store_root, export_dir)
+    version = _current_store(store_root, export_dir, index_type)
     if version:
         print(f"reusing {version}")
     else:
@@ -94,7 +96,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
     ap.add_argument("--steps", type=int, default=400, help="training steps (batch 64) when no model is built")
     ap.add_argument("--minutes", type=float, default=15.0, help="cap on training time")
-    ap.add_argument("--index-type", default="hnsw", choices=INDEX_TYPES)
+    ap.add_argument("--index-type", default=DEFAULT_INDEX_TYPE, choices=INDEX_TYPES,
+                    help="keyword index (default %(default)s; see `python -m training.index --help`)")
     ap.add_argument("--rebuild", action="store_true", help="discard built artifacts first")
     args = ap.parse_args(argv)
     import torch

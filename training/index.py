@@ -4,7 +4,7 @@ a new keyword-store version (see serving/keyword_store.py for the layout).
 Corpus: the Home Depot titles (default, from --data / $TWINBERT_DATA), or --corpus FILE with
 columns `id,text` (CSV with a header) or one JSON object {"id": ..., "text": ...} per line (JSONL).
 
-    python -m training.index --export artifacts/export --store artifacts/keyword_store --index-type hnsw
+    python -m training.index --export artifacts/export --store artifacts/keyword_store [--index-type hnsw_fp16]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.keyword_store import (DEFAULT_VECTOR_DTYPE, INDEX_TYPES, SHARED_VECTOR_INDEX_TYPES, VECTOR_DTYPES,
+from serving.keyword_store import (DEFAULT_INDEX_TYPE, DEFAULT_VECTOR_DTYPE, INDEX_TYPES, SHARED_VECTOR_INDEX_TYPES, VECTOR_DTYPES,
                                    IndexSpec, sha256_file, write_version)
 from training.data import keyword_corpus, load_pairs, repair_text
 from training.tokenize import WordPiece
@@ -122,10 +122,10 @@ def main(argv=None) -> None:
     ap.add_argument("--store", required=True, help="keyword store root; a new version is added")
     ap.add_argument("--corpus", help="id,text CSV or JSONL (default: Home Depot titles)")
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
-    ap.add_argument("--index-type", choices=INDEX_TYPES, default="hnsw",
-                    help="flat: exact; hnsw (default): float32 storage; hnsw_fp16: float16 storage that is "
-                         "also the cached vectors, for millions of keywords (1M: 1.34 GB, recall@100 0.951 at "
-                         "efSearch 192, reports/bench_store.md); hnsw_sq8: 8-bit storage plus vectors.npy")
+    ap.add_argument("--index-type", choices=INDEX_TYPES, default=DEFAULT_INDEX_TYPE,
+                    help="flat: exact; hnsw: float32 storage; hnsw_fp16 (default): float16 storage that is "
+                         "also the cached vectors (1M: 1.34 GB, recall@100 0.951 at efSearch 192, "
+                         "reports/bench_store.md); hnsw_sq8: 8-bit storage plus vectors.npy")
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=80)
     ap.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth stored in the manifest "
