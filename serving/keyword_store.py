@@ -289,21 +289,33 @@ class _IdIndex:
         """-> (positions, with -1 for unknown ids; the unknown ids in request order)."""
         if not keyword_ids:
             return np.empty(0, dtype=np.int64), []
+        n = len(self._hashes)
         h = np.fromiter(map(self.hash, keyword_ids), dtype=np.int64, count=len(keyword_ids))
-        at = np.searchsorted(self._hashes, h)
-        out = np.full(len(keyword_ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._hashes, h), max(n - 1, 0))
+        pos = self._order[at] if n else np.zeros(len(h), dtype=np.int64)
+        hit = (self._hashes[at] == h) if n else np.zeros(len(h), dtype=bool)
+        # Vectorised common case: the first entry with the id's hash is the id itself.
+        starts, ends = table._offsets[pos].tolist(), table._offsets[pos + 1].tolist()
+        buf = table._buffer
+        out = np.where(hit, pos, -1)
         unknown = []
-        for i, (kid, j) in enumerate(zip(keyword_ids, at.tolist())):
-            want = kid.encode("utf-8")
-            while j < len(self._hashes) and self._hashes[j] == h[i]:
-                pos = int(self._order[j])
-                if table.encoded(pos) == want:
-                    out[i] = pos
-                    break
-                j += 1
-            else:
+        for i, (kid, ok, a, b) in enumerate(zip(keyword_ids, hit.tolist(), starts, ends)):
+            if ok and buf[a:b] == kid.encode("utf-8"):
+                continue
+            out[i] = self._scan(table, kid, int(h[i]), int(at[i])) if ok else -1
+            if out[i] < 0:
                 unknown.append(kid)
         return out, unknown
+
+    def _scan(self, table: StringTable, kid: str, h: int, j: int) -> int:
+        """The rare case: other ids share this hash; look at each of them."""
+        want = kid.encode("utf-8")
+        while j < len(self._hashes) and self._hashes[j] == h:
+            pos = int(self._order[j])
+            if table.encoded(pos) == want:
+                return pos
+            j += 1
+        return -1
 
 
 class _IndexBacked(np.ndarray):
