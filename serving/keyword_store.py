@@ -141,10 +141,9 @@ def ann_recall(index: faiss.Index, vectors: np.ndarray, k: int = 100, sample: in
     best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
     best_ids = np.empty((len(queries), 0), dtype=np.int64)
     for s in range(0, n, chunk):
-        scores = queries @ _normalized(vectors[s:s + chunk]).T
-        scores = np.concatenate([best_scores, scores], axis=1)
-        ids = np.concatenate([best_ids, np.broadcast_to(np.arange(s, s + scores.shape[1] - best_ids.shape[1]),
-                                                        (len(queries), scores.shape[1] - best_ids.shape[1]))], axis=1)
+        block = queries @ _normalized(vectors[s:s + chunk]).T
+        scores = np.concatenate([best_scores, block], axis=1)
+        ids = np.concatenate([best_ids, np.broadcast_to(np.arange(s, s + block.shape[1]), block.shape)], axis=1)
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores, axis=1)
         best_scores, best_ids = np.take_along_axis(scores, top, 1), np.take_along_axis(ids, top, 1)
     _, found = index.search(queries, k)
