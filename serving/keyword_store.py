@@ -273,45 +273,44 @@ class StringTable(Sequence[str]):
         return self.encoded(i).decode("utf-8")
 
 
-class _IdIndex:
-    """External id -> store position without a dict: ids' hashes sorted once, binary-searched per
-    lookup, and every hit confirmed against the id itself (a hash collision is never a match)."""
+class IdTable(StringTable):
+    """Unique keyword ids, and id -> store position without a dict: the ids' hashes sorted once,
+    binary-searched per lookup, and every hit confirmed against the id itself (a hash collision is
+    never a match)."""
 
-    hash = staticmethod(hash)  # per process, like the index built from it
+    hash = staticmethod(hash)  # per process, like the table built from it
 
     def __init__(self, ids: list[str]):
+        super().__init__(ids)
         hashes = np.fromiter(map(self.hash, ids), dtype=np.int64, count=len(ids))
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
 
-    def find(self, table: StringTable, keyword_ids: list[str]) -> tuple[np.ndarray, list[str]]:
+    def find(self, keyword_ids: list[str]) -> tuple[np.ndarray, list[str]]:
         """-> (positions, with -1 for unknown ids; the unknown ids in request order)."""
         if not keyword_ids:
             return np.empty(0, dtype=np.int64), []
-        n = len(self._hashes)
         h = np.fromiter(map(self.hash, keyword_ids), dtype=np.int64, count=len(keyword_ids))
-        at = np.minimum(np.searchsorted(self._hashes, h), max(n - 1, 0))
-        pos = self._order[at] if n else np.zeros(len(h), dtype=np.int64)
-        hit = (self._hashes[at] == h) if n else np.zeros(len(h), dtype=bool)
+        at = np.minimum(np.searchsorted(self._hashes, h), len(self._hashes) - 1)  # a store is never empty
+        pos, hit = self._order[at], self._hashes[at] == h
         # Vectorised common case: the first entry with the id's hash is the id itself.
-        starts, ends = table._offsets[pos].tolist(), table._offsets[pos + 1].tolist()
-        buf = table._buffer
+        starts, ends = self._offsets[pos].tolist(), self._offsets[pos + 1].tolist()
         out = np.where(hit, pos, -1)
         unknown = []
         for i, (kid, ok, a, b) in enumerate(zip(keyword_ids, hit.tolist(), starts, ends)):
-            if ok and buf[a:b] == kid.encode("utf-8"):
+            if ok and self._buffer[a:b] == kid.encode("utf-8"):
                 continue
-            out[i] = self._scan(table, kid, int(h[i]), int(at[i])) if ok else -1
+            out[i] = self._scan(kid, int(h[i]), int(at[i])) if ok else -1
             if out[i] < 0:
                 unknown.append(kid)
         return out, unknown
 
-    def _scan(self, table: StringTable, kid: str, h: int, j: int) -> int:
+    def _scan(self, kid: str, h: int, j: int) -> int:
         """The rare case: other ids share this hash; look at each of them."""
         want = kid.encode("utf-8")
         while j < len(self._hashes) and self._hashes[j] == h:
             pos = int(self._order[j])
-            if table.encoded(pos) == want:
+            if self.encoded(pos) == want:
                 return pos
             j += 1
         return -1
@@ -382,13 +381,12 @@ class KeywordStore:
         ids = json.loads((self.path / "ids.json").read_text())
         self.texts: StringTable | None = None  # only for display: a lookup-only model can skip them
         try:
-            self.ids = StringTable(ids)
+            self.ids = IdTable(ids)
             if load_texts:
                 with open(self.path / "texts.jsonl", encoding="utf-8") as f:
                     self.texts = StringTable(json.loads(line) for line in f)
         except UnicodeEncodeError as e:
             raise StoreError(f"{self.path}: an id or text is not valid Unicode ({e.reason}); rebuild the store") from None
-        self._id_index = _IdIndex(ids)
         del ids
         # _stored: the rows as stored, vectors.npy (memory-mapped), or for hnsw_fp16 the index's float16
         # unit directions, which times `norms` are the cached vectors. Read them through vectors_at.
@@ -461,7 +459,7 @@ class KeywordStore:
 
     def positions(self, keyword_ids: list[str]) -> np.ndarray:
         """Store positions of external ids; unknown ids raise UnknownKeywordError naming them."""
-        found, unknown = self._id_index.find(self.ids, list(keyword_ids))
+        found, unknown = self.ids.find(list(keyword_ids))
         if unknown:
             raise UnknownKeywordError(unknown)
         return found

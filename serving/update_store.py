@@ -23,21 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.keyword_store import IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version, write_version
+from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, sha256_file, write_version
 from serving.repository import STORE_MODELS, _place
 
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
                           delete: set[str] | None = None, spec: IndexSpec | None = None) -> Path:
-    from serving.keyword_store import sha256_file
     from training.index import embed_texts, load_keyword_encoder
     add, delete = dict(add or {}), set(delete or ())
     base_dir = latest_version(store_root)
-    base = KeywordStore(base_dir, load_index=False)
-    try:
-        base.positions(sorted(delete))
-    except UnknownKeywordError as e:
-        raise UnknownKeywordError(sorted(e.ids)) from None
+    encoder_sha = sha256_file(Path(export_dir) / "export.json")
+    # A base built with another encoder is refused here, before anything is embedded.
+    base = KeywordStore(base_dir, expect_encoder_sha256=encoder_sha, load_index=False)
+    base.positions(sorted(delete))  # UnknownKeywordError names the ids that are not in the store
     keep = [i for i, kid in enumerate(base.ids) if kid not in delete and kid not in add]
     ids = [base.ids[i] for i in keep] + list(add)
     texts = [base.texts[i] for i in keep] + list(add.values())
@@ -47,9 +45,6 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
     if add:
         encoder, tok = load_keyword_encoder(export_dir)
         vectors = np.concatenate([vectors, embed_texts(encoder, tok, list(add.values()), progress=False)])
-    encoder_sha = sha256_file(Path(export_dir) / "export.json")
-    if encoder_sha != base.manifest["encoder_sha256"]:
-        raise StoreError(f"{base_dir} was built with another encoder; rebuild the whole store with training.index")
     m = base.manifest
     spec = spec or IndexSpec(m["index_type"], **{k: v for k, v in {
         "hnsw_m": m["index_params"].get("M"), "ef_construction": m["index_params"].get("efConstruction"),

@@ -151,7 +151,7 @@ def test_string_table_round_trips_unicode_and_bounds():
 
 def test_id_lookup_survives_hash_collisions(tmp_path, monkeypatch):
     from serving import keyword_store
-    monkeypatch.setattr(keyword_store._IdIndex, "hash", staticmethod(len))  # every id of a length collides
+    monkeypatch.setattr(keyword_store.IdTable, "hash", staticmethod(len))  # every id of a length collides
     path, vectors = make_store(tmp_path, n=200)
     store = KeywordStore(path)
     want = ["kw199", "kw7", "kw10", "kw0"]
