@@ -4,7 +4,9 @@ GPU (CUDA available): the Triton kernel vs eager, `triton.testing.do_bench` medi
 shapes B in (1, 8, 64), L = 16, H = 384, K in (100, 1000), both crossings, plus achieved GB/s
 against the device's measured copy bandwidth -> reports/bench_kernels_gpu.{json,md}.
 CPU: each CPU candidate (lean eager, lean TorchScript) vs eager reference at B in (1, 32), 2 threads,
-median and p99 of many calls, repeated -> reports/bench_kernels_cpu.{json,md}.
+median and p99 of many calls, repeated -> reports/bench_kernels_cpu.{json,md}. For res it also times
+the crossing's two GEMMs alone (`res_gemms_only`, not a candidate): eager over that is the most any
+fp32 path can gain.
 
     python -m benchmarks.bench_kernels [--device cpu|cuda] [--out reports]
 """
@@ -53,6 +55,21 @@ def _cpu_candidates():
             "lean_compile": lean(compiled)}
 
 
+GEMMS_ONLY = "res_gemms_only"
+
+
+def _res_gemms(rows: int, params: PoolCrossParams):
+    """The two matrix products of res crossing on prebuilt inputs, and nothing else."""
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, params.dim, generator=g)
+    h = torch.randn(rows, params.res_w1.shape[0], generator=g)
+    w1, w2 = params.res_w1.t(), params.res_w2.t()
+
+    def call(*_):
+        return torch.mm(x, w1), torch.mm(h, w2)
+    return call
+
+
 def time_cpu(fn, args, calls=200, repeats=5):
     """Median and p99 in ms over repeats x calls, after warm-up; repeats interleave with others."""
     with torch.inference_mode():
@@ -69,21 +86,29 @@ def time_cpu(fn, args, calls=200, repeats=5):
 def bench_cpu(out: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     cands = _cpu_candidates()
-    rows = []
+    rows, gemm_floor = [], {}
     for crossing in ("cos", "res"):
         for b in (1, 32):
             for k in (100,):
                 args = (*make_inputs(b, k, "cpu")[:3], make_inputs(b, k, "cpu")[3], crossing)
                 ref = pool_cross_ref(*args)
-                samples = {name: [] for name in cands}
+                timed = dict(cands)
+                if crossing == "res":  # the floor any fp32 res path has to pay: its two GEMMs alone
+                    timed[GEMMS_ONLY] = _res_gemms(b * k, args[2])
+                samples = {name: [] for name in timed}
                 for _ in range(5):  # interleave candidates so drift hits all alike
-                    for name, fn in cands.items():
-                        with torch.inference_mode():
-                            got = fn(*args)
-                        for g_, r_ in zip(got, ref):
-                            torch.testing.assert_close(g_, r_, atol=1e-5, rtol=1e-4)
+                    for name, fn in timed.items():
+                        if name != GEMMS_ONLY:
+                            with torch.inference_mode():
+                                got = fn(*args)
+                            for g_, r_ in zip(got, ref):
+                                torch.testing.assert_close(g_, r_, atol=1e-5, rtol=1e-4)
                         samples[name] += time_cpu(fn, args, calls=60 if crossing == "res" and b == 32 else 200)
                 base = statistics.median(samples["eager_ref"])
+                if crossing == "res":
+                    floor = statistics.median(samples[GEMMS_ONLY])
+                    gemm_floor[f"B={b}"] = dict(gemms_ms=round(floor, 4), eager_ms=round(base, 4),
+                                                best_possible_speedup=round(base / floor, 3))
                 for name, s in samples.items():
                     s = sorted(s)
                     med = statistics.median(s)
@@ -93,16 +118,20 @@ def bench_cpu(out: Path, threads: int) -> dict:
                     print(f"cpu {crossing} B={b:>2} K={k}: {name:<12} median {med:8.4f} ms  "
                           f"x{base / med:5.2f} vs eager", flush=True)
     # Choose by geometric-mean speedup over every measured shape; report the worst case too.
-    names = [n for n in cands if n != "eager_ref"]
+    names = [n for n in cands if n not in ("eager_ref", GEMMS_ONLY)]
     speedups = {n: [r["speedup_vs_eager"] for r in rows if r["impl"] == n] for n in names}
     geomean = {n: round(statistics.geometric_mean(v), 3) for n, v in speedups.items()}
     worst = {n: min(v) for n, v in speedups.items()}
     choice = max(geomean, key=geomean.get)
     result = dict(device="cpu", threads=threads, torch=torch.__version__, machine=platform.processor() or platform.machine(),
-                  rows=rows, chosen_cpu_path=choice, geomean_speedup=geomean, worst_case_speedup=worst)
+                  rows=rows, chosen_cpu_path=choice, geomean_speedup=geomean, worst_case_speedup=worst,
+                  res_gemm_floor=gemm_floor)
     write(out, "bench_kernels_cpu", result, rows)
     print(f"chosen CPU path: {choice} (geometric-mean speedup vs eager x{geomean[choice]:.2f}, "
           f"worst x{worst[choice]:.2f})")
+    for shape, f in gemm_floor.items():
+        print(f"res {shape}: its two fp32 GEMMs alone take {f['gemms_ms']} ms, so no fp32 path can beat "
+              f"eager ({f['eager_ms']} ms) by more than x{f['best_possible_speedup']:.2f}")
     return result
 
 

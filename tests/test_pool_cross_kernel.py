@@ -114,7 +114,9 @@ def test_bool_mask_and_empty_batch():
 
 @pytest.mark.parametrize("crossing", ["cos", "res"])
 @pytest.mark.parametrize("proj", [False, True])
-def test_gradients_match_the_reference(crossing, proj):
+@pytest.mark.parametrize("backend", ["triton", "cpu"])
+def test_gradients_match_the_reference(crossing, proj, backend):
+    """The Triton op's backward, and autograd through the CPU path (which training on CPU uses)."""
     h, d = 32, (16 if proj else 32)
     params = make_params(h, d, r=16, proj=proj)
     for t in params.state_dict().values():
@@ -129,7 +131,11 @@ def test_gradients_match_the_reference(crossing, proj):
         pooled, scores = pool_cross(ts, mask, params, kw, crossing, backend=backend)
         return torch.autograd.grad((pooled, scores), leaves, (g_pooled, g_scores), allow_unused=True)
 
-    for got, want in zip(grads("triton"), grads("ref")):
+    if backend == "cpu" and DEVICE != "cpu":
+        ts, kw, mask, params = ts.cpu(), kw.cpu(), mask.cpu(), params.to("cpu")
+        leaves = [ts, kw, *params.state_dict().values()]
+        g_pooled, g_scores = g_pooled.cpu(), g_scores.cpu()
+    for got, want in zip(grads(backend), grads("ref")):
         if want is None:
             assert got is None or (got == 0).all()
         else:
