@@ -220,15 +220,33 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
 # Repository variants compared by `tune`: (name, {model: [(config text, replacement)]}).
 VARIANTS = [
     ("as shipped", {}),
+    ("no instance priorities (requests dealt in turn)", {
+        "query_encoder": [("rate_limiter { priority: 1000 }", "rate_limiter { priority: 1 }")],
+        "keyword_store": [("rate_limiter { priority: 1000 }", "rate_limiter { priority: 1 }")]}),
     ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
     ("store with dynamic batching", {"keyword_store": [("instance_group [", "dynamic_batching { }\ninstance_group [")]}),
-    ("2 store instances", {"keyword_store": [("{ count: 3 kind", "{ count: 2 kind")]}),
-    ("1 store instance", {"keyword_store": [("{ count: 3 kind", "{ count: 1 kind")]}),
-    ("encoder 2 threads, 1 instance", {"query_encoder": [("{ count: 2 kind", "{ count: 1 kind"),
+    ("2 store instances", {"keyword_store": [("{ count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }",
+                                              "{ count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }")]}),
+    ("1 store instance", {"keyword_store": [("},\n  { count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}")]}),
+    ("encoder 2 threads, 1 instance", {"query_encoder": [("},\n  { count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}"),
                                                          ('string_value: "1"', 'string_value: "2"')]}),
-    ("encoder 3 instances", {"query_encoder": [("{ count: 2 kind", "{ count: 3 kind")]}),
+    ("encoder 3 instances", {"query_encoder": [("{ count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }",
+                                                "{ count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }")]}),
     ("encoder 2 instances x 2 threads", {"query_encoder": [('string_value: "1"', 'string_value: "2"')]}),
 ]
+
+
+def variant_configs(repository: Path, edits: dict) -> dict[str, str]:
+    """The config.pbtxt text of each model a variant edits; every edited text must occur exactly once."""
+    out = {}
+    for model, subs in edits.items():
+        text = (repository / model / "config.pbtxt").read_text()
+        for old, new in subs:
+            if text.count(old) != 1:
+                raise ValueError(f"{model}: {old!r} must occur exactly once in config.pbtxt")
+            text = text.replace(old, new)
+        out[model] = text
+    return out
 
 
 def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> dict:
@@ -242,14 +260,9 @@ def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> di
         variant = _work() / "tune_repo"
         shutil.rmtree(variant, ignore_errors=True)
         shutil.copytree(repository, variant, copy_function=os.link)
-        for model, subs in edits.items():
+        for model, text in variant_configs(repository, edits).items():
             cfg = variant / model / "config.pbtxt"
-            text = cfg.read_text()
             cfg.unlink()  # hard-linked: write a new file, leave the original alone
-            for old, new in subs:
-                if text.count(old) != 1:
-                    raise ValueError(f"{model}: {old!r} must occur exactly once in config.pbtxt")
-                text = text.replace(old, new)
             cfg.write_text(text)
         with _server(variant, _work() / "tune_server.log") as server:
             one = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=1, requests=400,

@@ -109,6 +109,9 @@ class TritonServer:
                 # explicit control: every model loads at start, and new versions (keyword store
                 # updates, encoder swaps) are loaded through the model-control API while serving
                 "--model-control-mode=explicit", "--load-model=*",
+                # instance priorities in the configs: a model's first instance takes the requests
+                # while it is free, the others take the overflow (see keyword_store's config)
+                "--rate-limit=execution_count",
                 "--exit-timeout-secs=10", *self.extra_args]
 
     def _ready(self) -> bool:

@@ -13,3 +13,32 @@ def test_bench_baseline_uses_the_served_thread_setting(tmp_path):
     assert served_encoder_threads(tmp_path) == 3
     (tmp_path / "query_encoder" / "config.pbtxt").write_text('name: "query_encoder"\n')
     assert served_encoder_threads(tmp_path) == 2  # the model's own default
+
+
+def _instances(text):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return [(g.count, g.rate_limiter.priority) for g in config.instance_group]
+
+
+def test_shipped_placement_has_one_hot_instance_and_overflow():
+    """The first instance of each multi-instance model takes requests while free (priority 1)."""
+    repo = ROOT / "model_repository"
+    for model in ("query_encoder", "keyword_store"):
+        groups = _instances((repo / model / "config.pbtxt").read_text())
+        assert groups[0] == (1, 1) and all(p > 100 for _, p in groups[1:]) and len(groups) > 1
+
+
+def test_every_tune_variant_applies_and_parses():
+    from client.suite import VARIANTS, variant_configs
+    repo = ROOT / "model_repository"
+    for name, edits in VARIANTS:
+        configs = variant_configs(repo, edits)  # raises unless each edit matches exactly once
+        for model, text in configs.items():
+            _instances(text)  # each edited config still parses as a ModelConfig
+            assert text != (repo / model / "config.pbtxt").read_text(), f"{name!r} leaves {model} as shipped"
+    configs = variant_configs(repo, dict(VARIANTS)["1 store instance"])
+    assert _instances(configs["keyword_store"]) == [(1, 1)]
+    configs = variant_configs(repo, dict(VARIANTS)["no instance priorities (requests dealt in turn)"])
+    assert {p for _, p in _instances(configs["keyword_store"]) + _instances(configs["query_encoder"])} == {1}
