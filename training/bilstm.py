@@ -91,6 +91,8 @@ def main(argv=None) -> None:
     ap.add_argument("--teacher", required=True, help="teacher checkpoint (its embeddings are reused)")
     ap.add_argument("--out", default="artifacts/bilstm")
     ap.add_argument("--label-weight", type=float, default=0.5)
+    ap.add_argument("--proj-dim", type=int, default=BiLSTMConfig.proj_dim, help="embedding projection width")
+    ap.add_argument("--hidden", type=int, default=BiLSTMConfig.hidden, help="LSTM units per direction")
     add_loop_args(ap, epochs=2.0, lr=2e-3, batch_size=64, eval_every=500)
     args = ap.parse_args(argv)
     if is_main():
@@ -98,7 +100,8 @@ def main(argv=None) -> None:
     rows = read_rows(args.distill, tuple(args.sources.split(",")))
     teacher = CrossEncoder.load(args.teacher)
     emb = teacher.encoder.bert.embeddings.word_embeddings.weight.detach().clone()
-    model = BiLSTMStudent(BiLSTMConfig(vocab_size=emb.shape[0], embed_dim=emb.shape[1]), emb)
+    model = BiLSTMStudent(BiLSTMConfig(vocab_size=emb.shape[0], embed_dim=emb.shape[1], proj_dim=args.proj_dim,
+                                       hidden=args.hidden), emb)
     del teacher
     tok = model.tokenizer()
     dev = dev_sample(split_pairs(load_pairs(args.data))["dev"], args.dev_pairs, args.seed)
