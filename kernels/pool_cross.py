@@ -184,9 +184,10 @@ def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: tor
             k_norm = torch.linalg.vector_norm(k, dim=-1).clamp_min(1e-8).unsqueeze(0)
         return e, torch.sigmoid(cos_w * (dots / k_norm) + cos_b)
     assert res_w1 is not None and res_w2 is not None and res_u is not None
-    # Blocks of queries of at most 512 query-keyword pairs: the block's [rows, D] and [rows, R]
-    # temporaries stay in cache and are too small to be fresh pages from the OS on every call
-    # (one [3200, 384] pass at B=32, K=100 ran anywhere from 4.4 to 8.3 ms; blocks hold 4.7-4.9).
+    # Blocks of queries of at most 512 query-keyword pairs (one query a block when K > 512): the
+    # block's [rows, D] and [rows, R] temporaries stay in cache and are too small to be fresh pages
+    # from the OS on every call (one [3200, 384] pass at B=32, K=100 ran anywhere from 4.4 to 8.3 ms;
+    # blocks hold 4.7-4.9).
     # Each block is one GEMM, one GEMM with the residual folded in (addmm), activations in place.
     shared = k.dim() == 2
     n_k = k.shape[-2]

@@ -146,13 +146,43 @@ def test_gradients_match_the_reference(crossing, proj, backend):
 @pytest.mark.parametrize("crossing", ["cos", "res"])
 def test_cpu_path_matches_reference(backend, crossing):
     params = make_params(384, 384, r=256).to("cpu")
-    for b, k in ((1, 100), (17, 1), (3, 0)):
-        ts, mask = torch.randn(b, 16, 384), make_mask(b, 16, all_pad_row=True).cpu()
+    # res runs in blocks of up to 512 pairs: one block, several (9 x 100), one query wider than a
+    # block (600), and no query at all.
+    for b, k in ((1, 100), (17, 1), (3, 0), (9, 100), (2, 600), (0, 5)):
+        ts = torch.randn(b, 16, 384)
+        mask = make_mask(b, 16, all_pad_row=True).cpu() if b else torch.ones(0, 16, dtype=torch.long)
         for kw in (torch.randn(b, k, 384), torch.randn(k, 384)):
             got = pool_cross(ts, mask, params, kw, crossing, backend=backend)
             want = reference64(ts, mask, params, kw, crossing)
             for g, w in zip(got, want):
+                assert g.shape == w.shape
                 torch.testing.assert_close(g.double(), w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_cpu_res_gradients_across_blocks(shared):
+    """Autograd through the CPU path's res blocks (7 queries x 100 keywords: two blocks)."""
+    h, b, k = 32, 7, 100
+    params = make_params(h, h, r=16).to("cpu")
+    for t in params.state_dict().values():
+        t.requires_grad_(True)
+    ts = torch.randn(b, 5, h, requires_grad=True)
+    kw = torch.randn(*((k, h) if shared else (b, k, h)), requires_grad=True)
+    mask = make_mask(b, 5).cpu()
+    leaves = [ts, kw, *params.state_dict().values()]
+    g_scores = torch.randn(b, k)
+
+    def grads(backend):
+        _, scores = pool_cross(ts, mask, params, kw, "res", backend=backend)
+        return torch.autograd.grad(scores, leaves, g_scores, allow_unused=True)
+
+    for _ in range(3):  # TorchScript's profiling executor optimises the graph after the first calls
+        got = grads("cpu")
+    for g, w in zip(got, grads("ref")):
+        if w is None:
+            assert g is None or (g == 0).all()
+        else:
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
 def test_bad_arguments_are_clear_errors():

@@ -40,5 +40,14 @@ def test_every_tune_variant_applies_and_parses():
             assert text != (repo / model / "config.pbtxt").read_text(), f"{name!r} leaves {model} as shipped"
     configs = variant_configs(repo, dict(VARIANTS)["1 store instance"])
     assert _instances(configs["keyword_store"]) == [(1, 1)]
-    configs = variant_configs(repo, dict(VARIANTS)["no instance priorities (requests dealt in turn)"])
+    configs = variant_configs(repo, dict(VARIANTS)["equal priorities (fewest executions first)"])
     assert {p for _, p in _instances(configs["keyword_store"]) + _instances(configs["query_encoder"])} == {1}
+    assert all(edits or name == "as shipped" for name, edits in VARIANTS)
+
+
+def test_server_runs_the_rate_limiter_the_priorities_need():
+    from serving.server import TritonServer
+    on, off = TritonServer(ROOT / "model_repository"), TritonServer(ROOT / "model_repository", rate_limit=False)
+    assert "--rate-limit=execution_count" in on.command() and "--rate-limit=off" in off.command()
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "--rate-limit=execution_count" in compose
