@@ -51,10 +51,10 @@ def _work() -> Path:
     return path
 
 
-def _server(repository: Path, log: Path):
+def _server(repository: Path, log: Path, **options):
     from serving.server import TritonServer, free_port
     return TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
-                        log_file=log)
+                        log_file=log, **options)
 
 
 def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests: int = 2000,
@@ -217,10 +217,13 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     return result
 
 
-# Repository variants compared by `tune`: (name, {model: [(config text, replacement)]}).
+# Repository variants compared by `tune`: (name, {model: [(config text, replacement)]}); the SERVER
+# key holds TritonServer options instead (e.g. the rate limiter off).
+SERVER = "(server)"
 VARIANTS = [
     ("as shipped", {}),
-    ("no instance priorities (requests dealt in turn)", {
+    ("rate limiter off (Triton's default: free instances take requests in turn)", {SERVER: {"rate_limit": False}}),
+    ("equal priorities (fewest executions first)", {
         "query_encoder": [("rate_limiter { priority: 1000 }", "rate_limiter { priority: 1 }")],
         "keyword_store": [("rate_limiter { priority: 1000 }", "rate_limiter { priority: 1 }")]}),
     ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
@@ -240,6 +243,8 @@ def variant_configs(repository: Path, edits: dict) -> dict[str, str]:
     """The config.pbtxt text of each model a variant edits; every edited text must occur exactly once."""
     out = {}
     for model, subs in edits.items():
+        if model == SERVER:
+            continue
         text = (repository / model / "config.pbtxt").read_text()
         for old, new in subs:
             if text.count(old) != 1:
@@ -264,7 +269,7 @@ def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> di
             cfg = variant / model / "config.pbtxt"
             cfg.unlink()  # hard-linked: write a new file, leave the original alone
             cfg.write_text(text)
-        with _server(variant, _work() / "tune_server.log") as server:
+        with _server(variant, _work() / "tune_server.log", **edits.get(SERVER, {})) as server:
             one = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=1, requests=400,
                                        duration_s=duration_s, top_k=100))
             many = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=16, requests=4000,

@@ -85,7 +85,7 @@ class TritonServer:
 
     def __init__(self, repository: str | Path, grpc_port: int = 8001, http_port: int = 8000,
                  metrics_port: int = 8002, log_file: str | Path | None = None,
-                 extra_args: list[str] | None = None, startup_timeout: float = 180.0):
+                 extra_args: list[str] | None = None, startup_timeout: float = 180.0, rate_limit: bool = True):
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} not found; build it with `make demo` "
@@ -93,6 +93,7 @@ class TritonServer:
         self.grpc_port, self.http_port, self.metrics_port = grpc_port, http_port, metrics_port
         self.log_file = Path(log_file) if log_file else None
         self.extra_args = extra_args or []
+        self.rate_limit = rate_limit
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
 
@@ -109,9 +110,9 @@ class TritonServer:
                 # explicit control: every model loads at start, and new versions (keyword store
                 # updates, encoder swaps) are loaded through the model-control API while serving
                 "--model-control-mode=explicit", "--load-model=*",
-                # instance priorities in the configs: a model's first instance takes the requests
-                # while it is free, the others take the overflow (see keyword_store's config)
-                "--rate-limit=execution_count",
+                # instance priorities in the configs: a model's first instance takes nearly every
+                # request while it is free, the others the overflow (see keyword_store's config)
+                f"--rate-limit={'execution_count' if self.rate_limit else 'off'}",
                 "--exit-timeout-secs=10", *self.extra_args]
 
     def _ready(self) -> bool:
