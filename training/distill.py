@@ -22,7 +22,7 @@ from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
 from training.pretrained import minilm_dir
-from training.teacher import dev_sample
+from training.teacher import dev_sample, relevance_target
 from training.tokenize import WordPiece
 from training.twin import TwinBERT, TwinConfig
 
@@ -54,6 +54,8 @@ def main(argv=None) -> None:
     ap.add_argument("--separate-encoders", action="store_true")
     ap.add_argument("--out", default="artifacts/twin")
     ap.add_argument("--contrastive-weight", type=float, default=0.5)
+    ap.add_argument("--label-weight", type=float, default=0.0,
+                    help="weight of BCE on the human label, where a pair has one (both crossings)")
     ap.add_argument("--scale", type=float, default=20.0, help="inverse temperature of the InfoNCE term")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
@@ -88,6 +90,11 @@ def main(argv=None) -> None:
         eps = 1e-6
         loss = F.binary_cross_entropy(s_cos[:, 0].clamp(eps, 1 - eps), target) + \
             F.binary_cross_entropy(s_res[:, 0].clamp(eps, 1 - eps), target)
+        has = torch.tensor([r.label is not None for r in b])
+        if args.label_weight and has.any():
+            y = torch.tensor([relevance_target(r.label) if r.label is not None else 0.0 for r in b])[has]
+            loss = loss + args.label_weight * (F.binary_cross_entropy(s_cos[has, 0].clamp(eps, 1 - eps), y) +
+                                               F.binary_cross_entropy(s_res[has, 0].clamp(eps, 1 - eps), y))
         pos = target >= 0.5
         if args.contrastive_weight and pos.sum() >= 2:
             logits = args.scale * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
