@@ -191,6 +191,8 @@ def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: tor
     # Each block is one GEMM, one GEMM with the residual folded in (addmm), activations in place.
     shared = k.dim() == 2
     n_k = k.shape[-2]
+    if e.shape[0] == 0:
+        return e, e.new_zeros((0, n_k))
     step = max(1, 512 // n_k)
     parts: List[torch.Tensor] = []
     for start in range(0, e.shape[0], step):
@@ -201,15 +203,12 @@ def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: tor
         y = torch.addmm(rows, h, res_w2.t()).relu_()
         s = torch.addmv(res_c.expand(rows.shape[0]), y, res_u).sigmoid_()
         parts.append(s.view(x.shape[0], n_k))
-    if len(parts) == 1:
-        return e, parts[0]
-    return e, torch.cat(parts) if len(parts) > 0 else e.new_zeros((0, n_k))
+    return e, parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 # Chosen by `make bench-kernels` (reports/bench_kernels_cpu.md): the TorchScript-compiled lean path
-# has the best geometric-mean speedup over eager (x1.60-1.75 in three runs; cos x2.6-3.2 at B=1 and
-# x1.4-1.6 at B=32; res x1.27-1.29 at B=1 and x1.40-1.46 at B=32, where the two GEMMs alone allow
-# at most x2.1 and x1.8-1.9).
+# has the best geometric-mean speedup over eager in every run (figures and their spread: README,
+# "The pool_cross op").
 _CPU_IMPL = os.environ.get("TWINBERT_POOL_CROSS_CPU", "lean_script")
 _lean_scripted = None
 

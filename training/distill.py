@@ -90,11 +90,11 @@ def main(argv=None) -> None:
         eps = 1e-6
         loss = F.binary_cross_entropy(s_cos[:, 0].clamp(eps, 1 - eps), target) + \
             F.binary_cross_entropy(s_res[:, 0].clamp(eps, 1 - eps), target)
-        has = torch.tensor([r.label is not None for r in b])
-        if args.label_weight and has.any():
-            y = torch.tensor([relevance_target(r.label) if r.label is not None else 0.0 for r in b])[has]
-            loss = loss + args.label_weight * (F.binary_cross_entropy(s_cos[has, 0].clamp(eps, 1 - eps), y) +
-                                               F.binary_cross_entropy(s_res[has, 0].clamp(eps, 1 - eps), y))
+        labelled = [i for i, r in enumerate(b) if r.label is not None] if args.label_weight else []
+        if labelled:
+            y = torch.tensor([relevance_target(b[i].label) for i in labelled])
+            loss = loss + args.label_weight * (F.binary_cross_entropy(s_cos[labelled, 0].clamp(eps, 1 - eps), y) +
+                                               F.binary_cross_entropy(s_res[labelled, 0].clamp(eps, 1 - eps), y))
         pos = target >= 0.5
         if args.contrastive_weight and pos.sum() >= 2:
             logits = args.scale * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
