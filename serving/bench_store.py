@@ -204,7 +204,8 @@ def _measure(args, workdir: Path, vectors: np.ndarray, queries: np.ndarray, trut
             version = write_version(workdir / index_type, ids, texts, vectors,
                                     IndexSpec(index_type, ef_construction=args.ef_construction), "bench",
                                     vector_dtype=args.vector_dtype)
-        build_s = json.loads((version / "manifest.json").read_text())["build_seconds"]
+        manifest = json.loads((version / "manifest.json").read_text())
+        build_s, params = manifest["build_seconds"], manifest["index_params"]
         total_s = None if reused else round(time.perf_counter() - t, 1)  # build + write; unknown when reused
         for ef in [int(x) for x in args.search.split(",")]:
             out = subprocess.run([sys.executable, "-c", _PROBE, str(version), str(qfile), str(ef)],
@@ -213,7 +214,6 @@ def _measure(args, workdir: Path, vectors: np.ndarray, queries: np.ndarray, trut
                 raise RuntimeError(out.stderr[-2000:])
             r = json.loads(out.stdout.strip().splitlines()[-1])
             recall = float(np.mean([len(set(f) & set(t_)) / 100 for f, t_ in zip(r["found"], truth)]))
-            params = json.loads((version / "manifest.json").read_text())["index_params"]
             row = {"index": index_type, "efConstruction": params.get("efConstruction"), "efSearch": ef, "n": args.n, "dim": int(vectors.shape[1]),
                    "build_s": build_s, "write_s": total_s, "rss_gb": round(r["rss_bytes"] / 2**30, 3),
                    "rss_all_paged_gb": round(r["rss_all_bytes"] / 2**30, 3),

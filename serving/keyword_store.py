@@ -90,6 +90,15 @@ class IndexSpec:
         return {}
 
 
+def check_vector_dtype(index_type: str, vector_dtype: str) -> None:
+    """Refuse a cached-vector dtype the index type cannot keep (the indexer asks before embedding)."""
+    if vector_dtype not in VECTOR_DTYPES:
+        raise ValueError(f"vector_dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
+    if index_type in SHARED_VECTOR_INDEX_TYPES and vector_dtype != "float16":
+        raise ValueError(f"index type {index_type} keeps the cached vectors in the index as float16; "
+                         f"use vector_dtype float16, or another index type for {vector_dtype}")
+
+
 def fp16_unit_and_norm(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """hnsw_fp16's form of the cached vectors: float16 unit directions u and float32 scales n with
     n * u as close to v as the rounding allows (n = v.u / u.u, not |v|). A kept keyword, read back
@@ -161,12 +170,8 @@ def write_version(root: str | Path, ids: list[str], texts: list[str], vectors: n
                   extra: dict | None = None, vector_dtype: str = DEFAULT_VECTOR_DTYPE) -> Path:
     """Build the index and write a new version atomically; returns its directory. The index is built
     from the float32 vectors; `vector_dtype` is how the cached copy for exact crossing is stored."""
-    if vector_dtype not in VECTOR_DTYPES:
-        raise ValueError(f"vector_dtype must be one of {VECTOR_DTYPES}, got {vector_dtype!r}")
+    check_vector_dtype(spec.index_type, vector_dtype)
     shared = spec.index_type in SHARED_VECTOR_INDEX_TYPES
-    if shared and vector_dtype != "float16":
-        raise ValueError(f"index type {spec.index_type} keeps the cached vectors in the index as float16; "
-                         f"use vector_dtype float16, or another index type for {vector_dtype}")
     if len(ids) != len(texts) or len(ids) != len(vectors):
         raise ValueError(f"ids ({len(ids)}), texts ({len(texts)}) and vectors ({len(vectors)}) differ in length")
     if len(set(ids)) != len(ids):
@@ -400,7 +405,8 @@ class KeywordStore:
             self.norms = None
             self._stored = np.load(self.path / "vectors.npy", mmap_mode="r")
         if self._stored.dtype != np.dtype(self.manifest.get("vector_dtype", "float32")):
-            raise StoreError(f"{self.path}: vectors.npy holds {self._stored.dtype}, the manifest says "
+            source = "the index's storage" if shared else "vectors.npy"
+            raise StoreError(f"{self.path}: {source} holds {self._stored.dtype}, the manifest says "
                              f"{self.manifest.get('vector_dtype')}")
         texts_n = n if self.texts is None else len(self.texts)
         if not len(self.ids) == texts_n == len(self._stored) == n or self._stored.shape[1] != dim:

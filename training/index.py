@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.keyword_store import (DEFAULT_INDEX_TYPE, DEFAULT_VECTOR_DTYPE, INDEX_TYPES, SHARED_VECTOR_INDEX_TYPES, VECTOR_DTYPES,
-                                   IndexSpec, sha256_file, write_version)
+from serving.keyword_store import (DEFAULT_INDEX_TYPE, DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec,
+                                   check_vector_dtype, sha256_file, write_version)
 from training.data import keyword_corpus, load_pairs, repair_text
 from training.tokenize import WordPiece
 
@@ -96,9 +96,7 @@ def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts:
           spec: IndexSpec, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
           vector_dtype: str = DEFAULT_VECTOR_DTYPE) -> Path:
     export_dir = Path(export_dir)
-    if spec.index_type in SHARED_VECTOR_INDEX_TYPES and vector_dtype != "float16":  # before minutes of embedding
-        raise ValueError(f"index type {spec.index_type} keeps the cached vectors as float16; "
-                         f"--vector-dtype {vector_dtype} needs another index type")
+    check_vector_dtype(spec.index_type, vector_dtype)  # before minutes of embedding
     encoder, tokenizer = load_keyword_encoder(export_dir)
     start = time.perf_counter()
     vectors = embed_texts(encoder, tokenizer, texts, batch_size, progress)
