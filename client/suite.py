@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import time
 from pathlib import Path
@@ -127,11 +126,18 @@ def _stage_breakdown(before: dict, after: dict) -> list[dict]:
     return sorted(rows, key=lambda r: -r["total_us"])
 
 
+def parse_model_config(text: str):
+    """A config.pbtxt as Triton reads it (tritonclient's ModelConfig protobuf)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def served_encoder_threads(repository: Path) -> int:
     """The intra-op threads the served query_encoder runs with (its config's "threads" parameter)."""
-    config = (Path(repository) / "query_encoder" / "config.pbtxt").read_text()
-    found = re.search(r'key:\s*"threads"\s*value:\s*\{\s*string_value:\s*"(\d+)"', config)
-    return int(found.group(1)) if found else 2
+    config = parse_model_config((Path(repository) / "query_encoder" / "config.pbtxt").read_text())
+    threads = config.parameters.get("threads")
+    return int(threads.string_value) if threads is not None else 2
 
 
 def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: int = 50, repeats: int = 300) -> dict:

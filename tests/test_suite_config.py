@@ -16,10 +16,8 @@ def test_bench_baseline_uses_the_served_thread_setting(tmp_path):
 
 
 def _instances(text):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-    config = text_format.Parse(text, model_config_pb2.ModelConfig())
-    return [(g.count, g.rate_limiter.priority) for g in config.instance_group]
+    from client.suite import parse_model_config
+    return [(g.count, g.rate_limiter.priority) for g in parse_model_config(text).instance_group]
 
 
 def test_shipped_placement_has_one_hot_instance_and_overflow():
