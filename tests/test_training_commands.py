@@ -43,12 +43,23 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
     assert json.loads((tmp_path / "teacher" / "train_summary.json").read_text())["step"] == 3
     TwinBERT(TwinConfig(num_layers=1)).save(tmp_path / "student")
     distill_data.main(d + ["--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
-                           "--out", str(tmp_path / "distill.tsv")])
-    sources = {line.split("\t")[-1].strip() for line in (tmp_path / "distill.tsv").read_text().splitlines()[1:]}
-    assert sources == {"labelled", "random", "bm25", "student", "perturbed"}
+                           "--out", str(tmp_path / "distill.tsv"), "--student-negatives", "3"])
+    rows = [line.split("\t") for line in (tmp_path / "distill.tsv").read_text().splitlines()[1:]]
+    assert {r[-1].strip() for r in rows} == {"labelled", "random", "bm25", "student", "perturbed"}
+    per_query = {}
+    for r in rows:
+        if r[-1].strip() == "student":
+            per_query.setdefault(r[0], set()).add(r[1])
+    assert max(map(len, per_query.values())) == 3 and all(r[3] == "" for r in rows if r[-1].strip() == "student")
     distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
                       "--out", str(tmp_path / "twin")] + small)
     assert TwinBERT.load(tmp_path / "twin").config.trained_crossings == ("cos", "res")
+    distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
+                      "--out", str(tmp_path / "twin_listwise"), "--group-size", "4", "--listwise-weight", "1"] + small)
+    assert json.loads((tmp_path / "twin_listwise" / "train_summary.json").read_text())["step"] == 3
+    with pytest.raises(SystemExit):  # a listwise term needs lists
+        distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--out", str(tmp_path / "x"),
+                          "--listwise-weight", "1"])
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
                      "--out", str(tmp_path / "bilstm")] + small)
     report = evaluate.evaluate([("BM25", "bm25"), ("teacher", f"teacher:{tmp_path / 'teacher'}"),

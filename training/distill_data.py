@@ -54,12 +54,12 @@ def student_top_k(student_dir: str | Path, queries: list[str], corpus: dict[str,
     qv = embed_texts(kenc, qtok, queries, progress=False)
     index = faiss.IndexFlatIP(kv.shape[1])
     index.add(kv / np.linalg.norm(kv, axis=1, keepdims=True))
-    _, pos = index.search(qv / np.linalg.norm(qv, axis=1, keepdims=True), k)
+    _, pos = index.search(qv / np.linalg.norm(qv, axis=1, keepdims=True), min(k, len(ids)))
     return [[ids[p] for p in row] for row in pos]
 
 
 def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1, perturb_frac=0.3,
-          max_queries=0, seed=0) -> list[DistillRow]:
+          max_queries=0, seed=0, student_depth=100) -> list[DistillRow]:
     rng = random.Random(seed)
     all_pairs = load_pairs(data)
     corpus = keyword_corpus(all_pairs)
@@ -84,9 +84,13 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
         for q, top in zip(qkeys, tops):
             rows += [(query_text[q], kid, None, "bm25") for kid in [t for t in top if t not in judged[q]][:n_bm25]]
     if n_student and student_dir:
-        tops = student_top_k(student_dir, [query_text[q] for q in qkeys], corpus, n_student + 20)
+        # the hardest unjudged title, plus a sample of the rest of the top `student_depth`: the
+        # candidates that res re-ranks at serving time
+        tops = student_top_k(student_dir, [query_text[q] for q in qkeys], corpus, max(student_depth, n_student + 20))
         for q, top in zip(qkeys, tops):
-            rows += [(query_text[q], kid, None, "student") for kid in [t for t in top if t not in judged[q]][:n_student]]
+            cands = [t for t in top if t not in judged[q]]
+            picked = cands[:1] + rng.sample(cands[1:], min(n_student - 1, len(cands) - 1)) if cands else []
+            rows += [(query_text[q], kid, None, "student") for kid in picked]
     for p in rng.sample(train, int(perturb_frac * len(train))):
         q2, how = perturb(p.query, rng)
         if how != "none":
@@ -124,7 +128,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--random", type=int, default=1, help="random titles per train query")
     ap.add_argument("--bm25", type=int, default=1, help="BM25 hard negatives per train query")
-    ap.add_argument("--student-negatives", type=int, default=1, help="student top-K negatives per train query")
+    ap.add_argument("--student-negatives", type=int, default=1,
+                    help="unjudged titles per train query from the student's top list: the top one plus a "
+                         "random sample of the rest")
+    ap.add_argument("--student-depth", type=int, default=100, help="how deep the student's top list goes")
     ap.add_argument("--perturb", type=float, default=0.3, help="fraction of labelled pairs with a perturbed copy")
     ap.add_argument("--max-queries", type=int, default=0, help="0 = every train query")
     ap.add_argument("--threads", type=int, default=2)
@@ -132,7 +139,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = build(args.teacher, args.student, args.data, args.random, args.bm25, args.student_negatives,
-                 args.perturb, args.max_queries, args.seed)
+                 args.perturb, args.max_queries, args.seed, args.student_depth)
     write_rows(rows, args.out)
     counts = {s: sum(r.source == s for r in rows) for s in SOURCES}
     print(f"distill_data: {len(rows)} teacher-scored pairs {json.dumps(counts)} -> {args.out}", flush=True)
