@@ -156,3 +156,37 @@ def test_bm25_scores_and_a_stopword_only_query():
     s = bm25.scores("drill")
     assert s[0] > 0 and s[1] == 0
     assert (bm25.scores("the of and") == 0).all()
+
+
+def test_grouped_batches_keep_each_querys_rows_together():
+    from training.distill import grouped_batches
+    keys = [f"q{i % 100}" for i in range(400)] + ["big"] * 20   # 100 queries of 4 rows, one of 20
+    batches = grouped_batches(keys, 32, 8, seed=3)
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat)) and len(flat) > len(keys) - 32  # each row once; a last partial batch left
+    assert all(32 <= len(b) < 32 + 8 for b in batches)
+    where = {}
+    for n, b in enumerate(batches):
+        for pos, i in enumerate(b):
+            where.setdefault(keys[i], []).append((n, pos))
+    for key, places in where.items():
+        if key != "big":  # a 4-row query is one group: one batch, adjacent rows
+            assert len({n for n, _ in places}) == 1 and max(p for _, p in places) - min(p for _, p in places) == 3
+    big = sorted(sum(1 for n, _ in where.get("big", []) if n == m) for m in {n for n, _ in where.get("big", [])})
+    assert all(c % 4 == 0 and c <= 20 for c in big)  # cut into groups of 8, 8 and 4
+    assert batches == grouped_batches(keys, 32, 8, seed=3) and batches != grouped_batches(keys, 32, 8, seed=4)
+
+
+def test_listwise_loss_is_minimal_where_the_student_orders_like_the_teacher():
+    from training.distill import listwise_loss
+    keys = ["a", "a", "a", "b", "b", "c"]                # "c" alone: no list, no term
+    teacher = torch.tensor([2.0, 0.0, -1.0, 1.0, -1.0, 5.0])
+    agree = torch.sigmoid(teacher + 0.3)                 # same logits up to a shift: the minimum
+    swapped = torch.sigmoid(torch.tensor([-1.0, 0.0, 2.0, -1.0, 1.0, 5.0]))
+    s = agree.clone().requires_grad_()
+    best = listwise_loss(keys, teacher, [s])
+    best.backward()
+    assert s.grad.abs().max() < 1e-5
+    assert listwise_loss(keys, teacher, [swapped]) > best + 0.5
+    assert listwise_loss(keys, teacher, [agree, swapped]) > best  # crossings add up
+    assert listwise_loss(["a", "b", "c"], teacher[:3], [agree[:3]]) == 0  # no query with two rows

@@ -1,8 +1,9 @@
 """Distil the TwinBERT student (cos and res crossings, one shared model) from teacher scores.
 
 Loss: BCE of both crossings' scores against sigmoid(teacher logit), plus in-batch InfoNCE on
-teacher-positive pairs (keeps the cosine space good for ANN retrieval). Initialised from a quick
-contrastive student (`--init`) or from the pretrained lower MiniLM layers.
+teacher-positive pairs (keeps the cosine space good for ANN retrieval); optionally BCE on the human
+label (`--label-weight`) and a listwise term over each query's rows (`--group-size`, `--listwise-weight`).
+Initialised from a quick contrastive student (`--init`) or from the pretrained lower MiniLM layers.
 
     python -m training.distill --distill artifacts/distill.tsv --init artifacts/model --out artifacts/twin
 """
@@ -44,6 +45,46 @@ def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], b
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def grouped_batches(keys: list[str], batch_size: int, group_size: int, seed: int) -> list[list[int]]:
+    """Batches of whole groups: each key's rows cut into groups of at most `group_size`, groups
+    shuffled and packed until a batch holds at least `batch_size` rows. Deterministic in `seed`."""
+    import random
+    rng = random.Random(seed)
+    by_key: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_key.setdefault(k, []).append(i)
+    groups = []
+    for idx in by_key.values():
+        rng.shuffle(idx)
+        groups += [idx[s:s + group_size] for s in range(0, len(idx), group_size)]
+    rng.shuffle(groups)
+    batches, cur = [], []
+    for g in groups:
+        cur += g
+        if len(cur) >= batch_size:
+            batches.append(cur)
+            cur = []
+    return batches
+
+
+def listwise_loss(keys: list[str], teacher_logits: torch.Tensor, student_scores: list[torch.Tensor],
+                  eps: float = 1e-6) -> torch.Tensor:
+    """Mean over groups of rows sharing a key (two rows or more) of the cross-entropy between
+    softmax(teacher logits) and log_softmax(student logits), summed over the student's crossings."""
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    terms = []
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        p = torch.softmax(teacher_logits[idx], 0)
+        for s in student_scores:
+            terms.append(-(p * torch.log_softmax(s[idx].clamp(eps, 1 - eps).logit(), 0)).sum())
+    return torch.stack(terms).sum() / max(1, len(terms) // len(student_scores)) if terms \
+        else teacher_logits.new_zeros(())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--distill", required=True, help="TSV from training.distill_data")
@@ -57,8 +98,15 @@ def main(argv=None) -> None:
     ap.add_argument("--label-weight", type=float, default=0.0,
                     help="weight of BCE on the human label, where a pair has one (both crossings)")
     ap.add_argument("--scale", type=float, default=20.0, help="inverse temperature of the InfoNCE term")
+    ap.add_argument("--group-size", type=int, default=0,
+                    help="batch rows in groups of up to N rows of one query (0: batches by keyword length)")
+    ap.add_argument("--listwise-weight", type=float, default=0.0,
+                    help="weight of the listwise term: cross-entropy between the softmax of the teacher's "
+                         "logits and the student's over each query's rows in a batch (needs --group-size)")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
+    if args.listwise_weight and args.group_size < 2:
+        ap.error("--listwise-weight needs --group-size of at least 2")
     if is_main():
         print(f"distill: {json.dumps(vars(args))}", flush=True)
     rows = read_rows(args.distill, tuple(args.sources.split(",")))
@@ -75,13 +123,16 @@ def main(argv=None) -> None:
     lengths = [len(r.keyword) for r in rows]
 
     def make_batches(epoch):
+        if args.group_size:
+            return grouped_batches([r.query for r in rows], args.batch_size, args.group_size, args.seed * 1000 + epoch)
         return bucketed_batches(lengths, args.batch_size, args.seed * 1000 + epoch)
 
     def loss_fn(net, batch):
         b = [rows[i] for i in batch]
         qi, qm = map(torch.from_numpy, qtok([r.query for r in b]))
         ki, km = map(torch.from_numpy, ktok([r.keyword for r in b]))
-        target = torch.sigmoid(torch.tensor([r.teacher_logit for r in b]))
+        teacher_logit = torch.tensor([r.teacher_logit for r in b])
+        target = torch.sigmoid(teacher_logit)
         kv = model.embed(ki, km, "keyword")
         states = model.query_encoder(qi, qm)
         params = model.pool_cross.params()
@@ -95,6 +146,9 @@ def main(argv=None) -> None:
             y = torch.tensor([relevance_target(b[i].label) for i in labelled])
             loss = loss + args.label_weight * (F.binary_cross_entropy(s_cos[labelled, 0].clamp(eps, 1 - eps), y) +
                                                F.binary_cross_entropy(s_res[labelled, 0].clamp(eps, 1 - eps), y))
+        if args.listwise_weight:
+            loss = loss + args.listwise_weight * listwise_loss([r.query for r in b], teacher_logit,
+                                                               [s_cos[:, 0], s_res[:, 0]])
         pos = target >= 0.5
         if args.contrastive_weight and pos.sum() >= 2:
             logits = args.scale * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
