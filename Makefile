@@ -26,7 +26,7 @@ serve: setup  ## run tritonserver in the foreground on the built repository
 test: setup  ## unit and integration tests (real tritonserver), CPU only
 	$(PY) -m pytest -q tests
 
-train: setup  ## full offline pipeline: teacher, distillation, students, evaluation (about 75 min on 2 cores)
+train: setup  ## full offline pipeline: teacher, distillation, students, evaluation (about 80 min on 2 cores)
 	$(PY) -m training.pipeline --profile full --artifacts $(ARTIFACTS) --reports reports
 
 train-quick: setup  ## every pipeline step on small budgets, into $(ARTIFACTS)/quick (smoke run)
@@ -36,7 +36,9 @@ eval: setup  ## evaluate the trained models and baselines on held-out queries ->
 	$(PY) -m training.evaluate --out reports/eval --model BM25=bm25 --model "MiniLM-L6 zero-shot=minilm" \
 		--model "teacher (cross-encoder)=teacher:$(ARTIFACTS)/teacher" --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		--model "TwinBERT, no augmentation=twin:$(ARTIFACTS)/twin_noaug" --model BiLSTM=bilstm:$(ARTIFACTS)/bilstm \
-		--model "BiLSTM, no augmentation=bilstm:$(ARTIFACTS)/bilstm_noaug"
+		--model "BiLSTM, no augmentation=bilstm:$(ARTIFACTS)/bilstm_noaug" \
+		--model "teacher re-ranks TwinBERT cos top-100=rerank:teacher:$(ARTIFACTS)/teacher@$(ARTIFACTS)/twin" \
+		--model "BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin"
 
 bench: build  ## served relevance vs teacher and served retrieve vs in-process, one run -> reports/bench.{md,json}
 	$(PY) -m client.suite bench --repository $(ARTIFACTS)/model_repository --teacher $(ARTIFACTS)/teacher

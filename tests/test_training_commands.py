@@ -63,10 +63,15 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
                      "--out", str(tmp_path / "bilstm")] + small)
     report = evaluate.evaluate([("BM25", "bm25"), ("teacher", f"teacher:{tmp_path / 'teacher'}"),
-                                ("twin", f"twin:{tmp_path / 'twin'}"), ("bilstm", f"bilstm:{tmp_path / 'bilstm'}")],
+                                ("twin", f"twin:{tmp_path / 'twin'}"), ("bilstm", f"bilstm:{tmp_path / 'bilstm'}"),
+                                ("rerank", f"rerank:teacher:{tmp_path / 'teacher'}@{tmp_path / 'twin'}")],
                                "homedepot:test", tmp_path / "eval", data=str(tiny_data), cache_dir=None)
     rows = {r["model"]: r for r in report["rows"]}
-    assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm"}
-    assert all(0.0 <= r["roc_auc"] <= 1.0 for r in rows.values())
+    assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm", "rerank"}
+    assert all(0.0 <= r["roc_auc"] <= 1.0 for k, r in rows.items() if k != "rerank")
+    # the teacher re-orders exactly the twin's cosine top list: same recall, its own order
+    assert "roc_auc" not in rows["rerank"] and rows["rerank"]["recall@100"] == rows["twin (cos)"]["recall@100"]
+    with pytest.raises(ValueError, match="rerank needs"):
+        evaluate.load_model(f"rerank:bm25@{tmp_path / 'twin'}", None, None)
     assert "ndcg@10" in rows["twin (cos)"] and "ndcg@10" in rows["BM25"] and "ndcg@10" not in rows["teacher"]
     assert "| twin (res) |" in (tmp_path / "eval.md").read_text()

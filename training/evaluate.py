@@ -1,10 +1,12 @@
 """Evaluate any model on any dataset, side by side with baselines, into one report.
 
 Models (`--model LABEL=KIND[:PATH]`, repeatable): bm25, minilm (zero-shot pretrained MiniLM-L6
-bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), bilstm:DIR.
+bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), bilstm:DIR,
+rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR (the cross model re-orders the twin's
+cosine top-100: retrieval metrics only).
 Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR`.
 Metrics: ROC-AUC, PR-AUC, Spearman on labelled pairs; nDCG@10, recall@100, MRR@10 for retrieval
-over the whole corpus (cross-encoders re-rank nothing: n/a); CPU ms per pair; parameters.
+over the whole corpus (n/a for a cross model on its own); CPU ms per pair; parameters.
 
     python -m training.evaluate --dataset homedepot:test --out reports/eval \\
         --model BM25=bm25 --model "MiniLM zero-shot=minilm" --model teacher=teacher:artifacts/teacher \\
@@ -208,8 +210,36 @@ class PairModel:
         return _median_ms(lambda: self.model.score(qs, ks, batch_size=self.batch), 10) / self.batch
 
 
+class RerankModel:
+    """A cross model (teacher, BiLSTM) re-ordering a twin's cosine top-100: the ceiling for what the
+    twin's `res` re-scoring of the same candidates could reach. Retrieval metrics only."""
+
+    def __init__(self, cross: PairModel, twin: TwinModel):
+        self.cross, self.twin = cross, twin
+        self.layers, self.params = cross.layers, cross.params
+
+    def pair_scores(self, pairs):
+        return {}
+
+    def rankings(self, rs):
+        cos = self.twin.rankings(rs)["cos"]
+        out = {}
+        for q in tqdm(list(cos), desc="re-rank", unit="query", mininterval=5):
+            s = self.cross.model.score([rs.queries[q]] * len(cos[q]), [rs.corpus[i] for i in cos[q]])
+            out[q] = [cos[q][j] for j in np.argsort(-np.asarray(s), kind="stable")]
+        return {"": out}
+
+    def latency_ms_per_pair(self):
+        return self.cross.latency_ms_per_pair()
+
+
 def load_model(kind_path: str, pairs, rs):
     kind, _, path = kind_path.partition(":")
+    if kind == "rerank":
+        cross, at, twin = path.rpartition("@")
+        if not at or cross.split(":")[0] not in ("teacher", "bilstm"):
+            raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR, got {kind_path!r}")
+        return RerankModel(load_model(cross, pairs, rs), TwinModel(twin))
     if kind == "bm25":
         return BM25Model(pairs, rs)
     if kind == "minilm":
@@ -223,7 +253,8 @@ def load_model(kind_path: str, pairs, rs):
     if kind == "bilstm":
         from training.bilstm import BiLSTMStudent
         return PairModel(BiLSTMStudent.load(path), 0, 64)
-    raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, bilstm:DIR)")
+    raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, bilstm:DIR, "
+                     "rerank:teacher:DIR@TWIN_DIR, rerank:bilstm:DIR@TWIN_DIR)")
 
 
 def load_dataset(spec: str, data=None) -> tuple[LabelledPairs | None, RetrievalSet | None]:
@@ -260,7 +291,7 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
         for variant in (scores or ranks or {"": None}):
             row = {"model": label + (f" ({variant})" if variant else ""), "kind": spec.split(":")[0],
                    "transformer_layers": m.layers, "params": m.params}
-            if pairs:
+            if pairs and variant in scores:
                 row.update(pair_metrics(scores[variant], pairs.labels, pairs.binary))
             if ranks and variant in ranks:
                 row.update(retrieval_metrics(ranks[variant], rs.qrels))
@@ -299,7 +330,8 @@ def write_report(report: dict, out: Path) -> None:
              f"{report['pairs']} labelled pairs; {report['queries']} retrieval queries over {report['corpus']} "
              f"keywords; CPU latency with {report['threads']} threads (teacher: 100 pairs per call, BiLSTM: 64, "
              "twin: one query crossed with 100 cached keyword vectors). Retrieval for TwinBERT (res) re-ranks "
-             "its cos top-100; cross models (teacher, BiLSTM) do not retrieve over the corpus.", "",
+             "its cos top-100; cross models (teacher, BiLSTM) do not retrieve over the corpus, and a "
+             "'re-ranks' row re-orders TwinBERT's cos top-100 with one.", "",
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
         lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |")

@@ -1,7 +1,7 @@
 """The whole offline pipeline: quick student -> teacher -> teacher-scored distillation set ->
 TwinBERT and BiLSTM students (each also without augmentation, for the ablation) -> evaluation.
 
-    python -m training.pipeline --profile full     # make train: about an hour on 2 cores
+    python -m training.pipeline --profile full     # make train: about 80 minutes on 2 cores
     python -m training.pipeline --profile quick    # minutes: smoke-run of every step
 
 Each step is skipped when its output is already complete (delete it, or --force, to redo);
@@ -77,7 +77,9 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
                   "--model", f"TwinBERT=twin:{a / 'twin'}",
                   "--model", f"TwinBERT, no augmentation=twin:{a / 'twin_noaug'}",
                   "--model", f"BiLSTM=bilstm:{a / 'bilstm'}",
-                  "--model", f"BiLSTM, no augmentation=bilstm:{a / 'bilstm_noaug'}"]))
+                  "--model", f"BiLSTM, no augmentation=bilstm:{a / 'bilstm_noaug'}",
+                  "--model", f"teacher re-ranks TwinBERT cos top-100=rerank:teacher:{a / 'teacher'}@{a / 'twin'}",
+                  "--model", f"BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}"]))
     summary = {"profile": profile, "minutes": timings, "total_minutes": round(sum(timings.values()), 2)}
     for name in ("teacher", "twin", "twin_noaug", "bilstm", "bilstm_noaug"):
         f = a / name / "train_summary.json"
