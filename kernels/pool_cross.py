@@ -206,17 +206,44 @@ def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: tor
     return e, parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-# Chosen by `make bench-kernels` (reports/bench_kernels_cpu.md): the TorchScript-compiled lean path
-# has the best geometric-mean speedup over eager in every run (figures and their spread: README,
-# "The pool_cross op").
-_CPU_IMPL = os.environ.get("TWINBERT_POOL_CROSS_CPU", "lean_script")
+# Chosen by `make bench-kernels` (reports/bench_kernels_cpu.md): the C++ path ("native") where it
+# builds, else the TorchScript-compiled lean path (figures and their spread: README, "The
+# pool_cross op"). Autograd always takes the TorchScript path: the C++ one is forward only.
+CPU_IMPLS = ("native", "lean_script", "lean")
+_CPU_IMPL = os.environ.get("TWINBERT_POOL_CROSS_CPU", "native")
+if _CPU_IMPL not in CPU_IMPLS:
+    raise ValueError(f"TWINBERT_POOL_CROSS_CPU must be one of {CPU_IMPLS}, got {_CPU_IMPL!r}")
 _lean_scripted = None
 
 
-def _cpu_lean(token_states, mask, params: PoolCrossParams, keywords, crossing: str):
+_ONE, _ZERO = torch.ones(()), torch.zeros(())  # defaults of the optional scalars (never written)
+
+
+def _native_out(token_states, mask, params: PoolCrossParams, keywords, crossing: str, q_out, s_out) -> None:
+    """The C++ op into given outputs (the tests poison them first)."""
+    torch.ops.twinbert.pool_cross_out(
+        token_states, mask, params.pool_v, params.pool_b, params.proj_w, params.proj_b, keywords,
+        0 if crossing == "cos" else 1, params.cos_w if params.cos_w is not None else _ONE,
+        params.cos_b if params.cos_b is not None else _ZERO, params.res_w1, params.res_w2, params.res_u,
+        params.res_c if params.res_c is not None else _ZERO, q_out, s_out)
+
+
+def _wants_grad(token_states, params: PoolCrossParams, keywords) -> bool:
+    return torch.is_grad_enabled() and (token_states.requires_grad or (keywords is not None and keywords.requires_grad)
+                                        or any(t.requires_grad for t in params.state_dict().values()))
+
+
+def _cpu_lean(token_states, mask, params: PoolCrossParams, keywords, crossing: str, impl: str = _CPU_IMPL):
     global _lean_scripted
+    if impl == "native" and not _wants_grad(token_states, params, keywords):
+        from kernels import cpu_native  # builds the extension on first use, not at import
+        if cpu_native.load():
+            q = torch.empty((token_states.shape[0], params.dim))
+            s = torch.empty((token_states.shape[0], 0 if keywords is None else keywords.shape[-2]))
+            _native_out(token_states, mask, params, keywords, crossing, q, s)
+            return q, s
     fn = _pool_cross_lean
-    if _CPU_IMPL == "lean_script":
+    if impl != "lean":
         if _lean_scripted is None:
             _lean_scripted = torch.jit.script(_pool_cross_lean)
         fn = _lean_scripted

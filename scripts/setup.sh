@@ -35,5 +35,13 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libb64.so.0d'; then
     echo "setup: perf_analyzer needs libb64-0d: install it by hand (apt-get install libb64-0d); going on" >&2
   fi
 fi
+# The C++ CPU path of pool_cross is built with this machine's compiler (kernels/cpu_native.py).
+if ! command -v c++ >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing g++ (for the C++ CPU path of pool_cross)"
+  (apt-get install -y -q g++ >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q g++ >/dev/null 2>&1; }) \
+    || echo "setup: could not install g++; pool_cross will use its TorchScript CPU path" >&2
+fi
+"$VENV/bin/python" -m kernels.cpu_native >/dev/null 2>&1 \
+  || echo "setup: the C++ CPU path of pool_cross did not build (python -m kernels.cpu_native says why); the TorchScript path stands in" >&2
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"

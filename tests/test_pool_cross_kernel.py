@@ -196,3 +196,68 @@ def test_bad_arguments_are_clear_errors():
         pool_cross(ts.to(torch.int32), mask, params)
     with pytest.raises(ValueError, match="backend"):
         pool_cross(ts, mask, params, backend="cuda")
+
+
+# The C++ CPU path (kernels/csrc/pool_cross_cpu.cpp): the default for CPU tensors without autograd.
+
+def run_native(ts, mask, params, kw, crossing):
+    """The C++ op with outputs poisoned, so an unwritten element fails the comparison."""
+    from kernels.pool_cross import _native_out
+    k = 0 if kw is None else kw.shape[-2]
+    q, s = torch.full((ts.shape[0], params.dim), float("nan")), torch.full((ts.shape[0], k), float("nan"))
+    _native_out(ts, mask, params, kw, crossing, q, s)
+    return q, s
+
+
+def test_native_cpu_path_builds_here():
+    from kernels import cpu_native
+    assert cpu_native.load(), cpu_native.error()
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("crossing", ["cos", "res"])
+@pytest.mark.parametrize("b,l,h,k", SHAPES)
+def test_native_matches_reference(b, l, h, k, crossing, dtype):
+    params = make_params(h, h).to("cpu")
+    ts = torch.randn(b, l, h).to(dtype)
+    mask = make_mask(b, l, all_pad_row=True).cpu()
+    for kw in ((torch.randn(b, k, h).to(dtype), torch.randn(k, h).to(dtype)) if k else (None,)):
+        got = run_native(ts, mask, params, kw, crossing)
+        for g, w in zip(got, reference64(ts, mask, params, kw, crossing)):
+            torch.testing.assert_close(g.double(), w, **TOLERANCE[dtype])
+        if b > 2:
+            assert (got[0][1] == 0).all()  # the all-padding row pools to zero
+
+
+@pytest.mark.parametrize("crossing", ["cos", "res"])
+def test_native_projection_strides_masks_and_blocks(crossing):
+    params = make_params(64, 24, r=16, proj=True).to("cpu")
+    ts = torch.randn(5, 64, 18).transpose(1, 2)[:, ::2]                 # [5, 9, 64], strided
+    mask = make_mask(5, 9).cpu().bool()
+    for kw in (torch.randn(5, 40, 48)[:, ::2, ::2], torch.randn(300, 24)):  # strided per-query; 5 x 300 pairs: 3 blocks
+        got = run_native(ts, mask, params, kw, crossing)
+        for g, w in zip(got, reference64(ts, mask, params, kw, crossing)):
+            torch.testing.assert_close(g.double(), w, **TOLERANCE[torch.float32])
+
+
+def test_native_path_serves_inference_and_autograd_takes_torchscript():
+    params = make_params(32, 32, r=16).to("cpu")
+    ts, mask, kw = torch.randn(3, 5, 32), make_mask(3, 5).cpu(), torch.randn(3, 4, 32)
+    with torch.inference_mode():
+        q, s = pool_cross(ts, mask, params, kw, "res")
+    torch.testing.assert_close(s, run_native(ts, mask, params, kw, "res")[1])
+    ts.requires_grad_(True)
+    _, s = pool_cross(ts, mask, params, kw, "res")
+    assert s.grad_fn is not None  # the C++ op has no backward, so this went through TorchScript
+
+
+def test_native_op_refuses_bad_outputs_and_keywords():
+    from kernels.pool_cross import _native_out
+    params = make_params(32, 32).to("cpu")
+    ts, mask = torch.randn(2, 4, 32), make_mask(2, 4).cpu()
+    with pytest.raises(RuntimeError, match="q_out"):
+        _native_out(ts, mask, params, None, "cos", torch.empty(3, 32), torch.empty(2, 0))
+    with pytest.raises(RuntimeError, match="s_out"):
+        _native_out(ts, mask, params, torch.randn(2, 5, 32), "cos", torch.empty(2, 32), torch.empty(2, 4))
+    with pytest.raises(RuntimeError, match="keywords"):
+        _native_out(ts, mask, params, torch.randn(2, 5, 16), "res", torch.empty(2, 32), torch.empty(2, 5))

@@ -1,0 +1,49 @@
+"""The C++ CPU path of pool_cross (`kernels/csrc/pool_cross_cpu.cpp`), forward only.
+
+Built on first use by this machine's C++ compiler into torch's extension cache
+(`TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) and reused until the source changes;
+`make build` and the tests build it ahead. Where it cannot be built (no compiler), `load()` says
+why once and returns False, and pool_cross takes the TorchScript path.
+
+    python -m kernels.cpu_native     # build (or find) it and print where it is
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("csrc") / "pool_cross_cpu.cpp"
+_state: dict = {"ok": None, "error": None}
+
+
+def load(verbose: bool = False) -> bool:
+    """Build or load the extension once per process; True when `torch.ops.twinbert` has it."""
+    if _state["ok"] is None:
+        try:
+            from torch.utils.cpp_extension import load as build
+            if shutil.which("ninja") is None:  # the venv's ninja, when the venv's bin is not on PATH
+                os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+            build(name="twinbert_pool_cross_cpu", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                  extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
+            _state["ok"] = True
+        except Exception as exc:  # no compiler, failed build: the TorchScript path still works
+            _state["ok"], _state["error"] = False, f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"pool_cross: the C++ CPU path is unavailable ({_state['error'][:300]}); "
+                          "using the TorchScript path", RuntimeWarning, stacklevel=2)
+    return _state["ok"]
+
+
+def error() -> str | None:
+    return _state["error"]
+
+
+if __name__ == "__main__":
+    import time
+    t = time.perf_counter()
+    ok = load(verbose=True)
+    print(f"kernels.cpu_native: {'ready' if ok else 'unavailable: ' + str(error())} "
+          f"({time.perf_counter() - t:.1f} s)")
+    raise SystemExit(0 if ok else 1)
