@@ -3,7 +3,7 @@
 GPU (CUDA available): the Triton kernel vs eager, `triton.testing.do_bench` medians, at serving
 shapes B in (1, 8, 64), L = 16, H = 384, K in (100, 1000), both crossings, plus achieved GB/s
 against the device's measured copy bandwidth -> reports/bench_kernels_gpu.{json,md}.
-CPU: each CPU candidate (lean eager, lean TorchScript) vs eager reference at B in (1, 32), 2 threads,
+CPU: each CPU candidate (lean eager, lean TorchScript, lean torch.compile, the C++ path) vs eager reference at B in (1, 32), 2 threads,
 median and p99 of many calls, repeated -> reports/bench_kernels_cpu.{json,md}. For res it also times
 the crossing's two GEMMs alone into preallocated outputs (`res_gemms_only`, a floor, not a
 candidate): eager over that bounds what any fp32 path with those GEMMs can gain.
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.pool_cross import _pool_cross_lean
+from kernels import cpu_native
+from kernels.pool_cross import _cpu_lean, _pool_cross_lean
 from kernels import PoolCrossParams, pool_cross_ref
 
 L, H = 16, 384
@@ -51,8 +52,11 @@ def _cpu_candidates():
                       p.cos_w, p.cos_b, p.res_w1, p.res_w2, p.res_u, p.res_c)
         return call
     compiled = torch.compile(_pool_cross_lean, dynamic=True)
-    return {"eager_ref": pool_cross_ref, "lean": lean(_pool_cross_lean), "lean_script": lean(scripted),
-            "lean_compile": lean(compiled)}
+    cands = {"eager_ref": pool_cross_ref, "lean": lean(_pool_cross_lean), "lean_script": lean(scripted),
+             "lean_compile": lean(compiled)}
+    if cpu_native.load():  # the C++ path, where this machine can build it
+        cands["native"] = lambda ts, mask, p, kw, crossing: _cpu_lean(ts, mask, p, kw, crossing, impl="native")
+    return cands
 
 
 GEMMS_ONLY = "res_gemms_only"

@@ -214,8 +214,6 @@ _CPU_IMPL = os.environ.get("TWINBERT_POOL_CROSS_CPU", "native")
 if _CPU_IMPL not in CPU_IMPLS:
     raise ValueError(f"TWINBERT_POOL_CROSS_CPU must be one of {CPU_IMPLS}, got {_CPU_IMPL!r}")
 _lean_scripted = None
-
-
 _ONE, _ZERO = torch.ones(()), torch.zeros(())  # defaults of the optional scalars (never written)
 
 
@@ -247,13 +245,12 @@ def _cpu_lean(token_states, mask, params: PoolCrossParams, keywords, crossing: s
         if _lean_scripted is None:
             _lean_scripted = torch.jit.script(_pool_cross_lean)
         fn = _lean_scripted
-    one, zero = torch.ones(()), torch.zeros(())
     return fn(token_states, mask, params.pool_v, params.pool_b, params.proj_w, params.proj_b, keywords,
               0 if crossing == "cos" else 1,
-              params.cos_w if params.cos_w is not None else one,
-              params.cos_b if params.cos_b is not None else zero,
+              params.cos_w if params.cos_w is not None else _ONE,
+              params.cos_b if params.cos_b is not None else _ZERO,
               params.res_w1, params.res_w2, params.res_u,
-              params.res_c if params.res_c is not None else zero)
+              params.res_c if params.res_c is not None else _ZERO)
 
 
 BACKENDS = ("auto", "triton", "cpu", "ref")
