@@ -66,6 +66,12 @@ inline float sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
 
 at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
+// A one-element parameter as a float, without a dispatched item() call when it already is one.
+float scalar(const at::Tensor& t) {
+  TORCH_CHECK(t.numel() == 1, "scalar parameters must have one element");
+  return t.scalar_type() == at::kFloat ? *t.data_ptr<float>() : t.item<float>();
+}
+
 // Scratch matrices kept per thread across calls: a fresh [512, 384] float block is large enough
 // for malloc to map new pages on every call, and faulting them in cost about a fifth of a B = 1
 // res crossing.
@@ -189,7 +195,7 @@ void pool_cross_out(const at::Tensor& token_states, const at::Tensor& mask, cons
               "s_out must be a contiguous float32 [B, K] tensor");
   if (B == 0) return;
   at::Tensor e = proj_w ? at::empty({B, H}, t.options()) : q_out;
-  pool_rows(t.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(), pool_b.item<float>(), B, L, H,
+  pool_rows(t.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(), scalar(pool_b), B, L, H,
             e.data_ptr<float>());
   if (proj_w) {
     at::Tensor& out = const_cast<at::Tensor&>(q_out);
@@ -203,10 +209,10 @@ void pool_cross_out(const at::Tensor& token_states, const at::Tensor& mask, cons
               "keywords must be [B, K, D] or [N, D]");
   TORCH_CHECK(s_out.size(1) == k.size(-2), "s_out must be [B, K]");
   if (crossing == 0) {
-    cross_cos(q_out, k, cos_w.item<float>(), cos_b.item<float>(), s_out);
+    cross_cos(q_out, k, scalar(cos_w), scalar(cos_b), s_out);
   } else {
     TORCH_CHECK(res_w1 && res_w2 && res_u, "res crossing needs res_w1, res_w2 and res_u");
-    cross_res(q_out, k, f32(*res_w1), f32(*res_w2), f32(*res_u), res_c.item<float>(), s_out);
+    cross_res(q_out, k, f32(*res_w1), f32(*res_w2), f32(*res_u), scalar(res_c), s_out);
   }
 }
 
