@@ -1,14 +1,15 @@
 """The C++ CPU path of pool_cross (`kernels/csrc/pool_cross_cpu.cpp`), forward only.
 
 Built on first use by this machine's C++ compiler into torch's extension cache
-(`TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`) and reused until the source changes;
-`make build` and the tests build it ahead. Where it cannot be built (no compiler), `load()` says
+(`TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`), one build per Python environment,
+and reused until the source changes; `make setup` builds it ahead. Where it cannot be built (no compiler), `load()` says
 why once and returns False, and pool_cross takes the TorchScript path.
 
     python -m kernels.cpu_native     # build (or find) it and print where it is
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -19,6 +20,18 @@ SOURCE = Path(__file__).with_name("csrc") / "pool_cross_cpu.cpp"
 _state: dict = {"ok": None, "error": None}
 
 
+def build_directory() -> Path:
+    """One build per torch installation (two venvs sharing the cache would rebuild over each other;
+    keyed by torch's location, which Triton's stubs see as the venv does)."""
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    env = hashlib.sha256(os.path.dirname(os.path.realpath(torch.__file__)).encode()).hexdigest()[:10]
+    path = root / f"twinbert_pool_cross_cpu-{env}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def load(verbose: bool = False) -> bool:
     """Build or load the extension once per process; True when `torch.ops.twinbert` has it."""
     if _state["ok"] is None:
@@ -27,7 +40,8 @@ def load(verbose: bool = False) -> bool:
             if shutil.which("ninja") is None:  # the venv's ninja, when the venv's bin is not on PATH
                 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
             build(name="twinbert_pool_cross_cpu", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                  extra_ldflags=["-fopenmp"], is_python_module=False, verbose=verbose)
+                  extra_ldflags=["-fopenmp"], build_directory=str(build_directory()), is_python_module=False,
+                  verbose=verbose)
             _state["ok"] = True
         except Exception as exc:  # no compiler, failed build: the TorchScript path still works
             _state["ok"], _state["error"] = False, f"{type(exc).__name__}: {exc}"
@@ -40,10 +54,15 @@ def error() -> str | None:
     return _state["error"]
 
 
+def describe() -> str:
+    """Which CPU path pool_cross takes in this process, building the C++ one if need be (for logs)."""
+    return "C++" if load() else f"TorchScript (the C++ path is unavailable: {error()})"
+
+
 if __name__ == "__main__":
     import time
     t = time.perf_counter()
     ok = load(verbose=True)
-    print(f"kernels.cpu_native: {'ready' if ok else 'unavailable: ' + str(error())} "
+    print(f"kernels.cpu_native: {'ready in ' + str(build_directory()) if ok else 'unavailable: ' + str(error())} "
           f"({time.perf_counter() - t:.1f} s)")
     raise SystemExit(0 if ok else 1)

@@ -51,6 +51,11 @@ def in_process(server):
     return InProcessPipeline(server.repository)
 
 
+def test_served_models_run_the_cpp_pool_cross_path(server):
+    log = server.log_file.read_text(errors="replace")
+    assert "keyword_store: pool_cross CPU path: C++" in log and "pool_cross: pool_cross CPU path: C++" in log
+
+
 def test_retrieve_ranks_the_asked_for_product_first(server):
     with TwinBertClient(server.grpc_url) as c:
         drill = c.retrieve("cordless drill", 5)

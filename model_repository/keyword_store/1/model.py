@@ -6,7 +6,7 @@ import faiss
 import torch
 import triton_python_backend_utils as pb_utils
 
-from kernels import PoolCrossParams
+from kernels import PoolCrossParams, cpu_native
 from serving.keyword_store import KeywordStore, sha256_file
 from serving.requests import BadRequest, decode_candidates, decode_top_k, serving_defaults
 from serving.retrieval import Retriever
@@ -30,6 +30,7 @@ class TritonPythonModel:
                              expect_dim=params.dim)
         store.page_in()  # map every page of the index and vectors now, not inside the first requests
         self.retriever = Retriever(store, params)
+        pb_utils.Logger.log_info(f"{args['model_name']}: pool_cross CPU path: {cpu_native.describe()}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # Families must outlive their metrics: keep both on the instance.
         self.size_family = pb_utils.MetricFamily(

@@ -8,7 +8,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from kernels import PoolCrossParams, pool_cross
+from kernels import PoolCrossParams, cpu_native, pool_cross
 from serving.requests import BadRequest, decode_crossing, serving_defaults
 
 
@@ -20,6 +20,8 @@ class TritonPythonModel:
         params, self.config = PoolCrossParams.load(Path(args["model_repository"]) / args["model_version"])
         self.params = params.to(self.device)
         _, self.default_crossing = serving_defaults(self.config)
+        if self.device.type == "cpu":  # build or load the C++ path now, not in the first request
+            pb_utils.Logger.log_info(f"{args['model_name']}: pool_cross CPU path: {cpu_native.describe()}")
 
     def _input(self, request, name):
         tensor = pb_utils.get_input_tensor_by_name(request, name)
