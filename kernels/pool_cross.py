@@ -217,13 +217,17 @@ _lean_scripted = None
 _ONE, _ZERO = torch.ones(()), torch.zeros(())  # defaults of the optional scalars (never written)
 
 
+def _op_args(token_states, mask, params: PoolCrossParams, keywords, crossing: str) -> tuple:
+    """The flat argument list that both the C++ op and the TorchScript function take."""
+    return (token_states, mask, params.pool_v, params.pool_b, params.proj_w, params.proj_b, keywords,
+            0 if crossing == "cos" else 1, params.cos_w if params.cos_w is not None else _ONE,
+            params.cos_b if params.cos_b is not None else _ZERO, params.res_w1, params.res_w2, params.res_u,
+            params.res_c if params.res_c is not None else _ZERO)
+
+
 def _native_out(token_states, mask, params: PoolCrossParams, keywords, crossing: str, q_out, s_out) -> None:
     """The C++ op into given outputs (the tests poison them first)."""
-    torch.ops.twinbert.pool_cross_out(
-        token_states, mask, params.pool_v, params.pool_b, params.proj_w, params.proj_b, keywords,
-        0 if crossing == "cos" else 1, params.cos_w if params.cos_w is not None else _ONE,
-        params.cos_b if params.cos_b is not None else _ZERO, params.res_w1, params.res_w2, params.res_u,
-        params.res_c if params.res_c is not None else _ZERO, q_out, s_out)
+    torch.ops.twinbert.pool_cross_out(*_op_args(token_states, mask, params, keywords, crossing), q_out, s_out)
 
 
 def _wants_grad(token_states, params: PoolCrossParams, keywords) -> bool:
@@ -236,21 +240,13 @@ def _cpu_lean(token_states, mask, params: PoolCrossParams, keywords, crossing: s
     if impl == "native" and not _wants_grad(token_states, params, keywords):
         from kernels import cpu_native  # builds the extension on first use, not at import
         if cpu_native.load():
-            q = torch.empty((token_states.shape[0], params.dim))
-            s = torch.empty((token_states.shape[0], 0 if keywords is None else keywords.shape[-2]))
-            _native_out(token_states, mask, params, keywords, crossing, q, s)
-            return q, s
+            return torch.ops.twinbert.pool_cross.default(*_op_args(token_states, mask, params, keywords, crossing))
     fn = _pool_cross_lean
     if impl != "lean":
         if _lean_scripted is None:
             _lean_scripted = torch.jit.script(_pool_cross_lean)
         fn = _lean_scripted
-    return fn(token_states, mask, params.pool_v, params.pool_b, params.proj_w, params.proj_b, keywords,
-              0 if crossing == "cos" else 1,
-              params.cos_w if params.cos_w is not None else _ONE,
-              params.cos_b if params.cos_b is not None else _ZERO,
-              params.res_w1, params.res_w2, params.res_u,
-              params.res_c if params.res_c is not None else _ZERO)
+    return fn(*_op_args(token_states, mask, params, keywords, crossing))
 
 
 BACKENDS = ("auto", "triton", "cpu", "ref")

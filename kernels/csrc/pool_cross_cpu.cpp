@@ -216,9 +216,28 @@ void pool_cross_out(const at::Tensor& token_states, const at::Tensor& mask, cons
   }
 }
 
+std::tuple<at::Tensor, at::Tensor> pool_cross(
+    const at::Tensor& token_states, const at::Tensor& mask, const at::Tensor& pool_v, const at::Tensor& pool_b,
+    const c10::optional<at::Tensor>& proj_w, const c10::optional<at::Tensor>& proj_b,
+    const c10::optional<at::Tensor>& keywords, int64_t crossing, const at::Tensor& cos_w, const at::Tensor& cos_b,
+    const c10::optional<at::Tensor>& res_w1, const c10::optional<at::Tensor>& res_w2,
+    const c10::optional<at::Tensor>& res_u, const at::Tensor& res_c) {
+  TORCH_CHECK(token_states.dim() == 3, "token_states must be [B, L, H]");
+  const int64_t B = token_states.size(0);
+  at::Tensor q = at::empty({B, proj_w ? proj_w->size(0) : token_states.size(2)}, at::kFloat);
+  at::Tensor s = at::empty({B, keywords ? keywords->size(-2) : 0}, at::kFloat);
+  pool_cross_out(token_states, mask, pool_v, pool_b, proj_w, proj_b, keywords, crossing, cos_w, cos_b, res_w1,
+                 res_w2, res_u, res_c, q, s);
+  return {q, s};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(twinbert, lib) {
+  lib.def("pool_cross(Tensor token_states, Tensor mask, Tensor pool_v, Tensor pool_b, Tensor? proj_w, "
+          "Tensor? proj_b, Tensor? keywords, int crossing, Tensor cos_w, Tensor cos_b, Tensor? res_w1, "
+          "Tensor? res_w2, Tensor? res_u, Tensor res_c) -> (Tensor, Tensor)",
+          &pool_cross);
   lib.def("pool_cross_out(Tensor token_states, Tensor mask, Tensor pool_v, Tensor pool_b, Tensor? proj_w, "
           "Tensor? proj_b, Tensor? keywords, int crossing, Tensor cos_w, Tensor cos_b, Tensor? res_w1, "
           "Tensor? res_w2, Tensor? res_u, Tensor res_c, Tensor(a!) q_out, Tensor(b!) s_out) -> ()",
