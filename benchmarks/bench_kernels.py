@@ -3,10 +3,11 @@
 GPU (CUDA available): the Triton kernel vs eager, `triton.testing.do_bench` medians, at serving
 shapes B in (1, 8, 64), L = 16, H = 384, K in (100, 1000), both crossings, plus achieved GB/s
 against the device's measured copy bandwidth -> reports/bench_kernels_gpu.{json,md}.
-CPU: each CPU candidate (lean eager, lean TorchScript, lean torch.compile, the C++ path) vs eager reference at B in (1, 32), 2 threads,
-median and p99 of many calls, repeated -> reports/bench_kernels_cpu.{json,md}. For res it also times
-the crossing's two GEMMs alone into preallocated outputs (`res_gemms_only`, a floor, not a
-candidate): eager over that bounds what any fp32 path with those GEMMs can gain.
+CPU: each CPU candidate (lean eager, lean TorchScript, lean torch.compile, the C++ path) vs eager
+reference at B in (1, 32), 2 threads, median and p99 of many calls, repeated ->
+reports/bench_kernels_cpu.{json,md}. For res it also times the crossing's two GEMMs alone into
+preallocated outputs (`res_gemms_only`, a floor, not a candidate): eager over that bounds what any
+fp32 path with those GEMMs can gain.
 
     python -m benchmarks.bench_kernels [--device cpu|cuda] [--out reports]
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from kernels import cpu_native
-from kernels.pool_cross import _cpu_lean, _pool_cross_lean
+from kernels.pool_cross import _cpu_lean, _op_args, _pool_cross_lean
 from kernels import PoolCrossParams, pool_cross_ref
 
 L, H = 16, 384
@@ -47,9 +48,7 @@ def _cpu_candidates():
 
     def lean(fn):
         def call(ts, mask, p, kw, crossing):
-            one, zero = torch.ones(()), torch.zeros(())
-            return fn(ts, mask, p.pool_v, p.pool_b, p.proj_w, p.proj_b, kw, 0 if crossing == "cos" else 1,
-                      p.cos_w, p.cos_b, p.res_w1, p.res_w2, p.res_u, p.res_c)
+            return fn(*_op_args(ts, mask, p, kw, crossing))
         return call
     compiled = torch.compile(_pool_cross_lean, dynamic=True)
     cands = {"eager_ref": pool_cross_ref, "lean": lean(_pool_cross_lean), "lean_script": lean(scripted),
