@@ -231,8 +231,11 @@ def _native_out(token_states, mask, params: PoolCrossParams, keywords, crossing:
 
 
 def _wants_grad(token_states, params: PoolCrossParams, keywords) -> bool:
-    return torch.is_grad_enabled() and (token_states.requires_grad or (keywords is not None and keywords.requires_grad)
-                                        or any(t.requires_grad for t in params.state_dict().values()))
+    """Whether autograd has to see this call (the C++ path has no backward)."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [token_states, keywords, *(getattr(params, f.name) for f in fields(params))]
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 def _cpu_lean(token_states, mask, params: PoolCrossParams, keywords, crossing: str, impl: str = _CPU_IMPL):
