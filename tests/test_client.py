@@ -59,3 +59,41 @@ def test_report_writes_table_json_csv_and_png(tmp_path):
     assert len(json.loads((tmp_path / "lt.json").read_text())["rows"]) == 3
     assert (tmp_path / "lt.csv").read_text().count("\n") == 4
     assert (tmp_path / "lt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _response(ids, texts, scores, shape):
+    import numpy as np
+    from tritonclient.grpc import InferResult, service_pb2
+    wire = lambda items: b"".join(len(b).to_bytes(4, "little") + b for b in items)  # noqa: E731
+    r = service_pb2.ModelInferResponse(model_name="retrieve")
+    for name, dtype, data in (("KEYWORD_IDS", "BYTES", wire(ids)), ("KEYWORD_TEXTS", "BYTES", wire(texts)),
+                              ("SCORES", "FP32", np.array(scores, dtype="<f4").tobytes())):
+        o = r.outputs.add()
+        o.name, o.datatype = name, dtype
+        o.shape.extend(shape)
+        r.raw_output_contents.append(data)
+    return InferResult(r)
+
+
+def test_hits_decode_the_wire_format_row_by_row():
+    from client.core import Hit, _hits
+    ids = [b"1", "ü2".encode(), b"", b"4"]
+    texts = ["Drill".encode(), "Ø 3/4 in. pipe".encode(), b"Hose", "".encode()]
+    hits = _hits(_response(ids, texts, [0.9, 0.5, 0.8, 0.1], [2, 2]))
+    assert hits == [[Hit(1, pytest.approx(0.9), "1", "Drill"), Hit(2, 0.5, "ü2", "Ø 3/4 in. pipe")],
+                    [Hit(1, pytest.approx(0.8), "", "Hose"), Hit(2, pytest.approx(0.1), "4", "")]]
+    assert hits[0][0].to_dict() == {"rank": 1, "score": hits[0][0].score, "keyword_id": "1", "keyword": "Drill"}
+    assert _hits(_response([], [], [], [1, 0])) == [[]]
+
+
+def test_malformed_responses_raise_client_errors():
+    from client.core import _hits, decode_bytes_tensor
+    good = b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
+    assert decode_bytes_tensor(good, 2) == ["ab", "c"]
+    for buf, count, match in ((good[:-1], 2, "overruns"), (good[:7], 2, "truncated"), (good, 3, "2 elements for 3")):
+        with pytest.raises(ClientError, match=match):
+            decode_bytes_tensor(buf, count)
+    with pytest.raises(ClientError, match="2 elements for 4"):
+        _hits(_response([b"a", b"b"], [b"x", b"y"], [0.1, 0.2, 0.3, 0.4], [2, 2]))
+    with pytest.raises(ClientError, match="unexpected output shapes"):
+        _hits(_response([b"a", b"b"], [b"x", b"y"], [0.1, 0.2], [2]))
