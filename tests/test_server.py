@@ -3,6 +3,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -191,6 +192,25 @@ def test_health_and_custom_metrics(server):
         metrics = r.read().decode()
     assert f'twinbert_keyword_store_keywords{{model="keyword_store",version="1"}} {len(TITLES)}' in metrics
     assert "nv_inference_request_success" in metrics
+
+
+def _scored_total(server) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("twinbert_candidates_scored_total{"))
+
+
+def test_candidates_scored_counter_adds_up_every_request(server):
+    """The store adds to the counter in bulk (at most once a second): a burst shows in full once a
+    request comes more than a second after the last update."""
+    before = _scored_total(server)
+    with TwinBertClient(server.grpc_url) as c:
+        for q in ("drill", "hose", "fan", "paint"):
+            c.retrieve(q, 3, candidates=5)
+        time.sleep(1.2)
+        c.retrieve("toilet seat", 3, candidates=5)
+        c.retrieve("toilet seat", 3, candidates=0)  # cosine only: nothing re-scored
+    assert _scored_total(server) - before >= 5 * 5
 
 
 def test_cli_health(server):
