@@ -126,18 +126,10 @@ def _stage_breakdown(before: dict, after: dict) -> list[dict]:
     return sorted(rows, key=lambda r: -r["total_us"])
 
 
-def parse_model_config(text: str):
-    """A config.pbtxt as Triton reads it (tritonclient's ModelConfig protobuf)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
 def served_encoder_threads(repository: Path) -> int:
     """The intra-op threads the served query_encoder runs with (its config's "threads" parameter)."""
-    config = parse_model_config((Path(repository) / "query_encoder" / "config.pbtxt").read_text())
-    threads = config.parameters.get("threads")
-    return int(threads.string_value) if threads is not None else 2
+    from serving.repository import model_parameter
+    return int(model_parameter(repository, "query_encoder", "threads", "2"))
 
 
 def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: int = 50, repeats: int = 300) -> dict:
@@ -157,10 +149,13 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     rows, stages = {}, {}
     with _server(repository, _work() / "bench_server.log") as server, TwinBertClient(server.grpc_url) as c:
         for q in queries[:5]:  # warm both paths
-            c.retrieve(q, 100), c.relevance(q, candidates[q]), pipe.retrieve(q, 100), pipe.relevance(q, candidates[q])
+            c.retrieve(q, 100), c.retrieve(q, 100, 100), c.relevance(q, candidates[q])
+            pipe.retrieve(q, 100), pipe.retrieve(q, 100, 100), pipe.relevance(q, candidates[q])
         args = [(q,) for q in queries]
         for name, served, local in (
                 ("retrieve top-100", lambda q: c.retrieve(q, 100), lambda q: pipe.retrieve(q, 100)),
+                ("retrieve top-100, 100 re-scored with res", lambda q: c.retrieve(q, 100, 100),
+                 lambda q: pipe.retrieve(q, 100, 100)),
                 ("relevance 100 candidates", lambda q: c.relevance(q, candidates[q]),
                  lambda q: pipe.relevance(q, candidates[q]))):
             s_served, s_local, s_local2 = [], [], []
@@ -199,7 +194,9 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# End-to-end benchmark (one run, same queries and candidates)", "",
-             f"{len(queries)} held-out test queries; candidates are each query's cosine top-100. Served = over gRPC "
+             f"{len(queries)} held-out test queries. `retrieve top-100` is the served default (cosine order, no "
+             "re-scoring); the next row asks for the top 100 re-scored with res (`candidates` = 100); relevance "
+             "candidates are each query's cosine top-100. Served = over gRPC "
              "through the real tritonserver (one client); in-process = the same artifacts and code without Triton, "
              f"with {served_threads} intra-op thread(s) as each served model is configured (`in_process_*`, the "
              "baseline of `served_over_in_process`) and with both cores (`*_2_threads`). Medians and p99 in ms "

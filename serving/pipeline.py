@@ -10,6 +10,7 @@ import torch
 from kernels import PoolCrossParams, pool_cross
 from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore
+from serving.repository import model_parameter
 from serving.requests import serving_defaults
 from serving.retrieval import Retriever
 
@@ -20,7 +21,9 @@ class InProcessPipeline:
         torch.set_num_threads(threads)
         self.encoder = QueryEncoder(repo / "query_encoder/1")
         self.params, pc = PoolCrossParams.load(repo / "pool_cross/1")
-        self.default_candidates, self.default_crossing = serving_defaults(pc)
+        # K' as the served keyword_store is configured (its "default_candidates" parameter)
+        self.default_candidates, self.default_crossing = serving_defaults(
+            pc, int(model_parameter(repo, "keyword_store", "default_candidates", "0")))
         self.store = KeywordStore(repo / "keyword_store/1/store")
         self.retriever = Retriever(self.store, self.params)
 

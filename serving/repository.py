@@ -30,6 +30,20 @@ WARMUP_QUERY = "cordless drill"
 WARMUP_LONG_QUERY = "milwaukee m18 fuel 18 volt lithium ion brushless cordless hammer drill driver kit with two batteries"
 
 
+def parse_model_config(text: str):
+    """A config.pbtxt as Triton reads it (tritonclient's ModelConfig protobuf)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def model_parameter(repository: str | Path, model: str, key: str, default: str | None = None) -> str | None:
+    """The string value of parameter `key` in `model`'s config.pbtxt (`default` when it has none)."""
+    config = parse_model_config((Path(repository) / model / "config.pbtxt").read_text())
+    value = config.parameters.get(key)
+    return value.string_value if value is not None else default
+
+
 def _place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -110,8 +110,9 @@ def decode_keyword_ids(raw: np.ndarray) -> list[list[str]]:
     return rows
 
 
-def serving_defaults(pool_cross_config: dict, configured_candidates: int = 100) -> tuple[int, str]:
+def serving_defaults(pool_cross_config: dict, configured_candidates: int = 0) -> tuple[int, str]:
     """(default K', default crossing) for an exported model: an untrained res head would only
-    scramble the cosine ranking, so re-scoring and res are defaults only when res was trained."""
+    scramble the cosine ranking, so re-scoring (K' = `configured_candidates`, keyword_store's
+    "default_candidates") and res are defaults only when res was trained."""
     res_trained = "res" in pool_cross_config.get("trained_crossings", ["cos"])
     return (configured_candidates if res_trained else 0), ("res" if res_trained else "cos")

@@ -16,7 +16,7 @@ def test_bench_baseline_uses_the_served_thread_setting(tmp_path):
 
 
 def _instances(text):
-    from client.suite import parse_model_config
+    from serving.repository import parse_model_config
     return [(g.count, g.rate_limiter.priority) for g in parse_model_config(text).instance_group]
 
 
@@ -49,3 +49,16 @@ def test_server_runs_the_rate_limiter_the_priorities_need():
     assert "--rate-limit=execution_count" in on.command() and "--rate-limit=off" in off.command()
     compose = (ROOT / "docker-compose.yml").read_text()
     assert "--rate-limit=execution_count" in compose
+
+
+def test_default_candidates_come_from_the_store_config(tmp_path):
+    from serving.repository import model_parameter
+    from serving.requests import serving_defaults
+    shipped = int(model_parameter(ROOT / "model_repository", "keyword_store", "default_candidates"))
+    assert shipped == 0  # the cosine order: see keyword_store/config.pbtxt
+    res_trained = {"trained_crossings": ["cos", "res"]}
+    assert serving_defaults(res_trained, 50) == (50, "res")
+    assert serving_defaults({"trained_crossings": ["cos"]}, 50) == (0, "cos")  # an untrained res never re-ranks
+    (tmp_path / "keyword_store").mkdir()
+    (tmp_path / "keyword_store" / "config.pbtxt").write_text('name: "keyword_store"\n')
+    assert model_parameter(tmp_path, "keyword_store", "default_candidates", "7") == "7"

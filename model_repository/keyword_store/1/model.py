@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import faiss
+import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -36,6 +37,12 @@ class TritonPythonModel:
                              expect_dim=params.dim)
         store.page_in()  # map every page of the index and vectors now, not inside the first requests
         self.retriever = Retriever(store, params)
+        # The config's warmup requests cannot carry the "candidates" parameter, so the res re-scoring
+        # path (not the default) is warmed here: its first calls would otherwise land on users.
+        states, mask = np.zeros((1, 8, params.hidden), np.float32), np.ones((1, 8), np.int64)
+        for _ in range(2 if len(store) else 0):
+            k = min(10, len(store))
+            self.retriever.retrieve(states, mask, k, max(k, min(100, len(store))))
         pb_utils.Logger.log_info(f"{args['model_name']}: pool_cross CPU path: {cpu_native.describe()}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # Families must outlive their metrics: keep both on the instance.
