@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     q = sub.add_parser("query", parents=[common], help="top-K keywords for a query text")
     q.add_argument("text")
     q.add_argument("--top-k", type=int, default=10)
-    q.add_argument("--candidates", type=int, default=None, help="K' re-scored with res (0 = cosine only)")
+    q.add_argument("--candidates", type=int, default=None, help="K' re-scored with res (0 = cosine only; default: the server's, the cosine order as shipped)")
     q.add_argument("--json", action="store_true", help="one JSON object per result")
     q.set_defaults(func=cmd_query)
     r = sub.add_parser("relevance", parents=[common], help="scores of a query against keyword ids")

@@ -36,8 +36,8 @@ class InvalidRequest(ClientError):
 
 
 class Hit(NamedTuple):
-    """One retrieved keyword (a named tuple: immutable, and about ten times cheaper to build than a
-    frozen dataclass, which counts at 100 hits a call)."""
+    """One retrieved keyword: a named tuple (immutable, about half the construction cost of a frozen
+    dataclass, which counts at 100 hits a call); `to_dict()` for JSON."""
     rank: int
     score: float
     keyword_id: str
@@ -121,7 +121,10 @@ def decode_bytes_tensor(buf: bytes, count: int) -> list[str]:
         offset += 4
         if offset + n > end:
             raise ClientError("malformed BYTES tensor in the response (element overruns the buffer)")
-        out.append(buf[offset:offset + n].decode("utf-8", errors="replace"))
+        try:
+            out.append(buf[offset:offset + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ClientError(f"BYTES element {len(out)} of the response is not valid UTF-8") from None
         offset += n
     if len(out) != count:
         raise ClientError(f"malformed BYTES tensor in the response: {len(out)} elements for {count}")
@@ -136,15 +139,19 @@ def _hits(result) -> list[list[Hit]]:
     missing = [n for n in RETRIEVE_OUTPUTS if n not in by_name]
     if missing:
         raise ClientError(f"the response lacks {', '.join(missing)}")
+    dtypes = {o.name: o.datatype for o in response.outputs}
+    expected = {"KEYWORD_IDS": "BYTES", "KEYWORD_TEXTS": "BYTES", "SCORES": "FP32"}
+    if any(dtypes[n] != t for n, t in expected.items()):
+        raise ClientError(f"unexpected output datatypes {[dtypes[n] for n in RETRIEVE_OUTPUTS]}")
     shape = by_name["KEYWORD_IDS"][0]
     if len(shape) != 2 or any(by_name[n][0] != shape for n in RETRIEVE_OUTPUTS):
         raise ClientError(f"unexpected output shapes {[by_name[n][0] for n in RETRIEVE_OUTPUTS]}")
     rows, k = shape
     ids = decode_bytes_tensor(by_name["KEYWORD_IDS"][1], rows * k)
     texts = decode_bytes_tensor(by_name["KEYWORD_TEXTS"][1], rows * k)
+    if len(by_name["SCORES"][1]) != 4 * rows * k:
+        raise ClientError(f"malformed SCORES in the response: {len(by_name['SCORES'][1])} bytes for {rows * k} values")
     scores = np.frombuffer(by_name["SCORES"][1], dtype="<f4")
-    if scores.size != rows * k:
-        raise ClientError(f"malformed SCORES in the response: {scores.size} values for {rows * k}")
     scores = scores.tolist()
     return [[Hit(j + 1, scores[row * k + j], ids[row * k + j], texts[row * k + j]) for j in range(k)]
             for row in range(rows)]

@@ -7,8 +7,9 @@
 loadtest: perf_analyzer and the project's asyncio generator, same held-out queries, same closed-loop
 concurrency levels, side by side (report: table, JSON, CSV, PNG).
 bench: in one run on the same queries and candidates: served `relevance` for 100 candidates against
-the teacher cross-encoder scoring the same 100 pairs in-process; served `retrieve` top-100 against
-the same pipeline in-process without Triton.
+the teacher cross-encoder scoring the same 100 pairs in-process; served `retrieve` top-100 (the
+server's default K', and with the top 100 re-scored by res) against the same pipeline in-process
+without Triton.
 """
 from __future__ import annotations
 
@@ -194,9 +195,11 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# End-to-end benchmark (one run, same queries and candidates)", "",
-             f"{len(queries)} held-out test queries. `retrieve top-100` is the served default (cosine order, no "
-             "re-scoring); the next row asks for the top 100 re-scored with res (`candidates` = 100); relevance "
-             "candidates are each query's cosine top-100. Served = over gRPC "
+             f"{len(queries)} held-out test queries. `retrieve top-100` runs the served default K' "
+             f"({pipe.default_candidates}: " + ("the cosine order, no re-scoring" if not pipe.default_candidates
+                                               else "re-scored with res") + "); the next row asks for the top 100 "
+             "re-scored with res (`candidates` = 100); relevance candidates are each query's cosine top-100. "
+             "Served = over gRPC "
              "through the real tritonserver (one client); in-process = the same artifacts and code without Triton, "
              f"with {served_threads} intra-op thread(s) as each served model is configured (`in_process_*`, the "
              "baseline of `served_over_in_process`) and with both cores (`*_2_threads`). Medians and p99 in ms "

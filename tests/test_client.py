@@ -61,13 +61,16 @@ def test_report_writes_table_json_csv_and_png(tmp_path):
     assert (tmp_path / "lt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _response(ids, texts, scores, shape):
+def _response(ids, texts, scores, shape, scores_dtype="FP32", scores_bytes=None, drop=()):
     import numpy as np
     from tritonclient.grpc import InferResult, service_pb2
     wire = lambda items: b"".join(len(b).to_bytes(4, "little") + b for b in items)  # noqa: E731
     r = service_pb2.ModelInferResponse(model_name="retrieve")
+    raw = scores_bytes if scores_bytes is not None else np.array(scores, dtype="<f4").tobytes()
     for name, dtype, data in (("KEYWORD_IDS", "BYTES", wire(ids)), ("KEYWORD_TEXTS", "BYTES", wire(texts)),
-                              ("SCORES", "FP32", np.array(scores, dtype="<f4").tobytes())):
+                              ("SCORES", scores_dtype, raw)):
+        if name in drop:
+            continue
         o = r.outputs.add()
         o.name, o.datatype = name, dtype
         o.shape.extend(shape)
@@ -97,3 +100,11 @@ def test_malformed_responses_raise_client_errors():
         _hits(_response([b"a", b"b"], [b"x", b"y"], [0.1, 0.2, 0.3, 0.4], [2, 2]))
     with pytest.raises(ClientError, match="unexpected output shapes"):
         _hits(_response([b"a", b"b"], [b"x", b"y"], [0.1, 0.2], [2]))
+    with pytest.raises(ClientError, match="lacks SCORES"):
+        _hits(_response([b"a"], [b"x"], [0.1], [1, 1], drop=("SCORES",)))
+    with pytest.raises(ClientError, match="datatypes"):
+        _hits(_response([b"a"], [b"x"], [0.1], [1, 1], scores_dtype="FP64", scores_bytes=b"\0" * 8))
+    with pytest.raises(ClientError, match="7 bytes for 2 values"):
+        _hits(_response([b"a", b"b"], [b"x", b"y"], None, [1, 2], scores_bytes=b"\0" * 7))
+    with pytest.raises(ClientError, match="not valid UTF-8"):
+        _hits(_response([b"a", b"\xff"], [b"x", b"y"], [0.1, 0.2], [1, 2]))

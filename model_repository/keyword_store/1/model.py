@@ -15,7 +15,10 @@ from serving.retrieval import Retriever
 
 
 # Each custom-metric update is a round trip to the server process (about 80 us, measured in the
-# stub), so the candidates counter is added to in bulk: at most once per interval, and at unload.
+# stub), so each instance adds to the candidates counter in bulk: a request that comes at least
+# METRIC_FLUSH_S after the instance's last update adds everything counted since, and so does unloading.
+# A count can therefore wait in an instance that has gone quiet (an overflow instance after a burst)
+# until its next request.
 METRIC_FLUSH_S = 1.0
 
 
@@ -30,8 +33,8 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         config = json.loads(args["model_config"])
         params, pc_config = PoolCrossParams.load(version_dir)
-        self.default_candidates, _ = serving_defaults(
-            pc_config, int(config["parameters"]["default_candidates"]["string_value"]))
+        configured = config.get("parameters", {}).get("default_candidates", {}).get("string_value", "0")
+        self.default_candidates, _ = serving_defaults(pc_config, int(configured))
         # Refuse a store built with another encoder (its manifest names the export it was built from).
         store = KeywordStore(version_dir / "store", expect_encoder_sha256=sha256_file(version_dir / "export.json"),
                              expect_dim=params.dim)
@@ -54,6 +57,7 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER)
         self.size = self.size_family.Metric(labels=labels)
         self.size.set(len(store))
+        self.store_size = len(store)
         self.scored = self.scored_family.Metric(labels=labels)
         self.scored_pending, self.scored_flushed_at = 0, time.monotonic()
 
@@ -81,8 +85,8 @@ class TritonPythonModel:
             except (BadRequest, ValueError, TypeError) as e:
                 responses.append(_error(str(e)))
                 continue
-            if candidates:
-                self._count_scored(candidates * len(states))
+            # K' as re-scored: the retriever clamps it to the store's size (0 when not re-scored)
+            self._count_scored((min(candidates, self.store_size) if candidates else 0) * len(states))
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
                 pb_utils.Tensor("SCORES", scores)]))

@@ -1,0 +1,92 @@
+"""The served defaults of a model whose res head counts as trained, on the real tritonserver: the
+configured K' ("default_candidates") is what a request without `candidates` gets, served and
+in-process alike, and the candidates counter adds up exactly."""
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from client import TwinBertClient
+from serving.keyword_store import IndexSpec
+from serving.repository import assemble
+from serving.server import TritonServer, free_port
+from training.index import build as build_index
+
+pytestmark = pytest.mark.server
+
+TITLES = {
+    "d1": "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit",
+    "d2": "Milwaukee M18 Cordless Compact Drill Driver",
+    "f1": "Hampton Bay 52 in. Ceiling Fan with Light Kit",
+    "h1": "Flexzilla 50 ft. Garden Hose",
+    "k1": "Glacier Bay White Single-Handle Kitchen Faucet",
+    "p1": "BEHR Premium Plus Ultra Interior Paint",
+    "l1": "Philips 60-Watt Equivalent LED Light Bulb",
+    "m1": "Quikrete 80 lb. Concrete Mix",
+}
+DEFAULT_CANDIDATES = 5
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from training.export import export
+    from training.twin import TwinBERT, TwinConfig
+    root = tmp_path_factory.mktemp("defaults")
+    torch.manual_seed(1)
+    TwinBERT(TwinConfig(num_layers=1, trained_crossings=("cos", "res"))).save(root / "model")
+    exported = export(root / "model", root / "export")
+    store = build_index(exported, root / "store", list(TITLES), list(TITLES.values()), IndexSpec("flat"),
+                        progress=False)
+    repo = assemble(exported, store, root / "repo")
+    config = repo / "keyword_store" / "config.pbtxt"
+    text = config.read_text()
+    # one store instance, so that every request's count lands in the same process
+    for old, new in (('key: "default_candidates" value: { string_value: "0" }',
+                      f'key: "default_candidates" value: {{ string_value: "{DEFAULT_CANDIDATES}" }}'),
+                     ("},\n  { count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}")):
+        assert old in text
+        text = text.replace(old, new)
+    config.write_text(text)
+    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                      log_file=root / "server.log") as s:
+        yield s
+
+
+def test_a_request_without_candidates_gets_the_configured_default(server):
+    from serving.pipeline import InProcessPipeline
+    pipe = InProcessPipeline(server.repository)
+    assert pipe.default_candidates == DEFAULT_CANDIDATES and pipe.default_crossing == "res"
+    with TwinBertClient(server.grpc_url) as c:
+        default = c.retrieve("cordless drill", 3)
+        rescored = c.retrieve("cordless drill", 3, candidates=DEFAULT_CANDIDATES)
+        cosine = c.retrieve("cordless drill", 3, candidates=0)
+    assert default == rescored
+    ids, _, scores = pipe.retrieve("cordless drill", 3)
+    assert [h.keyword_id for h in default] == [i.decode() for i in ids[0]]
+    np.testing.assert_allclose([h.score for h in default], scores[0], atol=1e-5)
+    # re-scored answers carry res probabilities, the cosine-only ones cosines: different numbers
+    assert not np.allclose([h.score for h in cosine], [h.score for h in default])
+
+
+def _scored_total(server) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("twinbert_candidates_scored_total{"))
+
+
+def test_candidates_counter_adds_up_exactly_in_bulk(server):
+    with TwinBertClient(server.grpc_url) as c:
+        time.sleep(1.1)
+        c.retrieve("paint", 3, candidates=0)  # adds whatever earlier tests left pending
+        before = _scored_total(server)
+        for q in ("drill", "hose", "fan", "paint"):
+            c.retrieve(q, 3, candidates=4)
+        c.retrieve("bulb", 2, candidates=100)  # K' beyond the store: its 8 keywords are re-scored
+        c.retrieve("faucet", 3)  # the default K'
+        burst = _scored_total(server) - before
+        time.sleep(1.1)
+        c.retrieve("paint", 3, candidates=0)  # nothing re-scored, but it flushes the instance's count
+    assert _scored_total(server) - before == 4 * 4 + len(TITLES) + DEFAULT_CANDIDATES
+    assert burst < 4 * 4 + len(TITLES) + DEFAULT_CANDIDATES  # not every request updated the counter
