@@ -151,8 +151,7 @@ def _hits(result) -> list[list[Hit]]:
     texts = decode_bytes_tensor(by_name["KEYWORD_TEXTS"][1], rows * k)
     if len(by_name["SCORES"][1]) != 4 * rows * k:
         raise ClientError(f"malformed SCORES in the response: {len(by_name['SCORES'][1])} bytes for {rows * k} values")
-    scores = np.frombuffer(by_name["SCORES"][1], dtype="<f4")
-    scores = scores.tolist()
+    scores = np.frombuffer(by_name["SCORES"][1], dtype="<f4").tolist()
     return [[Hit(j + 1, scores[row * k + j], ids[row * k + j], texts[row * k + j]) for j in range(k)]
             for row in range(rows)]
 

@@ -57,7 +57,6 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER)
         self.size = self.size_family.Metric(labels=labels)
         self.size.set(len(store))
-        self.store_size = len(store)
         self.scored = self.scored_family.Metric(labels=labels)
         self.scored_pending, self.scored_flushed_at = 0, time.monotonic()
 
@@ -85,8 +84,8 @@ class TritonPythonModel:
             except (BadRequest, ValueError, TypeError) as e:
                 responses.append(_error(str(e)))
                 continue
-            # K' as re-scored: the retriever clamps it to the store's size (0 when not re-scored)
-            self._count_scored((min(candidates, self.store_size) if candidates else 0) * len(states))
+            # K' as re-scored: the retriever clamps it to the store's size (0: not re-scored)
+            self._count_scored(min(candidates, len(self.retriever.store)) * len(states))
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
                 pb_utils.Tensor("SCORES", scores)]))
