@@ -135,23 +135,22 @@ def _hits(result) -> list[list[Hit]]:
     """Hits from the raw response: strings decoded straight from the wire buffers."""
     response = result.get_response()
     raw = list(response.raw_output_contents)
-    by_name = {o.name: (list(o.shape), raw[i] if i < len(raw) else b"") for i, o in enumerate(response.outputs)}
-    missing = [n for n in RETRIEVE_OUTPUTS if n not in by_name]
+    out = {o.name: (list(o.shape), o.datatype, raw[i] if i < len(raw) else b"") for i, o in enumerate(response.outputs)}
+    missing = [n for n in RETRIEVE_OUTPUTS if n not in out]
     if missing:
         raise ClientError(f"the response lacks {', '.join(missing)}")
-    dtypes = {o.name: o.datatype for o in response.outputs}
-    expected = {"KEYWORD_IDS": "BYTES", "KEYWORD_TEXTS": "BYTES", "SCORES": "FP32"}
-    if any(dtypes[n] != t for n, t in expected.items()):
-        raise ClientError(f"unexpected output datatypes {[dtypes[n] for n in RETRIEVE_OUTPUTS]}")
-    shape = by_name["KEYWORD_IDS"][0]
-    if len(shape) != 2 or any(by_name[n][0] != shape for n in RETRIEVE_OUTPUTS):
-        raise ClientError(f"unexpected output shapes {[by_name[n][0] for n in RETRIEVE_OUTPUTS]}")
+    (shape, ids_type, ids_raw), (texts_shape, texts_type, texts_raw), (scores_shape, scores_type, scores_raw) = (
+        out[n] for n in RETRIEVE_OUTPUTS)
+    if (ids_type, texts_type, scores_type) != ("BYTES", "BYTES", "FP32"):
+        raise ClientError(f"unexpected output datatypes {[ids_type, texts_type, scores_type]}")
+    if len(shape) != 2 or not shape == texts_shape == scores_shape:
+        raise ClientError(f"unexpected output shapes {[shape, texts_shape, scores_shape]}")
     rows, k = shape
-    ids = decode_bytes_tensor(by_name["KEYWORD_IDS"][1], rows * k)
-    texts = decode_bytes_tensor(by_name["KEYWORD_TEXTS"][1], rows * k)
-    if len(by_name["SCORES"][1]) != 4 * rows * k:
-        raise ClientError(f"malformed SCORES in the response: {len(by_name['SCORES'][1])} bytes for {rows * k} values")
-    scores = np.frombuffer(by_name["SCORES"][1], dtype="<f4").tolist()
+    ids = decode_bytes_tensor(ids_raw, rows * k)
+    texts = decode_bytes_tensor(texts_raw, rows * k)
+    if len(scores_raw) != 4 * rows * k:
+        raise ClientError(f"malformed SCORES in the response: {len(scores_raw)} bytes for {rows * k} values")
+    scores = np.frombuffer(scores_raw, dtype="<f4").tolist()
     return [[Hit(j + 1, scores[row * k + j], ids[row * k + j], texts[row * k + j]) for j in range(k)]
             for row in range(rows)]
 

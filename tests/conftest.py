@@ -22,3 +22,18 @@ def tiny_export(tmp_path_factory):
     torch.manual_seed(0)
     TwinBERT(TwinConfig(num_layers=1)).save(root / "model")
     return export(root / "model", root / "export")
+
+
+@pytest.fixture(scope="session")
+def build_repository():
+    """build(export, titles {id: text}, root) -> (store dir, runnable model repository): the keyword
+    store (exact `flat` index) under root/store and the repository assembled under root/repo."""
+    from serving.keyword_store import IndexSpec
+    from serving.repository import assemble
+    from training.index import build as build_index
+
+    def build(export, titles: dict, root):
+        store = root / "store"
+        build_index(export, store, list(titles), list(titles.values()), IndexSpec("flat"), progress=False)
+        return store, assemble(export, store, root / "repo")
+    return build

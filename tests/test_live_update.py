@@ -6,10 +6,8 @@ import pytest
 
 from client import InvalidRequest, TwinBertClient
 from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, write_version
-from serving.repository import assemble
 from serving.server import TritonServer, free_port
 from serving.update_store import build_updated_version, publish
-from training.index import build as build_index
 
 pytestmark = pytest.mark.server
 
@@ -19,10 +17,8 @@ TITLES = {"d1": "DEWALT Cordless Drill Driver Kit", "f1": "Hampton Bay Ceiling F
 
 
 @pytest.fixture
-def live(tiny_export, tmp_path):
-    store = tmp_path / "store"
-    build_index(tiny_export, store, list(TITLES), list(TITLES.values()), IndexSpec("flat"), progress=False)
-    repo = assemble(tiny_export, store, tmp_path / "repo")
+def live(tiny_export, tmp_path, build_repository):
+    store, repo = build_repository(tiny_export, TITLES, tmp_path)
     with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                       log_file=tmp_path / "server.log") as server:
         yield server, store, repo

@@ -11,10 +11,7 @@ import tritonclient.grpc as grpcclient
 
 from client import AsyncTwinBertClient, ClientError, InvalidRequest, TwinBertClient
 from serving.encoder import trim_padding
-from serving.keyword_store import IndexSpec
-from serving.repository import assemble
 from serving.server import TritonServer, free_port
-from training.index import build as build_index
 
 pytestmark = pytest.mark.server
 
@@ -35,11 +32,9 @@ TITLES = {
 
 
 @pytest.fixture(scope="module")
-def server(tiny_export, tmp_path_factory):
+def server(tiny_export, tmp_path_factory, build_repository):
     root = tmp_path_factory.mktemp("serving")
-    store = build_index(tiny_export, root / "store", list(TITLES), list(TITLES.values()), IndexSpec("flat"),
-                        progress=False)
-    repo = assemble(tiny_export, store, root / "repo")
+    _, repo = build_repository(tiny_export, TITLES, root)
     with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                       log_file=root / "server.log") as s:
         yield s

@@ -9,10 +9,7 @@ import pytest
 import torch
 
 from client import TwinBertClient
-from serving.keyword_store import IndexSpec
-from serving.repository import assemble
 from serving.server import TritonServer, free_port
-from training.index import build as build_index
 
 pytestmark = pytest.mark.server
 
@@ -30,16 +27,14 @@ DEFAULT_CANDIDATES = 5
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, build_repository):
     from training.export import export
     from training.twin import TwinBERT, TwinConfig
     root = tmp_path_factory.mktemp("defaults")
     torch.manual_seed(1)
     TwinBERT(TwinConfig(num_layers=1, trained_crossings=("cos", "res"))).save(root / "model")
     exported = export(root / "model", root / "export")
-    store = build_index(exported, root / "store", list(TITLES), list(TITLES.values()), IndexSpec("flat"),
-                        progress=False)
-    repo = assemble(exported, store, root / "repo")
+    _, repo = build_repository(exported, TITLES, root)
     config = repo / "keyword_store" / "config.pbtxt"
     text = config.read_text()
     # one store instance, so that every request's count lands in the same process
