@@ -80,7 +80,7 @@ def train(cfg: TrainConfig) -> Path:
     model = TwinBERT(model_cfg).train()
     qtok = WordPiece(minilm_dir() / "tokenizer.json", model_cfg.query_max_len)
     ktok = WordPiece(minilm_dir() / "tokenizer.json", model_cfg.keyword_max_len)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
     steps_per_epoch = len(positives) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
