@@ -65,6 +65,28 @@ def test_perturbations_change_the_query_deterministically():
     assert perturb("x", random.Random(0)) == ("x", "none")
 
 
+def test_bilstm_interaction_sees_the_query_and_keyword_pieces_and_exact_matches():
+    from training.bilstm import BiLSTMConfig, BiLSTMStudent, exact_match, pair_segments
+    from training.pretrained import minilm_dir
+    from training.tokenize import PairTokenizer
+    tok = PairTokenizer(minilm_dir() / "tokenizer.json", 32)
+    queries, keywords = ["cordless drill", "cordless drill", ""], ["dewalt cordless drill kit", "ceiling fan", "fan"]
+    ids, mask = map(torch.from_numpy, tok(queries, keywords))
+    qm, km = pair_segments(ids, mask)
+    pieces = len(tok._tok.encode("cordless drill", add_special_tokens=False).ids)
+    assert qm.sum(1).tolist() == [pieces, pieces, 0]  # the empty query has none
+    n = mask.sum(1).tolist()
+    assert km.sum(1).tolist() == [n[0] - pieces - 3, n[1] - pieces - 3, 1]  # less [CLS], 2 [SEP], the query
+    assert not (qm & km).any() and not (qm | km)[mask == 0].any()
+    torch.manual_seed(0)
+    e = torch.nn.Embedding(30522, 16)(ids)  # any embeddings: a piece always matches itself exactly
+    mean, low = exact_match(e, qm, km)
+    assert mean[0].item() == pytest.approx(1.0) and low[0].item() == pytest.approx(1.0)
+    assert low[1].item() < 0.9 and mean[2].item() == 0.0 and low[2].item() == 1.0
+    out = BiLSTMStudent(BiLSTMConfig(interaction=True)).eval()(ids, mask)
+    assert out.shape == (3,) and torch.isfinite(out).all()
+
+
 def test_bucketed_batches_cover_each_item_once_and_group_lengths():
     lengths = list(range(1000))
     batches = bucketed_batches(lengths, 10, seed=1, bucket=20)

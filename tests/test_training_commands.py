@@ -62,6 +62,10 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
                           "--listwise-weight", "1"])
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
                      "--out", str(tmp_path / "bilstm")] + small)
+    assert bilstm.BiLSTMStudent.load(tmp_path / "bilstm").config.interaction  # the default
+    bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
+                     "--out", str(tmp_path / "bilstm_plain"), "--no-interaction"] + small)
+    assert not bilstm.BiLSTMStudent.load(tmp_path / "bilstm_plain").config.interaction
     report = evaluate.evaluate([("BM25", "bm25"), ("teacher", f"teacher:{tmp_path / 'teacher'}"),
                                 ("twin", f"twin:{tmp_path / 'twin'}"), ("bilstm", f"bilstm:{tmp_path / 'bilstm'}"),
                                 ("rerank", f"rerank:teacher:{tmp_path / 'teacher'}@{tmp_path / 'twin'}")],

