@@ -66,10 +66,11 @@ def test_perturbations_change_the_query_deterministically():
 
 
 def test_bilstm_interaction_sees_the_query_and_keyword_pieces_and_exact_matches():
-    from training.bilstm import BiLSTMConfig, BiLSTMStudent, exact_match, pair_segments
+    from training.bilstm import CLS_ID, SEP_ID, BiLSTMConfig, BiLSTMStudent, exact_match, pair_segments
     from training.pretrained import minilm_dir
     from training.tokenize import PairTokenizer
     tok = PairTokenizer(minilm_dir() / "tokenizer.json", 32)
+    assert (tok._tok.token_to_id("[CLS]"), tok._tok.token_to_id("[SEP]")) == (CLS_ID, SEP_ID)
     queries, keywords = ["cordless drill", "cordless drill", ""], ["dewalt cordless drill kit", "ceiling fan", "fan"]
     ids, mask = map(torch.from_numpy, tok(queries, keywords))
     qm, km = pair_segments(ids, mask)
