@@ -27,7 +27,7 @@ PROFILES = {
                  twin=["--epochs", "1", "--max-minutes", "14", "--eval-every", "500"],
                  # BiLSTM dev ROC-AUC, plain: 0.680 after 2 epochs, best 0.700-0.710 within 8 (two runs);
                  # 96 units or label weight 1.0 did not beat it (0.707, 0.704). With the interaction
-                 # layer: 0.741 after 1 epoch, 0.754 within 8 (6.5 min)
+                 # layer: 0.740-0.741 after 1 epoch, 0.754-0.761 within 8 (two runs, 6.1-6.5 min)
                  bilstm=["--epochs", "8", "--max-minutes", "12", "--eval-every", "1600"],
                  ablation_twin=["--epochs", "1", "--max-minutes", "8", "--eval-every", "500"],
                  ablation_bilstm=["--epochs", "8", "--max-minutes", "8", "--eval-every", "900"],
