@@ -1,7 +1,7 @@
 """The whole offline pipeline: quick student -> teacher -> teacher-scored distillation set ->
 TwinBERT and BiLSTM students (each also without augmentation, for the ablation) -> evaluation.
 
-    python -m training.pipeline --profile full     # make train: 64 minutes on 2 cores (latest run), ~80 when slow
+    python -m training.pipeline --profile full     # make train: 66 minutes on 2 cores (latest run, a slow hour)
     python -m training.pipeline --profile quick    # minutes: smoke-run of every step
 
 Each step is skipped when its output is already complete (delete it, or --force, to redo);
