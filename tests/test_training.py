@@ -88,6 +88,33 @@ def test_bilstm_interaction_sees_the_query_and_keyword_pieces_and_exact_matches(
     assert out.shape == (3,) and torch.isfinite(out).all()
 
 
+def test_packed_bilstm_reads_only_real_tokens_so_padding_does_not_move_a_score():
+    from training.bilstm import BiLSTMConfig, BiLSTMStudent
+    from training.pretrained import minilm_dir
+    from training.tokenize import PairTokenizer
+    tok = PairTokenizer(minilm_dir() / "tokenizer.json", 48)
+    pairs = [("drill", "dewalt cordless drill kit with two batteries and a hard case"), ("fan", "ceiling fan")]
+    ids, mask = map(torch.from_numpy, tok(*zip(*pairs)))
+    assert mask[1].sum() < mask.shape[1]  # the short pair is padded in the batch
+    torch.manual_seed(0)
+    for interaction in (False, True):
+        packed = BiLSTMStudent(BiLSTMConfig(interaction=interaction, packed=True)).eval()
+        with torch.no_grad():
+            batch = packed(ids, mask)
+            alone = torch.stack([packed(*map(torch.from_numpy, tok([q], [k]))) for q, k in pairs]).squeeze(1)
+            torch.testing.assert_close(batch, alone, atol=1e-5, rtol=0)
+            # the same states as torch's LSTM over a packed sequence
+            x = torch.tanh(packed.proj(packed.embed(ids)))
+            seq = torch.nn.utils.rnn.pack_padded_sequence(x, mask.sum(1), batch_first=True, enforce_sorted=False)
+            ref, _ = torch.nn.utils.rnn.pad_packed_sequence(packed.lstm(seq)[0], batch_first=True,
+                                                            total_length=ids.shape[1])
+            torch.testing.assert_close(packed._packed_lstm(x, mask)[mask.bool()], ref[mask.bool()], atol=1e-6, rtol=0)
+    padded = BiLSTMStudent(BiLSTMConfig(interaction=True, packed=False)).eval()  # checkpoints from before:
+    padded.load_state_dict(packed.state_dict())                                   # the padding leaks in
+    with torch.no_grad():
+        assert (padded(ids, mask)[1] - padded(*map(torch.from_numpy, tok(["fan"], ["ceiling fan"])))[0]).abs() > 1e-6
+
+
 def test_bucketed_batches_cover_each_item_once_and_group_lengths():
     lengths = list(range(1000))
     batches = bucketed_batches(lengths, 10, seed=1, bucket=20)

@@ -65,6 +65,10 @@ class BiLSTMConfig:
     # cross-attention between the query's and the keyword's BiLSTM states (ESIM-style alignment and
     # composition) plus exact-match features from the embeddings; False = the plain BiLSTM
     interaction: bool = False
+    # each LSTM direction reads only the row's real tokens, so a pair's score does not depend on how
+    # far its batch is padded; False (checkpoints from before) = the backward direction also reads the
+    # batch's trailing padding
+    packed: bool = False
 
 
 class BiLSTMStudent(nn.Module):
@@ -90,12 +94,30 @@ class BiLSTMStudent(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         e = self.embed(input_ids)
-        h, _ = self.lstm(torch.tanh(self.proj(e)))
+        x = torch.tanh(self.proj(e))
+        h = self._packed_lstm(x, attention_mask) if self.config.packed else self.lstm(x)[0]
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         feats = self._pool(h, m)
         if self.config.interaction:
             feats += self._interact(input_ids, attention_mask, e, h)
         return self.head(torch.cat(feats, -1)).squeeze(-1)
+
+    def _direction(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
+        """One direction of self.lstm (its weights with `suffix`) run left to right over x."""
+        w = [getattr(self.lstm, f"{n}_l0{suffix}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h0 = x.new_zeros((1, x.shape[0], self.config.hidden))
+        return torch.lstm(x, (h0, h0), w, True, 1, 0.0, self.training, False, True)[0]
+
+    def _packed_lstm(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The BiLSTM as over packed sequences: the forward direction reads x as is (trailing padding
+        comes after every real token), the backward one each row's real tokens reversed in place,
+        its states then put back in order (the reversal is its own inverse)."""
+        length = mask.sum(1, keepdim=True)
+        pos = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        rev = torch.where(pos < length, length - 1 - pos, pos)
+        backward = self._direction(x.gather(1, rev.unsqueeze(-1).expand_as(x)), "_reverse")
+        backward = backward.gather(1, rev.unsqueeze(-1).expand_as(backward))
+        return torch.cat([self._direction(x, ""), backward], -1)
 
     def _interact(self, ids, mask, e, h) -> list[torch.Tensor]:
         qm, km = pair_segments(ids, mask)
@@ -157,7 +179,7 @@ def main(argv=None) -> None:
     teacher = CrossEncoder.load(args.teacher)
     emb = teacher.encoder.bert.embeddings.word_embeddings.weight.detach().clone()
     model = BiLSTMStudent(BiLSTMConfig(vocab_size=emb.shape[0], embed_dim=emb.shape[1], proj_dim=args.proj_dim,
-                                       hidden=args.hidden, interaction=args.interaction), emb)
+                                       hidden=args.hidden, interaction=args.interaction, packed=True), emb)
     del teacher
     tok = model.tokenizer()
     dev = dev_sample(split_pairs(load_pairs(args.data))["dev"], args.dev_pairs, args.seed)
