@@ -1,6 +1,6 @@
 """Command line for a running TwinBERT server.
 
-    python -m client query "cordless drill" [--top-k 10] [--candidates 100] [--json]
+    python -m client query "cordless drill" [--top-k 10] [--candidates 100 | --rerank 50] [--json]
     python -m client relevance "cordless drill" 100001 100002 ... [--crossing res|cos] [--json]
     python -m client health [--json]
     python -m client loadtest --queries FILE [--target retrieve|relevance] [--concurrency 1,4,16 | --rate 50,100]
@@ -27,7 +27,7 @@ def _client(args) -> TwinBertClient:
 def cmd_query(args) -> int:
     with _client(args) as c:
         start = time.perf_counter()
-        hits = c.retrieve(args.text, args.top_k, args.candidates)
+        hits = c.retrieve(args.text, args.top_k, args.candidates, args.rerank)
         ms = (time.perf_counter() - start) * 1000
     if args.json:
         for h in hits:
@@ -94,7 +94,10 @@ def main(argv=None) -> int:
     q = sub.add_parser("query", parents=[common], help="top-K keywords for a query text")
     q.add_argument("text")
     q.add_argument("--top-k", type=int, default=10)
-    q.add_argument("--candidates", type=int, default=None, help="K' re-scored with res (0 = cosine only; default: the server's, the cosine order as shipped)")
+    order = q.add_mutually_exclusive_group()
+    order.add_argument("--candidates", type=int, default=None, help="K' re-scored with res (0 = cosine only; default: the server's, the cosine order as shipped)")
+    order.add_argument("--rerank", type=int, default=None, metavar="DEPTH",
+                       help="re-order the cosine top DEPTH (top-k..200) with the BiLSTM re-ranker (retrieve_rerank)")
     q.add_argument("--json", action="store_true", help="one JSON object per result")
     q.set_defaults(func=cmd_query)
     r = sub.add_parser("relevance", parents=[common], help="scores of a query against keyword ids")

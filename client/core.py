@@ -87,12 +87,25 @@ def _is_unavailable(e: InferenceServerException) -> bool:
     return str(e.status() or "").endswith("UNAVAILABLE")
 
 
-def _retrieve_inputs(module, queries: list[str], k: int):
+def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = None):
     q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
     q.set_data_from_numpy(np.array([[s.encode("utf-8")] for s in queries], dtype=object))
     top_k = module.InferInput("TOP_K", [len(queries), 1], "INT32")
     top_k.set_data_from_numpy(np.full((len(queries), 1), k, dtype=np.int32))
-    return [q, top_k], [module.InferRequestedOutput(n) for n in RETRIEVE_OUTPUTS]
+    inputs = [q, top_k]
+    if depth is not None:
+        d = module.InferInput("DEPTH", [len(queries), 1], "INT32")
+        d.set_data_from_numpy(np.full((len(queries), 1), depth, dtype=np.int32))
+        inputs.append(d)
+    return inputs, [module.InferRequestedOutput(n) for n in RETRIEVE_OUTPUTS]
+
+
+def _retrieve_model(rerank_depth: int | None, candidates: int | None) -> str:
+    if rerank_depth is None:
+        return "retrieve"
+    if candidates is not None:
+        raise ValueError("candidates (res re-scoring) and rerank_depth (the BiLSTM re-ranker) exclude each other")
+    return "retrieve_rerank"
 
 
 def _relevance_inputs(module, queries: list[str], keyword_ids: list[list[str]]):
@@ -194,15 +207,20 @@ class TwinBertClient:
         return self._call(self._client.infer, model, inputs, outputs=outputs,
                           client_timeout=self.options.timeout_s, parameters=parameters)
 
-    def retrieve(self, query: str, k: int = 10, candidates: int | None = None) -> list[Hit]:
-        return self.retrieve_batch([query], k, candidates)[0]
+    def retrieve(self, query: str, k: int = 10, candidates: int | None = None,
+                 rerank_depth: int | None = None) -> list[Hit]:
+        return self.retrieve_batch([query], k, candidates, rerank_depth)[0]
 
-    def retrieve_batch(self, queries: list[str], k: int = 10, candidates: int | None = None) -> list[list[Hit]]:
-        """Top-k keywords per query; `candidates` = K' re-scored with res (0 = cosine only; None = server default)."""
+    def retrieve_batch(self, queries: list[str], k: int = 10, candidates: int | None = None,
+                       rerank_depth: int | None = None) -> list[list[Hit]]:
+        """Top-k keywords per query; `candidates` = K' re-scored with res (0 = cosine only; None = server
+        default). `rerank_depth` = D instead re-orders the cosine top D with the BiLSTM re-ranker
+        (the `retrieve_rerank` ensemble; k <= D <= 200)."""
         if not queries:
             return []
-        inputs, outputs = _retrieve_inputs(grpcclient, queries, k)
-        return _hits(self._infer("retrieve", inputs, outputs, _retrieve_params(candidates)))
+        model = _retrieve_model(rerank_depth, candidates)
+        inputs, outputs = _retrieve_inputs(grpcclient, queries, k, rerank_depth)
+        return _hits(self._infer(model, inputs, outputs, _retrieve_params(candidates)))
 
     def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
         return self.relevance_batch([query], [keyword_ids], crossing)[0]
@@ -272,14 +290,16 @@ class AsyncTwinBertClient:
                     raise _error(e) from None
                 await asyncio.sleep(delay)
 
-    async def retrieve(self, query: str, k: int = 10, candidates: int | None = None) -> list[Hit]:
-        return (await self.retrieve_batch([query], k, candidates))[0]
+    async def retrieve(self, query: str, k: int = 10, candidates: int | None = None,
+                       rerank_depth: int | None = None) -> list[Hit]:
+        return (await self.retrieve_batch([query], k, candidates, rerank_depth))[0]
 
-    async def retrieve_batch(self, queries, k=10, candidates=None) -> list[list[Hit]]:
+    async def retrieve_batch(self, queries, k=10, candidates=None, rerank_depth=None) -> list[list[Hit]]:
         if not queries:
             return []
-        inputs, outputs = _retrieve_inputs(grpcaio, queries, k)
-        return _hits(await self._infer("retrieve", inputs, outputs, _retrieve_params(candidates)))
+        model = _retrieve_model(rerank_depth, candidates)
+        inputs, outputs = _retrieve_inputs(grpcaio, queries, k, rerank_depth)
+        return _hits(await self._infer(model, inputs, outputs, _retrieve_params(candidates)))
 
     async def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
         return (await self.relevance_batch([query], [keyword_ids], crossing))[0]

@@ -12,6 +12,7 @@ from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore
 from serving.repository import model_parameter
 from serving.requests import serving_defaults
+from serving.rerank import Reranker
 from serving.retrieval import Retriever
 
 
@@ -26,6 +27,8 @@ class InProcessPipeline:
             pc, int(model_parameter(repo, "keyword_store", "default_candidates", "0")))
         self.store = KeywordStore(repo / "keyword_store/1/store")
         self.retriever = Retriever(self.store, self.params)
+        # the third stage of retrieve_rerank, when the repository has one
+        self.reranker = Reranker(repo / "reranker/1") if (repo / "reranker/1/reranker.pt").is_file() else None
 
     def encode(self, queries: list[str]):
         ids, mask = self.encoder.tokenize(queries)
@@ -35,6 +38,14 @@ class InProcessPipeline:
         states, mask = self.encode([query])
         c = self.default_candidates if candidates is None else candidates
         return self.retriever.retrieve(states, mask, k, max(c, k) if c else 0)
+
+    def retrieve_rerank(self, query: str, k: int = 10, depth: int = 50):
+        """The cosine top-`depth` (keyword_store as served, K' its default) re-ordered by the
+        re-ranker: the top k as (ids, texts, scores), each [1, k]."""
+        if self.reranker is None:
+            raise RuntimeError("this repository has no re-ranker (serving.build exports one after make train)")
+        ids, texts, _ = self.retrieve(query, depth)
+        return tuple(a[None] for a in self.reranker.rerank(query, ids[0], texts[0], k))
 
     @torch.inference_mode()
     def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> np.ndarray:

@@ -1,9 +1,12 @@
 """Assemble a runnable Triton model repository from the committed configs plus built artifacts.
 
 `model_repository/` in the source tree holds configs and model code only; artifacts are placed into
-each model's version directory (hard links when possible, so nothing large is copied).
+each model's version directory (hard links when possible, so nothing large is copied). The
+`reranker` model and the `retrieve_rerank` ensemble are included only with a re-ranker export
+(`--reranker`, from `python -m training.export --reranker`).
 
-    python -m serving.repository --export artifacts/export --store artifacts/keyword_store --out artifacts/model_repository
+    python -m serving.repository --export artifacts/export --store artifacts/keyword_store --out artifacts/model_repository \
+        [--reranker artifacts/export_reranker]
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ EXPORT_FILES = {
     "keyword_store": ("pool_cross.safetensors", "pool_cross.json", "export.json"),
 }
 STORE_MODELS = ("keyword_store", "keyword_vectors")  # models whose version dir holds store/
+RERANKER_FILES = ("reranker.pt", "reranker.json", "tokenizer.json")  # from the re-ranker export
+RERANK_MODELS = ("reranker", "retrieve_rerank")  # present only with a re-ranker export
 WARMUP_QUERY = "cordless drill"
 # Longer than query_max_len: the encoder's other trimmed width (serving/encoder.py) is warmed as well.
 WARMUP_LONG_QUERY = "milwaukee m18 fuel 18 volt lithium ion brushless cordless hammer drill driver kit with two batteries"
@@ -82,14 +87,23 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> Non
     put("keyword_vectors", "keyword_ids", len(first_id).to_bytes(4, "little") + first_id)
 
 
-def assemble(export_dir: str | Path, store: str | Path, out: str | Path) -> Path:
-    """Write the repository to `out` (replaced whole). `store` is a store root or one version dir."""
+def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
+             reranker_dir: str | Path | None = None) -> Path:
+    """Write the repository to `out` (replaced whole). `store` is a store root or one version dir;
+    `reranker_dir`, a re-ranker export, adds the `reranker` model and the `retrieve_rerank` ensemble."""
     export_dir, out = Path(export_dir), Path(out)
+    if reranker_dir is not None:
+        missing = [n for n in RERANKER_FILES if not (Path(reranker_dir) / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{reranker_dir}: re-ranker export lacks {', '.join(missing)}; run "
+                                    "`python -m training.export --reranker CKPT --reranker-out DIR`")
     store = Path(store)
     store_version = store if (store / "manifest.json").is_file() else latest_version(store)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for model_dir in sorted(p for p in SOURCE.iterdir() if (p / "config.pbtxt").is_file()):
+        if model_dir.name in RERANK_MODELS and reranker_dir is None:
+            continue
         dst = tmp / model_dir.name
         shutil.copytree(model_dir, dst, ignore=shutil.ignore_patterns("__pycache__", ".gitkeep"))
         (dst / "1").mkdir(exist_ok=True)
@@ -98,6 +112,9 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path) -> Path
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found; run `python -m training.export` first")
             _place(src, dst / "1" / name)
+    if reranker_dir is not None:
+        for name in RERANKER_FILES:
+            _place(Path(reranker_dir) / name, tmp / "reranker" / "1" / name)
     for model in STORE_MODELS:
         for f in store_version.iterdir():
             _place(f, tmp / model / "1" / "store" / f.name)
@@ -116,8 +133,9 @@ def main(argv=None) -> None:
     ap.add_argument("--export", required=True)
     ap.add_argument("--store", required=True, help="keyword store root (latest version) or a version dir")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--reranker", help="re-ranker export (adds the reranker model and retrieve_rerank)")
     args = ap.parse_args(argv)
-    print(f"repository: {assemble(args.export, args.store, args.out)}")
+    print(f"repository: {assemble(args.export, args.store, args.out, args.reranker)}")
 
 
 if __name__ == "__main__":

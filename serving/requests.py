@@ -37,8 +37,8 @@ def decode_queries(raw: np.ndarray) -> list[str]:
     return out
 
 
-def decode_top_k(raw: np.ndarray, rows: int) -> int:
-    """TOP_K [B, 1] int -> one k for the request, within 1..MAX_TOP_K."""
+def decode_top_k(raw: np.ndarray, rows: int, hint: str = "") -> int:
+    """TOP_K [B, 1] int -> one k for the request, within 1..MAX_TOP_K (`hint` ends the error message)."""
     flat = raw.reshape(-1)
     if flat.size != rows:
         raise BadRequest(f"TOP_K must have one value per QUERY row ({rows}), got {flat.size}")
@@ -47,8 +47,37 @@ def decode_top_k(raw: np.ndarray, rows: int) -> int:
         raise BadRequest(f"TOP_K must be the same for every row of one request, got {sorted(values)}")
     k = values.pop()
     if not 1 <= k <= MAX_TOP_K:
-        raise BadRequest(f"TOP_K must be between 1 and {MAX_TOP_K}, got {k}")
+        raise BadRequest(f"TOP_K must be between 1 and {MAX_TOP_K}, got {k}{hint}")
     return k
+
+
+def decode_depth(raw: np.ndarray, rows: int, k: int, limit: int) -> int:
+    """DEPTH [B, 1] int (retrieve_rerank: cosine candidates the re-ranker reads) -> one depth for the
+    request, within TOP_K..limit."""
+    flat = raw.reshape(-1)
+    if flat.size != rows:
+        raise BadRequest(f"DEPTH must have one value per QUERY row ({rows}), got {flat.size}")
+    values = {int(v) for v in flat}
+    if len(values) != 1:
+        raise BadRequest(f"DEPTH must be the same for every row of one request, got {sorted(values)}")
+    depth = values.pop()
+    if not k <= depth <= limit:
+        raise BadRequest(f"DEPTH must be between TOP_K ({k}) and {limit}, got {depth}")
+    return depth
+
+
+def decode_texts(raw: np.ndarray, name: str) -> np.ndarray:
+    """A [B, N] BYTES tensor -> the same object array, after checking that every element is UTF-8."""
+    if raw.ndim != 2:
+        raise BadRequest(f"{name} must be [batch, N], got {list(raw.shape)}")
+    for r, row in enumerate(raw):
+        for item in row:
+            if isinstance(item, bytes):
+                try:
+                    item.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest(f"{name} row {r} holds an element that is not valid UTF-8") from None
+    return raw
 
 
 def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int, max_length: int | None = None) -> None:

@@ -25,15 +25,32 @@ def tiny_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory):
+    """A real BiLSTM student with the interaction layer over MiniLM's pretrained word embeddings
+    (its other weights untrained), saved and exported as the re-ranker."""
+    from training.bilstm import BiLSTMConfig, BiLSTMStudent
+    from training.export import export_reranker
+    from training.twin import Encoder
+
+    root = tmp_path_factory.mktemp("reranker")
+    torch.manual_seed(1)
+    emb = Encoder(1).bert.embeddings.word_embeddings.weight.detach()
+    BiLSTMStudent(BiLSTMConfig(vocab_size=emb.shape[0], embed_dim=emb.shape[1], interaction=True, packed=True),
+                  emb).save(root / "bilstm")
+    return export_reranker(root / "bilstm", root / "export")
+
+
+@pytest.fixture(scope="session")
 def build_repository():
-    """build(export, titles {id: text}, root) -> (store dir, runnable model repository): the keyword
-    store (exact `flat` index) under root/store and the repository assembled under root/repo."""
+    """build(export, titles {id: text}, root[, reranker]) -> (store dir, runnable model repository):
+    the keyword store (exact `flat` index) under root/store and the repository assembled under
+    root/repo (with the re-ranker models when a re-ranker export is given)."""
     from serving.keyword_store import IndexSpec
     from serving.repository import assemble
     from training.index import build as build_index
 
-    def build(export, titles: dict, root):
+    def build(export, titles: dict, root, reranker=None):
         store = root / "store"
         build_index(export, store, list(titles), list(titles.values()), IndexSpec("flat"), progress=False)
-        return store, assemble(export, store, root / "repo")
+        return store, assemble(export, store, root / "repo", reranker)
     return build

@@ -58,3 +58,44 @@ def test_indexer_builds_an_hnsw_fp16_store_and_refuses_float32_before_embedding(
     vectors = embed_texts(encoder, tokenizer, texts, progress=False)
     np.testing.assert_allclose(store.lookup(["d3", "d1"]), vectors[[2, 0]], rtol=2e-3, atol=2e-3)
     assert store.search(vectors[[1]], 1)[0][0] == [1]
+
+
+def test_reranker_export_scores_real_pairs_as_the_eager_bilstm(tiny_reranker):
+    from serving.rerank import Reranker
+    from training.bilstm import BiLSTMStudent
+    manifest = json.loads((tiny_reranker / "reranker.json").read_text())
+    assert set(manifest["sha256"]) == {"reranker.pt", "tokenizer.json"} and manifest["max_length"] == 48
+    assert manifest["model_config"]["interaction"] is True
+    eager = BiLSTMStudent.load(manifest["checkpoint"])
+    reranker = Reranker(tiny_reranker)
+    titles = ["DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit", "Flexzilla 50 ft. Garden Hose",
+              "x", "Hampton Bay 52 in. Ceiling Fan with Light Kit " * 8]  # the last is truncated to 48 pieces
+    for query in ("cordless drill", "a", "milwaukee m18 fuel hammer drill driver kit with two batteries"):
+        expected = torch.sigmoid(torch.from_numpy(eager.score([query] * len(titles), titles))).numpy()
+        np.testing.assert_allclose(reranker.scores(query, titles), expected, atol=1e-5)
+    ids = np.array([b"d", b"h", b"x", b"f"], dtype=object)
+    top_ids, top_texts, top_scores = reranker.rerank("cordless drill", ids, np.array([t.encode() for t in titles], dtype=object), 3)
+    s = reranker.scores("cordless drill", titles)
+    assert list(top_ids) == list(ids[np.argsort(-s, kind="stable")[:3]]) and list(top_scores) == sorted(s, reverse=True)[:3]
+    assert top_texts[0].decode() == titles[int(np.argmax(s))]
+    assert reranker.scores("drill", []).shape == (0,)
+
+
+def test_reranker_export_refuses_a_missing_checkpoint(tmp_path):
+    from training.export import export_reranker
+    with pytest.raises(FileNotFoundError, match="no BiLSTM checkpoint"):
+        export_reranker(tmp_path / "nothing", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_repository_has_the_rerank_models_only_with_a_reranker(tmp_path, tiny_export, tiny_reranker, build_repository):
+    from serving.repository import assemble
+    titles = {"d1": "cordless drill", "h1": "garden hose"}
+    store, with_reranker = build_repository(tiny_export, titles, tmp_path, tiny_reranker)
+    assert {"reranker", "retrieve_rerank"} <= {p.name for p in with_reranker.iterdir()}
+    assert (with_reranker / "reranker/1/reranker.pt").is_file()
+    without = assemble(tiny_export, store, tmp_path / "plain")
+    names = {p.name for p in without.iterdir()}
+    assert "retrieve" in names and not names & {"reranker", "retrieve_rerank"}
+    with pytest.raises(FileNotFoundError, match="lacks reranker.pt"):
+        assemble(tiny_export, store, tmp_path / "bad", tmp_path)

@@ -32,9 +32,9 @@ TITLES = {
 
 
 @pytest.fixture(scope="module")
-def server(tiny_export, tmp_path_factory, build_repository):
+def server(tiny_export, tiny_reranker, tmp_path_factory, build_repository):
     root = tmp_path_factory.mktemp("serving")
-    _, repo = build_repository(tiny_export, TITLES, root)
+    _, repo = build_repository(tiny_export, TITLES, root, tiny_reranker)
     with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                       log_file=root / "server.log") as s:
         yield s
@@ -129,6 +129,54 @@ def test_served_retrieve_equals_the_in_process_pipeline(server, in_process):
             np.testing.assert_allclose([h.score for h in hits], scores[0], atol=1e-5)
 
 
+def test_retrieve_rerank_reorders_the_cosine_candidates_as_in_process(server, in_process):
+    query = "cordless drill with battery"
+    with TwinBertClient(server.grpc_url) as c:
+        for k, depth in ((3, 8), (5, 5), (4, 200)):  # 200: deeper than the store, which has 12
+            hits = c.retrieve(query, k, rerank_depth=depth)
+            ids, texts, scores = in_process.retrieve_rerank(query, k, depth)
+            assert [h.keyword_id for h in hits] == [i.decode() for i in ids[0]]
+            assert [h.keyword for h in hits] == [TITLES[h.keyword_id] for h in hits]
+            np.testing.assert_allclose([h.score for h in hits], scores[0], atol=1e-5)
+            assert all(a.score >= b.score for a, b in zip(hits, hits[1:])) and len(hits) == k
+            cosine = {h.keyword_id for h in c.retrieve(query, depth if depth <= len(TITLES) else len(TITLES),
+                                                      candidates=0)}
+            assert {h.keyword_id for h in hits} <= cosine  # re-ordered candidates, nothing else
+        # the re-ranker's scores are those of the pairs: the same as scoring them directly
+        direct = in_process.reranker.scores(query, [TITLES[h.keyword_id] for h in hits])
+        np.testing.assert_allclose([h.score for h in hits], direct, atol=1e-5)
+        batched = c.retrieve_batch([query, "garden hose"], 2, rerank_depth=6)
+        assert [h.keyword_id for h in batched[0]] == [h.keyword_id for h in c.retrieve(query, 2, rerank_depth=6)]
+
+
+@pytest.mark.parametrize("k, depth, message", [
+    (5, 3, "DEPTH must be between TOP_K"), (5, 201, "DEPTH must be between TOP_K"),
+    (5, 0, "TOP_K must be between 1 and 1000, got 0 .in retrieve_rerank this TOP_K is the request's DEPTH"),
+    (5, -4, "request's DEPTH"), (0, 10, "TOP_K must be between 1 and 1000, got 0$"),
+])
+def test_retrieve_rerank_bad_depth_or_k_fails_alone(server, k, depth, message):
+    with TwinBertClient(server.grpc_url) as c:
+        with pytest.raises(InvalidRequest, match=message):
+            c.retrieve("drill", k, rerank_depth=depth)
+        assert len(c.retrieve("drill", 2, rerank_depth=4)) == 2
+
+
+def test_retrieve_rerank_refuses_a_missing_depth_and_a_blank_query(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[b"drill"]], dtype=object))
+    k = grpcclient.InferInput("TOP_K", [1, 1], "INT32")
+    k.set_data_from_numpy(np.array([[3]], dtype=np.int32))
+    with pytest.raises(Exception, match="DEPTH"):
+        client.infer("retrieve_rerank", [q, k])
+    client.close()
+    with TwinBertClient(server.grpc_url) as c:
+        with pytest.raises(InvalidRequest, match="empty or blank"):
+            c.retrieve("  ", 3, rerank_depth=5)
+        with pytest.raises(ValueError, match="exclude each other"):
+            c.retrieve("drill", 3, candidates=5, rerank_depth=5)
+
+
 def test_unknown_keyword_id_is_named_and_only_that_request_fails(server):
     with TwinBertClient(server.grpc_url) as c:
         with pytest.raises(InvalidRequest, match="'nope'"):
@@ -181,7 +229,8 @@ def test_health_and_custom_metrics(server):
     with TwinBertClient(server.grpc_url) as c:
         h = c.health(f"http://127.0.0.1:{server.metrics_port}/metrics")
     assert h["live"] and h["ready"] and h["keyword_store_size"] == {"1": len(TITLES)}
-    assert {"retrieve", "relevance", "keyword_store", "keyword_vectors", "pool_cross"} <= set(h["models"])
+    assert {"retrieve", "relevance", "retrieve_rerank", "reranker", "keyword_store", "keyword_vectors",
+            "pool_cross"} <= set(h["models"])
     with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5) as r:
         metrics = r.read().decode()
     assert f'twinbert_keyword_store_keywords{{model="keyword_store",version="1"}} {len(TITLES)}' in metrics
@@ -193,6 +242,16 @@ def test_cli_health(server):
                           f"http://127.0.0.1:{server.metrics_port}/metrics"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "ready=True" in out.stdout and f"keyword store v1: {len(TITLES)} keywords" in out.stdout
+
+
+def test_cli_query_with_the_reranker(server):
+    out = subprocess.run([sys.executable, "-m", "client", "query", "garden hose", "--top-k", "2", "--rerank", "6",
+                          "--url", server.grpc_url, "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["rank"] for line in out.stdout.splitlines()] == [1, 2]
+    both = subprocess.run([sys.executable, "-m", "client", "query", "hose", "--rerank", "6", "--candidates", "10",
+                           "--url", server.grpc_url], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
 def test_cli_reports_a_server_error(server):

@@ -10,7 +10,14 @@ Writes, into --out:
 
 Both TorchScript files are checked against eager on shapes other than the traced ones.
 
+With --reranker, a BiLSTM student checkpoint is exported too, into its own directory (the keyword
+store names the twin export it was built from, so the twin export stays untouched):
+  reranker.pt             TorchScript: ([CLS] query [SEP] keyword [SEP] ids, mask) int64 [B, L] -> logits fp32 [B]
+  reranker.json           max_length, source checkpoint and checksums
+  tokenizer.json          the pair tokenizer's WordPiece vocabulary
+
     python -m training.export --checkpoint artifacts/model --out artifacts/export
+    python -m training.export --reranker artifacts/bilstm --reranker-out artifacts/export_reranker
 """
 from __future__ import annotations
 
@@ -70,6 +77,64 @@ def trace_checked(module: nn.Module, vocab: int, max_len: int) -> torch.jit.Scri
     return traced
 
 
+def _pair_example(batch: int, length: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] query [SEP] keyword [SEP] rows of random ids, padded to `length` (at least 3)."""
+    from training.bilstm import CLS_ID, SEP_ID
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(batch, length, dtype=torch.long)
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    for r in range(batch):
+        real = int(torch.randint(3, length + 1, (1,), generator=g)) if r else length  # one row fills L
+        q = int(torch.randint(0, real - 2, (1,), generator=g))
+        row = [CLS_ID] + torch.randint(1000, vocab, (q,), generator=g).tolist() + [SEP_ID] + \
+            torch.randint(1000, vocab, (real - q - 3,), generator=g).tolist() + [SEP_ID]
+        ids[r, :real] = torch.tensor(row)
+        mask[r, :real] = 1
+    return ids, mask
+
+
+def trace_reranker(model: nn.Module, vocab: int, max_len: int) -> torch.jit.ScriptModule:
+    """Trace the BiLSTM on pair-shaped input, then require eager == TorchScript within TOLERANCE on
+    untraced batch sizes and lengths (the query/keyword split moves with each row's [SEP])."""
+    model = model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, _pair_example(4, max_len, vocab, 0), check_trace=False)
+        for batch, length in ((1, max_len), (5, 3), (3, 17), (64, max_len), (7, 4)):
+            args = _pair_example(batch, length, vocab, batch * 100 + length)
+            diff = (traced(*args) - model(*args)).abs().max().item()
+            if not diff <= TOLERANCE:
+                raise RuntimeError(f"reranker TorchScript differs from eager by {diff:.3g} at B={batch}, L={length}")
+    return traced
+
+
+def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
+    """Export a BiLSTM student (training.bilstm) as the TorchScript re-ranker; `out` is replaced whole."""
+    from training.bilstm import BiLSTMStudent
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not (checkpoint / "config.json").is_file() or not (checkpoint / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{checkpoint}: no BiLSTM checkpoint (config.json + model.safetensors); "
+                                "run training.bilstm")
+    model = BiLSTMStudent.load(checkpoint)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trace_reranker(model, model.config.vocab_size, model.config.max_length).save(str(tmp / "reranker.pt"))
+    shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
+    files = ("reranker.pt", "tokenizer.json")
+    (tmp / "reranker.json").write_text(json.dumps({
+        "max_length": model.config.max_length,
+        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
+        "model_config": json.loads((checkpoint / "config.json").read_text()),
+        "sha256": {name: sha256_file(tmp / name) for name in files},
+    }, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"export: {checkpoint} -> {out} (reranker.pt, reranker.json, tokenizer.json)", flush=True)
+    return out
+
+
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
     model = TwinBERT.load(checkpoint)
@@ -104,12 +169,21 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="TwinBERT checkpoint directory")
-    ap.add_argument("--out", required=True, help="export directory (replaced atomically)")
+    ap.add_argument("--checkpoint", help="TwinBERT checkpoint directory")
+    ap.add_argument("--out", help="export directory for the TwinBERT files (replaced atomically)")
+    ap.add_argument("--reranker", help="BiLSTM student checkpoint (training.bilstm) to export as the re-ranker")
+    ap.add_argument("--reranker-out", help="export directory for the re-ranker (replaced atomically)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if bool(args.checkpoint) != bool(args.out) or bool(args.reranker) != bool(args.reranker_out):
+        ap.error("give --checkpoint with --out, and --reranker with --reranker-out")
+    if not args.checkpoint and not args.reranker:
+        ap.error("nothing to export: give --checkpoint/--out and/or --reranker/--reranker-out")
     torch.set_num_threads(args.threads)
-    export(args.checkpoint, args.out)
+    if args.checkpoint:
+        export(args.checkpoint, args.out)
+    if args.reranker:
+        export_reranker(args.reranker, args.reranker_out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""Triton Python model: QUERY, candidate KEYWORD_IDS + KEYWORD_TEXTS, TOP_K, DEPTH -> the top TOP_K
+candidates re-ordered by the BiLSTM re-ranker (serving/rerank.py), with its scores.
+
+The third step of `retrieve_rerank`: keyword_store's cosine top-DEPTH come in, each query's
+candidates are scored as one batch, and a bad request gets its own INVALID_ARG error.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+from serving.requests import BadRequest, decode_depth, decode_queries, decode_texts, decode_top_k
+from serving.rerank import MAX_DEPTH, Reranker
+
+
+def _input(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"]).get("parameters", {})
+        torch.set_num_threads(int(params.get("threads", {}).get("string_value", "2")))
+        self.reranker = Reranker(Path(args["model_repository"]) / args["model_version"])
+        for _ in range(2):  # TorchScript's profiling executor optimises after a few calls
+            self.reranker.scores("cordless drill", ["DEWALT 20-Volt MAX Cordless Drill"] * 50)
+
+    def _rerank(self, request):
+        queries = decode_queries(_input(request, "QUERY"))
+        k = decode_top_k(_input(request, "TOP_K"), len(queries))
+        depth = decode_depth(_input(request, "DEPTH"), len(queries), k, MAX_DEPTH)
+        ids, texts = _input(request, "KEYWORD_IDS"), decode_texts(_input(request, "KEYWORD_TEXTS"), "KEYWORD_TEXTS")
+        if ids.shape != texts.shape or ids.shape[0] != len(queries):
+            raise BadRequest(f"KEYWORD_IDS {list(ids.shape)} and KEYWORD_TEXTS {list(texts.shape)} must both be "
+                             f"[{len(queries)}, N]")
+        if ids.shape[1] > depth:
+            raise BadRequest(f"{ids.shape[1]} candidates for DEPTH {depth}")
+        rows = [self.reranker.rerank(q, i, t, k) for q, i, t in zip(queries, ids, texts)]
+        return [np.stack([r[n] for r in rows]) if rows else np.zeros((0, 0), object) for n in range(3)]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                ids, texts, scores = self._rerank(request)
+            except BadRequest as e:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("KEYWORD_IDS", ids.astype(object)), pb_utils.Tensor("KEYWORD_TEXTS", texts.astype(object)),
+                pb_utils.Tensor("SCORES", scores.astype(np.float32))]))
+        return responses

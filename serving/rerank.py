@@ -1,0 +1,53 @@
+"""Third retrieval stage: the BiLSTM student re-orders a query's cosine candidates.
+
+TwinBERT's cosine top-K' is cheap and recalls well, but orders its top 10 worse than a cross model
+does; the BiLSTM student reads each (query, candidate) pair jointly (it is distilled from the
+teacher) and re-orders the candidates. Used by the `reranker` Triton model and by the in-process
+pipeline the benchmarks compare with: one implementation of the stage.
+
+Scores are sigmoid(BiLSTM logit): the student regresses the teacher's logit, so they read as the
+teacher's relevance probability. Pairs are tokenised as in training ([CLS] query [SEP] keyword
+[SEP], longest-first truncation) and a request's candidates run as one batch, padded to its longest
+pair, as `training.evaluate` scores them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.tokenize import PairTokenizer
+
+MAX_DEPTH = 200  # candidates one request may ask the re-ranker to read (about 0.15 ms each on 2 cores)
+
+
+class Reranker:
+    def __init__(self, export_dir: str | Path):
+        d = Path(export_dir)
+        for name in ("reranker.pt", "reranker.json", "tokenizer.json"):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d}: re-ranker export has no {name}; run "
+                                        "`python -m training.export --reranker CKPT --reranker-out DIR`")
+        self.config = json.loads((d / "reranker.json").read_text())
+        self.model = torch.jit.load(str(d / "reranker.pt"), map_location="cpu").eval()
+        self.tokenizer = PairTokenizer(d / "tokenizer.json", int(self.config["max_length"]))
+
+    @torch.inference_mode()
+    def scores(self, query: str, keywords: list[str]) -> np.ndarray:
+        """sigmoid(logit) of each (query, keyword) pair, in one batch: float32 [N]."""
+        if not keywords:
+            return np.zeros(0, np.float32)
+        ids, mask = self.tokenizer([query] * len(keywords), keywords)
+        logits = self.model(torch.from_numpy(ids), torch.from_numpy(mask))
+        return torch.sigmoid(logits).numpy().astype(np.float32, copy=False)
+
+    def rerank(self, query: str, ids: np.ndarray, texts: np.ndarray, k: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One query's candidates (ids, texts: bytes objects [N]) -> the top min(k, N) by the
+        re-ranker's score, as (ids, texts, scores). Ties keep the candidates' order."""
+        keywords = [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]
+        s = self.scores(query, keywords)
+        order = np.argsort(-s, kind="stable")[:k]
+        return ids[order], texts[order], s[order]
