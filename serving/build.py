@@ -3,9 +3,11 @@
     artifacts/model/             TwinBERT checkpoint (safetensors + JSON)      training.train_twin
     artifacts/export/            TorchScript encoders, pool/cross weights      training.export
     artifacts/keyword_store/N/   FAISS keyword store version N                 training.index
+    artifacts/export_reranker/   TorchScript BiLSTM re-ranker, when            training.export --reranker
+                                 artifacts/bilstm holds one (make train)
     artifacts/model_repository/  runnable Triton repository                    serving.repository
 
-    python -m serving.build [--artifacts DIR] [--steps 400] [--rebuild]
+    python -m serving.build [--artifacts DIR] [--steps 400] [--rebuild] [--no-reranker]
 """
 from __future__ import annotations
 
@@ -38,8 +40,26 @@ def _current_store(store_root: Path, export_dir: Path, index_type: str) -> Path 
     return version if same_encoder and manifest.get("index_type") == index_type else None
 
 
+def _reranker(artifacts: Path, rebuild: bool) -> Path | None:
+    """The re-ranker export for artifacts/bilstm (exported again when the checkpoint changed);
+    None when no BiLSTM student has been trained."""
+    from serving.keyword_store import sha256_file
+    from training.export import export_reranker
+    checkpoint, out = artifacts / "bilstm", artifacts / "export_reranker"
+    if not (checkpoint / "model.safetensors").is_file():
+        print(f"no BiLSTM student in {checkpoint} (make train): serving without the re-ranker")
+        return None
+    current = out / "reranker.json"
+    if not rebuild and current.is_file() and json.loads(current.read_text())["checkpoint_sha256"] == \
+            sha256_file(checkpoint / "model.safetensors"):
+        print(f"reusing {out}")
+        return out
+    return export_reranker(checkpoint, out)
+
+
 def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, steps: int = 400,
-          minutes: float = 15.0, index_type: str = DEFAULT_INDEX_TYPE, rebuild: bool = False) -> Path:
+          minutes: float = 15.0, index_type: str = DEFAULT_INDEX_TYPE, rebuild: bool = False,
+          reranker: bool = True) -> Path:
     from training.data import keyword_corpus, load_pairs
     from serving.keyword_store import sha256_file
     from training.export import export
@@ -54,7 +74,10 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
     model_dir = distilled if (distilled / "model.safetensors").is_file() else artifacts / "model"
     store_root, repo = artifacts / "keyword_store", artifacts / "model_repository"
     if rebuild:
-        for d in (model_dir, export_dir, store_root, repo):
+        # The distilled students are `make train`'s (an hour of training), never discarded here;
+        # the quick student is this command's own.
+        for d in ((model_dir,) if model_dir != distilled else ()) + (export_dir, store_root, repo,
+                                                                     artifacts / "export_reranker"):
             shutil.rmtree(d, ignore_errors=True)
     pairs = load_pairs(data)  # fails early, with a clear message, when there is no data
 
@@ -84,8 +107,12 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
         version = build_index(export_dir, store_root, list(corpus), list(corpus.values()), IndexSpec(index_type))
     print(f"[{time.perf_counter() - t:.1f}s]")
 
+    t = _step("re-ranker")
+    reranker_dir = _reranker(artifacts, rebuild) if reranker else None
+    print(f"[{time.perf_counter() - t:.1f}s]")
+
     t = _step("model repository")
-    assemble(export_dir, version, repo)
+    assemble(export_dir, version, repo, reranker_dir)
     print(f"{repo} [{time.perf_counter() - t:.1f}s]")
     return repo
 
@@ -98,11 +125,14 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=15.0, help="cap on training time")
     ap.add_argument("--index-type", default=DEFAULT_INDEX_TYPE, choices=INDEX_TYPES,
                     help="keyword index (default %(default)s; see `python -m training.index --help`)")
-    ap.add_argument("--rebuild", action="store_true", help="discard built artifacts first")
+    ap.add_argument("--rebuild", action="store_true",
+                    help="discard built serving artifacts first (never the students `make train` distilled)")
+    ap.add_argument("--no-reranker", dest="reranker", action="store_false",
+                    help="leave the BiLSTM re-ranker (retrieve_rerank) out of the repository")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
-    build(args.artifacts, args.data, args.steps, args.minutes, args.index_type, args.rebuild)
+    build(args.artifacts, args.data, args.steps, args.minutes, args.index_type, args.rebuild, args.reranker)
 
 
 if __name__ == "__main__":
