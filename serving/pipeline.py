@@ -29,6 +29,7 @@ class InProcessPipeline:
         self.retriever = Retriever(self.store, self.params)
         # the third stage of retrieve_rerank, when the repository has one
         self.reranker = Reranker(repo / "reranker/1") if (repo / "reranker/1/reranker.pt").is_file() else None
+        self.reranker_threads = int(model_parameter(repo, "reranker", "threads", "1")) if self.reranker else 0
 
     def encode(self, queries: list[str]):
         ids, mask = self.encoder.tokenize(queries)
@@ -45,7 +46,12 @@ class InProcessPipeline:
         if self.reranker is None:
             raise RuntimeError("this repository has no re-ranker (serving.build exports one after make train)")
         ids, texts, _ = self.retrieve(query, depth)
-        return tuple(a[None] for a in self.reranker.rerank(query, ids[0], texts[0], k))
+        threads = torch.get_num_threads()  # the re-ranker stage runs with its served thread count
+        torch.set_num_threads(max(threads, self.reranker_threads))
+        try:
+            return tuple(a[None] for a in self.reranker.rerank(query, ids[0], texts[0], k))
+        finally:
+            torch.set_num_threads(threads)
 
     @torch.inference_mode()
     def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> np.ndarray:

@@ -22,7 +22,7 @@ def _input(request, name):
 class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"]).get("parameters", {})
-        torch.set_num_threads(int(params.get("threads", {}).get("string_value", "2")))
+        torch.set_num_threads(int(params.get("threads", {}).get("string_value", "1")))
         self.reranker = Reranker(Path(args["model_repository"]) / args["model_version"])
         for _ in range(2):  # TorchScript's profiling executor optimises after a few calls
             self.reranker.scores("cordless drill", ["DEWALT 20-Volt MAX Cordless Drill"] * 50)
