@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 ARTIFACTS ?= $(or $(TWINBERT_ARTIFACTS),artifacts)
 
-.PHONY: setup demo build serve test train train-quick eval bench bench-kernels bench-store loadtest clean help
+.PHONY: setup demo build serve test train train-quick eval eval-depth bench bench-kernels bench-store loadtest clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -38,9 +38,14 @@ eval: setup  ## evaluate the trained models and baselines on held-out queries ->
 		--model "TwinBERT, no augmentation=twin:$(ARTIFACTS)/twin_noaug" --model BiLSTM=bilstm:$(ARTIFACTS)/bilstm \
 		--model "BiLSTM, no augmentation=bilstm:$(ARTIFACTS)/bilstm_noaug" \
 		--model "teacher re-ranks TwinBERT cos top-100=rerank:teacher:$(ARTIFACTS)/teacher@$(ARTIFACTS)/twin" \
-		--model "BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin"
+		--model "BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin" \
+		--model "BiLSTM re-ranks TwinBERT cos top-30 (retrieve_rerank, DEPTH 30)=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin@30"
 
-bench: build  ## served relevance vs teacher and served retrieve vs in-process, one run -> reports/bench.{md,json}
+eval-depth: setup  ## how deep retrieve_rerank should read: BiLSTM re-ranking the cos top 10..100 on the dev queries -> reports/rerank_depth_dev.{md,json}
+	$(PY) -m training.evaluate --dataset homedepot:dev --out reports/rerank_depth_dev --model TwinBERT=twin:$(ARTIFACTS)/twin \
+		$(foreach d,10 20 30 50 100,--model "BiLSTM re-ranks the cos top-$(d)=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin@$(d)")
+
+bench: build  ## served relevance vs teacher; served retrieve and retrieve_rerank vs in-process, one run -> reports/bench.{md,json}
 	$(PY) -m client.suite bench --repository $(ARTIFACTS)/model_repository --teacher $(ARTIFACTS)/teacher
 
 loadtest: build  ## start the server, sweep concurrency with perf_analyzer and the own generator -> reports/loadtest.*

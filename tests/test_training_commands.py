@@ -68,11 +68,16 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
     assert not bilstm.BiLSTMStudent.load(tmp_path / "bilstm_plain").config.interaction
     report = evaluate.evaluate([("BM25", "bm25"), ("teacher", f"teacher:{tmp_path / 'teacher'}"),
                                 ("twin", f"twin:{tmp_path / 'twin'}"), ("bilstm", f"bilstm:{tmp_path / 'bilstm'}"),
-                                ("rerank", f"rerank:teacher:{tmp_path / 'teacher'}@{tmp_path / 'twin'}")],
+                                ("rerank", f"rerank:teacher:{tmp_path / 'teacher'}@{tmp_path / 'twin'}"),
+                                ("rerank@1", f"rerank:bilstm:{tmp_path / 'bilstm'}@{tmp_path / 'twin'}@1")],
                                "homedepot:test", tmp_path / "eval", data=str(tiny_data), cache_dir=None)
     rows = {r["model"]: r for r in report["rows"]}
-    assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm", "rerank"}
-    assert all(0.0 <= r["roc_auc"] <= 1.0 for k, r in rows.items() if k != "rerank")
+    assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm", "rerank", "rerank@1"}
+    assert all(0.0 <= r["roc_auc"] <= 1.0 for k, r in rows.items() if not k.startswith("rerank"))
+    # re-ordering only the first candidate leaves the cosine order as it was
+    assert all(rows["rerank@1"][m] == rows["twin (cos)"][m] for m in ("ndcg@10", "recall@100", "mrr@10"))
+    with pytest.raises(ValueError, match="depth must be between 1 and 100"):
+        evaluate.load_model(f"rerank:bilstm:{tmp_path / 'bilstm'}@{tmp_path / 'twin'}@0", None, None)
     # the teacher re-orders exactly the twin's cosine top list: same recall, its own order
     assert "roc_auc" not in rows["rerank"] and rows["rerank"]["recall@100"] == rows["twin (cos)"]["recall@100"]
     with pytest.raises(ValueError, match="rerank needs"):

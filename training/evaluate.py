@@ -3,7 +3,8 @@
 Models (`--model LABEL=KIND[:PATH]`, repeatable): bm25, minilm (zero-shot pretrained MiniLM-L6
 bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), bilstm:DIR,
 rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR (the cross model re-orders the twin's
-cosine top-100: retrieval metrics only).
+cosine top-100, or with @DEPTH appended its top DEPTH as `retrieve_rerank` does: retrieval metrics
+only).
 Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR`.
 Metrics: ROC-AUC, PR-AUC, Spearman on labelled pairs; nDCG@10, recall@100, MRR@10 for retrieval
 over the whole corpus (n/a for a cross model on its own); CPU ms per pair; parameters.
@@ -211,11 +212,14 @@ class PairModel:
 
 
 class RerankModel:
-    """A cross model (teacher, BiLSTM) re-ordering a twin's cosine top-100: the ceiling for what the
-    twin's `res` re-scoring of the same candidates could reach. Retrieval metrics only."""
+    """A cross model (teacher, BiLSTM) re-ordering the top `depth` of a twin's cosine top-100 (the
+    rest stays in cosine order): the ceiling for what the twin's `res` re-scoring of the same
+    candidates could reach, and what `retrieve_rerank` serves with DEPTH = depth. Retrieval metrics only."""
 
-    def __init__(self, cross: PairModel, twin: TwinModel):
-        self.cross, self.twin = cross, twin
+    def __init__(self, cross: PairModel, twin: TwinModel, depth: int = TOP):
+        if not 1 <= depth <= TOP:
+            raise ValueError(f"re-rank depth must be between 1 and {TOP}, got {depth}")
+        self.cross, self.twin, self.depth = cross, twin, depth
         self.layers, self.params = cross.layers, cross.params
 
     def pair_scores(self, pairs):
@@ -225,8 +229,9 @@ class RerankModel:
         cos = self.twin.rankings(rs)["cos"]
         out = {}
         for q in tqdm(list(cos), desc="re-rank", unit="query", mininterval=5):
-            s = self.cross.model.score([rs.queries[q]] * len(cos[q]), [rs.corpus[i] for i in cos[q]])
-            out[q] = [cos[q][j] for j in np.argsort(-np.asarray(s), kind="stable")]
+            top = cos[q][:self.depth]
+            s = self.cross.model.score([rs.queries[q]] * len(top), [rs.corpus[i] for i in top])
+            out[q] = [top[j] for j in np.argsort(-np.asarray(s), kind="stable")] + cos[q][self.depth:]
         return {"": out}
 
     def latency_ms_per_pair(self):
@@ -237,9 +242,14 @@ def load_model(kind_path: str, pairs, rs):
     kind, _, path = kind_path.partition(":")
     if kind == "rerank":
         cross, at, twin = path.rpartition("@")
+        depth = TOP
+        if at and twin.isdigit():  # rerank:KIND:DIR@TWIN_DIR@DEPTH
+            depth = int(twin)
+            cross, at, twin = cross.rpartition("@")
         if not at or cross.split(":")[0] not in ("teacher", "bilstm"):
-            raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR, got {kind_path!r}")
-        return RerankModel(load_model(cross, pairs, rs), TwinModel(twin))
+            raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR "
+                             f"(optionally @DEPTH), got {kind_path!r}")
+        return RerankModel(load_model(cross, pairs, rs), TwinModel(twin), depth)
     if kind == "bm25":
         return BM25Model(pairs, rs)
     if kind == "minilm":
@@ -254,7 +264,7 @@ def load_model(kind_path: str, pairs, rs):
         from training.bilstm import BiLSTMStudent
         return PairModel(BiLSTMStudent.load(path), 0, 64)
     raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, bilstm:DIR, "
-                     "rerank:teacher:DIR@TWIN_DIR, rerank:bilstm:DIR@TWIN_DIR)")
+                     "rerank:teacher:DIR@TWIN_DIR[@DEPTH], rerank:bilstm:DIR@TWIN_DIR[@DEPTH])")
 
 
 def load_dataset(spec: str, data=None) -> tuple[LabelledPairs | None, RetrievalSet | None]:
@@ -331,7 +341,7 @@ def write_report(report: dict, out: Path) -> None:
              f"keywords; CPU latency with {report['threads']} threads (teacher: 100 pairs per call, BiLSTM: 64, "
              "twin: one query crossed with 100 cached keyword vectors). Retrieval for TwinBERT (res) re-ranks "
              "its cos top-100; cross models (teacher, BiLSTM) do not retrieve over the corpus, and a "
-             "'re-ranks' row re-orders TwinBERT's cos top-100 with one.", "",
+             "'re-ranks' row re-orders TwinBERT's cos top-100 (or the top N its name gives) with one.", "",
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
         lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |")

@@ -91,7 +91,9 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
                   "--model", f"BiLSTM=bilstm:{a / 'bilstm'}",
                   "--model", f"BiLSTM, no augmentation=bilstm:{a / 'bilstm_noaug'}",
                   "--model", f"teacher re-ranks TwinBERT cos top-100=rerank:teacher:{a / 'teacher'}@{a / 'twin'}",
-                  "--model", f"BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}"]))
+                  "--model", f"BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}",
+                  "--model", f"BiLSTM re-ranks TwinBERT cos top-30 (retrieve_rerank, DEPTH 30)="
+                             f"rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}@30"]))
     summary = {"profile": profile, "minutes": timings, "total_minutes": round(sum(timings.values()), 2)}
     for name in ("teacher", "twin_pass1", "twin", "twin_noaug", "bilstm", "bilstm_noaug"):
         f = a / name / "train_summary.json"
