@@ -8,7 +8,8 @@ loadtest: perf_analyzer and the project's asyncio generator, same held-out queri
 concurrency levels, side by side (report: table, JSON, CSV, PNG).
 bench: in one run on the same queries and candidates: served `relevance` for 100 candidates against
 the teacher cross-encoder scoring the same 100 pairs in-process; served `retrieve` top-100 (the
-server's default K', and with the top 100 re-scored by res) against the same pipeline in-process
+server's default K', and with the top 100 re-scored by res) and, when the repository has the
+re-ranker, `retrieve_rerank` (top 10 of the cosine top DEPTH) against the same pipeline in-process
 without Triton.
 """
 from __future__ import annotations
@@ -133,7 +134,8 @@ def served_encoder_threads(repository: Path) -> int:
     return int(model_parameter(repository, "query_encoder", "threads", "2"))
 
 
-def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: int = 50, repeats: int = 300) -> dict:
+def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: int = 50, repeats: int = 300,
+          rerank_depth: int = 30) -> dict:
     import torch
 
     from client.core import TwinBertClient
@@ -152,13 +154,19 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
         for q in queries[:5]:  # warm both paths
             c.retrieve(q, 100), c.retrieve(q, 100, 100), c.relevance(q, candidates[q])
             pipe.retrieve(q, 100), pipe.retrieve(q, 100, 100), pipe.relevance(q, candidates[q])
+            if pipe.reranker is not None:
+                c.retrieve(q, 10, rerank_depth=rerank_depth), pipe.retrieve_rerank(q, 10, rerank_depth)
         args = [(q,) for q in queries]
-        for name, served, local in (
-                ("retrieve top-100", lambda q: c.retrieve(q, 100), lambda q: pipe.retrieve(q, 100)),
-                ("retrieve top-100, 100 re-scored with res", lambda q: c.retrieve(q, 100, 100),
-                 lambda q: pipe.retrieve(q, 100, 100)),
-                ("relevance 100 candidates", lambda q: c.relevance(q, candidates[q]),
-                 lambda q: pipe.relevance(q, candidates[q]))):
+        paths = [("retrieve top-100", lambda q: c.retrieve(q, 100), lambda q: pipe.retrieve(q, 100)),
+                 ("retrieve top-100, 100 re-scored with res", lambda q: c.retrieve(q, 100, 100),
+                  lambda q: pipe.retrieve(q, 100, 100)),
+                 ("relevance 100 candidates", lambda q: c.relevance(q, candidates[q]),
+                  lambda q: pipe.relevance(q, candidates[q]))]
+        if pipe.reranker is not None:
+            paths.append((f"retrieve_rerank top-10 of the cosine top-{rerank_depth}",
+                          lambda q: c.retrieve(q, 10, rerank_depth=rerank_depth),
+                          lambda q: pipe.retrieve_rerank(q, 10, rerank_depth)))
+        for name, served, local in paths:
             s_served, s_local, s_local2 = [], [], []
             before = _model_stats(server.grpc_url)
             for _ in range(3):  # interleave served and in-process blocks
@@ -199,7 +207,10 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
              f"({pipe.default_candidates}: " + ("the cosine order, no re-scoring" if not pipe.default_candidates
                                                else "re-scored with res") + "); the next row asks for the top 100 "
              "re-scored with res (`candidates` = 100); relevance candidates are each query's cosine top-100. "
-             "Served = over gRPC "
+             + (f"`retrieve_rerank` asks for the top 10 of the cosine top {rerank_depth} re-ordered by the BiLSTM "
+                f"re-ranker ({pipe.reranker_threads} threads served, and in-process in the `in_process_*` "
+                "baseline). " if pipe.reranker is not None else "")
+             + "Served = over gRPC "
              "through the real tritonserver (one client); in-process = the same artifacts and code without Triton, "
              f"with {served_threads} intra-op thread(s) as each served model is configured (`in_process_*`, the "
              "baseline of `served_over_in_process`) and with both cores (`*_2_threads`). Medians and p99 in ms "
@@ -305,6 +316,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--levels", default="1,2,4,8,16", help="loadtest concurrency levels")
     ap.add_argument("--duration", type=float, default=15.0, help="loadtest seconds per level (own generator)")
+    ap.add_argument("--rerank-depth", type=int, default=30, help="bench: cosine candidates retrieve_rerank re-orders")
     args = ap.parse_args(argv)
     repo = Path(args.repository)
     if not (repo / "retrieve").is_dir():
@@ -316,7 +328,7 @@ def main(argv=None) -> None:
     elif args.command == "tune":
         tune(repo, Path(args.out or "reports/tuning"), args.data)
     else:
-        bench(repo, Path(args.out or "reports/bench"), Path(args.teacher), args.data)
+        bench(repo, Path(args.out or "reports/bench"), Path(args.teacher), args.data, rerank_depth=args.rerank_depth)
 
 
 if __name__ == "__main__":
