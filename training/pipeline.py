@@ -6,7 +6,7 @@ with a fresh learning-rate schedule and another batch order): on 500 dev queries
 lifted cos nDCG@10 from 0.250 to 0.267, recall@100 from 0.707 to 0.720 and res ROC-AUC from
 0.696 to 0.703. Its no-augmentation ablation gets one pass.
 
-    python -m training.pipeline --profile full     # make train: 66 minutes on 2 cores (latest run, a slow hour)
+    python -m training.pipeline --profile full     # make train: about 80 minutes on 2 cores (66 before the second TwinBERT pass)
     python -m training.pipeline --profile quick    # minutes: smoke-run of every step
 
 Each step is skipped when its output is already complete (delete it, or --force, to redo);
