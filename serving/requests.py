@@ -37,15 +37,20 @@ def decode_queries(raw: np.ndarray) -> list[str]:
     return out
 
 
-def decode_top_k(raw: np.ndarray, rows: int, hint: str = "") -> int:
-    """TOP_K [B, 1] int -> one k for the request, within 1..MAX_TOP_K (`hint` ends the error message)."""
+def _one_per_request(raw: np.ndarray, rows: int, name: str) -> int:
+    """A [B, 1] int tensor that must hold one value per QUERY row, the same in every row."""
     flat = raw.reshape(-1)
     if flat.size != rows:
-        raise BadRequest(f"TOP_K must have one value per QUERY row ({rows}), got {flat.size}")
+        raise BadRequest(f"{name} must have one value per QUERY row ({rows}), got {flat.size}")
     values = {int(v) for v in flat}
     if len(values) != 1:
-        raise BadRequest(f"TOP_K must be the same for every row of one request, got {sorted(values)}")
-    k = values.pop()
+        raise BadRequest(f"{name} must be the same for every row of one request, got {sorted(values)}")
+    return values.pop()
+
+
+def decode_top_k(raw: np.ndarray, rows: int, hint: str = "") -> int:
+    """TOP_K [B, 1] int -> one k for the request, within 1..MAX_TOP_K (`hint` ends the error message)."""
+    k = _one_per_request(raw, rows, "TOP_K")
     if not 1 <= k <= MAX_TOP_K:
         raise BadRequest(f"TOP_K must be between 1 and {MAX_TOP_K}, got {k}{hint}")
     return k
@@ -54,13 +59,7 @@ def decode_top_k(raw: np.ndarray, rows: int, hint: str = "") -> int:
 def decode_depth(raw: np.ndarray, rows: int, k: int, limit: int) -> int:
     """DEPTH [B, 1] int (retrieve_rerank: cosine candidates the re-ranker reads) -> one depth for the
     request, within TOP_K..limit."""
-    flat = raw.reshape(-1)
-    if flat.size != rows:
-        raise BadRequest(f"DEPTH must have one value per QUERY row ({rows}), got {flat.size}")
-    values = {int(v) for v in flat}
-    if len(values) != 1:
-        raise BadRequest(f"DEPTH must be the same for every row of one request, got {sorted(values)}")
-    depth = values.pop()
+    depth = _one_per_request(raw, rows, "DEPTH")
     if not k <= depth <= limit:
         raise BadRequest(f"DEPTH must be between TOP_K ({k}) and {limit}, got {depth}")
     return depth

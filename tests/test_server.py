@@ -86,12 +86,18 @@ def test_bad_requests_get_invalid_argument_and_the_server_keeps_serving(server, 
         assert c.retrieve("drill", 1)[0].keyword_id in {"d1", "d2"}
 
 
+def _query_and_top_k(query: bytes, k: int):
+    """QUERY and TOP_K inputs for one raw request (what the client library would not send)."""
+    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[query]], dtype=object))
+    top_k = grpcclient.InferInput("TOP_K", [1, 1], "INT32")
+    top_k.set_data_from_numpy(np.array([[k]], dtype=np.int32))
+    return q, top_k
+
+
 def test_non_utf8_query_is_rejected(server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
-    q.set_data_from_numpy(np.array([[b"\xff\xfedrill"]], dtype=object))
-    k = grpcclient.InferInput("TOP_K", [1, 1], "INT32")
-    k.set_data_from_numpy(np.array([[3]], dtype=np.int32))
+    q, k = _query_and_top_k(b"\xff\xfedrill", 3)
     with pytest.raises(Exception, match="not valid UTF-8"):
         client.infer("retrieve", [q, k])
     client.close()
@@ -163,10 +169,7 @@ def test_retrieve_rerank_bad_depth_or_k_fails_alone(server, k, depth, message):
 
 def test_retrieve_rerank_refuses_a_missing_depth_and_a_blank_query(server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
-    q.set_data_from_numpy(np.array([[b"drill"]], dtype=object))
-    k = grpcclient.InferInput("TOP_K", [1, 1], "INT32")
-    k.set_data_from_numpy(np.array([[3]], dtype=np.int32))
+    q, k = _query_and_top_k(b"drill", 3)
     with pytest.raises(Exception, match="DEPTH"):
         client.infer("retrieve_rerank", [q, k])
     client.close()
@@ -189,10 +192,7 @@ def test_unknown_keyword_id_is_named_and_only_that_request_fails(server):
 ])
 def test_bad_candidates_parameter(server, params, message):
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
-    q.set_data_from_numpy(np.array([[b"drill"]], dtype=object))
-    k = grpcclient.InferInput("TOP_K", [1, 1], "INT32")
-    k.set_data_from_numpy(np.array([[5]], dtype=np.int32))
+    q, k = _query_and_top_k(b"drill", 5)
     with pytest.raises(Exception, match=message):
         client.infer("retrieve", [q, k], parameters=params)
     client.close()
