@@ -41,17 +41,17 @@ def _current_store(store_root: Path, export_dir: Path, index_type: str) -> Path 
 
 
 def _reranker(artifacts: Path, rebuild: bool) -> Path | None:
-    """The re-ranker export for artifacts/bilstm (exported again when the checkpoint changed);
-    None when no BiLSTM student has been trained."""
-    from serving.keyword_store import sha256_file
-    from training.export import export_reranker
+    """The re-ranker export for artifacts/bilstm (exported again when the checkpoint, its config or
+    the export format changed); None when no BiLSTM student has been trained."""
+    from training.export import export_reranker, reranker_export_key
     checkpoint, out = artifacts / "bilstm", artifacts / "export_reranker"
     if not (checkpoint / "model.safetensors").is_file():
         print(f"no BiLSTM student in {checkpoint} (make train): serving without the re-ranker")
         return None
     current = out / "reranker.json"
-    if not rebuild and current.is_file() and json.loads(current.read_text())["checkpoint_sha256"] == \
-            sha256_file(checkpoint / "model.safetensors"):
+    key = reranker_export_key(checkpoint)
+    if not rebuild and current.is_file() and \
+            {k: json.loads(current.read_text()).get(k) for k in key} == key:
         print(f"reusing {out}")
         return out
     return export_reranker(checkpoint, out)

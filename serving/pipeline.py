@@ -40,13 +40,15 @@ class InProcessPipeline:
         c = self.default_candidates if candidates is None else candidates
         return self.retriever.retrieve(states, mask, k, max(c, k) if c else 0)
 
-    def retrieve_rerank(self, query: str, k: int = 10, depth: int = 50):
-        """The cosine top-`depth` (keyword_store as served, K' its default) re-ordered by the
-        re-ranker: the top k as (ids, texts, scores), each [1, k]."""
+    def retrieve_rerank(self, query: str, k: int = 10, depth: int = 30):
+        """keyword_store's top-`depth` as served (the cosine order while its K' default is 0)
+        re-ordered by the re-ranker: the top k as (ids, texts, scores), each [1, k]."""
         if self.reranker is None:
             raise RuntimeError("this repository has no re-ranker (serving.build exports one after make train)")
         ids, texts, _ = self.retrieve(query, depth)
-        threads = torch.get_num_threads()  # the re-ranker stage runs with its served thread count
+        # the re-ranker stage gets at least its served thread count (the served-setting baseline runs
+        # every stage as served; the both-cores baseline gives it both)
+        threads = torch.get_num_threads()
         torch.set_num_threads(max(threads, self.reranker_threads))
         try:
             return tuple(a[None] for a in self.reranker.rerank(query, ids[0], texts[0], k))

@@ -99,3 +99,37 @@ def test_repository_has_the_rerank_models_only_with_a_reranker(tmp_path, tiny_ex
     assert "retrieve" in names and not names & {"reranker", "retrieve_rerank"}
     with pytest.raises(FileNotFoundError, match="lacks reranker.pt"):
         assemble(tiny_export, store, tmp_path / "bad", tmp_path)
+
+
+def test_build_exports_the_reranker_again_when_its_checkpoint_config_or_format_changes(tmp_path, tiny_reranker, capsys,
+                                                                                        monkeypatch):
+    import shutil
+    from serving.build import _reranker
+    from training import export as export_mod
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(json.loads((tiny_reranker / "reranker.json").read_text())["checkpoint"], artifacts / "bilstm")
+    out = _reranker(artifacts, rebuild=False)
+    assert json.loads((out / "reranker.json").read_text())["format"] == export_mod.RERANKER_FORMAT
+    assert "reusing" not in capsys.readouterr().out
+    assert _reranker(artifacts, rebuild=False) == out and "reusing" in capsys.readouterr().out
+    # same weights, another config (here only its layout): the export no longer matches
+    cfg = artifacts / "bilstm" / "config.json"
+    cfg.write_text(json.dumps(json.loads(cfg.read_text()), indent=4))
+    _reranker(artifacts, rebuild=False)
+    assert "reusing" not in capsys.readouterr().out
+    assert _reranker(artifacts, rebuild=False) == out and "reusing" in capsys.readouterr().out
+    monkeypatch.setattr(export_mod, "RERANKER_FORMAT", export_mod.RERANKER_FORMAT + 1)
+    _reranker(artifacts, rebuild=False)
+    assert "reusing" not in capsys.readouterr().out
+
+
+def test_reranker_export_warns_for_an_unpacked_bilstm(tmp_path, tiny_reranker):
+    import shutil
+    from training.export import export_reranker
+    ckpt = tmp_path / "bilstm"
+    shutil.copytree(json.loads((tiny_reranker / "reranker.json").read_text())["checkpoint"], ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "packed": False}))
+    with pytest.warns(UserWarning, match="before packed directions"):
+        export_reranker(ckpt, tmp_path / "out")
+    assert (tmp_path / "out" / "reranker.pt").is_file()

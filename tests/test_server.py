@@ -157,7 +157,7 @@ def test_retrieve_rerank_reorders_the_cosine_candidates_as_in_process(server, in
 
 @pytest.mark.parametrize("k, depth, message", [
     (5, 3, "DEPTH must be between TOP_K"), (5, 201, "DEPTH must be between TOP_K"),
-    (5, 0, "TOP_K must be between 1 and 1000, got 0 .in retrieve_rerank this TOP_K is the request's DEPTH"),
+    (5, 0, "TOP_K must be between 1 and 1000, got 0 .retrieve_rerank passes its DEPTH here"),
     (5, -4, "request's DEPTH"), (0, 10, "TOP_K must be between 1 and 1000, got 0$"),
 ])
 def test_retrieve_rerank_bad_depth_or_k_fails_alone(server, k, depth, message):

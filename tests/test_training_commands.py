@@ -78,6 +78,8 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
     assert all(rows["rerank@1"][m] == rows["twin (cos)"][m] for m in ("ndcg@10", "recall@100", "mrr@10"))
     with pytest.raises(ValueError, match="depth must be between 1 and 100"):
         evaluate.load_model(f"rerank:bilstm:{tmp_path / 'bilstm'}@{tmp_path / 'twin'}@0", None, None)
+    with pytest.raises(ValueError, match="depth must be between 1 and 100, got -5"):
+        evaluate.load_model(f"rerank:bilstm:{tmp_path / 'bilstm'}@{tmp_path / 'twin'}@-5", None, None)
     # the teacher re-orders exactly the twin's cosine top list: same recall, its own order
     assert "roc_auc" not in rows["rerank"] and rows["rerank"]["recall@100"] == rows["twin (cos)"]["recall@100"]
     with pytest.raises(ValueError, match="rerank needs"):

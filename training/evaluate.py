@@ -3,7 +3,7 @@
 Models (`--model LABEL=KIND[:PATH]`, repeatable): bm25, minilm (zero-shot pretrained MiniLM-L6
 bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), bilstm:DIR,
 rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR (the cross model re-orders the twin's
-cosine top-100, or with @DEPTH appended its top DEPTH as `retrieve_rerank` does: retrieval metrics
+cosine top-100, or with @DEPTH (1..100) appended its top DEPTH as `retrieve_rerank` does: retrieval metrics
 only).
 Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR`.
 Metrics: ROC-AUC, PR-AUC, Spearman on labelled pairs; nDCG@10, recall@100, MRR@10 for retrieval
@@ -243,8 +243,8 @@ def load_model(kind_path: str, pairs, rs):
     if kind == "rerank":
         cross, at, twin = path.rpartition("@")
         depth = TOP
-        if at and twin.isdigit():  # rerank:KIND:DIR@TWIN_DIR@DEPTH
-            depth = int(twin)
+        if at and twin.lstrip("-").isdigit():  # rerank:KIND:DIR@TWIN_DIR@DEPTH (an integer last field)
+            depth = int(twin)  # RerankModel checks its range
             cross, at, twin = cross.rpartition("@")
         if not at or cross.split(":")[0] not in ("teacher", "bilstm"):
             raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR "

@@ -108,6 +108,17 @@ def trace_reranker(model: nn.Module, vocab: int, max_len: int) -> torch.jit.Scri
     return traced
 
 
+RERANKER_FORMAT = 1  # bump when the re-ranker export changes, so serving.build exports again
+
+
+def reranker_export_key(checkpoint: str | Path) -> dict:
+    """What a re-ranker export was made from: its weights, its config and the export format.
+    serving.build reuses an export only when all three match."""
+    checkpoint = Path(checkpoint)
+    return {"format": RERANKER_FORMAT, "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
+            "config_sha256": sha256_file(checkpoint / "config.json")}
+
+
 def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
     """Export a BiLSTM student (training.bilstm) as the TorchScript re-ranker; `out` is replaced whole."""
     from training.bilstm import BiLSTMStudent
@@ -116,6 +127,9 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
         raise FileNotFoundError(f"{checkpoint}: no BiLSTM checkpoint (config.json + model.safetensors); "
                                 "run training.bilstm")
     model = BiLSTMStudent.load(checkpoint)
+    if not model.config.packed:
+        warnings.warn(f"{checkpoint}: a BiLSTM trained before packed directions; its scores move with the "
+                      "padding of the other candidates in a request (retrain with training.bilstm)", stacklevel=2)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -125,7 +139,7 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
     (tmp / "reranker.json").write_text(json.dumps({
         "max_length": model.config.max_length,
         "checkpoint": str(checkpoint.resolve()),
-        "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
+        **reranker_export_key(checkpoint),
         "model_config": json.loads((checkpoint / "config.json").read_text()),
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")

@@ -79,7 +79,7 @@ class TritonPythonModel:
             mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK").as_numpy()
             try:
                 k = decode_top_k(pb_utils.get_input_tensor_by_name(request, "TOP_K").as_numpy(), len(states),
-                                 " (in retrieve_rerank this TOP_K is the request's DEPTH)")
+                                 " (retrieve_rerank passes its DEPTH here)")
                 candidates = decode_candidates(request.parameters(), k, self.default_candidates)
                 ids, texts, scores = self.retriever.retrieve(states, mask, k, candidates)
             except (BadRequest, ValueError, TypeError) as e:
