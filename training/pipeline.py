@@ -6,8 +6,12 @@ with a fresh learning-rate schedule and another batch order): on 500 dev queries
 lifted cos nDCG@10 from 0.250 to 0.267, recall@100 from 0.707 to 0.720 and res ROC-AUC from
 0.696 to 0.703. Its no-augmentation ablation gets one pass.
 
-    python -m training.pipeline --profile full     # make train: about 80 minutes on 2 cores (66 before the second TwinBERT pass)
+    python -m training.pipeline --profile full     # make train: 78.6 minutes from scratch on 2 cores
     python -m training.pipeline --profile quick    # minutes: smoke-run of every step
+
+The full profile runs against a deadline (`--budget-minutes`, 88 by default): each training step's
+minute cap is lowered to its share of the time left, so a slow hour shortens the training steps
+instead of pushing the whole past 90 minutes. A step that finishes early leaves its time to the rest.
 
 Each step is skipped when its output is already complete (delete it, or --force, to redo);
 an interrupted training step resumes from its checkpoint.
@@ -38,18 +42,63 @@ PROFILES = {
                  bilstm=["--epochs", "8", "--max-minutes", "12", "--eval-every", "1600"],
                  ablation_twin=["--epochs", "1", "--max-minutes", "8", "--eval-every", "500"],
                  ablation_bilstm=["--epochs", "8", "--max-minutes", "8", "--eval-every", "900"],
-                 eval_queries=0),
+                 eval_queries=0, budget_minutes=88.0),
 }
+
+# Minutes each step took in a from-scratch full run (78.6 in all; 2.7 of them the quick student,
+# whose 400 steps are not capped), with the two uncapped steps at a slow hour's (distillation set
+# 7.5 -> 9, evaluation 10.2 -> 12). A deadline shares the time left among the steps still to run in
+# these proportions.
+NOMINAL_MINUTES = {"quick contrastive student": 3.0, "teacher": 17.5, "distillation set": 9.0,
+                   "TwinBERT student": 11.7, "TwinBERT student, second pass": 11.0,
+                   "TwinBERT without augmentation": 6.2, "BiLSTM student": 7.6,
+                   "BiLSTM without augmentation": 4.6, "evaluation": 12.0}
+MIN_STEP_MINUTES = 1.0  # a training step gets at least this, even past the deadline
+
+
+class Deadline:
+    """Minute caps for the training steps so that the whole pipeline ends by `minutes` from now.
+
+    `cap(step, own_cap)`: the step's share of the time left, in proportion to NOMINAL_MINUTES over
+    it and the steps after it, never above its own cap nor below MIN_STEP_MINUTES."""
+
+    def __init__(self, minutes: float, nominal: dict[str, float] = NOMINAL_MINUTES, clock=time.monotonic):
+        self.clock, self.nominal = clock, nominal
+        self.end = clock() + minutes * 60
+
+    def cap(self, step: str, own_cap: float) -> float:
+        names = list(self.nominal)
+        rest = sum(self.nominal[n] for n in names[names.index(step):])
+        share = (self.end - self.clock()) / 60 * self.nominal[step] / rest
+        return round(max(MIN_STEP_MINUTES, min(own_cap, share)), 2)
+
+
+def with_cap(args: list[str], deadline: Deadline | None, step: str) -> list[str]:
+    """A step's arguments with its --max-minutes lowered to the deadline's cap (no deadline, or no
+    cap in the arguments: unchanged)."""
+    if deadline is None or "--max-minutes" not in args:
+        return args
+    i = args.index("--max-minutes") + 1
+    cap = deadline.cap(step, float(args[i]))
+    if cap < float(args[i]):
+        print(f"   {step}: {cap:g}-minute cap to keep the pipeline's deadline (own cap {args[i]})", flush=True)
+    return args[:i] + [f"{cap:g}"] + args[i + 1:]
 
 
 def _done(path: Path) -> bool:
     return (path / "model.safetensors").is_file() and (path / "train_summary.json").is_file()
 
 
-def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: bool) -> None:
+def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: bool,
+        budget_minutes: float | None = None) -> None:
     from training import bilstm, distill, distill_data, evaluate, teacher
     from training.train_twin import TrainConfig, train
     p = PROFILES[profile]
+    budget = p.get("budget_minutes") if budget_minutes is None else budget_minutes
+    deadline = Deadline(budget) if budget else None
+
+    def capped(name, args):
+        return with_cap(args, deadline, name)
     common = (["--data", data] if data else [])
     a = artifacts
     timings = {}
@@ -65,22 +114,26 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
 
     step("quick contrastive student", (a / "model" / "model.safetensors").is_file(),
          lambda: train(TrainConfig(data=data, out=str(a / "model"), max_steps=p["student_steps"], minutes=15)))
-    step("teacher", _done(a / "teacher"), lambda: teacher.main(common + ["--out", str(a / "teacher")] + p["teacher"]))
+    step("teacher", _done(a / "teacher"), lambda: teacher.main(common + ["--out", str(a / "teacher")]
+                                                            + capped("teacher", p["teacher"])))
     step("distillation set", (a / "distill.tsv").is_file(), lambda: distill_data.main(
         common + ["--teacher", str(a / "teacher"), "--student", str(a / "model"), "--out", str(a / "distill.tsv")]
         + p["distill_data"]))
     base_twin = common + ["--distill", str(a / "distill.tsv"), "--init", str(a / "model")]
     step("TwinBERT student", _done(a / "twin_pass1") or _done(a / "twin"),
-         lambda: distill.main(base_twin + ["--out", str(a / "twin_pass1")] + p["twin"]))
+         lambda: distill.main(base_twin + ["--out", str(a / "twin_pass1")] + capped("TwinBERT student", p["twin"])))
     step("TwinBERT student, second pass", _done(a / "twin"), lambda: distill.main(
         common + ["--distill", str(a / "distill.tsv"), "--init", str(a / "twin_pass1"), "--out", str(a / "twin")]
-        + p["twin_pass2"]))
+        + capped("TwinBERT student, second pass", p["twin_pass2"])))
     step("TwinBERT without augmentation", _done(a / "twin_noaug"), lambda: distill.main(
-        base_twin + ["--sources", "labelled", "--out", str(a / "twin_noaug")] + p["ablation_twin"]))
+        base_twin + ["--sources", "labelled", "--out", str(a / "twin_noaug")]
+        + capped("TwinBERT without augmentation", p["ablation_twin"])))
     base_lstm = common + ["--distill", str(a / "distill.tsv"), "--teacher", str(a / "teacher")]
-    step("BiLSTM student", _done(a / "bilstm"), lambda: bilstm.main(base_lstm + ["--out", str(a / "bilstm")] + p["bilstm"]))
+    step("BiLSTM student", _done(a / "bilstm"), lambda: bilstm.main(
+        base_lstm + ["--out", str(a / "bilstm")] + capped("BiLSTM student", p["bilstm"])))
     step("BiLSTM without augmentation", _done(a / "bilstm_noaug"), lambda: bilstm.main(
-        base_lstm + ["--sources", "labelled", "--out", str(a / "bilstm_noaug")] + p["ablation_bilstm"]))
+        base_lstm + ["--sources", "labelled", "--out", str(a / "bilstm_noaug")]
+        + capped("BiLSTM without augmentation", p["ablation_bilstm"])))
     suffix = "" if profile == "full" else f"_{profile}"
     step("evaluation", False, lambda: evaluate.main(
         common + ["--out", str(reports / f"eval{suffix}"), "--max-queries", str(p["eval_queries"]),
@@ -94,7 +147,8 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
                   "--model", f"BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}",
                   "--model", f"BiLSTM re-ranks TwinBERT cos top-30 (retrieve_rerank, DEPTH 30)="
                              f"rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}@30"]))
-    summary = {"profile": profile, "minutes": timings, "total_minutes": round(sum(timings.values()), 2)}
+    summary = {"profile": profile, "minutes": timings, "total_minutes": round(sum(timings.values()), 2),
+               "budget_minutes": budget or None}
     for name in ("teacher", "twin_pass1", "twin", "twin_noaug", "bilstm", "bilstm_noaug"):
         f = a / name / "train_summary.json"
         if f.is_file():
@@ -112,11 +166,14 @@ def main(argv=None) -> None:
     ap.add_argument("--reports", default="reports")
     ap.add_argument("--data")
     ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="deadline for the whole run: training steps' caps shrink to fit it "
+                         "(default: the profile's, 88 for full, none for quick; 0: no deadline)")
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
     artifacts = Path(args.artifacts or ("artifacts" if args.profile == "full" else "artifacts/quick"))
-    run(args.profile, artifacts, Path(args.reports), args.data, args.force)
+    run(args.profile, artifacts, Path(args.reports), args.data, args.force, args.budget_minutes)
 
 
 if __name__ == "__main__":
