@@ -158,7 +158,7 @@ def test_retrieve_rerank_reorders_the_cosine_candidates_as_in_process(server, in
 @pytest.mark.parametrize("k, depth, message", [
     (5, 3, "DEPTH must be between TOP_K"), (5, 201, "DEPTH must be between TOP_K"),
     (5, 0, "TOP_K must be between 1 and 1000, got 0 .retrieve_rerank passes its DEPTH here"),
-    (5, -4, "request's DEPTH"), (0, 10, "TOP_K must be between 1 and 1000, got 0$"),
+    (5, -4, "got -4 .retrieve_rerank passes its DEPTH here"), (0, 10, "TOP_K must be between 1 and 1000, got 0$"),
 ])
 def test_retrieve_rerank_bad_depth_or_k_fails_alone(server, k, depth, message):
     with TwinBertClient(server.grpc_url) as c:
