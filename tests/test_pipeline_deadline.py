@@ -76,3 +76,33 @@ def test_the_full_profile_has_a_deadline_under_90_minutes_and_quick_has_none():
     # every capped step of the full profile has a nominal time (the deadline can share to it)
     assert set(NOMINAL_MINUTES) >= {"teacher", "TwinBERT student", "TwinBERT student, second pass",
                                     "TwinBERT without augmentation", "BiLSTM student", "BiLSTM without augmentation"}
+
+
+def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monkeypatch):
+    """run() wiring: every capped step of the full profile gets --max-minutes from the deadline
+    (the steps themselves are replaced by recorders; each one's own tests cover it)."""
+    from training import bilstm, distill, distill_data, evaluate, pipeline, teacher, train_twin
+    calls = []
+
+    def recorder(name):
+        def fake(argv=None, *a, **k):
+            calls.append((name, list(argv) if isinstance(argv, list) else argv))
+        return fake
+
+    for module, name in ((teacher, "teacher"), (distill_data, "distill_data"), (distill, "distill"),
+                         (bilstm, "bilstm"), (evaluate, "evaluate")):
+        monkeypatch.setattr(module, "main", recorder(name))
+    monkeypatch.setattr(train_twin, "train", recorder("quick"))
+    pipeline.run("full", tmp_path / "a", tmp_path / "r", None, force=False, budget_minutes=5)
+    capped = [argv for name, argv in calls if isinstance(argv, list) and "--max-minutes" in argv]
+    assert len(capped) == 6  # teacher, two TwinBERT passes, its ablation, BiLSTM, its ablation
+    caps = [float(argv[argv.index("--max-minutes") + 1]) for argv in capped]
+    # 5 minutes for the whole run: every step is cut below its own cap, none below the minimum
+    assert all(MIN_STEP_MINUTES <= c < own for c, own in zip(caps, (26, 14, 14, 8, 12, 8))), caps
+    summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
+    assert summary["budget_minutes"] == 5
+    calls.clear()
+    pipeline.run("full", tmp_path / "b", tmp_path / "r", None, force=False, budget_minutes=0)  # no deadline
+    caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
+            if isinstance(argv, list) and "--max-minutes" in argv]
+    assert caps == ["26", "14", "14", "8", "12", "8"]
