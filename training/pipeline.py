@@ -99,6 +99,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
 
     def capped(name, args):
         return with_cap(args, deadline, name)
+
     common = (["--data", data] if data else [])
     a = artifacts
     timings = {}
