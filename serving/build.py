@@ -50,8 +50,8 @@ def _reranker(artifacts: Path, rebuild: bool) -> Path | None:
         return None
     current = out / "reranker.json"
     key = reranker_export_key(checkpoint)
-    if not rebuild and current.is_file() and \
-            {k: json.loads(current.read_text()).get(k) for k in key} == key:
+    made_from = json.loads(current.read_text()) if current.is_file() else {}
+    if not rebuild and {k: made_from.get(k) for k in key} == key:
         print(f"reusing {out}")
         return out
     return export_reranker(checkpoint, out)
