@@ -103,7 +103,7 @@ def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = Non
 def _retrieve_model(rerank_depth: int | None, candidates: int | None) -> str:
     if rerank_depth is None:
         return "retrieve"
-    if candidates is not None:
+    if candidates:  # 0 = the cosine order, which is what the re-ranker reads anyway
         raise ValueError("candidates (res re-scoring) and rerank_depth (the BiLSTM re-ranker) exclude each other")
     return "retrieve_rerank"
 

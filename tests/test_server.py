@@ -178,6 +178,9 @@ def test_retrieve_rerank_refuses_a_missing_depth_and_a_blank_query(server):
             c.retrieve("  ", 3, rerank_depth=5)
         with pytest.raises(ValueError, match="exclude each other"):
             c.retrieve("drill", 3, candidates=5, rerank_depth=5)
+        # candidates=0 (the cosine order) is what the re-ranker reads anyway, so it is allowed
+        assert ([h.keyword_id for h in c.retrieve("drill", 3, candidates=0, rerank_depth=5)]
+                == [h.keyword_id for h in c.retrieve("drill", 3, rerank_depth=5)])
 
 
 def test_unknown_keyword_id_is_named_and_only_that_request_fails(server):
