@@ -13,7 +13,8 @@ from training.datasets import (LabelledPairs, RetrievalSet, read_beir, read_labe
                                write_beir, write_labelled_pairs)
 from training.data import Pair
 from training.loop import LoopConfig, bucketed_batches, train_loop
-from training.metrics import mrr_at, ndcg_at, pair_metrics, recall_at, retrieval_metrics
+from training.metrics import (bootstrap_auc_ratio, bootstrap_mean_diff, mrr_at, ndcg_at, pair_metrics, rank_auc,
+                              recall_at, retrieval_metrics)
 
 
 def test_retrieval_metrics_on_a_hand_computed_ranking():
@@ -30,6 +31,50 @@ def test_pair_metrics_perfect_and_inverted():
     binary = [0, 0, 1, 1]
     assert pair_metrics([0.1, 0.2, 0.8, 0.9], labels, binary)["roc_auc"] == 1.0
     assert pair_metrics([0.9, 0.8, 0.2, 0.1], labels, binary)["roc_auc"] == 0.0
+
+
+def test_rank_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500)
+    s = np.round(rng.normal(size=500) + y, 1)  # rounded: many ties
+    assert rank_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_bootstrap_mean_diff_interval():
+    rng = np.random.default_rng(0)
+    base = {f"q{i}": float(v) for i, v in enumerate(rng.random(400))}
+    same = bootstrap_mean_diff(base, base)
+    assert same["diff"] == same["low"] == same["high"] == 0.0
+    better = bootstrap_mean_diff({q: v + 0.1 for q, v in base.items()}, base)
+    assert better["diff"] == pytest.approx(0.1) and better["low"] == pytest.approx(0.1)
+    noisy = {q: v + 0.02 + float(rng.normal(0, 0.3)) for q, v in base.items()}
+    d = bootstrap_mean_diff(noisy, base)
+    assert d["low"] < d["diff"] < d["high"] and d["low"] < 0.0 < d["high"]  # too noisy to resolve 0.02
+    assert bootstrap_mean_diff({"q0": 1.0, "extra": 5.0}, base)["queries"] == 1  # only common queries
+    with pytest.raises(ValueError, match="no query in common"):
+        bootstrap_mean_diff({"x": 1.0}, base)
+
+
+def test_bootstrap_auc_ratio_resamples_whole_queries():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(200), 5)
+    y = rng.integers(0, 2, 1000)
+    ref = y + rng.normal(0, 1.0, 1000)
+    r = bootstrap_auc_ratio(ref, ref, y, groups, resamples=200)
+    assert r["ratio"] == r["low"] == r["high"] == 1.0 and r["groups"] == 200
+    better = bootstrap_auc_ratio(y + rng.normal(0, 0.3, 1000), ref, y, groups, resamples=200)
+    assert 1.0 < better["low"] < better["ratio"] < better["high"]
+    # a query-level effect: pairs of one query share an offset, so resampling pairs alone would be
+    # overconfident; resampling the 200 queries gives a wider interval than resampling 1000 "queries"
+    shared = ref + np.repeat(rng.normal(0, 2.0, 200), 5)
+    by_query = bootstrap_auc_ratio(shared, ref, y, groups, resamples=300)
+    by_pair = bootstrap_auc_ratio(shared, ref, y, np.arange(1000), resamples=300)
+    assert by_query["high"] - by_query["low"] > by_pair["high"] - by_pair["low"]
+    with pytest.raises(ValueError, match="single class"):
+        bootstrap_auc_ratio(ref, ref, np.ones(1000), groups, resamples=10)
+    with pytest.raises(ValueError, match="one entry per pair"):
+        bootstrap_auc_ratio(ref, ref[:10], y, groups)
 
 
 def test_labelled_pairs_round_trip_csv_and_tsv(tmp_path):

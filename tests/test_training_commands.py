@@ -86,3 +86,15 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
         evaluate.load_model(f"rerank:bm25@{tmp_path / 'twin'}", None, None)
     assert "ndcg@10" in rows["twin (cos)"] and "ndcg@10" in rows["BM25"] and "ndcg@10" not in rows["teacher"]
     assert "| twin (res) |" in (tmp_path / "eval.md").read_text()
+    # against the baselines: BM25 for retrieval, the teacher for ROC-AUC, found by kind
+    assert report["comparison"]["baseline"] == "BM25" and report["comparison"]["reference"] == "teacher"
+    assert set(rows["twin (cos)"]["vs_baseline"]) == {"ndcg@10", "recall@100", "mrr@10"}
+    d = rows["rerank"]["vs_baseline"]["ndcg@10"]
+    assert d["low"] <= d["diff"] <= d["high"]
+    assert d["diff"] == pytest.approx(rows["rerank"]["ndcg@10"] - rows["BM25"]["ndcg@10"])
+    assert "vs_baseline" not in rows["BM25"] and "roc_auc_vs_reference" not in rows["teacher"]
+    assert rows["bilstm"]["roc_auc_vs_reference"]["ratio"] == pytest.approx(
+        rows["bilstm"]["roc_auc"] / rows["teacher"]["roc_auc"])
+    assert "## Against the baselines" in (tmp_path / "eval.md").read_text()
+    with pytest.raises(ValueError, match="--baseline 'nope'"):
+        evaluate.evaluate([("BM25", "bm25")], "homedepot:test", tmp_path / "x", data=str(tiny_data), baseline="nope")

@@ -8,6 +8,10 @@ only).
 Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR`.
 Metrics: ROC-AUC, PR-AUC, Spearman on labelled pairs; nDCG@10, recall@100, MRR@10 for retrieval
 over the whole corpus (n/a for a cross model on its own); CPU ms per pair; parameters.
+Against the baselines: each model's retrieval metrics minus the retrieval baseline's (`--baseline`,
+default the first bm25 model) and its ROC-AUC over the reference's (`--reference`, default the first
+teacher), with 95% intervals from a paired bootstrap over queries (`--bootstrap` resamples; 0 = off):
+a difference whose interval spans 0 is not one this query set can resolve.
 
     python -m training.evaluate --dataset homedepot:test --out reports/eval \\
         --model BM25=bm25 --model "MiniLM zero-shot=minilm" --model teacher=teacher:artifacts/teacher \\
@@ -27,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir, read_labelled_pairs
-from training.metrics import pair_metrics, retrieval_metrics
+from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_mean_diff, pair_metrics,
+                              per_query_retrieval, retrieval_metrics)
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece
 
@@ -279,7 +284,8 @@ def load_dataset(spec: str, data=None) -> tuple[LabelledPairs | None, RetrievalS
 
 
 def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=None,
-             cache_dir: str | Path | None = "artifacts/cache", max_queries: int = 0) -> dict:
+             cache_dir: str | Path | None = "artifacts/cache", max_queries: int = 0,
+             bootstrap: int = 1000, baseline: str | None = None, reference: str | None = None) -> dict:
     pairs, rs = load_dataset(dataset, data)
     if rs and max_queries:
         keep = list(rs.queries)[:max_queries]
@@ -290,7 +296,14 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
             pairs = LabelledPairs([pairs.queries[i] for i in idx], [pairs.keywords[i] for i in idx],
                                   [pairs.labels[i] for i in idx], pairs.positive_threshold)
     BiEncoderModel.cache_dir = Path(cache_dir) if cache_dir else None
+    labels = [label for label, _ in models]
+    for name, flag in ((baseline, "--baseline"), (reference, "--reference")):
+        if name is not None and name not in labels:
+            raise ValueError(f"{flag} {name!r} is not one of the models: {labels}")
     rows = []
+    per_query: dict[str, dict] = {}     # row model -> {metric: {query id: value}}
+    pair_scores: dict[str, np.ndarray] = {}
+    origin: dict[str, tuple[str, str]] = {}   # row model -> (model label, kind)
     for label, spec in models:
         print(f"evaluate: {label} ({spec})", flush=True)
         t = time.perf_counter()
@@ -303,21 +316,56 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
                    "transformer_layers": m.layers, "params": m.params}
             if pairs and variant in scores:
                 row.update(pair_metrics(scores[variant], pairs.labels, pairs.binary))
+                pair_scores[row["model"]] = np.asarray(scores[variant])
             if ranks and variant in ranks:
                 row.update(retrieval_metrics(ranks[variant], rs.qrels))
+                per_query[row["model"]] = per_query_retrieval(ranks[variant], rs.qrels)
             ms = lat.get(variant) if isinstance(lat, dict) else lat
             row["cpu_ms_per_pair"] = round(ms, 4) if ms is not None else None
             if isinstance(m, TwinModel):
                 row["query_encode_ms"] = round(m.query_encode_ms(), 3)
             rows.append(row)
+            origin[row["model"]] = (label, row["kind"])
         print(f"evaluate: {label} done in {time.perf_counter() - t:.0f}s: "
               + "; ".join(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
                           for r in rows[-len(scores or ranks or [1]):]), flush=True)
     report = {"dataset": dataset, "pairs": len(pairs) if pairs else 0,
               "queries": len(rs.queries) if rs else 0, "corpus": len(rs.corpus) if rs else 0,
               "threads": torch.get_num_threads(), "rows": rows}
+    if bootstrap:
+        t = time.perf_counter()
+        report["comparison"] = compare(rows, origin, per_query, pair_scores, pairs, bootstrap, baseline, reference)
+        print(f"evaluate: {bootstrap} bootstrap resamples against {report['comparison']['baseline']} and "
+              f"{report['comparison']['reference']} in {time.perf_counter() - t:.0f}s", flush=True)
     write_report(report, Path(out))
     return report
+
+
+def _pick(rows, origin: dict, wanted: str | None, kind: str, has: dict) -> str | None:
+    """The first row of model `wanted` (a twin has a cos and a res row), else the first row of `kind`,
+    among the rows in `has`."""
+    for r in rows:
+        label, spec_kind = origin[r["model"]]
+        if r["model"] in has and (label == wanted if wanted else spec_kind == kind):
+            return r["model"]
+    return None
+
+
+def compare(rows, origin, per_query, pair_scores, pairs, resamples: int, baseline: str | None,
+            reference: str | None) -> dict:
+    """Paired bootstrap (over queries) of each row against the retrieval baseline and the pair reference;
+    adds `vs_baseline` / `roc_auc_vs_reference` to the rows and returns what was compared."""
+    base = _pick(rows, origin, baseline, "bm25", per_query)
+    ref = _pick(rows, origin, reference, "teacher", pair_scores)
+    for r in rows:
+        name = r["model"]
+        if base and name in per_query and name != base:
+            r["vs_baseline"] = {m: bootstrap_mean_diff(per_query[name][m], per_query[base][m], resamples)
+                                for m in RETRIEVAL_METRICS}
+        if ref and name in pair_scores and name != ref:
+            r["roc_auc_vs_reference"] = bootstrap_auc_ratio(pair_scores[name], pair_scores[ref], pairs.binary,
+                                                            pairs.queries, resamples)
+    return {"baseline": base, "reference": ref, "resamples": resamples, "level": 0.95}
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -345,6 +393,32 @@ def write_report(report: dict, out: Path) -> None:
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
         lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |")
+    cmp = report.get("comparison")
+    if cmp and (cmp["baseline"] or cmp["reference"]):
+        def diff(d):
+            return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+        def ratio(d):
+            return f"{d['ratio']:.1%} [{d['low']:.1%}, {d['high']:.1%}]"
+
+        heads = ([f"{h} − {cmp['baseline']}" for h in ("nDCG@10", "R@100", "MRR@10")] if cmp["baseline"] else []) \
+            + ([f"ROC-AUC / {cmp['reference']}"] if cmp["reference"] else [])
+        lines += ["", "## Against the baselines", "",
+                  f"Differences from {cmp['baseline'] or 'no retrieval baseline'} in retrieval and ROC-AUC as a "
+                  f"share of {cmp['reference'] or 'no reference'}'s, each with its {cmp['level']:.0%} interval from a "
+                  f"paired bootstrap over queries ({cmp['resamples']} resamples; a labelled pair's query is its "
+                  "group). An interval that spans 0 (or 100%) is a difference these queries cannot resolve.", "",
+                  "| model | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 1)]
+        for r in report["rows"]:
+            cells = []
+            if cmp["baseline"]:
+                vs = r.get("vs_baseline")
+                cells += [diff(vs[m]) if vs else ("baseline" if r["model"] == cmp["baseline"] else "n/a")
+                          for m in RETRIEVAL_METRICS]
+            if cmp["reference"]:
+                vr = r.get("roc_auc_vs_reference")
+                cells.append(ratio(vr) if vr else ("reference" if r["model"] == cmp["reference"] else "n/a"))
+            lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -356,10 +430,20 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="reports/eval", help="report path without suffix (.md and .json)")
     ap.add_argument("--max-queries", type=int, default=0, help="evaluate on the first N queries only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bootstrap", type=int, default=1000,
+                    help="paired bootstrap resamples for the intervals against the baselines; 0 = none")
+    ap.add_argument("--baseline", help="model LABEL the retrieval metrics are compared with (default: the first bm25)")
+    ap.add_argument("--reference", help="model LABEL ROC-AUC is a share of (default: the first teacher)")
     args = ap.parse_args(argv)
+    if args.bootstrap < 0:
+        ap.error("--bootstrap must be 0 (off) or a number of resamples")
     torch.set_num_threads(args.threads)
     models = [tuple(m.split("=", 1)) if "=" in m else (m, m) for m in args.model]
-    evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries)
+    for name, flag in ((args.baseline, "--baseline"), (args.reference, "--reference")):
+        if name is not None and name not in [label for label, _ in models]:
+            ap.error(f"{flag} {name!r} is not one of the --model labels")
+    evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries,
+             bootstrap=args.bootstrap, baseline=args.baseline, reference=args.reference)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 
@@ -33,14 +33,73 @@ def mrr_at(ranked: list[str], gains: dict[str, float], k: int = 10) -> float:
     return 0.0
 
 
-def retrieval_metrics(rankings: dict[str, list[str]], qrels: dict[str, dict[str, float]]) -> dict:
+RETRIEVAL_METRICS = {"ndcg@10": ndcg_at, "recall@100": recall_at, "mrr@10": mrr_at}
+
+
+def per_query_retrieval(rankings: dict[str, list[str]], qrels: dict[str, dict[str, float]]
+                        ) -> dict[str, dict[str, float]]:
+    """{metric: {query id: value}} over the queries that have both a ranking and judgements."""
     qids = [q for q in qrels if q in rankings]
     if not qids:
         raise ValueError("no query has both a ranking and relevance judgements")
-    return {"ndcg@10": float(np.mean([ndcg_at(rankings[q], qrels[q]) for q in qids])),
-            "recall@100": float(np.mean([recall_at(rankings[q], qrels[q]) for q in qids])),
-            "mrr@10": float(np.mean([mrr_at(rankings[q], qrels[q]) for q in qids])),
-            "queries": len(qids)}
+    return {name: {q: fn(rankings[q], qrels[q]) for q in qids} for name, fn in RETRIEVAL_METRICS.items()}
+
+
+def retrieval_metrics(rankings: dict[str, list[str]], qrels: dict[str, dict[str, float]]) -> dict:
+    per_query = per_query_retrieval(rankings, qrels)
+    out: dict = {name: float(np.mean(list(v.values()))) for name, v in per_query.items()}
+    out["queries"] = len(per_query["ndcg@10"])
+    return out
+
+
+def bootstrap_mean_diff(model: dict[str, float], baseline: dict[str, float], resamples: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict:
+    """Paired bootstrap over queries of mean(model) - mean(baseline): the difference and its
+    `level` percentile interval. Only queries both have are compared."""
+    qids = [q for q in model if q in baseline]
+    if not qids:
+        raise ValueError("no query in common between the model and the baseline")
+    d = np.array([model[q] - baseline[q] for q in qids])
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))
+    lo, hi = np.quantile(d[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(d.mean()), "low": float(lo), "high": float(hi), "queries": len(qids)}
+
+
+def rank_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC by the rank-sum (Mann-Whitney) formula, ties averaged: the value roc_auc_score gives,
+    about 4x faster, which counts over a thousand resamples."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_auc_ratio(scores, reference_scores, binary, groups, resamples: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict:
+    """ROC-AUC(scores) / ROC-AUC(reference_scores) on the same pairs, with a percentile interval
+    from a paired bootstrap that resamples whole groups (queries), since pairs of one query are
+    not independent. Resamples with a single class are skipped."""
+    scores, reference_scores, binary = map(np.asarray, (scores, reference_scores, binary))
+    if not (len(scores) == len(reference_scores) == len(binary) == len(groups)):
+        raise ValueError("scores, reference scores, labels and groups must have one entry per pair")
+    members: dict = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    blocks = [np.array(v) for v in members.values()]
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(resamples):
+        sel = np.concatenate([blocks[j] for j in rng.integers(0, len(blocks), size=len(blocks))])
+        y = binary[sel].astype(bool)
+        if y.all() or not y.any():
+            continue
+        ratios.append(rank_auc(y, scores[sel]) / rank_auc(y, reference_scores[sel]))
+    if not ratios:
+        raise ValueError("every resample had a single class; ROC-AUC is undefined")
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    ratio = roc_auc_score(binary, scores) / roc_auc_score(binary, reference_scores)
+    return {"ratio": float(ratio), "low": float(lo), "high": float(hi), "groups": len(blocks)}
 
 
 def dev_roc_auc(scores, pairs) -> float:
