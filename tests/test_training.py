@@ -100,6 +100,47 @@ def test_beir_round_trip_and_homedepot_qrels(tmp_path):
         read_beir(tmp_path)
 
 
+def test_labelled_pairs_reader_names_the_bad_line(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_bytes("\ufeffquery,keyword,label\ndrill,DEWALT drill,3\n".encode("utf-8"))  # a spreadsheet's BOM
+    assert read_labelled_pairs(p).queries == ["drill"]
+    for body, message in (("query,keyword,label\ndrill,x,3\nfan,y\n", r"p.csv:3: a row needs"),
+                          ("query,keyword,label\ndrill,x,n/a\n", r"p.csv:2: label must be a number, got 'n/a'"),
+                          ("query,keyword\ndrill,x\n", "header must have"), ("query,keyword,label\n", "no pairs")):
+        p.write_text(body)
+        with pytest.raises(ValueError, match=message):
+            read_labelled_pairs(p)
+    p.write_bytes("query,keyword,label\nperceuse,caf\xe9,3\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_labelled_pairs(p)
+
+
+def test_beir_reader_header_blank_lines_and_bad_input(tmp_path):
+    d = tmp_path / "b"
+    (d / "qrels").mkdir(parents=True)
+    (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "drill"}\n\n{"_id": "d2", "title": "fan", "text": ""}\n')
+    (d / "queries.jsonl").write_text('{"_id": "q1", "text": "drill"}\n{"_id": "q2", "text": "fan"}\n')
+    qrels = d / "qrels" / "test.tsv"
+    qrels.write_text("q1\td1\t1\nq2\td2\t2\n\n")  # no header, a trailing blank line
+    rs = read_beir(d)
+    assert rs.qrels == {"q1": {"d1": 1.0}, "q2": {"d2": 2.0}} and rs.corpus["d2"] == "fan"
+    for body, message in (("query-id\tcorpus-id\tscore\nq1\t0\td1\t1\n", r"test.tsv:2: want 3"),
+                          ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test.tsv:2: score must be a number"),
+                          ("q9\td1\t1\n", "no query in queries.jsonl")):
+        qrels.write_text(body)
+        with pytest.raises(ValueError, match=message):
+            read_beir(d)
+    qrels.write_text("q1\td1\t1\nq1\tgone\t1\n")
+    with pytest.warns(UserWarning, match="1 relevant corpus id.*'gone'"):
+        assert read_beir(d).qrels["q1"] == {"d1": 1.0, "gone": 1.0}
+    (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "drill"}\n{"text": "no id"}\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: each line must be an object with \['_id'\]"):
+        read_beir(d)
+    (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "drill"\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl:1: not JSON"):
+        read_beir(d)
+
+
 def test_perturbations_change_the_query_deterministically():
     q = "cordless drill battery"
     assert token_dropout(q, random.Random(0)) in {"drill battery", "cordless battery", "cordless drill"}
@@ -285,3 +326,52 @@ def test_listwise_loss_is_minimal_where_the_student_orders_like_the_teacher():
     assert listwise_loss(keys, teacher, [swapped]) > best + 0.5
     assert listwise_loss(keys, teacher, [agree, swapped]) > best  # crossings add up
     assert listwise_loss(["a", "b", "c"], teacher[:3], [agree[:3]]) == 0  # no query with two rows
+
+
+def _tiny_beir(d):
+    """Four documents, two of them with the same text; q1 is judged relevant to the second copy."""
+    (d / "qrels").mkdir(parents=True)
+    docs = {"d1": "cordless drill", "d2": "ceiling fan", "d3": "garden hose", "d4": "cordless drill"}
+    (d / "corpus.jsonl").write_text("".join(f'{{"_id": "{i}", "text": "{t}"}}\n' for i, t in docs.items()))
+    (d / "queries.jsonl").write_text('{"_id": "q1", "text": "cordless drill"}\n{"_id": "q2", "text": "fan"}\n')
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td4\t1\nq2\td2\t1\n")
+    return d
+
+
+def test_evaluate_on_a_small_beir_corpus_with_duplicate_texts(tmp_path):
+    from training import evaluate
+    d = _tiny_beir(tmp_path / "beir")
+    report = evaluate.evaluate([("BM25", "bm25"), ("MiniLM | zero-shot", "minilm")], f"beir:{d}", tmp_path / "r",
+                               cache_dir=None)
+    rows = {r["model"]: r for r in report["rows"]}
+    # BM25 ranks every id of a shared text (d4 as well as d1), so q1's judged d4 is found
+    assert rows["BM25"]["recall@100"] == 1.0 and "roc_auc" not in rows["BM25"]
+    for r in rows.values():  # a corpus smaller than 100: no padded, repeated ids inflating the metrics
+        assert 0.0 <= r["ndcg@10"] <= 1.0 and r["recall@100"] <= 1.0
+    assert report["comparison"] == {"baseline": "BM25", "reference": None, "resamples": 1000, "level": 0.95}
+    md = (tmp_path / "r.md").read_text()
+    assert "| MiniLM \\| zero-shot |" in md and "Retrieval metrics minus BM25's, each" in md
+    with pytest.raises(ValueError, match="distinct"):
+        evaluate.evaluate([("X", "bm25"), ("X", "minilm")], f"beir:{d}", tmp_path / "x", cache_dir=None)
+
+
+def test_evaluate_labelled_pairs_threshold_max_queries_and_reference(tmp_path):
+    from training import evaluate
+    p = tmp_path / "p.csv"
+    p.write_text("query,keyword,label\n" + "".join(f"q{i},cordless drill {i},{i % 2}\n" for i in range(8))
+                 + "q0,ceiling fan,0\n")
+    with pytest.raises(ValueError, match="every labelled pair is not relevant at the positive threshold 2.5, so "
+                                         "ROC-AUC is undefined; set --positive-threshold"):
+        evaluate.evaluate([("BM25", "bm25")], f"pairs:{p}", tmp_path / "r")
+    report = evaluate.evaluate([("BM25", "bm25")], f"pairs:{p}", tmp_path / "r", positive_threshold=1)
+    assert report["pairs"] == 9 and "comparison" in report
+    few = evaluate.evaluate([("BM25", "bm25")], f"pairs:{p}", tmp_path / "r", positive_threshold=1, max_queries=2)
+    assert few["pairs"] == 3  # q0 (two pairs) and q1
+    with pytest.raises(ValueError, match="--reference 'BM25' has no ROC-AUC"):
+        evaluate.evaluate([("BM25", "bm25")], f"beir:{_tiny_beir(tmp_path / 'b')}", tmp_path / "x",
+                          reference="BM25")
+    with pytest.raises(ValueError, match="pairs:FILE only"):
+        evaluate.evaluate([("BM25", "bm25")], "homedepot:test", tmp_path / "x", positive_threshold=1)
+    out = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", "BM25=bm25", "--dataset", f"pairs:{p}",
+                          "--out", str(tmp_path / "cli"), "--baseline", "nope"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--baseline 'nope' is not one of the --model labels" in out.stderr

@@ -51,7 +51,8 @@ def student_top_k(student_dir: str | Path, queries: list[str], corpus: dict[str,
     tok = WordPiece(minilm_dir() / "tokenizer.json", model.config.keyword_max_len)
     kv = embed_texts(kenc, tok, texts, progress=True)
     qtok = WordPiece(minilm_dir() / "tokenizer.json", model.config.query_max_len)
-    qv = embed_texts(kenc, qtok, queries, progress=False)
+    model.eval()  # queries through the query tower: it differs from the keyword tower with --separate-encoders
+    qv = embed_texts(lambda i, m: model.embed(i, m, "query"), qtok, queries, progress=False)
     index = faiss.IndexFlatIP(kv.shape[1])
     index.add(kv / np.linalg.norm(kv, axis=1, keepdims=True))
     _, pos = index.search(qv / np.linalg.norm(qv, axis=1, keepdims=True), min(k, len(ids)))

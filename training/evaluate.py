@@ -50,7 +50,10 @@ def _median_ms(fn, repeats: int = 15) -> float:
 
 
 def _rank(qv: np.ndarray, kv: np.ndarray, k: int) -> np.ndarray:
+    """Positions of each query's top k keywords by cosine (k capped at the corpus size: FAISS pads a
+    short result with -1, which would index the last keyword again and again)."""
     import faiss
+    k = min(k, len(kv))
     index = faiss.IndexFlatIP(kv.shape[1])
     index.add(np.ascontiguousarray(kv / np.linalg.norm(kv, axis=1, keepdims=True).clip(1e-8), dtype=np.float32))
     _, pos = index.search(np.ascontiguousarray(qv / np.linalg.norm(qv, axis=1, keepdims=True).clip(1e-8),
@@ -61,9 +64,9 @@ def _rank(qv: np.ndarray, kv: np.ndarray, k: int) -> np.ndarray:
 class BM25Model:
     layers, params = 0, 0
 
-    def __init__(self, pairs: LabelledPairs, rs: RetrievalSet | None):
+    def __init__(self, pairs: LabelledPairs | None, rs: RetrievalSet | None):
         from training.augment import BM25Index
-        texts = list(dict.fromkeys(list(rs.corpus.values() if rs else []) + pairs.keywords))
+        texts = list(dict.fromkeys(list(rs.corpus.values() if rs else []) + (pairs.keywords if pairs else [])))
         self.text_pos = {t: i for i, t in enumerate(texts)}
         self.index = BM25Index([str(i) for i in range(len(texts))], texts)
         self.rs = rs
@@ -79,10 +82,14 @@ class BM25Model:
         return {"": out}
 
     def rankings(self, rs: RetrievalSet) -> dict[str, dict[str, list[str]]]:
-        pos_to_id = {self.text_pos[t]: i for i, t in reversed(list(rs.corpus.items()))}
+        # the index holds each distinct text once; every id with that text ranks there (in corpus
+        # order), as the bi-encoders rank identical vectors side by side
+        ids_of: dict[int, list[str]] = {}
+        for i, t in rs.corpus.items():
+            ids_of.setdefault(self.text_pos[t], []).append(i)
         qids = list(rs.queries)
         tops = self.index.top_k([rs.queries[q] for q in qids], TOP)
-        return {"": {q: [pos_to_id[int(p)] for p in top if int(p) in pos_to_id] for q, top in zip(qids, tops)}}
+        return {"": {q: [i for p in top for i in ids_of.get(int(p), [])][:TOP] for q, top in zip(qids, tops)}}
 
     def latency_ms_per_pair(self) -> float | None:
         return None
@@ -272,34 +279,60 @@ def load_model(kind_path: str, pairs, rs):
                      "rerank:teacher:DIR@TWIN_DIR[@DEPTH], rerank:bilstm:DIR@TWIN_DIR[@DEPTH])")
 
 
-def load_dataset(spec: str, data=None) -> tuple[LabelledPairs | None, RetrievalSet | None]:
+def load_dataset(spec: str, data=None, positive_threshold: float | None = None
+                 ) -> tuple[LabelledPairs | None, RetrievalSet | None]:
     kind, _, arg = spec.partition(":")
+    if positive_threshold is not None and kind != "pairs":
+        raise ValueError(f"a positive threshold applies to pairs:FILE only (Home Depot's is fixed at 2.5), got {spec!r}")
     if kind == "homedepot":
         return load_homedepot(data, arg or "test")
     if kind == "pairs":
-        return read_labelled_pairs(arg), None
+        if positive_threshold is None:
+            return read_labelled_pairs(arg), None
+        return read_labelled_pairs(arg, positive_threshold), None
     if kind == "beir":
         return None, read_beir(arg)
     raise ValueError(f"unknown dataset {spec!r} (homedepot[:split], pairs:FILE, beir:DIR)")
 
 
+def _first_queries(pairs: LabelledPairs, rs: RetrievalSet | None, n: int
+                   ) -> tuple[LabelledPairs, RetrievalSet | None]:
+    """The first n retrieval queries (those with a relevant keyword) and the labelled pairs of those
+    queries; without a retrieval set, the pairs of the first n distinct queries. Nothing is dropped
+    when n covers every query."""
+    if rs is not None:
+        if n >= len(rs.queries):
+            return pairs, rs
+        keep = list(rs.queries)[:n]
+        rs = RetrievalSet(rs.corpus, {q: rs.queries[q] for q in keep}, {q: rs.qrels[q] for q in keep})
+        wanted = {rs.queries[q] for q in keep}
+    else:
+        wanted = set(list(dict.fromkeys(pairs.queries))[:n])
+    if pairs is not None:
+        idx = [i for i, q in enumerate(pairs.queries) if q in wanted]
+        pairs = LabelledPairs([pairs.queries[i] for i in idx], [pairs.keywords[i] for i in idx],
+                              [pairs.labels[i] for i in idx], pairs.positive_threshold)
+    return pairs, rs
+
+
 def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=None,
              cache_dir: str | Path | None = "artifacts/cache", max_queries: int = 0,
-             bootstrap: int = 1000, baseline: str | None = None, reference: str | None = None) -> dict:
-    pairs, rs = load_dataset(dataset, data)
-    if rs and max_queries:
-        keep = list(rs.queries)[:max_queries]
-        rs = RetrievalSet(rs.corpus, {q: rs.queries[q] for q in keep}, {q: rs.qrels[q] for q in keep})
-        if pairs:
-            wanted = {rs.queries[q] for q in keep}
-            idx = [i for i, q in enumerate(pairs.queries) if q in wanted]
-            pairs = LabelledPairs([pairs.queries[i] for i in idx], [pairs.keywords[i] for i in idx],
-                                  [pairs.labels[i] for i in idx], pairs.positive_threshold)
-    BiEncoderModel.cache_dir = Path(cache_dir) if cache_dir else None
+             bootstrap: int = 1000, baseline: str | None = None, reference: str | None = None,
+             positive_threshold: float | None = None) -> dict:
     labels = [label for label, _ in models]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels must be distinct, got {labels}")
     for name, flag in ((baseline, "--baseline"), (reference, "--reference")):
         if name is not None and name not in labels:
             raise ValueError(f"{flag} {name!r} is not one of the models: {labels}")
+    pairs, rs = load_dataset(dataset, data, positive_threshold)
+    if max_queries:
+        pairs, rs = _first_queries(pairs, rs, max_queries)
+    if pairs is not None and len(set(pairs.binary)) < 2:
+        raise ValueError(f"{dataset}: every labelled pair is {'relevant' if pairs.binary[0] else 'not relevant'} "
+                         f"at the positive threshold {pairs.positive_threshold:g}, so ROC-AUC is undefined"
+                         + ("; set --positive-threshold" if dataset.startswith("pairs:") else ""))
+    BiEncoderModel.cache_dir = Path(cache_dir) if cache_dir else None
     rows = []
     per_query: dict[str, dict] = {}     # row model -> {metric: {query id: value}}
     pair_scores: dict[str, np.ndarray] = {}
@@ -324,6 +357,8 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
             row["cpu_ms_per_pair"] = round(ms, 4) if ms is not None else None
             if isinstance(m, TwinModel):
                 row["query_encode_ms"] = round(m.query_encode_ms(), 3)
+            if row["model"] in origin:
+                raise ValueError(f"two report rows are named {row['model']!r}; rename a model")
             rows.append(row)
             origin[row["model"]] = (label, row["kind"])
         print(f"evaluate: {label} done in {time.perf_counter() - t:.0f}s: "
@@ -335,8 +370,9 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
     if bootstrap:
         t = time.perf_counter()
         report["comparison"] = compare(rows, origin, per_query, pair_scores, pairs, bootstrap, baseline, reference)
-        print(f"evaluate: {bootstrap} bootstrap resamples against {report['comparison']['baseline']} and "
-              f"{report['comparison']['reference']} in {time.perf_counter() - t:.0f}s", flush=True)
+        against = [x for x in (report["comparison"]["baseline"], report["comparison"]["reference"]) if x]
+        print(f"evaluate: {bootstrap} bootstrap resamples against {' and '.join(against) or 'nothing'} in "
+              f"{time.perf_counter() - t:.0f}s", flush=True)
     write_report(report, Path(out))
     return report
 
@@ -357,6 +393,10 @@ def compare(rows, origin, per_query, pair_scores, pairs, resamples: int, baselin
     adds `vs_baseline` / `roc_auc_vs_reference` to the rows and returns what was compared."""
     base = _pick(rows, origin, baseline, "bm25", per_query)
     ref = _pick(rows, origin, reference, "teacher", pair_scores)
+    if baseline and base is None:
+        raise ValueError(f"--baseline {baseline!r} has no retrieval metrics on this dataset")
+    if reference and ref is None:
+        raise ValueError(f"--reference {reference!r} has no ROC-AUC on this dataset")
     for r in rows:
         name = r["model"]
         if base and name in per_query and name != base:
@@ -375,6 +415,9 @@ def write_report(report: dict, out: Path) -> None:
             ("pr_auc", "PR-AUC"), ("spearman", "Spearman"), ("ndcg@10", "nDCG@10"), ("recall@100", "R@100"),
             ("mrr@10", "MRR@10"), ("cpu_ms_per_pair", "CPU ms/pair"), ("query_encode_ms", "query encode ms")]
 
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # a model named with | must not split its table row
+
     def fmt(v):
         if v is None:
             return "n/a"
@@ -392,7 +435,7 @@ def write_report(report: dict, out: Path) -> None:
              "'re-ranks' row re-orders TwinBERT's cos top-100 (or the top N its name gives) with one.", "",
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in report["rows"]:
-        lines.append("| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |")
+        lines.append("| " + " | ".join(cell(fmt(r.get(k))) for k, _ in cols) + " |")
     cmp = report.get("comparison")
     if cmp and (cmp["baseline"] or cmp["reference"]):
         def diff(d):
@@ -401,11 +444,12 @@ def write_report(report: dict, out: Path) -> None:
         def ratio(d):
             return f"{d['ratio']:.1%} [{d['low']:.1%}, {d['high']:.1%}]"
 
-        heads = ([f"{h} − {cmp['baseline']}" for h in ("nDCG@10", "R@100", "MRR@10")] if cmp["baseline"] else []) \
-            + ([f"ROC-AUC / {cmp['reference']}"] if cmp["reference"] else [])
+        heads = ([f"{h} − {cell(cmp['baseline'])}" for h in ("nDCG@10", "R@100", "MRR@10")] if cmp["baseline"] else []) \
+            + ([f"ROC-AUC / {cell(cmp['reference'])}"] if cmp["reference"] else [])
+        what = " and ".join(([f"retrieval metrics minus {cmp['baseline']}'s"] if cmp["baseline"] else [])
+                            + ([f"ROC-AUC as a share of {cmp['reference']}'s"] if cmp["reference"] else []))
         lines += ["", "## Against the baselines", "",
-                  f"Differences from {cmp['baseline'] or 'no retrieval baseline'} in retrieval and ROC-AUC as a "
-                  f"share of {cmp['reference'] or 'no reference'}'s, each with its {cmp['level']:.0%} interval from a "
+                  f"{what[0].upper() + what[1:]}, each with its {cmp['level']:.0%} interval from a "
                   f"paired bootstrap over queries ({cmp['resamples']} resamples; a labelled pair's query is its "
                   "group). An interval that spans 0 (or 100%) is a difference these queries cannot resolve.", "",
                   "| model | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 1)]
@@ -418,7 +462,7 @@ def write_report(report: dict, out: Path) -> None:
             if cmp["reference"]:
                 vr = r.get("roc_auc_vs_reference")
                 cells.append(ratio(vr) if vr else ("reference" if r["model"] == cmp["reference"] else "n/a"))
-            lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {cell(r['model'])} | " + " | ".join(cells) + " |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -428,7 +472,11 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default="homedepot:test")
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
     ap.add_argument("--out", default="reports/eval", help="report path without suffix (.md and .json)")
-    ap.add_argument("--max-queries", type=int, default=0, help="evaluate on the first N queries only")
+    ap.add_argument("--max-queries", type=int, default=0,
+                    help="evaluate on the first N retrieval queries (those with a relevant keyword) and the labelled "
+                         "pairs of those queries (for pairs:FILE, the first N distinct queries); 0 = all")
+    ap.add_argument("--positive-threshold", type=float,
+                    help="pairs:FILE only: a label at or above it counts as relevant (default 2.5)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bootstrap", type=int, default=1000,
                     help="paired bootstrap resamples for the intervals against the baselines; 0 = none")
@@ -442,8 +490,13 @@ def main(argv=None) -> None:
     for name, flag in ((args.baseline, "--baseline"), (args.reference, "--reference")):
         if name is not None and name not in [label for label, _ in models]:
             ap.error(f"{flag} {name!r} is not one of the --model labels")
-    evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries,
-             bootstrap=args.bootstrap, baseline=args.baseline, reference=args.reference)
+    if args.max_queries < 0:
+        ap.error("--max-queries must be 0 (all) or a number of queries")
+    try:
+        evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries, bootstrap=args.bootstrap,
+                 baseline=args.baseline, reference=args.reference, positive_threshold=args.positive_threshold)
+    except (ValueError, FileNotFoundError) as e:  # bad flags or data: one line, not a traceback
+        raise SystemExit(f"evaluate: {e}") from None
 
 
 if __name__ == "__main__":

@@ -143,8 +143,7 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
         "model_config": json.loads((checkpoint / "config.json").read_text()),
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _replace_dir(tmp, out)
     print(f"export: {checkpoint} -> {out} (reranker.pt, reranker.json, tokenizer.json)", flush=True)
     return out
 
@@ -175,18 +174,29 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "model_config": json.loads(cfg.to_json()),
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # the export appears whole or not at all
+    _replace_dir(tmp, out)
     print(f"export: {checkpoint} -> {out} ({', '.join(files)})", flush=True)
     return out
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put the finished directory `new` at `out`. The old export is renamed aside first and removed
+    only once the new one is in place, so a crash leaves either export whole (the old one at
+    OUT.old in the instant between the two renames), never a half-written or missing one."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="TwinBERT checkpoint directory")
-    ap.add_argument("--out", help="export directory for the TwinBERT files (replaced atomically)")
+    ap.add_argument("--out", help="export directory for the TwinBERT files (written aside, then swapped in by rename)")
     ap.add_argument("--reranker", help="BiLSTM student checkpoint (training.bilstm) to export as the re-ranker")
-    ap.add_argument("--reranker-out", help="export directory for the re-ranker (replaced atomically)")
+    ap.add_argument("--reranker-out", help="export directory for the re-ranker (written aside, then swapped in by rename)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     if bool(args.checkpoint) != bool(args.out) or bool(args.reranker) != bool(args.reranker_out):
