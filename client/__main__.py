@@ -130,6 +130,9 @@ def main(argv=None) -> int:
     except ClientError as e:
         print(f"error ({e.status}): {e}", file=sys.stderr)
         return 1
+    except ValueError as e:  # the request was refused before it was sent (client-side checks)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

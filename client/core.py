@@ -87,9 +87,18 @@ def _is_unavailable(e: InferenceServerException) -> bool:
     return str(e.status() or "").endswith("UNAVAILABLE")
 
 
+def _utf8(text: str, what: str) -> bytes:
+    """A str as UTF-8; a lone surrogate (undecodable bytes smuggled in, e.g. from a shell argument)
+    is the caller's error, named, rather than a UnicodeEncodeError from deep inside."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {text!r} is not valid Unicode text (it cannot be encoded as UTF-8)") from None
+
+
 def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = None):
     q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
-    q.set_data_from_numpy(np.array([[s.encode("utf-8")] for s in queries], dtype=object))
+    q.set_data_from_numpy(np.array([[_utf8(s, "query")] for s in queries], dtype=object))
     top_k = module.InferInput("TOP_K", [len(queries), 1], "INT32")
     top_k.set_data_from_numpy(np.full((len(queries), 1), k, dtype=np.int32))
     inputs = [q, top_k]
@@ -109,13 +118,16 @@ def _retrieve_model(rerank_depth: int | None, candidates: int | None) -> str:
 
 
 def _relevance_inputs(module, queries: list[str], keyword_ids: list[list[str]]):
+    if len(queries) != len(keyword_ids):
+        raise ValueError(f"relevance needs one list of keyword ids per query: {len(queries)} queries, "
+                         f"{len(keyword_ids)} lists")
     widths = {len(ids) for ids in keyword_ids}
     if len(widths) != 1:
         raise ValueError("every query of one batched relevance call needs the same number of keyword ids")
     q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
-    q.set_data_from_numpy(np.array([[s.encode("utf-8")] for s in queries], dtype=object))
+    q.set_data_from_numpy(np.array([[_utf8(s, "query")] for s in queries], dtype=object))
     ids = module.InferInput("KEYWORD_IDS", [len(queries), widths.pop()], "BYTES")
-    ids.set_data_from_numpy(np.array([[i.encode("utf-8") for i in row] for row in keyword_ids], dtype=object))
+    ids.set_data_from_numpy(np.array([[_utf8(i, "keyword id") for i in row] for row in keyword_ids], dtype=object))
     return [q, ids], [module.InferRequestedOutput("SCORES")]
 
 

@@ -355,8 +355,13 @@ class KeywordStore:
             self.manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as e:
             raise StoreError(f"{manifest_path}: corrupt manifest ({e})") from e
+        if not isinstance(self.manifest, dict):
+            raise StoreError(f"{manifest_path}: corrupt manifest (not a JSON object)")
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{self.path}: format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        absent = [k for k in ("sha256", "encoder_sha256", "dim", "count") if k not in self.manifest]
+        if absent:
+            raise StoreError(f"{manifest_path}: corrupt manifest (no {', '.join(absent)})")
         index_type = self.manifest.get("index_type")
         if index_type not in INDEX_TYPES:
             raise StoreError(f"{self.path}: unknown index type {index_type!r} (this server knows {INDEX_TYPES})")

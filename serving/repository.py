@@ -84,7 +84,16 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> Non
         put(model, "attention_mask", mask.tobytes())
         put(model, "attention_mask_short", short.tobytes())
     put("keyword_store", "top_k", np.array([10], dtype="<i4").tobytes())
-    put("keyword_vectors", "keyword_ids", len(first_id).to_bytes(4, "little") + first_id)
+    put("keyword_vectors", "keyword_ids", keyword_warmup_bytes(first_id.decode()))
+
+
+def keyword_warmup_bytes(keyword_id: str) -> bytes:
+    """keyword_vectors' warm-up sample: one id, which must be in the store version being loaded."""
+    raw = keyword_id.encode()
+    return len(raw).to_bytes(4, "little") + raw
+
+
+KEYWORD_WARMUP = Path("keyword_vectors") / "warmup" / "keyword_ids"
 
 
 def assemble(export_dir: str | Path, store: str | Path, out: str | Path,

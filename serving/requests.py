@@ -84,6 +84,8 @@ def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int, max_l
     position embeddings), ids within the vocabulary, mask 0/1."""
     if ids.shape != mask.shape or ids.ndim != 2:
         raise BadRequest(f"INPUT_IDS {list(ids.shape)} and ATTENTION_MASK {list(mask.shape)} must both be [batch, length]")
+    if ids.shape[0] == 0:
+        raise BadRequest("INPUT_IDS is an empty batch (0 rows)")
     if ids.shape[1] == 0:
         raise BadRequest("INPUT_IDS has length 0")
     if max_length is not None and ids.shape[1] > max_length:
@@ -120,8 +122,8 @@ def decode_crossing(parameters: str | dict | None, default: str = "res") -> str:
 
 def decode_keyword_ids(raw: np.ndarray) -> list[list[str]]:
     """KEYWORD_IDS [B, N] bytes -> B lists of N ids (1 <= N <= MAX_KEYWORDS)."""
-    if raw.ndim != 2 or raw.shape[1] == 0:
-        raise BadRequest(f"KEYWORD_IDS must be [batch, N] with N >= 1, got {list(raw.shape)}")
+    if raw.ndim != 2 or raw.shape[0] == 0 or raw.shape[1] == 0:
+        raise BadRequest(f"KEYWORD_IDS must be [batch, N] with batch >= 1 and N >= 1, got {list(raw.shape)}")
     if raw.shape[1] > MAX_KEYWORDS:
         raise BadRequest(f"at most {MAX_KEYWORDS} keyword ids per query, got {raw.shape[1]}")
     rows = []

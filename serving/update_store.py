@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, sha256_file, write_version
-from serving.repository import STORE_MODELS, _place
+from serving.repository import KEYWORD_WARMUP, STORE_MODELS, _place, keyword_warmup_bytes
 
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
@@ -62,8 +62,16 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
     repo, store_version = Path(repository), Path(store_version)
-    KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
+    incoming = KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
     new = max(max(_versions(repo / m)) for m in STORE_MODELS) + 1
+    # keyword_vectors' warm-up looks one id up, and every version shares the sample: it must name an id
+    # of the new version (an update may delete the old sample's), and of the serving one if there is any
+    # in common, so that reloading either works.
+    warmup = repo / KEYWORD_WARMUP
+    previous_warmup = warmup.read_bytes() if warmup.is_file() else None
+    serving_ids = set(KeywordStore(repo / "keyword_vectors" / str(max(_versions(repo / "keyword_vectors"))) / "store",
+                                   load_index=False, load_texts=False).ids)
+    sample = next((kid for kid in incoming.ids if kid in serving_ids), incoming.ids[0])
     for model in STORE_MODELS:
         current = repo / model / str(max(_versions(repo / model)))
         tmp = repo / model / f".tmp-{new}"
@@ -74,12 +82,16 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
         for f in store_version.iterdir():
             _place(f, tmp / "store" / f.name)
         tmp.rename(repo / model / str(new))
+    warmup.parent.mkdir(parents=True, exist_ok=True)
+    warmup.write_bytes(keyword_warmup_bytes(sample))
     client = grpcclient.InferenceServerClient(url)
     try:
         for model in STORE_MODELS:
             try:
                 client.load_model(model, client_timeout=timeout_s)
             except InferenceServerException as e:
+                if previous_warmup is not None:
+                    warmup.write_bytes(previous_warmup)
                 for m in STORE_MODELS:  # withdraw the broken version; the old one keeps serving
                     shutil.rmtree(repo / m / str(new), ignore_errors=True)
                     try:

@@ -1,5 +1,7 @@
 """Client-side pieces that need no server: retry policy, load statistics, reports."""
 import json
+import subprocess
+import sys
 
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -108,3 +110,22 @@ def test_malformed_responses_raise_client_errors():
         _hits(_response([b"a", b"b"], [b"x", b"y"], None, [1, 2], scores_bytes=b"\0" * 7))
     with pytest.raises(ClientError, match="not valid UTF-8"):
         _hits(_response([b"a", b"\xff"], [b"x", b"y"], [0.1, 0.2], [1, 2]))
+
+
+def test_requests_the_client_cannot_encode_are_refused_before_sending():
+    import tritonclient.grpc as grpcclient
+
+    from client.core import _relevance_inputs, _retrieve_inputs
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        _retrieve_inputs(grpcclient, ["drill \udcff"], 3)  # a surrogate, as a shell passes undecodable bytes
+    with pytest.raises(ValueError, match="keyword id"):
+        _relevance_inputs(grpcclient, ["drill"], [["d1", "\udcff"]])
+    with pytest.raises(ValueError, match="2 queries, 1 lists"):
+        _relevance_inputs(grpcclient, ["drill", "fan"], [["d1"]])
+
+
+def test_cli_names_an_unencodable_query():
+    out = subprocess.run([sys.executable, "-m", "client", "query", b"drill \xff".decode("utf-8", "surrogateescape"),
+                          "--url", "127.0.0.1:1"], capture_output=True, text=True, timeout=60,
+                         errors="surrogateescape")
+    assert out.returncode == 2 and "not valid Unicode" in out.stderr and "Traceback" not in out.stderr

@@ -209,3 +209,16 @@ def test_ids_and_texts_must_be_valid_unicode(tmp_path):
     with pytest.raises(ValueError, match="keyword text at row 0"):
         write_version(tmp_path, ["a", "b"], ["\udfff", "y"], np.ones((2, 4), np.float32), IndexSpec("flat"), "enc")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("edit", [lambda m: m.pop("sha256"), lambda m: m.pop("dim"), None])
+def test_a_manifest_missing_fields_is_a_store_error(tmp_path, edit):
+    path, _ = make_store(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    if edit is None:
+        manifest = ["not", "an", "object"]
+    else:
+        edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="corrupt manifest"):
+        KeywordStore(path)

@@ -91,3 +91,16 @@ def test_deleting_an_unknown_id_is_refused(live, tiny_export):
     _, store, _ = live
     with pytest.raises(KeyError, match="'zz'"):
         build_updated_version(tiny_export, store, delete={"zz"})
+
+
+def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
+    """keyword_vectors warms up on one id; an update that deletes it must not make its version unloadable."""
+    server, store, repo = live
+    first = KeywordStore(latest_version(store)).ids[0]
+    assert publish(repo, build_updated_version(tiny_export, store, delete={first}), server.grpc_url) == 2
+    with TwinBertClient(server.grpc_url) as c:
+        with pytest.raises(InvalidRequest, match=repr(first)):
+            c.relevance("drill", [first])
+        assert {"version": "2", "state": "READY"} in c.health()["models"]["keyword_vectors"]
+    second = KeywordStore(latest_version(store)).ids[0]
+    assert publish(repo, build_updated_version(tiny_export, store, delete={second}), server.grpc_url) == 3

@@ -43,3 +43,12 @@ def test_token_inputs_are_checked_against_the_vocabulary():
         check_token_inputs(ids, np.array([[1, 1]]), 30522)
     with pytest.raises(BadRequest, match="at most 2 tokens"):
         check_token_inputs(ids, mask, 30522, max_length=2)
+    with pytest.raises(BadRequest, match="empty batch"):  # a [0, L] request would fail its whole batch
+        check_token_inputs(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), 30522)
+
+
+@pytest.mark.parametrize("shape", [(0, 2), (1, 0), (2,)])
+def test_keyword_ids_need_rows_and_ids(shape):
+    from serving.requests import decode_keyword_ids
+    with pytest.raises(BadRequest, match=r"batch >= 1 and N >= 1"):
+        decode_keyword_ids(np.zeros(shape, dtype=object))

@@ -183,6 +183,25 @@ def test_retrieve_rerank_refuses_a_missing_depth_and_a_blank_query(server):
                 == [h.keyword_id for h in c.retrieve("drill", 3, rerank_depth=5)])
 
 
+@pytest.mark.parametrize("model", ["keyword_vectors", "relevance", "query_encoder"])
+def test_an_empty_batch_fails_alone(server, model):
+    """A request of 0 rows: Triton 2.51 refuses it before any model runs (its size checks count a
+    batch of at least one); the models refuse one too (serving/requests.py), should it get through."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = []
+    for name, dims, dtype in {"query_encoder": [("INPUT_IDS", [0, 4], "INT64"), ("ATTENTION_MASK", [0, 4], "INT64")],
+                              "keyword_vectors": [("KEYWORD_IDS", [0, 2], "BYTES")],
+                              "relevance": [("KEYWORD_IDS", [0, 2], "BYTES"), ("QUERY", [0, 1], "BYTES")]}[model]:
+        t = grpcclient.InferInput(name, dims, dtype)
+        t.set_data_from_numpy(np.zeros(dims, dtype=object if dtype == "BYTES" else np.int64))
+        inputs.append(t)
+    with pytest.raises(Exception, match="empty batch|string elements|byte size mismatch"):
+        client.infer(model, inputs)
+    client.close()
+    with TwinBertClient(server.grpc_url) as c:
+        assert len(c.relevance("drill", ["d1", "f1"])) == 2
+
+
 def test_unknown_keyword_id_is_named_and_only_that_request_fails(server):
     with TwinBertClient(server.grpc_url) as c:
         with pytest.raises(InvalidRequest, match="'nope'"):

@@ -20,7 +20,7 @@ class TritonPythonModel:
             try:
                 rows = decode_keyword_ids(pb_utils.get_input_tensor_by_name(request, "KEYWORD_IDS").as_numpy())
                 vectors = np.stack([self.store.lookup(ids) for ids in rows])
-            except (BadRequest, UnknownKeywordError) as e:
+            except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:  # this request only
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
                 continue

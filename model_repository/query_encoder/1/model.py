@@ -47,7 +47,14 @@ class TritonPythonModel:
                 responses[n] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         if good:
-            for (n, _, mask), states in zip(good, self.encoder.encode_many([(ids, mask) for _, ids, mask in good])):
+            try:
+                encoded = self.encoder.encode_many([(ids, mask) for _, ids, mask in good])
+            except (ValueError, TypeError, RuntimeError) as e:  # fail the requests that reached the encoder, no others
+                for n, _, _ in good:
+                    responses[n] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"encoder failed: {e}", pb_utils.TritonError.INTERNAL))
+                return responses
+            for (n, _, mask), states in zip(good, encoded):
                 responses[n] = self._respond(states, mask)
         return responses
 
