@@ -10,7 +10,7 @@ import torch
 from kernels import PoolCrossParams, pool_cross
 from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore
-from serving.repository import model_parameter
+from serving.repository import model_parameter, served_version
 from serving.requests import serving_defaults
 from serving.rerank import Reranker
 from serving.retrieval import Retriever
@@ -20,12 +20,13 @@ class InProcessPipeline:
     def __init__(self, repository: str | Path, threads: int = 2):
         repo = Path(repository)
         torch.set_num_threads(threads)
-        self.encoder = QueryEncoder(repo / "query_encoder/1")
-        self.params, pc = PoolCrossParams.load(repo / "pool_cross/1")
+        # the newest version of each model: what the ensembles serve after any update or rollout
+        self.encoder = QueryEncoder(served_version(repo, "query_encoder"))
+        self.params, pc = PoolCrossParams.load(served_version(repo, "pool_cross"))
         # K' as the served keyword_store is configured (its "default_candidates" parameter)
         self.default_candidates, self.default_crossing = serving_defaults(
             pc, int(model_parameter(repo, "keyword_store", "default_candidates", "0")))
-        self.store = KeywordStore(repo / "keyword_store/1/store")
+        self.store = KeywordStore(served_version(repo, "keyword_store") / "store")
         self.retriever = Retriever(self.store, self.params)
         # the third stage of retrieve_rerank, when the repository has one
         self.reranker = Reranker(repo / "reranker/1") if (repo / "reranker/1/reranker.pt").is_file() else None

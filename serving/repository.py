@@ -49,6 +49,28 @@ def model_parameter(repository: str | Path, model: str, key: str, default: str |
     return value.string_value if value is not None else default
 
 
+def pin_ensemble_text(text: str, versions: dict[str, int]) -> str:
+    """An ensemble config.pbtxt with the steps of the models in `versions` pinned to those versions
+    (comments and layout kept); checked by parsing the result."""
+    import re
+    for model, version in versions.items():
+        text = re.sub(rf'(model_name:\s*"{re.escape(model)}"\s+model_version:\s*)-?\d+', rf"\g<1>{int(version)}", text)
+    for step in parse_model_config(text).ensemble_scheduling.step:
+        if step.model_name in versions and step.model_version != versions[step.model_name]:
+            raise ValueError(f"could not pin {step.model_name} to version {versions[step.model_name]} "
+                             "(model_version must follow model_name in each step)")
+    return text
+
+
+def served_version(repository: str | Path, model: str) -> Path:
+    """The directory of `model`'s newest numbered version (what a rollout last published)."""
+    model_dir = Path(repository) / model
+    numbered = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    if not numbered:
+        raise FileNotFoundError(f"{model_dir}: no version directory")
+    return model_dir / str(numbered[-1])
+
+
 def _place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -128,6 +150,11 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
         for f in store_version.iterdir():
             _place(f, tmp / model / "1" / "store" / f.name)
     write_warmup_files(tmp, export_dir, store_version)
+    # ensembles pin their steps' versions, so that a rollout swaps them whole (serving/rollout.py)
+    for cfg in tmp.glob("*/config.pbtxt"):
+        config = parse_model_config(cfg.read_text())
+        if config.platform == "ensemble":
+            cfg.write_text(pin_ensemble_text(cfg.read_text(), {s.model_name: 1 for s in config.ensemble_scheduling.step}))
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

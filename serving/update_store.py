@@ -4,10 +4,10 @@
    added or replaced ones are embedded with the exported keyword encoder, deleted ones are dropped,
    and the ANN index is rebuilt (training.index's writer: atomic, checksummed).
 2. It is published as a new Triton version of `keyword_store` and `keyword_vectors` (a directory
-   renamed into place), and loaded through the model-control API (server started with
-   --model-control-mode=explicit). Triton keeps serving the old version until the new one is
-   ready, then retires it: no request fails. If the new version fails to load, it is removed and
-   the old one stays.
+   renamed into place), loaded through the model-control API (server started with
+   --model-control-mode=explicit) beside the old one, and the ensembles are switched over to it
+   whole (serving/rollout.py): no request fails. If the new version fails to load, it is removed
+   and the old one stays.
 
     python -m serving.update_store --export artifacts/export --store artifacts/keyword_store \\
         --repository artifacts/model_repository [--add FILE] [--delete FILE] [--url 127.0.0.1:8001]
@@ -17,14 +17,13 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
 from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, sha256_file, write_version
-from serving.repository import KEYWORD_WARMUP, STORE_MODELS, _place, keyword_warmup_bytes
+from serving.repository import KEYWORD_WARMUP, STORE_MODELS, keyword_warmup_bytes, served_version
+from serving.rollout import RolloutError, publish_versions
 
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
@@ -53,64 +52,36 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
                          extra={"base_version": m["version"], "added_or_replaced": len(add), "deleted": len(delete)})
 
 
-def _versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def publish(repository: str | Path, store_version: str | Path, url: str, timeout_s: float = 120.0) -> int:
-    """Add `store_version` as the next Triton version of the store models and load it."""
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
+    """Publish `store_version` as the next Triton version of the store models and swap the ensembles
+    over to it (serving/rollout.py); the other files of their versions (the encoder's) carry over."""
     repo, store_version = Path(repository), Path(store_version)
     incoming = KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
-    new = max(max(_versions(repo / m)) for m in STORE_MODELS) + 1
+    files = {}
+    for model in STORE_MODELS:
+        current = served_version(repo, model)
+        entries = {f.name: f for f in current.iterdir() if f.is_file()}
+        entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
+        files[model] = entries
     # keyword_vectors' warm-up looks one id up, and every version shares the sample: it must name an id
     # of the new version (an update may delete the old sample's), and of the serving one if there is any
     # in common, so that reloading either works.
-    warmup = repo / KEYWORD_WARMUP
-    previous_warmup = warmup.read_bytes() if warmup.is_file() else None
-    serving_ids = set(KeywordStore(repo / "keyword_vectors" / str(max(_versions(repo / "keyword_vectors"))) / "store",
-                                   load_index=False, load_texts=False).ids)
+    serving_ids = set(KeywordStore(served_version(repo, "keyword_vectors") / "store", load_index=False,
+                                   load_texts=False).ids)
     sample = next((kid for kid in incoming.ids if kid in serving_ids), incoming.ids[0])
-    for model in STORE_MODELS:
-        current = repo / model / str(max(_versions(repo / model)))
-        tmp = repo / model / f".tmp-{new}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for f in current.iterdir():
-            if f.is_file():
-                _place(f, tmp / f.name)
-        for f in store_version.iterdir():
-            _place(f, tmp / "store" / f.name)
-        tmp.rename(repo / model / str(new))
-    warmup.parent.mkdir(parents=True, exist_ok=True)
-    warmup.write_bytes(keyword_warmup_bytes(sample))
-    client = grpcclient.InferenceServerClient(url)
+    warmup = repo / KEYWORD_WARMUP
+
+    def swap_sample():
+        previous = warmup.read_bytes() if warmup.is_file() else None
+        warmup.parent.mkdir(parents=True, exist_ok=True)
+        warmup.write_bytes(keyword_warmup_bytes(sample))
+        return (lambda: warmup.write_bytes(previous)) if previous is not None else None
+
     try:
-        for model in STORE_MODELS:
-            try:
-                client.load_model(model, client_timeout=timeout_s)
-            except InferenceServerException as e:
-                if previous_warmup is not None:
-                    warmup.write_bytes(previous_warmup)
-                for m in STORE_MODELS:  # withdraw the broken version; the old one keeps serving
-                    shutil.rmtree(repo / m / str(new), ignore_errors=True)
-                    try:
-                        client.load_model(m, client_timeout=timeout_s)
-                    except InferenceServerException:
-                        pass
-                raise StoreError(f"version {new} failed to load ({e.message()}); the previous version keeps "
-                                 "serving") from None
-        deadline = time.monotonic() + timeout_s
-        while not all(client.is_model_ready(m, str(new)) for m in STORE_MODELS):
-            if time.monotonic() > deadline:
-                raise StoreError(f"version {new} not ready after {timeout_s:.0f}s")
-            time.sleep(0.1)
-    finally:
-        client.close()
-    for model in STORE_MODELS:  # retired versions stay on disk for rollback; keep the last two
-        for old in _versions(repo / model)[:-2]:
-            shutil.rmtree(repo / model / str(old), ignore_errors=True)
-    return new
+        new = publish_versions(repo, files, url, timeout_s, before_load=swap_sample)
+    except RolloutError as e:
+        raise StoreError(str(e)) from None
+    return max(new.values())
 
 
 def main(argv=None) -> None:

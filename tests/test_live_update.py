@@ -79,7 +79,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(live, tiny_expo
     bad = write_version(store, old.ids, old.texts, old.vectors_at(np.arange(len(old))), IndexSpec("flat"),
                         encoder_sha256="another-encoder")
     with Load(server.grpc_url) as load:
-        with pytest.raises(StoreError, match="previous version keeps serving"):
+        with pytest.raises(StoreError, match="(?s)built with encoder another-enco.*the previous versions keep serving"):
             publish(repo, bad, server.grpc_url)
     assert load.failed == [] and load.ok > 0
     with TwinBertClient(server.grpc_url) as c:
@@ -104,3 +104,76 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
         assert {"version": "2", "state": "READY"} in c.health()["models"]["keyword_vectors"]
     second = KeywordStore(latest_version(store)).ids[0]
     assert publish(repo, build_updated_version(tiny_export, store, delete={second}), server.grpc_url) == 3
+
+
+class Recorder(Load):
+    """Load that keeps what each request answered: (retrieve ids, retrieve scores, relevance scores)."""
+
+    def __init__(self, url):
+        super().__init__(url)
+        self.answers = []
+
+    def run(self):
+        with TwinBertClient(self.url) as c:
+            for _ in range(20000):
+                if self.stop.is_set():
+                    return
+                try:
+                    hits = c.retrieve("cordless drill", 3)
+                    scores = c.relevance("drill", ["d1", "f1"])
+                    self.answers.append(([h.keyword_id for h in hits], [h.score for h in hits], scores))
+                    self.ok += 1
+                except Exception as e:  # noqa: BLE001 - any failure counts
+                    self.failed.append(repr(e))
+
+
+def _expected(pipe):
+    ids, _, scores = pipe.retrieve("cordless drill", 3)
+    return [i.decode() for i in ids[0]], scores[0].tolist(), pipe.relevance("drill", ["d1", "f1"]).tolist()
+
+
+def _same(answer, expected, atol=1e-4):
+    return answer[0] == expected[0] and np.allclose(answer[1], expected[1], atol=atol) \
+        and np.allclose(answer[2], expected[2], atol=atol)
+
+
+def test_a_new_encoder_rolls_out_whole_under_load(live, tiny_export, tmp_path, build_repository):
+    """Every model of the encoder family gets a new version at once; each request is answered entirely
+    by the old models or entirely by the new ones (a new query encoder never meets the old index)."""
+    import torch
+
+    from serving.pipeline import InProcessPipeline
+    from serving.rollout import rollout
+    from training.export import export
+    from training.twin import TwinBERT, TwinConfig
+    server, store, repo = live
+    torch.manual_seed(7)
+    TwinBERT(TwinConfig(num_layers=2)).save(tmp_path / "model2")
+    export2 = export(tmp_path / "model2", tmp_path / "export2")
+    (tmp_path / "new").mkdir()
+    store2, repo2 = build_repository(export2, TITLES, tmp_path / "new")
+    old, new = _expected(InProcessPipeline(repo)), _expected(InProcessPipeline(repo2))
+    assert not _same(old, new)  # the two encoders answer differently, so a mix would show
+    with pytest.raises(StoreError, match="rebuild the index"):  # the old store with the new encoder
+        rollout(repo, export2, store, server.grpc_url)
+    with Recorder(server.grpc_url) as load:
+        while load.ok < 3:
+            pass
+        versions = rollout(repo, export2, store2, server.grpc_url)
+        before = load.ok
+        while load.ok < before + 5:
+            pass
+    assert versions == {m: 2 for m in ("tokenizer", "query_encoder", "pool_cross", "keyword_store", "keyword_vectors")}
+    assert load.failed == []
+    # each request by itself (a retrieve and the relevance call after it may straddle the switch)
+    for part in ((0, 1), (2,)):
+        def which(a, e):
+            return all(np.allclose(a[i], e[i], atol=1e-4) if i else a[i] == e[i] for i in part)
+        kinds = ["old" if which(a, old) else "new" if which(a, new) else "mixed" for a in load.answers]
+        assert "mixed" not in kinds and kinds[0] == "old" and kinds[-1] == "new"
+        assert kinds == sorted(kinds, key=lambda k: k == "new")  # old answers, then new ones, never back
+    with TwinBertClient(server.grpc_url) as c:
+        health = c.health()["models"]
+        assert all({"version": "1", "state": "READY"} not in health[m] for m in versions)
+    assert (repo / "query_encoder" / "retired-1").is_dir() and not (repo / "query_encoder" / "1").exists()
+    assert _expected(InProcessPipeline(repo)) == new or _same(_expected(InProcessPipeline(repo)), new)

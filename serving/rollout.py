@@ -1,0 +1,183 @@
+"""Swap model versions on a running server with no failed request and no mixed versions.
+
+The encoder family (tokenizer, query_encoder, pool_cross, keyword_store, keyword_vectors) keeps
+`version_policy: { all {} }`: every numbered version directory present is loaded. The ensembles pin
+each step to one version (`serving.repository` pins version 1 when it assembles the repository).
+`publish_versions` then swaps a set of models in three steps:
+
+1. each model's files become its next version directory, and the models are loaded: the new
+   versions come up beside the old ones, which keep serving because the ensembles still pin them;
+2. every ensemble that uses one of the models is rewritten to pin the new versions and reloaded:
+   Triton swaps an ensemble whole, so a request runs entirely on the old versions or entirely on
+   the new ones (a new query encoder never meets the old index);
+3. the old version directories are renamed to `retired-N` (Triton ignores directories that are not
+   numbers; the last retired version stays for rollback) and the models reloaded, which unloads
+   them once their in-flight requests are done.
+
+If a new version fails to load, or an ensemble fails to reload, everything is put back as it was and
+the old versions keep serving.
+
+A new encoder (`python -m training.export`, then `python -m training.index` with it) is rolled out
+with every model of the family at once:
+
+    python -m serving.rollout --export artifacts/export_new --store artifacts/keyword_store_new \\
+        --repository artifacts/model_repository [--url 127.0.0.1:8001]
+
+Keyword additions and deletions with the same encoder go through `python -m serving.update_store`,
+which uses the same swap for the two store models.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
+from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, parse_model_config, pin_ensemble_text,
+                                served_version, write_warmup_files)
+
+ENCODER_MODELS = ("tokenizer", "query_encoder", "pool_cross", "keyword_store", "keyword_vectors")
+
+
+class RolloutError(RuntimeError):
+    """A swap failed; the versions that served before it still serve."""
+
+
+def versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def ensembles(repo: Path) -> dict[str, str]:
+    """{ensemble name: its config text} for the ensembles in the repository."""
+    out = {}
+    for cfg in sorted(repo.glob("*/config.pbtxt")):
+        text = cfg.read_text()
+        if parse_model_config(text).platform == "ensemble":
+            out[cfg.parent.name] = text
+    return out
+
+
+def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], url: str,
+                     timeout_s: float = 120.0, before_load=None) -> dict[str, int]:
+    """Add `files[model]` ({path inside the version directory: source file}) as each model's next
+    version and swap the ensembles over to them (see the module doc). Returns {model: new version}.
+    `before_load()`, if given, runs once the directories are in place and before anything loads
+    (for shared files such as warm-up samples); it returns an undo callable or None."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+    repo = Path(repository)
+    new = {m: max(versions(repo / m)) + 1 for m in files}
+    old = {m: [v for v in versions(repo / m)] for m in files}
+    for m, entries in files.items():
+        tmp = repo / m / f".tmp-{new[m]}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for rel, src in entries.items():
+            _place(Path(src), tmp / rel)
+        tmp.rename(repo / m / str(new[m]))
+    undo_shared = before_load() if before_load else None
+    configs = ensembles(repo)
+    affected = {name: text for name, text in configs.items()
+                if any(s.model_name in files for s in parse_model_config(text).ensemble_scheduling.step)}
+    client = grpcclient.InferenceServerClient(url)
+
+    def put_back(reason: str) -> RolloutError:
+        for name, text in affected.items():
+            (repo / name / "config.pbtxt").write_text(text)
+        if undo_shared:
+            undo_shared()
+        for m in files:
+            shutil.rmtree(repo / m / str(new[m]), ignore_errors=True)
+        for name in list(files) + list(affected):  # reconcile: unload anything half-loaded
+            try:
+                client.load_model(name, client_timeout=timeout_s)
+            except InferenceServerException:
+                pass
+        return RolloutError(f"{reason}; the previous versions keep serving")
+
+    try:
+        for m in files:
+            try:
+                client.load_model(m, client_timeout=timeout_s)
+            except InferenceServerException as e:
+                raise put_back(f"version {new[m]} of {m} failed to load ({e.message()})") from None
+        deadline = time.monotonic() + timeout_s
+        while not all(client.is_model_ready(m, str(new[m])) for m in files):
+            if time.monotonic() > deadline:
+                raise put_back(f"the new versions were not ready after {timeout_s:.0f}s")
+            time.sleep(0.1)
+        for name, text in affected.items():
+            path = repo / name / "config.pbtxt"
+            tmp = path.with_name("config.pbtxt.tmp")
+            tmp.write_text(pin_ensemble_text(text, new))
+            tmp.replace(path)
+            try:
+                client.load_model(name, client_timeout=timeout_s)
+            except InferenceServerException as e:
+                raise put_back(f"ensemble {name} failed to reload on the new versions ({e.message()})") from None
+        for m in files:  # retire: keep the newest retired version for rollback, unload the rest
+            for p in (repo / m).glob("retired-*"):
+                shutil.rmtree(p, ignore_errors=True)
+            for v in old[m]:
+                (repo / m / str(v)).rename(repo / m / f"retired-{v}")
+            for v in old[m][:-1]:
+                shutil.rmtree(repo / m / f"retired-{v}", ignore_errors=True)
+            client.load_model(m, client_timeout=timeout_s)
+    finally:
+        client.close()
+    return new
+
+
+def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, url: str,
+            timeout_s: float = 120.0) -> dict[str, int]:
+    """Roll a new encoder out: its export and a keyword store indexed with it become the next
+    versions of the whole encoder family, swapped in together."""
+    repo, export_dir, store = Path(repository), Path(export_dir), Path(store)
+    store_version = store if (store / "manifest.json").is_file() else latest_version(store)
+    # refuse a store indexed with another encoder, or corrupt, before touching the server
+    KeywordStore(store_version, expect_encoder_sha256=sha256_file(export_dir / "export.json"), load_index=False)
+    files: dict[str, dict[str, Path]] = {}
+    for m in ENCODER_MODELS:
+        # the model's code (model.py) as served now; the export's files and the store are new
+        entries = {f.name: f for f in served_version(repo, m).iterdir()
+                   if f.is_file() and f.name not in EXPORT_FILES.get(m, ())}
+        for name in EXPORT_FILES.get(m, ()):
+            if not (export_dir / name).is_file():
+                raise FileNotFoundError(f"{export_dir / name} not found; run `python -m training.export` first")
+            entries[name] = export_dir / name
+        if m in STORE_MODELS:
+            entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
+        files[m] = entries
+    return publish_versions(repo, files, url, timeout_s,
+                            before_load=lambda: swap_warmup(repo, export_dir, store_version))
+
+
+def swap_warmup(repo: Path, export_dir: Path, store_version: Path):
+    """Rewrite the shared warm-up samples for the new versions; returns a callable restoring the old ones."""
+    saved = {p: p.read_bytes() for p in repo.glob("*/warmup/*") if p.is_file()}
+    write_warmup_files(repo, export_dir, store_version)
+
+    def undo():
+        for p, data in saved.items():
+            p.write_bytes(data)
+    return undo
+
+
+def main(argv=None) -> None:
+    from client.core import DEFAULT_URL
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", required=True, help="the new encoder's export (python -m training.export)")
+    ap.add_argument("--store", required=True, help="a keyword store indexed with it (root: its latest version)")
+    ap.add_argument("--repository", required=True, help="the model repository the server runs on")
+    ap.add_argument("--url", default=DEFAULT_URL)
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for each load")
+    args = ap.parse_args(argv)
+    try:
+        new = rollout(args.repository, args.export, args.store, args.url, args.timeout)
+    except (RolloutError, StoreError, FileNotFoundError) as e:
+        raise SystemExit(f"rollout: {e}") from None
+    print("rollout: serving " + ", ".join(f"{m} v{v}" for m, v in new.items()))
+
+
+if __name__ == "__main__":
+    main()
