@@ -79,8 +79,9 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> None:
-    """Sample inputs for `model_warmup` (raw little-endian tensors; BYTES as 4-byte length + data)."""
+def write_warmup_files(repo: Path, export_dir: Path, store_version: Path, keyword_id: str | None = None) -> None:
+    """Sample inputs for `model_warmup` (raw little-endian tensors; BYTES as 4-byte length + data).
+    keyword_vectors looks up `keyword_id` (default: the store's first id)."""
     import json
 
     import numpy as np
@@ -88,7 +89,7 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path) -> Non
     mask = np.zeros(length, dtype="<i8")
     mask[:4] = 1
     short = mask[:PAD_MULTIPLE]  # the width most queries arrive at after the encoder trims padding
-    first_id = json.loads((store_version / "ids.json").read_text())[0].encode()
+    first_id = (keyword_id or json.loads((store_version / "ids.json").read_text())[0]).encode()
 
     def put(model: str, name: str, data: bytes) -> None:
         path = repo / model / "warmup" / name

@@ -148,14 +148,20 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
         if m in STORE_MODELS:
             entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
         files[m] = entries
+    # Loading a model reloads its old versions too, with the same warm-up samples, so keyword_vectors'
+    # sample names an id both stores hold when there is one.
+    serving_ids = set(KeywordStore(served_version(repo, "keyword_vectors") / "store", load_index=False,
+                                   load_texts=False).ids)
+    new_ids = KeywordStore(store_version, load_index=False, load_texts=False).ids
+    sample = next((i for i in new_ids if i in serving_ids), new_ids[0])
     return publish_versions(repo, files, url, timeout_s,
-                            before_load=lambda: swap_warmup(repo, export_dir, store_version))
+                            before_load=lambda: swap_warmup(repo, export_dir, store_version, sample))
 
 
-def swap_warmup(repo: Path, export_dir: Path, store_version: Path):
+def swap_warmup(repo: Path, export_dir: Path, store_version: Path, keyword_id: str):
     """Rewrite the shared warm-up samples for the new versions; returns a callable restoring the old ones."""
     saved = {p: p.read_bytes() for p in repo.glob("*/warmup/*") if p.is_file()}
-    write_warmup_files(repo, export_dir, store_version)
+    write_warmup_files(repo, export_dir, store_version, keyword_id)
 
     def undo():
         for p, data in saved.items():
