@@ -11,6 +11,7 @@ each model's version directory (hard links when possible, so nothing large is co
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -60,6 +61,13 @@ def pin_ensemble_text(text: str, versions: dict[str, int]) -> str:
             raise ValueError(f"could not pin {step.model_name} to version {versions[step.model_name]} "
                              "(model_version must follow model_name in each step)")
     return text
+
+
+def warmup_dims_text(text: str, hidden: int, dim: int) -> str:
+    """A config.pbtxt with its warm-up TOKEN_STATES [L, hidden] and KEYWORD_VECTORS [K, dim] widths set."""
+    import re
+    text = re.sub(r'(key: "TOKEN_STATES" value: \{[^}]*dims: \[ \d+, )\d+', rf"\g<1>{int(hidden)}", text)
+    return re.sub(r'(key: "KEYWORD_VECTORS" value: \{[^}]*dims: \[ \d+, )\d+', rf"\g<1>{int(dim)}", text)
 
 
 def served_version(repository: str | Path, model: str) -> Path:
@@ -151,6 +159,10 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
         for f in store_version.iterdir():
             _place(f, tmp / model / "1" / "store" / f.name)
     write_warmup_files(tmp, export_dir, store_version)
+    # warm-up shapes follow the export: a model trained with --proj-dim crosses narrower keyword vectors
+    dims = json.loads((export_dir / "pool_cross.json").read_text())
+    for cfg in (tmp / m / "config.pbtxt" for m in ("pool_cross", "keyword_store")):
+        cfg.write_text(warmup_dims_text(cfg.read_text(), dims["hidden"], dims["dim"]))
     # ensembles pin their steps' versions, so that a rollout swaps them whole (serving/rollout.py)
     for cfg in tmp.glob("*/config.pbtxt"):
         config = parse_model_config(cfg.read_text())

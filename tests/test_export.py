@@ -133,3 +133,25 @@ def test_reranker_export_warns_for_an_unpacked_bilstm(tmp_path, tiny_reranker):
     with pytest.warns(UserWarning, match="before packed directions"):
         export_reranker(ckpt, tmp_path / "out")
     assert (tmp_path / "out" / "reranker.pt").is_file()
+
+
+def test_repository_pins_ensembles_and_sizes_warmups_for_a_projected_model(tmp_path, build_repository):
+    """A student trained with --proj-dim crosses narrower keyword vectors: the assembled warm-up samples
+    follow the export (a 384-wide sample would fail pool_cross's warm-up and keep it from loading)."""
+    import re
+
+    from serving.repository import parse_model_config
+    from training.export import export
+    from training.twin import TwinConfig
+    torch.manual_seed(0)
+    TwinBERT(TwinConfig(num_layers=1, proj_dim=64)).save(tmp_path / "model")
+    exported = export(tmp_path / "model", tmp_path / "export")
+    _, repo = build_repository(exported, {"d1": "DEWALT drill", "f1": "ceiling fan"}, tmp_path)
+    pool_cross = (repo / "pool_cross" / "config.pbtxt").read_text()
+    assert re.findall(r'"KEYWORD_VECTORS" value: \{[^}]*dims: \[ (\d+), (\d+) \]', pool_cross) == [("100", "64")] * 2
+    assert set(re.findall(r'"TOKEN_STATES" value: \{[^}]*dims: \[ \d+, (\d+) \]', pool_cross)) == {"384"}
+    params, _ = PoolCrossParams.load(repo / "pool_cross" / "1")
+    assert params.dim == 64
+    for name in ("retrieve", "relevance"):  # every step pinned to version 1 (serving/rollout.py)
+        steps = parse_model_config((repo / name / "config.pbtxt").read_text()).ensemble_scheduling.step
+        assert steps and all(s.model_version == 1 for s in steps)
