@@ -113,6 +113,15 @@ def decode_candidates(parameters: str | dict | None, k: int, default: int) -> in
     return value
 
 
+def refuse_candidates(parameters: str | dict | None) -> None:
+    """retrieve_rerank re-orders the cosine top DEPTH: a non-zero `candidates` (res re-scoring, which
+    Triton passes on to every model of the ensemble) would change what it reads, so it is refused."""
+    value = _parameters(parameters).get("candidates", 0)
+    if value != 0:
+        raise BadRequest(f"parameter 'candidates' ({value!r}) does not apply to retrieve_rerank, which re-orders "
+                         "the cosine top DEPTH; use retrieve for res re-scoring")
+
+
 def decode_crossing(parameters: str | dict | None, default: str = "res") -> str:
     crossing = _parameters(parameters).get("crossing", default)
     if crossing not in CROSSINGS:

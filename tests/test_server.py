@@ -178,6 +178,16 @@ def test_retrieve_rerank_refuses_a_missing_depth_and_a_blank_query(server):
             c.retrieve("  ", 3, rerank_depth=5)
         with pytest.raises(ValueError, match="exclude each other"):
             c.retrieve("drill", 3, candidates=5, rerank_depth=5)
+    # a raw request with candidates (which Triton passes on to every model of the ensemble) is refused
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    q, k = _query_and_top_k(b"drill", 3)
+    depth = grpcclient.InferInput("DEPTH", [1, 1], "INT32")
+    depth.set_data_from_numpy(np.array([[5]], dtype=np.int32))
+    with pytest.raises(Exception, match="'candidates' .5. does not apply to retrieve_rerank"):
+        raw.infer("retrieve_rerank", [q, k, depth], parameters={"candidates": 5})
+    assert len(raw.infer("retrieve_rerank", [q, k, depth], parameters={"candidates": 0}).as_numpy("SCORES")[0]) == 3
+    raw.close()
+    with TwinBertClient(server.grpc_url) as c:
         # candidates=0 (the cosine order) is what the re-ranker reads anyway, so it is allowed
         assert ([h.keyword_id for h in c.retrieve("drill", 3, candidates=0, rerank_depth=5)]
                 == [h.keyword_id for h in c.retrieve("drill", 3, rerank_depth=5)])

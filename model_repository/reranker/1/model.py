@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from serving.requests import BadRequest, decode_depth, decode_queries, decode_texts, decode_top_k
+from serving.requests import BadRequest, decode_depth, decode_queries, decode_texts, decode_top_k, refuse_candidates
 from serving.rerank import MAX_DEPTH, Reranker
 
 
@@ -32,6 +32,7 @@ class TritonPythonModel:
                 self.reranker.scores("cordless drill driver", [" ".join(title.split()[:words])] * n)
 
     def _rerank(self, request):
+        refuse_candidates(request.parameters())
         queries = decode_queries(_input(request, "QUERY"))
         k = decode_top_k(_input(request, "TOP_K"), len(queries))
         depth = decode_depth(_input(request, "DEPTH"), len(queries), k, MAX_DEPTH)
