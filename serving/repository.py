@@ -71,8 +71,16 @@ def warmup_dims_text(text: str, hidden: int, dim: int) -> str:
 
 
 def served_version(repository: str | Path, model: str) -> Path:
-    """The directory of `model`'s newest numbered version (what a rollout last published)."""
-    model_dir = Path(repository) / model
+    """The directory of the version of `model` the ensembles pin (what they serve, also in the middle
+    of a swap), or its newest numbered version when no ensemble pins one."""
+    repo = Path(repository)
+    for cfg in sorted(repo.glob("*/config.pbtxt")):
+        config = parse_model_config(cfg.read_text())
+        if config.platform == "ensemble":
+            for step in config.ensemble_scheduling.step:
+                if step.model_name == model and step.model_version > 0 and (repo / model / str(step.model_version)).is_dir():
+                    return repo / model / str(step.model_version)
+    model_dir = repo / model
     numbered = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if not numbered:
         raise FileNotFoundError(f"{model_dir}: no version directory")

@@ -29,6 +29,7 @@ which uses the same swap for the two store models.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
@@ -58,73 +59,129 @@ def ensembles(repo: Path) -> dict[str, str]:
     return out
 
 
+def check_swappable(repo: Path, models) -> dict[str, str]:
+    """The repository must load every version of `models` and its ensembles must pin the ones serving
+    now; a repository assembled before pinning (latest-1 policy, version -1) would swap model by model
+    and mix versions. Returns {ensemble: config text} of the ensembles that use the models."""
+    for m in models:
+        if parse_model_config((repo / m / "config.pbtxt").read_text()).version_policy.WhichOneof("policy_choice") != "all":
+            raise RolloutError(f"{repo / m}: version_policy must be all {{}} for a swap; re-assemble the repository "
+                               "(python -m serving.build or serving.repository)")
+    affected = {}
+    for name, text in ensembles(repo).items():
+        steps = [s for s in parse_model_config(text).ensemble_scheduling.step if s.model_name in models]
+        for step in steps:
+            serving = max(versions(repo / step.model_name))
+            if step.model_version != serving:
+                raise RolloutError(f"ensemble {name} runs {step.model_name} version {step.model_version}, not the "
+                                   f"newest present ({serving}); re-assemble the repository, or finish the earlier swap")
+        if steps:
+            affected[name] = text
+    return affected
+
+
 def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], url: str,
                      timeout_s: float = 120.0, before_load=None) -> dict[str, int]:
     """Add `files[model]` ({path inside the version directory: source file}) as each model's next
     version and swap the ensembles over to them (see the module doc). Returns {model: new version}.
     `before_load()`, if given, runs once the directories are in place and before anything loads
-    (for shared files such as warm-up samples); it returns an undo callable or None."""
+    (for shared files such as warm-up samples); it returns an undo callable or None. One swap at a
+    time per repository (a lock file); any failure before the ensembles have all switched puts
+    everything back."""
+    import fcntl
+
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
     repo = Path(repository)
-    new = {m: max(versions(repo / m)) + 1 for m in files}
-    old = {m: [v for v in versions(repo / m)] for m in files}
-    for m, entries in files.items():
-        tmp = repo / m / f".tmp-{new[m]}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for rel, src in entries.items():
-            _place(Path(src), tmp / rel)
-        tmp.rename(repo / m / str(new[m]))
-    undo_shared = before_load() if before_load else None
-    configs = ensembles(repo)
-    affected = {name: text for name, text in configs.items()
-                if any(s.model_name in files for s in parse_model_config(text).ensemble_scheduling.step)}
-    client = grpcclient.InferenceServerClient(url)
+    with open(repo / ".swap.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RolloutError(f"{repo}: another update or rollout is running") from None
+        affected = check_swappable(repo, files)
+        new = {m: max(versions(repo / m)) + 1 for m in files}
+        old = {m: versions(repo / m) for m in files}
+        pinned = {name: pin_ensemble_text(text, new) for name, text in affected.items()}  # fails before any change
+        client = grpcclient.InferenceServerClient(url)
+        undo_shared = None
 
-    def put_back(reason: str) -> RolloutError:
-        for name, text in affected.items():
-            (repo / name / "config.pbtxt").write_text(text)
-        if undo_shared:
-            undo_shared()
-        for m in files:
-            shutil.rmtree(repo / m / str(new[m]), ignore_errors=True)
-        for name in list(files) + list(affected):  # reconcile: unload anything half-loaded
-            try:
-                client.load_model(name, client_timeout=timeout_s)
-            except InferenceServerException:
-                pass
-        return RolloutError(f"{reason}; the previous versions keep serving")
+        def put_back(reason: str) -> RolloutError:
+            # ensembles back on the old versions first (those never stopped serving), then drop the new ones
+            for name, text in affected.items():
+                (repo / name / "config.pbtxt").write_text(text)
+            for name in affected:
+                try:
+                    client.load_model(name, client_timeout=timeout_s)
+                except InferenceServerException:
+                    pass
+            if undo_shared:
+                undo_shared()
+            for m in files:
+                shutil.rmtree(repo / m / f".tmp-{new[m]}", ignore_errors=True)
+                shutil.rmtree(repo / m / str(new[m]), ignore_errors=True)
+            for m in files:  # reconcile: unload whatever of the new versions had loaded
+                try:
+                    client.load_model(m, client_timeout=timeout_s)
+                except InferenceServerException:
+                    pass
+            return RolloutError(f"{reason}; the previous versions keep serving")
 
-    try:
-        for m in files:
+        try:
             try:
-                client.load_model(m, client_timeout=timeout_s)
-            except InferenceServerException as e:
-                raise put_back(f"version {new[m]} of {m} failed to load ({e.message()})") from None
-        deadline = time.monotonic() + timeout_s
-        while not all(client.is_model_ready(m, str(new[m])) for m in files):
-            if time.monotonic() > deadline:
-                raise put_back(f"the new versions were not ready after {timeout_s:.0f}s")
-            time.sleep(0.1)
-        for name, text in affected.items():
-            path = repo / name / "config.pbtxt"
-            tmp = path.with_name("config.pbtxt.tmp")
-            tmp.write_text(pin_ensemble_text(text, new))
-            tmp.replace(path)
-            try:
-                client.load_model(name, client_timeout=timeout_s)
-            except InferenceServerException as e:
-                raise put_back(f"ensemble {name} failed to reload on the new versions ({e.message()})") from None
-        for m in files:  # retire: keep the newest retired version for rollback, unload the rest
-            for p in (repo / m).glob("retired-*"):
-                shutil.rmtree(p, ignore_errors=True)
-            for v in old[m]:
-                (repo / m / str(v)).rename(repo / m / f"retired-{v}")
-            for v in old[m][:-1]:
-                shutil.rmtree(repo / m / f"retired-{v}", ignore_errors=True)
-            client.load_model(m, client_timeout=timeout_s)
-    finally:
-        client.close()
+                for m, entries in files.items():
+                    tmp = repo / m / f".tmp-{new[m]}"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    for rel, src in entries.items():
+                        _place(Path(src), tmp / rel)
+                    tmp.rename(repo / m / str(new[m]))
+                undo_shared = before_load() if before_load else None
+                for m in files:
+                    try:
+                        client.load_model(m, client_timeout=timeout_s)
+                    except InferenceServerException as e:
+                        raise RolloutError(f"version {new[m]} of {m} failed to load ({e.message()})") from None
+                deadline = time.monotonic() + timeout_s
+                while not all(client.is_model_ready(m, str(new[m])) for m in files):
+                    if time.monotonic() > deadline:
+                        raise RolloutError(f"the new versions were not ready after {timeout_s:.0f}s")
+                    time.sleep(0.1)
+                for name, text in pinned.items():
+                    path = repo / name / "config.pbtxt"
+                    tmp = path.with_name("config.pbtxt.tmp")
+                    tmp.write_text(text)
+                    tmp.replace(path)
+                    try:
+                        client.load_model(name, client_timeout=timeout_s)
+                    except InferenceServerException as e:
+                        raise RolloutError(f"ensemble {name} failed to reload on the new versions "
+                                           f"({e.message()})") from None
+            except BaseException as e:  # noqa: BLE001 - whatever failed, the old versions must keep serving
+                reason = str(e) if isinstance(e, RolloutError) else f"{type(e).__name__}: {e}"
+                raise put_back(reason) from None
+            # the ensembles serve the new versions: retire the old ones (a failure here leaves both loaded,
+            # which serves correctly; it is reported, not undone)
+            failed = []
+            for m in files:
+                for v in old[m]:
+                    (repo / m / str(v)).rename(repo / m / f".retiring-{v}")
+                try:
+                    client.load_model(m, client_timeout=timeout_s)
+                except InferenceServerException as e:
+                    for v in old[m]:  # keep the directories in step with what is loaded
+                        (repo / m / f".retiring-{v}").rename(repo / m / str(v))
+                    failed.append(f"{m} ({e.message()})")
+                    continue
+                for p in (repo / m).glob("retired-*"):  # keep only the newest retired version, for rollback
+                    shutil.rmtree(p, ignore_errors=True)
+                for v in old[m]:
+                    (repo / m / f".retiring-{v}").rename(repo / m / f"retired-{v}")
+                for v in old[m][:-1]:
+                    shutil.rmtree(repo / m / f"retired-{v}", ignore_errors=True)
+            if failed:
+                raise RolloutError(f"the new versions serve, but retiring the old ones failed for {', '.join(failed)}; "
+                                   "retry with client.load_model once the cause is fixed")
+        finally:
+            client.close()
     return new
 
 
@@ -136,6 +193,16 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
     store_version = store if (store / "manifest.json").is_file() else latest_version(store)
     # refuse a store indexed with another encoder, or corrupt, before touching the server
     KeywordStore(store_version, expect_encoder_sha256=sha256_file(export_dir / "export.json"), load_index=False)
+    # the warm-up samples' shapes live in the configs, which every version shares: a new width or query
+    # length needs a re-assembled repository (and a restart), not a swap
+    for name, keys, model in (("pool_cross.json", ("hidden", "dim"), "pool_cross"),
+                              ("tokenizer_config.json", ("query_max_len",), "query_encoder")):
+        now = json.loads((served_version(repo, model) / name).read_text())
+        then = json.loads((export_dir / name).read_text())
+        changed = [f"{k} {now.get(k)} -> {then.get(k)}" for k in keys if now.get(k) != then.get(k)]
+        if changed:
+            raise RolloutError(f"{export_dir}: {', '.join(changed)}; a rollout keeps the served shapes, so "
+                               "re-assemble the repository (python -m serving.build) and restart instead")
     files: dict[str, dict[str, Path]] = {}
     for m in ENCODER_MODELS:
         # the model's code (model.py) as served now; the export's files and the store are new

@@ -155,3 +155,38 @@ def test_repository_pins_ensembles_and_sizes_warmups_for_a_projected_model(tmp_p
     for name in ("retrieve", "relevance"):  # every step pinned to version 1 (serving/rollout.py)
         steps = parse_model_config((repo / name / "config.pbtxt").read_text()).ensemble_scheduling.step
         assert steps and all(s.model_version == 1 for s in steps)
+
+
+def test_a_swap_refuses_an_unpinned_repository_a_running_swap_and_new_shapes(tmp_path, tiny_export, build_repository):
+    """Checks that run before anything is placed or loaded (no server needed: none is contacted)."""
+    import fcntl
+
+    from serving.rollout import RolloutError, check_swappable, publish_versions, rollout
+    from training.export import export
+    from training.twin import TwinConfig
+    titles = {"d1": "DEWALT drill", "f1": "ceiling fan"}
+    store, repo = build_repository(tiny_export, titles, tmp_path)
+    assert set(check_swappable(repo, ["keyword_store"])) == {"retrieve"}  # relevance reads keyword_vectors
+    assert set(check_swappable(repo, ["keyword_store", "keyword_vectors"])) == {"retrieve", "relevance"}
+    cfg = repo / "keyword_store" / "config.pbtxt"
+    original = cfg.read_text()
+    cfg.write_text(original.replace("version_policy: { all: {} }", "version_policy: { latest: { num_versions: 1 } }"))
+    with pytest.raises(RolloutError, match="version_policy must be all"):
+        check_swappable(repo, ["keyword_store"])
+    cfg.write_text(original)
+    (repo / "keyword_store" / "2").mkdir()  # a version no ensemble pins: an earlier swap did not finish
+    with pytest.raises(RolloutError, match="runs keyword_store version 1, not the newest present .2."):
+        check_swappable(repo, ["keyword_store"])
+    (repo / "keyword_store" / "2").rmdir()
+    with open(repo / ".swap.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RolloutError, match="another update or rollout is running"):
+            publish_versions(repo, {"keyword_store": {}}, "127.0.0.1:1")
+    torch.manual_seed(0)
+    TwinBERT(TwinConfig(num_layers=1, proj_dim=64)).save(tmp_path / "narrow")
+    narrow = export(tmp_path / "narrow", tmp_path / "narrow_export")
+    (tmp_path / "n").mkdir()
+    narrow_store, _ = build_repository(narrow, titles, tmp_path / "n")
+    with pytest.raises(RolloutError, match="dim 384 -> 64"):
+        rollout(repo, narrow, narrow_store, "127.0.0.1:1")
+    assert sorted(p.name for p in (repo / "query_encoder").iterdir() if p.is_dir()) == ["1", "warmup"]  # nothing placed
