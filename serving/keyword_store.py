@@ -72,6 +72,19 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def replace_dir(new: Path, out: Path) -> None:
+    """Put the finished directory `new` at `out`. The old one is renamed aside first and removed only
+    once the new one is in place, so a crash leaves either whole (the old one at OUT.old in the
+    instant between the two renames), never a half-written or missing one."""
+    new, out = Path(new), Path(out)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _normalized(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)

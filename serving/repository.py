@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from serving.encoder import PAD_MULTIPLE
-from serving.keyword_store import latest_version
+from serving.keyword_store import latest_version, replace_dir
 
 SOURCE = Path(__file__).resolve().parent.parent / "model_repository"
 
@@ -176,12 +176,7 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
         config = parse_model_config(cfg.read_text())
         if config.platform == "ensemble":
             cfg.write_text(pin_ensemble_text(cfg.read_text(), {s.model_name: 1 for s in config.ensemble_scheduling.step}))
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
     return out
 
 

@@ -37,11 +37,14 @@ class Load:
                 if self.stop.is_set():
                     return
                 try:
-                    c.retrieve("cordless drill", 3)
-                    c.relevance("drill", ["d1", "f1"])
+                    self.one(c)
                     self.ok += 1
                 except Exception as e:  # noqa: BLE001 - any failure counts
                     self.failed.append(repr(e))
+
+    def one(self, c):
+        c.retrieve("cordless drill", 3)
+        c.relevance("drill", ["d1", "f1"])
 
     def __enter__(self):
         self.thread.start()
@@ -113,18 +116,10 @@ class Recorder(Load):
         super().__init__(url)
         self.answers = []
 
-    def run(self):
-        with TwinBertClient(self.url) as c:
-            for _ in range(20000):
-                if self.stop.is_set():
-                    return
-                try:
-                    hits = c.retrieve("cordless drill", 3)
-                    scores = c.relevance("drill", ["d1", "f1"])
-                    self.answers.append(([h.keyword_id for h in hits], [h.score for h in hits], scores))
-                    self.ok += 1
-                except Exception as e:  # noqa: BLE001 - any failure counts
-                    self.failed.append(repr(e))
+    def one(self, c):
+        hits = c.retrieve("cordless drill", 3)
+        scores = c.relevance("drill", ["d1", "f1"])
+        self.answers.append(([h.keyword_id for h in hits], [h.score for h in hits], scores))
 
 
 def _expected(pipe):

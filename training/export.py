@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kernels import pool_cross
-from serving.keyword_store import sha256_file
+from serving.keyword_store import replace_dir, sha256_file
 from training.pretrained import minilm_dir
 from training.twin import TwinBERT
 
@@ -143,7 +143,7 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
         "model_config": json.loads((checkpoint / "config.json").read_text()),
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     print(f"export: {checkpoint} -> {out} (reranker.pt, reranker.json, tokenizer.json)", flush=True)
     return out
 
@@ -174,21 +174,9 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "model_config": json.loads(cfg.to_json()),
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     print(f"export: {checkpoint} -> {out} ({', '.join(files)})", flush=True)
     return out
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Put the finished directory `new` at `out`. The old export is renamed aside first and removed
-    only once the new one is in place, so a crash leaves either export whole (the old one at
-    OUT.old in the instant between the two renames), never a half-written or missing one."""
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv=None) -> None:
