@@ -20,7 +20,7 @@ class InProcessPipeline:
     def __init__(self, repository: str | Path, threads: int = 2):
         repo = Path(repository)
         torch.set_num_threads(threads)
-        # the newest version of each model: what the ensembles serve after any update or rollout
+        # the version of each model the ensembles pin: what the server answers with, after any update or rollout
         self.encoder = QueryEncoder(served_version(repo, "query_encoder"))
         self.params, pc = PoolCrossParams.load(served_version(repo, "pool_cross"))
         # K' as the served keyword_store is configured (its "default_candidates" parameter)

@@ -14,8 +14,10 @@ each step to one version (`serving.repository` pins version 1 when it assembles 
    numbers; the last retired version stays for rollback) and the models reloaded, which unloads
    them once their in-flight requests are done.
 
-If a new version fails to load, or an ensemble fails to reload, everything is put back as it was and
-the old versions keep serving.
+Any failure before every ensemble has switched (a version that fails to load, an ensemble that fails
+to reload, a file that cannot be placed) puts everything back: the ensembles onto the old versions
+first, then the new versions are dropped; the old versions never stop serving. Refused before
+anything changes: a repository assembled before pinning, and a second swap while one runs (a lock).
 
 A new encoder (`python -m training.export`, then `python -m training.index` with it) is rolled out
 with every model of the family at once:
