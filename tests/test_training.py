@@ -358,7 +358,7 @@ def test_evaluate_on_a_small_beir_corpus_with_duplicate_texts(tmp_path):
 def test_evaluate_labelled_pairs_threshold_max_queries_and_reference(tmp_path):
     from training import evaluate
     p = tmp_path / "p.csv"
-    p.write_text("query,keyword,label\n" + "".join(f"q{i},cordless drill {i},{i % 2}\n" for i in range(8))
+    p.write_text("query,keyword,label\n" + "".join(f"q{i},cordless drill q{i},{i % 2}\n" for i in range(8))
                  + "q0,ceiling fan,0\n")
     with pytest.raises(ValueError, match="every labelled pair is not relevant at the positive threshold 2.5, so "
                                          "ROC-AUC is undefined; set --positive-threshold"):
