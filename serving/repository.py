@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -53,7 +54,6 @@ def model_parameter(repository: str | Path, model: str, key: str, default: str |
 def pin_ensemble_text(text: str, versions: dict[str, int]) -> str:
     """An ensemble config.pbtxt with the steps of the models in `versions` pinned to those versions
     (comments and layout kept); checked by parsing the result."""
-    import re
     for model, version in versions.items():
         text = re.sub(rf'(model_name:\s*"{re.escape(model)}"\s+model_version:\s*)-?\d+', rf"\g<1>{int(version)}", text)
     for step in parse_model_config(text).ensemble_scheduling.step:
@@ -65,9 +65,13 @@ def pin_ensemble_text(text: str, versions: dict[str, int]) -> str:
 
 def warmup_dims_text(text: str, hidden: int, dim: int) -> str:
     """A config.pbtxt with its warm-up TOKEN_STATES [L, hidden] and KEYWORD_VECTORS [K, dim] widths set."""
-    import re
     text = re.sub(r'(key: "TOKEN_STATES" value: \{[^}]*dims: \[ \d+, )\d+', rf"\g<1>{int(hidden)}", text)
     return re.sub(r'(key: "KEYWORD_VECTORS" value: \{[^}]*dims: \[ \d+, )\d+', rf"\g<1>{int(dim)}", text)
+
+
+def numbered_versions(model_dir: Path) -> list[int]:
+    """A model's version directories (Triton loads only numbered ones; retired-N and .tmp-N are not)."""
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def served_version(repository: str | Path, model: str) -> Path:
@@ -81,7 +85,7 @@ def served_version(repository: str | Path, model: str) -> Path:
                 if step.model_name == model and step.model_version > 0 and (repo / model / str(step.model_version)).is_dir():
                     return repo / model / str(step.model_version)
     model_dir = repo / model
-    numbered = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    numbered = numbered_versions(model_dir)
     if not numbered:
         raise FileNotFoundError(f"{model_dir}: no version directory")
     return model_dir / str(numbered[-1])
@@ -98,8 +102,6 @@ def _place(src: Path, dst: Path) -> None:
 def write_warmup_files(repo: Path, export_dir: Path, store_version: Path, keyword_id: str | None = None) -> None:
     """Sample inputs for `model_warmup` (raw little-endian tensors; BYTES as 4-byte length + data).
     keyword_vectors looks up `keyword_id` (default: the store's first id)."""
-    import json
-
     import numpy as np
     length = json.loads((export_dir / "tokenizer_config.json").read_text())["query_max_len"]
     mask = np.zeros(length, dtype="<i8")

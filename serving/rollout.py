@@ -37,18 +37,14 @@ import time
 from pathlib import Path
 
 from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
-from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, parse_model_config, pin_ensemble_text,
-                                served_version, write_warmup_files)
+from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, numbered_versions, parse_model_config,
+                                pin_ensemble_text, served_version, write_warmup_files)
 
 ENCODER_MODELS = ("tokenizer", "query_encoder", "pool_cross", "keyword_store", "keyword_vectors")
 
 
 class RolloutError(RuntimeError):
     """A swap failed; the versions that served before it still serve."""
-
-
-def versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def ensembles(repo: Path) -> dict[str, str]:
@@ -73,7 +69,7 @@ def check_swappable(repo: Path, models) -> dict[str, str]:
     for name, text in ensembles(repo).items():
         steps = [s for s in parse_model_config(text).ensemble_scheduling.step if s.model_name in models]
         for step in steps:
-            serving = max(versions(repo / step.model_name))
+            serving = max(numbered_versions(repo / step.model_name))
             if step.model_version != serving:
                 raise RolloutError(f"ensemble {name} runs {step.model_name} version {step.model_version}, not the "
                                    f"newest present ({serving}); re-assemble the repository, or finish the earlier swap")
@@ -101,8 +97,8 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
         except BlockingIOError:
             raise RolloutError(f"{repo}: another update or rollout is running") from None
         affected = check_swappable(repo, files)
-        new = {m: max(versions(repo / m)) + 1 for m in files}
-        old = {m: versions(repo / m) for m in files}
+        new = {m: max(numbered_versions(repo / m)) + 1 for m in files}
+        old = {m: numbered_versions(repo / m) for m in files}
         pinned = {name: pin_ensemble_text(text, new) for name, text in affected.items()}  # fails before any change
         client = grpcclient.InferenceServerClient(url)
         undo_shared = None
@@ -217,20 +213,25 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
         if m in STORE_MODELS:
             entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
         files[m] = entries
-    # Loading a model reloads its old versions too, with the same warm-up samples, so keyword_vectors'
-    # sample names an id both stores hold when there is one.
-    serving_ids = set(KeywordStore(served_version(repo, "keyword_vectors") / "store", load_index=False,
-                                   load_texts=False).ids)
-    new_ids = KeywordStore(store_version, load_index=False, load_texts=False).ids
-    sample = next((i for i in new_ids if i in serving_ids), new_ids[0])
-    return publish_versions(repo, files, url, timeout_s,
-                            before_load=lambda: swap_warmup(repo, export_dir, store_version, sample))
+    sample = warmup_keyword(repo, store_version)
+    return publish_versions(repo, files, url, timeout_s, before_load=lambda: swap_warmups(
+        repo, lambda: write_warmup_files(repo, export_dir, store_version, sample)))
 
 
-def swap_warmup(repo: Path, export_dir: Path, store_version: Path, keyword_id: str):
-    """Rewrite the shared warm-up samples for the new versions; returns a callable restoring the old ones."""
+def warmup_keyword(repo: Path, store_version: Path) -> str:
+    """The id keyword_vectors' warm-up sample should name for `store_version`. Every version shares the
+    sample, and loading a model reloads its old versions too, so it is an id of the new store (an
+    update may delete the old sample's) that the serving store also holds, when they share any."""
+    serving = set(KeywordStore(served_version(repo, "keyword_vectors") / "store", load_index=False,
+                               load_texts=False).ids)
+    ids = KeywordStore(store_version, load_index=False, load_texts=False).ids
+    return next((i for i in ids if i in serving), ids[0])
+
+
+def swap_warmups(repo: Path, write):
+    """Run `write()` (it rewrites shared warm-up samples); returns a callable restoring the old ones."""
     saved = {p: p.read_bytes() for p in repo.glob("*/warmup/*") if p.is_file()}
-    write_warmup_files(repo, export_dir, store_version, keyword_id)
+    write()
 
     def undo():
         for p, data in saved.items():

@@ -23,7 +23,7 @@ import numpy as np
 
 from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, sha256_file, write_version
 from serving.repository import KEYWORD_WARMUP, STORE_MODELS, keyword_warmup_bytes, served_version
-from serving.rollout import RolloutError, publish_versions
+from serving.rollout import RolloutError, publish_versions, swap_warmups, warmup_keyword
 
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
@@ -56,26 +56,21 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
     """Publish `store_version` as the next Triton version of the store models and swap the ensembles
     over to it (serving/rollout.py); the other files of their versions (the encoder's) carry over."""
     repo, store_version = Path(repository), Path(store_version)
-    incoming = KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
+    KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
     files = {}
     for model in STORE_MODELS:
         current = served_version(repo, model)
         entries = {f.name: f for f in current.iterdir() if f.is_file()}
         entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
         files[model] = entries
-    # keyword_vectors' warm-up looks one id up, and every version shares the sample: it must name an id
-    # of the new version (an update may delete the old sample's), and of the serving one if there is any
-    # in common, so that reloading either works.
-    serving_ids = set(KeywordStore(served_version(repo, "keyword_vectors") / "store", load_index=False,
-                                   load_texts=False).ids)
-    sample = next((kid for kid in incoming.ids if kid in serving_ids), incoming.ids[0])
+    sample = warmup_keyword(repo, store_version)
     warmup = repo / KEYWORD_WARMUP
 
     def swap_sample():
-        previous = warmup.read_bytes() if warmup.is_file() else None
-        warmup.parent.mkdir(parents=True, exist_ok=True)
-        warmup.write_bytes(keyword_warmup_bytes(sample))
-        return (lambda: warmup.write_bytes(previous)) if previous is not None else None
+        def write():
+            warmup.parent.mkdir(parents=True, exist_ok=True)
+            warmup.write_bytes(keyword_warmup_bytes(sample))
+        return swap_warmups(repo, write)
 
     try:
         new = publish_versions(repo, files, url, timeout_s, before_load=swap_sample)
