@@ -129,9 +129,10 @@ def _stage_breakdown(before: dict, after: dict) -> list[dict]:
 
 
 def served_encoder_threads(repository: Path) -> int:
-    """The intra-op threads the served query_encoder runs with (its config's "threads" parameter)."""
+    """The intra-op threads the served query encoder runs with: keyword_store's "threads" parameter
+    (retrieve and relevance encode the query in keyword_store)."""
     from serving.repository import model_parameter
-    return int(model_parameter(repository, "query_encoder", "threads", "2"))
+    return int(model_parameter(repository, "keyword_store", "threads", "1"))
 
 
 def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: int = 50, repeats: int = 300,
@@ -141,9 +142,9 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     from client.core import TwinBertClient
     from serving.pipeline import InProcessPipeline
     from training.teacher import CrossEncoder
-    # The in-process baseline runs as the server is configured: each served model uses
-    # `served_threads` intra-op threads (query_encoder's "threads" parameter; the store and
-    # pool_cross use one). It is also timed with both cores, what one process alone would use.
+    # The in-process baseline runs as the server is configured: `served_threads` intra-op threads
+    # (keyword_store's "threads" parameter; it encodes, searches and crosses). It is also timed with
+    # both cores, what one process alone would use.
     served_threads = served_encoder_threads(repository)
     queries = held_out_queries(data, n_queries)
     pipe = InProcessPipeline(repository, threads=served_threads)
@@ -239,20 +240,30 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
 SERVER = "(server)"
 VARIANTS = [
     ("as shipped", {}),
+    # the design before keyword_store encoded queries itself: two Python-backend processes per request
+    ("two steps: query_encoder (2 instances) -> keyword_store", {
+        "retrieve": [("step [\n", 'step [\n    {\n      model_name: "query_encoder"\n      model_version: -1\n'
+                      '      input_map { key: "QUERY" value: "QUERY" }\n'
+                      '      output_map { key: "TOKEN_STATES" value: "token_states" }\n'
+                      '      output_map { key: "TOKEN_MASK" value: "attention_mask" }\n    },\n'),
+                     ('input_map { key: "QUERY" value: "QUERY" }\n      input_map { key: "TOP_K"',
+                      'input_map { key: "TOKEN_STATES" value: "token_states" }\n'
+                      '      input_map { key: "ATTENTION_MASK" value: "attention_mask" }\n      input_map { key: "TOP_K"')],
+        "query_encoder": [("instance_group [ { count: 1 kind: KIND_CPU } ]",
+                           "instance_group [\n  { count: 1 kind: KIND_CPU rate_limiter { priority: 1 } },\n"
+                           "  { count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }\n]")]}),
     ("rate limiter off (Triton's default: free instances take requests in turn)", {SERVER: {"rate_limit": False}}),
     ("equal priorities (fewest executions first)", {
-        "query_encoder": [("rate_limiter { priority: 1000 }", "rate_limiter { priority: 1 }")],
         "keyword_store": [("rate_limiter { priority: 1000 }", "rate_limiter { priority: 1 }")]}),
-    ("encoder queue delay 1 ms", {"query_encoder": [("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 1000")]}),
-    ("store with dynamic batching", {"keyword_store": [("instance_group [", "dynamic_batching { }\ninstance_group [")]}),
-    ("2 store instances", {"keyword_store": [("{ count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }",
-                                              "{ count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }")]}),
-    ("1 store instance", {"keyword_store": [("},\n  { count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}")]}),
-    ("encoder 2 threads, 1 instance", {"query_encoder": [("},\n  { count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}"),
-                                                         ('string_value: "1"', 'string_value: "2"')]}),
-    ("encoder 3 instances", {"query_encoder": [("{ count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }",
-                                                "{ count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }")]}),
-    ("encoder 2 instances x 2 threads", {"query_encoder": [('string_value: "1"', 'string_value: "2"')]}),
+    ("store without dynamic batching (each request encoded alone)",
+     {"keyword_store": [("dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 0 }\n", "")]}),
+    ("store batches all that is queued (no preferred size)",
+     {"keyword_store": [("preferred_batch_size: [ 4 ] ", "")]}),
+    ("store preferred batch size 2", {"keyword_store": [("preferred_batch_size: [ 4 ]", "preferred_batch_size: [ 2 ]")]}),
+    ("store preferred batch size 8", {"keyword_store": [("preferred_batch_size: [ 4 ]", "preferred_batch_size: [ 8 ]")]}),
+    ("3 store instances", {"keyword_store": [("{ count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }",
+                                              "{ count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }")]}),
+    ("1 store instance", {"keyword_store": [("},\n  { count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}")]}),
 ]
 
 

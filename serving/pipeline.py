@@ -20,13 +20,15 @@ class InProcessPipeline:
     def __init__(self, repository: str | Path, threads: int = 2):
         repo = Path(repository)
         torch.set_num_threads(threads)
-        # the version of each model the ensembles pin: what the server answers with, after any update or rollout
-        self.encoder = QueryEncoder(served_version(repo, "query_encoder"))
-        self.params, pc = PoolCrossParams.load(served_version(repo, "pool_cross"))
+        # the keyword_store version the ensembles pin (what the server answers with, after any update or
+        # rollout): it encodes, searches and crosses, with the files of its own version directory
+        version = served_version(repo, "keyword_store")
+        self.encoder = QueryEncoder(version)
+        self.params, pc = PoolCrossParams.load(version)
         # K' as the served keyword_store is configured (its "default_candidates" parameter)
         self.default_candidates, self.default_crossing = serving_defaults(
             pc, int(model_parameter(repo, "keyword_store", "default_candidates", "0")))
-        self.store = KeywordStore(served_version(repo, "keyword_store") / "store")
+        self.store = KeywordStore(version / "store")
         self.retriever = Retriever(self.store, self.params)
         # the third stage of retrieve_rerank, when the repository has one
         self.reranker = Reranker(repo / "reranker/1") if (repo / "reranker/1/reranker.pt").is_file() else None

@@ -27,7 +27,9 @@ EXPORT_FILES = {
     "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
     "query_encoder": ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json"),
     "pool_cross": ("pool_cross.safetensors", "pool_cross.json"),
-    "keyword_store": ("pool_cross.safetensors", "pool_cross.json", "export.json"),
+    # keyword_store encodes QUERY itself (the one-step retrieve ensemble), with query_encoder's files
+    "keyword_store": ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json", "pool_cross.safetensors",
+                      "pool_cross.json", "export.json"),
 }
 STORE_MODELS = ("keyword_store", "keyword_vectors")  # models whose version dir holds store/
 RERANKER_FILES = ("reranker.pt", "reranker.json", "tokenizer.json")  # from the re-ranker export
@@ -117,9 +119,10 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path, keywor
     def text(query: str) -> bytes:
         return len(query).to_bytes(4, "little") + query.encode()
 
-    for model in ("tokenizer", "query_encoder"):
+    for model in ("tokenizer", "query_encoder", "keyword_store"):
         put(model, "query", text(WARMUP_QUERY))
-    put("query_encoder", "long_query", text(WARMUP_LONG_QUERY))
+    for model in ("query_encoder", "keyword_store"):
+        put(model, "long_query", text(WARMUP_LONG_QUERY))
     put("query_encoder", "attention_mask_full", np.ones(length, dtype="<i8").tobytes())  # batched, untrimmed
     for model in ("keyword_store", "pool_cross"):
         put(model, "attention_mask", mask.tobytes())

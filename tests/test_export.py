@@ -166,8 +166,8 @@ def test_a_swap_refuses_an_unpinned_repository_a_running_swap_and_new_shapes(tmp
     from training.twin import TwinConfig
     titles = {"d1": "DEWALT drill", "f1": "ceiling fan"}
     store, repo = build_repository(tiny_export, titles, tmp_path)
-    assert set(check_swappable(repo, ["keyword_store"])) == {"retrieve"}  # relevance reads keyword_vectors
-    assert set(check_swappable(repo, ["keyword_store", "keyword_vectors"])) == {"retrieve", "relevance"}
+    assert set(check_swappable(repo, ["keyword_store"])) == {"retrieve", "relevance"}  # each one step of it
+    assert set(check_swappable(repo, ["query_encoder", "keyword_vectors", "pool_cross"])) == set()  # composable parts
     cfg = repo / "keyword_store" / "config.pbtxt"
     original = cfg.read_text()
     cfg.write_text(original.replace("version_policy: { all: {} }", "version_policy: { latest: { num_versions: 1 } }"))

@@ -257,6 +257,37 @@ def test_a_bad_request_among_concurrent_ones_fails_alone(server):
     assert isinstance(bad, InvalidRequest)
 
 
+def _store_counts(url):
+    client = grpcclient.InferenceServerClient(url)
+    stats = client.get_inference_statistics("keyword_store", as_json=True)["model_stats"]
+    client.close()
+    return (sum(int(m.get("inference_count", 0)) for m in stats), sum(int(m.get("execution_count", 0)) for m in stats))
+
+
+def test_queries_batched_by_the_store_answer_as_they_do_alone(server):
+    """keyword_store encodes the queries of queued requests in one forward pass (padded to the widest):
+    under concurrency each answer equals the same query's answer when it came alone."""
+    queries = ["drill", "cordless drill with two batteries", "ceiling fan", "50 ft heavy duty rubber garden hose",
+               "paint", "toilet seat elongated", "led bulb", "concrete mix 80 lb"]
+    with TwinBertClient(server.grpc_url) as c:
+        alone = {q: c.retrieve(q, 5) for q in queries}
+        alone_rel = {q: c.relevance(q, ["d1", "h2", "f1"]) for q in queries}
+    before = _store_counts(server.grpc_url)
+
+    async def go():
+        async with AsyncTwinBertClient(server.grpc_url) as c:
+            calls = [c.retrieve(q, 5) for q in queries * 3] + [c.relevance(q, ["d1", "h2", "f1"]) for q in queries * 3]
+            return await asyncio.gather(*calls)
+    answers = asyncio.run(go())
+    inferences, executions = (a - b for a, b in zip(_store_counts(server.grpc_url), before))
+    assert inferences == 2 * 3 * len(queries) and executions < inferences  # some requests shared a batch
+    for q, hits in zip(queries * 3, answers[:3 * len(queries)]):
+        assert [h.keyword_id for h in hits] == [h.keyword_id for h in alone[q]]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in alone[q]], atol=1e-5)
+    for q, scores in zip(queries * 3, answers[3 * len(queries):]):
+        np.testing.assert_allclose(scores, alone_rel[q], atol=1e-5)
+
+
 def test_health_and_custom_metrics(server):
     with TwinBertClient(server.grpc_url) as c:
         h = c.health(f"http://127.0.0.1:{server.metrics_port}/metrics")
@@ -326,6 +357,54 @@ def test_query_encoder_takes_text_or_the_tokenizer_ids(server):
     long_ids = np.full((1, 600), 1000, dtype=np.int64)  # past the position embeddings
     with pytest.raises(Exception, match="at most 512 tokens"):
         _infer_encoder(client, INPUT_IDS=long_ids, ATTENTION_MASK=np.ones_like(long_ids))
+    assert client.is_server_ready()
+    client.close()
+
+
+def _infer_store(client, k=3, **tensors):
+    """keyword_store called directly: retrieval (TOP_K = k) unless CANDIDATE_IDS is given (k=None: no TOP_K)."""
+    rows = len(next(iter(tensors.values())))
+    if k is not None:
+        tensors["TOP_K"] = np.full((rows, 1), k, np.int32)
+    inputs = []
+    for name, value in tensors.items():
+        dtype = {np.dtype(object): "BYTES", np.dtype(np.float32): "FP32", np.dtype(np.int32): "INT32"}.get(value.dtype, "INT64")
+        t = grpcclient.InferInput(name, list(value.shape), dtype)
+        t.set_data_from_numpy(value)
+        inputs.append(t)
+    result = client.infer("keyword_store", inputs)
+    if "CANDIDATE_IDS" in tensors:
+        return result.as_numpy("SCORES")
+    return result.as_numpy("KEYWORD_IDS"), result.as_numpy("SCORES")
+
+
+def test_keyword_store_encodes_the_query_itself_or_takes_the_encoders_states(server):
+    """retrieve and relevance are one step each (keyword_store encodes QUERY); the composable path,
+    query_encoder's states sent to keyword_store, gives the same answers."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    text = np.array([[b"cordless drill"], [b"garden hose 50 ft"]], dtype=object)
+    ids_text, scores_text = _infer_store(client, QUERY=text)
+    states, mask = _infer_encoder(client, QUERY=text)
+    ids_states, scores_states = _infer_store(client, TOKEN_STATES=states, ATTENTION_MASK=mask)
+    np.testing.assert_array_equal(ids_text, ids_states)
+    np.testing.assert_allclose(scores_text, scores_states, atol=1e-5)
+    assert ids_text[0, 0] in (b"d1", b"d2") and ids_text[1, 0] in (b"h1", b"h2")
+    with pytest.raises(Exception, match="not both"):
+        _infer_store(client, QUERY=text, TOKEN_STATES=states, ATTENTION_MASK=mask)
+    with pytest.raises(Exception, match="both TOKEN_STATES and ATTENTION_MASK"):
+        _infer_store(client, TOKEN_STATES=states)
+    with pytest.raises(Exception, match="not valid UTF-8"):
+        _infer_store(client, QUERY=np.array([[b"\xffdrill"]], dtype=object))
+    # relevance: the candidates' cached vectors crossed with the query, on either path
+    candidates = np.array([[b"d1", b"h1", b"f1"], [b"h2", b"d2", b"k1"]], dtype=object)
+    scores_text = _infer_store(client, None, QUERY=text, CANDIDATE_IDS=candidates)
+    scores_states = _infer_store(client, None, TOKEN_STATES=states, ATTENTION_MASK=mask, CANDIDATE_IDS=candidates)
+    np.testing.assert_allclose(scores_text, scores_states, atol=1e-5)
+    assert scores_text.shape == (2, 3) and scores_text[0].argmax() == 0 and scores_text[1].argmax() == 0
+    with pytest.raises(Exception, match="TOP_K .retrieval. or CANDIDATE_IDS"):
+        _infer_store(client, 3, QUERY=text, CANDIDATE_IDS=candidates)
+    with pytest.raises(Exception, match="TOP_K .retrieval. or CANDIDATE_IDS"):
+        _infer_store(client, None, QUERY=text)
     assert client.is_server_ready()
     client.close()
 

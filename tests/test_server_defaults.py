@@ -40,7 +40,7 @@ def server(tmp_path_factory, build_repository):
     # one store instance, so that every request's count lands in the same process
     for old, new in (('key: "default_candidates" value: { string_value: "0" }',
                       f'key: "default_candidates" value: {{ string_value: "{DEFAULT_CANDIDATES}" }}'),
-                     ("},\n  { count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}")):
+                     ("},\n  { count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }", "}")):
         assert old in text
         text = text.replace(old, new)
     config.write_text(text)

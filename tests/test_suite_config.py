@@ -6,13 +6,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_bench_baseline_uses_the_served_thread_setting(tmp_path):
     from client.suite import served_encoder_threads
-    assert served_encoder_threads(ROOT / "model_repository") == 1  # what query_encoder/config.pbtxt ships
-    (tmp_path / "query_encoder").mkdir()
-    (tmp_path / "query_encoder" / "config.pbtxt").write_text(
+    assert served_encoder_threads(ROOT / "model_repository") == 1  # what keyword_store/config.pbtxt ships
+    (tmp_path / "keyword_store").mkdir()
+    (tmp_path / "keyword_store" / "config.pbtxt").write_text(
         'parameters {\n  key: "threads"\n  value: { string_value: "3" }\n}\n')
     assert served_encoder_threads(tmp_path) == 3
-    (tmp_path / "query_encoder" / "config.pbtxt").write_text('name: "query_encoder"\n')
-    assert served_encoder_threads(tmp_path) == 2  # the model's own default
+    (tmp_path / "keyword_store" / "config.pbtxt").write_text('name: "keyword_store"\n')
+    assert served_encoder_threads(tmp_path) == 1  # the model's own default
 
 
 def _instances(text):
@@ -21,15 +21,16 @@ def _instances(text):
 
 
 def test_shipped_placement_has_one_hot_instance_and_overflow():
-    """The first instance of each multi-instance model takes requests while free (priority 1)."""
+    """The first instance of the multi-instance model takes requests while free (priority 1)."""
     repo = ROOT / "model_repository"
-    for model in ("query_encoder", "keyword_store"):
+    for model in ("keyword_store",):
         groups = _instances((repo / model / "config.pbtxt").read_text())
         assert groups[0] == (1, 1) and all(p > 100 for _, p in groups[1:]) and len(groups) > 1
 
 
 def test_every_tune_variant_applies_and_parses():
     from client.suite import VARIANTS, variant_configs
+    from serving.repository import parse_model_config
     repo = ROOT / "model_repository"
     for name, edits in VARIANTS:
         configs = variant_configs(repo, edits)  # raises unless each edit matches exactly once
@@ -39,7 +40,13 @@ def test_every_tune_variant_applies_and_parses():
     configs = variant_configs(repo, dict(VARIANTS)["1 store instance"])
     assert _instances(configs["keyword_store"]) == [(1, 1)]
     configs = variant_configs(repo, dict(VARIANTS)["equal priorities (fewest executions first)"])
-    assert {p for _, p in _instances(configs["keyword_store"]) + _instances(configs["query_encoder"])} == {1}
+    assert {p for _, p in _instances(configs["keyword_store"])} == {1}
+    configs = variant_configs(repo, dict(VARIANTS)["two steps: query_encoder (2 instances) -> keyword_store"])
+    steps = parse_model_config(configs["retrieve"]).ensemble_scheduling.step
+    assert [s.model_name for s in steps] == ["query_encoder", "keyword_store"]
+    assert dict(steps[1].input_map) == {"TOKEN_STATES": "token_states", "ATTENTION_MASK": "attention_mask",
+                                        "TOP_K": "TOP_K"}
+    assert len(_instances(configs["query_encoder"])) == 2
     assert all(edits or name == "as shipped" for name, edits in VARIANTS)
 
 

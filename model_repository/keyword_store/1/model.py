@@ -1,4 +1,15 @@
-"""Triton Python model: TOKEN_STATES, ATTENTION_MASK, TOP_K -> KEYWORD_IDS, KEYWORD_TEXTS, SCORES."""
+"""Triton Python model, the twin's CPU serving path in one process:
+
+    QUERY (or TOKEN_STATES + ATTENTION_MASK), TOP_K          -> KEYWORD_IDS, KEYWORD_TEXTS, SCORES  (retrieve)
+    QUERY (or TOKEN_STATES + ATTENTION_MASK), CANDIDATE_IDS  -> SCORES                              (relevance)
+
+With QUERY the model tokenises and encodes the query itself, with the same TorchScript export as
+query_encoder (serving/encoder.py), so the `retrieve` and `relevance` ensembles are each this one step:
+one Python-backend process on the critical path instead of two (README, "Where the served time goes").
+TOKEN_STATES + ATTENTION_MASK (from query_encoder, or a client's own encoder) take the composable path.
+Relevance looks the candidates' cached vectors up in the store and crosses them (request parameter
+"crossing", as the pool_cross model); retrieval pools, searches and re-scores (parameter "candidates").
+"""
 import json
 import time
 from pathlib import Path
@@ -8,9 +19,11 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from kernels import PoolCrossParams, cpu_native
-from serving.keyword_store import KeywordStore, sha256_file
-from serving.requests import BadRequest, decode_candidates, decode_top_k, serving_defaults
+from kernels import PoolCrossParams, cpu_native, pool_cross
+from serving.encoder import QueryEncoder
+from serving.keyword_store import KeywordStore, UnknownKeywordError, sha256_file
+from serving.requests import (BadRequest, decode_candidates, decode_crossing, decode_keyword_ids, decode_top_k,
+                              serving_defaults)
 from serving.retrieval import Retriever
 
 
@@ -22,30 +35,37 @@ from serving.retrieval import Retriever
 METRIC_FLUSH_S = 1.0
 
 
-def _error(message):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+def _error(message, code=None):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+        message, pb_utils.TritonError.INVALID_ARG if code is None else code))
 
 
 class TritonPythonModel:
     def initialize(self, args):
         faiss.omp_set_num_threads(1)  # single queries: OpenMP start-up costs more than it saves
-        torch.set_num_threads(1)
-        version_dir = Path(args["model_repository"]) / args["model_version"]
         config = json.loads(args["model_config"])
+        torch.set_num_threads(int(config.get("parameters", {}).get("threads", {}).get("string_value", "1")))
+        version_dir = Path(args["model_repository"]) / args["model_version"]
         params, pc_config = PoolCrossParams.load(version_dir)
         configured = config.get("parameters", {}).get("default_candidates", {}).get("string_value", "0")
-        self.default_candidates, _ = serving_defaults(pc_config, int(configured))
+        self.default_candidates, self.default_crossing = serving_defaults(pc_config, int(configured))
         # Refuse a store built with another encoder (its manifest names the export it was built from).
         store = KeywordStore(version_dir / "store", expect_encoder_sha256=sha256_file(version_dir / "export.json"),
                              expect_dim=params.dim)
         store.page_in()  # map every page of the index and vectors now, not inside the first requests
         self.retriever = Retriever(store, params)
+        self.encoder = QueryEncoder(version_dir)  # the export the store was built with (checked above)
         # The config's warmup requests cannot carry the "candidates" parameter, so the res re-scoring
         # path (not the default) is warmed here: its first calls would otherwise land on users.
         states, mask = np.zeros((1, 8, params.hidden), np.float32), np.ones((1, 8), np.int64)
         for _ in range(2 if len(store) else 0):
             k = min(10, len(store))
             self.retriever.retrieve(states, mask, k, max(k, min(100, len(store))))
+            # relevance (the relevance ensemble's step): cached vectors looked up, crossed both ways
+            vectors = torch.from_numpy(store.lookup(store.ids[:100])[None])
+            with torch.inference_mode():
+                for crossing in ("cos", "res"):
+                    pool_cross(torch.from_numpy(states), torch.from_numpy(mask), params, vectors, crossing)
         pb_utils.Logger.log_info(f"{args['model_name']}: pool_cross CPU path: {cpu_native.describe()}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # Families must outlive their metrics: keep both on the instance.
@@ -72,22 +92,77 @@ class TritonPythonModel:
             self.scored.increment(self.scored_pending)
             self.scored_pending = 0
 
+    def _parse(self, request):
+        """One request's inputs: ("text", ids, mask) for QUERY (tokenised here) or ("states", states, mask)
+        as sent, plus its TOP_K or CANDIDATE_IDS tensor (exactly one of the two)."""
+        query = pb_utils.get_input_tensor_by_name(request, "QUERY")
+        states = pb_utils.get_input_tensor_by_name(request, "TOKEN_STATES")
+        mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK")
+        top_k = pb_utils.get_input_tensor_by_name(request, "TOP_K")
+        candidate_ids = pb_utils.get_input_tensor_by_name(request, "CANDIDATE_IDS")
+        if (top_k is None) == (candidate_ids is None):
+            raise BadRequest("send TOP_K (retrieval) or CANDIDATE_IDS (relevance scores), one of the two")
+        if query is not None:
+            if states is not None or mask is not None:
+                raise BadRequest("send either QUERY or TOKEN_STATES + ATTENTION_MASK, not both")
+            head = ("text", *self.encoder.tokenize_request(query.as_numpy()))
+        elif states is None or mask is None:
+            raise BadRequest("send QUERY, or both TOKEN_STATES and ATTENTION_MASK")
+        else:
+            head = ("states", states.as_numpy(), mask.as_numpy())
+        return head, top_k, candidate_ids
+
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            states = pb_utils.get_input_tensor_by_name(request, "TOKEN_STATES").as_numpy()
-            mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK").as_numpy()
+        responses = [None] * len(requests)
+        parsed = {}
+        for n, request in enumerate(requests):
             try:
-                k = decode_top_k(pb_utils.get_input_tensor_by_name(request, "TOP_K").as_numpy(), len(states),
-                                 " (retrieve_rerank passes its DEPTH here)")
-                candidates = decode_candidates(request.parameters(), k, self.default_candidates)
-                ids, texts, scores = self.retriever.retrieve(states, mask, k, candidates)
+                parsed[n] = self._parse(request)
             except (BadRequest, ValueError, TypeError) as e:
-                responses.append(_error(str(e)))
-                continue
-            # K' as re-scored: the retriever clamps it to the store's size (0: not re-scored)
-            self._count_scored(min(candidates, len(self.retriever.store)) * len(states))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
-                pb_utils.Tensor("SCORES", scores)]))
+                responses[n] = _error(str(e))
+        # the queries of every request queued together go through the encoder in one forward pass
+        texts = [n for n, ((kind, _, _), _, _) in parsed.items() if kind == "text"]
+        states = {}
+        if texts:
+            try:
+                encoded = self.encoder.encode_many([parsed[n][0][1:] for n in texts])
+            except (ValueError, TypeError, RuntimeError) as e:  # fail the requests that reached the encoder only
+                for n in texts:
+                    responses[n] = _error(f"encoder failed: {e}", pb_utils.TritonError.INTERNAL)
+                    del parsed[n]
+            else:
+                states = {n: (s, parsed[n][0][2]) for n, s in zip(texts, encoded)}
+        for n, ((kind, a, mask), top_k, candidate_ids) in parsed.items():
+            st, mask = states[n] if kind == "text" else (a, mask)
+            try:
+                if top_k is not None:
+                    responses[n] = self._retrieve(requests[n], st, mask, top_k.as_numpy())
+                else:
+                    responses[n] = self._relevance(requests[n], st, mask, candidate_ids.as_numpy())
+            except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:
+                responses[n] = _error(str(e))
+            except RuntimeError as e:  # the search or crossing failed on this request: answer it, serve the rest
+                responses[n] = _error(f"keyword_store failed: {e}", pb_utils.TritonError.INTERNAL)
         return responses
+
+    def _retrieve(self, request, states, mask, top_k):
+        k = decode_top_k(top_k, len(states), " (retrieve_rerank passes its DEPTH here)")
+        candidates = decode_candidates(request.parameters(), k, self.default_candidates)
+        ids, texts, scores = self.retriever.retrieve(states, mask, k, candidates)
+        # K' as re-scored: the retriever clamps it to the store's size (0: not re-scored)
+        self._count_scored(min(candidates, len(self.retriever.store)) * len(states))
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
+            pb_utils.Tensor("SCORES", scores)])
+
+    def _relevance(self, request, states, mask, candidate_ids):
+        crossing = decode_crossing(request.parameters(), self.default_crossing)
+        rows = decode_keyword_ids(candidate_ids)  # errors name KEYWORD_IDS, the relevance ensemble's input
+        if len(rows) != len(states):
+            raise BadRequest(f"{len(rows)} rows of keyword ids for {len(states)} queries")
+        store = self.retriever.store
+        vectors = torch.from_numpy(np.stack([store.lookup(ids) for ids in rows]))
+        with torch.inference_mode():
+            _, scores = pool_cross(torch.from_numpy(states), torch.from_numpy(mask), self.retriever.params,
+                                   vectors, crossing)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", scores.numpy())])
