@@ -238,10 +238,13 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
 # Repository variants compared by `tune`: (name, {model: [(config text, replacement)]}); the SERVER
 # key holds TritonServer options instead (e.g. the rate limiter off).
 SERVER = "(server)"
+TWO_STEP = ("two steps as shipped before: query_encoder (2 instances, dynamic batching) -> keyword_store "
+            "(3 instances, no batching)")
 VARIANTS = [
     ("as shipped", {}),
-    # the design before keyword_store encoded queries itself: two Python-backend processes per request
-    ("two steps: query_encoder (2 instances) -> keyword_store", {
+    # the design before keyword_store encoded queries itself, as it shipped: two Python-backend processes
+    # per request
+    (TWO_STEP, {
         "retrieve": [("step [\n", 'step [\n    {\n      model_name: "query_encoder"\n      model_version: -1\n'
                       '      input_map { key: "QUERY" value: "QUERY" }\n'
                       '      output_map { key: "TOKEN_STATES" value: "token_states" }\n'
@@ -251,7 +254,10 @@ VARIANTS = [
                       '      input_map { key: "ATTENTION_MASK" value: "attention_mask" }\n      input_map { key: "TOP_K"')],
         "query_encoder": [("instance_group [ { count: 1 kind: KIND_CPU } ]",
                            "instance_group [\n  { count: 1 kind: KIND_CPU rate_limiter { priority: 1 } },\n"
-                           "  { count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }\n]")]}),
+                           "  { count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }\n]")],
+        "keyword_store": [("dynamic_batching { preferred_batch_size: [ 4 ] max_queue_delay_microseconds: 0 }\n", ""),
+                          ("{ count: 1 kind: KIND_CPU rate_limiter { priority: 1000 } }",
+                           "{ count: 2 kind: KIND_CPU rate_limiter { priority: 1000 } }")]}),
     ("rate limiter off (Triton's default: free instances take requests in turn)", {SERVER: {"rate_limit": False}}),
     ("equal priorities (fewest executions first)", {
         "keyword_store": [("rate_limiter { priority: 1000 }", "rate_limiter { priority: 1 }")]}),

@@ -1,4 +1,5 @@
-"""The query side of serving, shared by the `query_encoder` Triton model and the in-process pipeline:
+"""The query side of serving, shared by the `keyword_store` and `query_encoder` Triton models and the
+in-process pipeline:
 WordPiece tokenisation, padding trimmed to the batch's real length, the TorchScript encoder.
 
 Queries are short (Home Depot: median 6 WordPiece tokens with [CLS]/[SEP], 84% at most 8) while the

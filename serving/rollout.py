@@ -2,7 +2,11 @@
 
 The encoder family (tokenizer, query_encoder, pool_cross, keyword_store, keyword_vectors) keeps
 `version_policy: { all {} }`: every numbered version directory present is loaded. The ensembles pin
-each step to one version (`serving.repository` pins version 1 when it assembles the repository).
+each step to one version (`serving.repository` pins version 1 when it assembles the repository);
+the shipped ensembles run keyword_store, which encodes the query itself. A client that chains the
+composable parts itself (query_encoder's states into keyword_store) without naming versions gets the
+newest loaded version of each, so in the seconds between the two loading during a swap it can
+pair a new encoder with the old index: such clients should name the versions they use.
 `publish_versions` then swaps a set of models in three steps:
 
 1. each model's files become its next version directory, and the models are loaded: the new
@@ -193,9 +197,9 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
     KeywordStore(store_version, expect_encoder_sha256=sha256_file(export_dir / "export.json"), load_index=False)
     # the warm-up samples' shapes live in the configs, which every version shares: a new width or query
     # length needs a re-assembled repository (and a restart), not a swap
-    for name, keys, model in (("pool_cross.json", ("hidden", "dim"), "pool_cross"),
-                              ("tokenizer_config.json", ("query_max_len",), "query_encoder")):
-        now = json.loads((served_version(repo, model) / name).read_text())
+    # (keyword_store's served version holds both files: it encodes and crosses for the ensembles)
+    for name, keys in (("pool_cross.json", ("hidden", "dim")), ("tokenizer_config.json", ("query_max_len",))):
+        now = json.loads((served_version(repo, "keyword_store") / name).read_text())
         then = json.loads((export_dir / name).read_text())
         changed = [f"{k} {now.get(k)} -> {then.get(k)}" for k in keys if now.get(k) != then.get(k)]
         if changed:

@@ -29,7 +29,7 @@ def test_shipped_placement_has_one_hot_instance_and_overflow():
 
 
 def test_every_tune_variant_applies_and_parses():
-    from client.suite import VARIANTS, variant_configs
+    from client.suite import TWO_STEP, VARIANTS, variant_configs
     from serving.repository import parse_model_config
     repo = ROOT / "model_repository"
     for name, edits in VARIANTS:
@@ -41,12 +41,14 @@ def test_every_tune_variant_applies_and_parses():
     assert _instances(configs["keyword_store"]) == [(1, 1)]
     configs = variant_configs(repo, dict(VARIANTS)["equal priorities (fewest executions first)"])
     assert {p for _, p in _instances(configs["keyword_store"])} == {1}
-    configs = variant_configs(repo, dict(VARIANTS)["two steps: query_encoder (2 instances) -> keyword_store"])
+    configs = variant_configs(repo, dict(VARIANTS)[TWO_STEP])
     steps = parse_model_config(configs["retrieve"]).ensemble_scheduling.step
     assert [s.model_name for s in steps] == ["query_encoder", "keyword_store"]
     assert dict(steps[1].input_map) == {"TOKEN_STATES": "token_states", "ATTENTION_MASK": "attention_mask",
                                         "TOP_K": "TOP_K"}
     assert len(_instances(configs["query_encoder"])) == 2
+    store = parse_model_config(configs["keyword_store"])
+    assert sum(g.count for g in store.instance_group) == 3 and not store.HasField("dynamic_batching")
     assert all(edits or name == "as shipped" for name, edits in VARIANTS)
 
 

@@ -120,13 +120,15 @@ class TritonPythonModel:
                 parsed[n] = self._parse(request)
             except (BadRequest, ValueError, TypeError) as e:
                 responses[n] = _error(str(e))
+            except Exception as e:  # noqa: BLE001 - whatever it is, it fails this request, not its batch-mates
+                responses[n] = _error(f"keyword_store failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
         # the queries of every request queued together go through the encoder in one forward pass
         texts = [n for n, ((kind, _, _), _, _) in parsed.items() if kind == "text"]
         states = {}
         if texts:
             try:
                 encoded = self.encoder.encode_many([parsed[n][0][1:] for n in texts])
-            except (ValueError, TypeError, RuntimeError) as e:  # fail the requests that reached the encoder only
+            except Exception as e:  # noqa: BLE001 - fail the requests that reached the encoder, no others
                 for n in texts:
                     responses[n] = _error(f"encoder failed: {e}", pb_utils.TritonError.INTERNAL)
                     del parsed[n]
@@ -141,8 +143,8 @@ class TritonPythonModel:
                     responses[n] = self._relevance(requests[n], st, mask, candidate_ids.as_numpy())
             except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:
                 responses[n] = _error(str(e))
-            except RuntimeError as e:  # the search or crossing failed on this request: answer it, serve the rest
-                responses[n] = _error(f"keyword_store failed: {e}", pb_utils.TritonError.INTERNAL)
+            except Exception as e:  # noqa: BLE001 - the search or crossing failed on this request: answer it, serve the rest
+                responses[n] = _error(f"keyword_store failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
         return responses
 
     def _retrieve(self, request, states, mask, top_k):
