@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels import PoolCrossParams, pool_cross
+from kernels import PoolCrossParams
 from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore
 from serving.repository import model_parameter, served_version
@@ -58,10 +58,6 @@ class InProcessPipeline:
         finally:
             torch.set_num_threads(threads)
 
-    @torch.inference_mode()
     def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> np.ndarray:
         states, mask = self.encode([query])
-        kv = torch.from_numpy(self.store.lookup(keyword_ids)).unsqueeze(0)
-        _, scores = pool_cross(torch.from_numpy(states), torch.from_numpy(mask), self.params, kv,
-                               crossing or self.default_crossing)
-        return scores[0].numpy()
+        return self.retriever.relevance(states, mask, [keyword_ids], crossing or self.default_crossing)[0]

@@ -1,4 +1,5 @@
-"""Retrieval over a keyword store with the fused op: pool -> ANN top-K' -> res re-score -> top K.
+"""Retrieval over a keyword store with the fused op: pool -> ANN top-K' -> res re-score -> top K;
+and relevance: given keywords' cached vectors crossed with the query.
 
 Used by the `keyword_store` Triton model and by the in-process pipeline the benchmarks compare with.
 """
@@ -39,3 +40,13 @@ class Retriever:
         ids = np.array([[self.store.ids.encoded(i) for i in row] for row in pos], dtype=object).reshape(pos.shape)
         texts = np.array([[self.store.texts.encoded(i) for i in row] for row in pos], dtype=object).reshape(pos.shape)
         return ids, texts, np.ascontiguousarray(scores, dtype=np.float32)
+
+    @torch.inference_mode()
+    def relevance(self, states: np.ndarray, mask: np.ndarray, keyword_ids: list[list[str]], crossing: str
+                  ) -> np.ndarray:
+        """Token states [B, L, H] + mask [B, L] and B lists of N keyword ids -> scores [B, N] (fp32);
+        an unknown id raises UnknownKeywordError."""
+        vectors = torch.from_numpy(np.stack([self.store.lookup(ids) for ids in keyword_ids]))
+        _, scores = pool_cross(torch.from_numpy(np.ascontiguousarray(states)),
+                               torch.from_numpy(np.ascontiguousarray(mask)), self.params, vectors, crossing)
+        return scores.numpy()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
-from kernels import PoolCrossParams, cpu_native, pool_cross
+from kernels import PoolCrossParams, cpu_native
 from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore, UnknownKeywordError, sha256_file
 from serving.requests import (BadRequest, decode_candidates, decode_crossing, decode_keyword_ids, decode_top_k,
@@ -61,11 +61,8 @@ class TritonPythonModel:
         for _ in range(2 if len(store) else 0):
             k = min(10, len(store))
             self.retriever.retrieve(states, mask, k, max(k, min(100, len(store))))
-            # relevance (the relevance ensemble's step): cached vectors looked up, crossed both ways
-            vectors = torch.from_numpy(store.lookup(store.ids[:100])[None])
-            with torch.inference_mode():
-                for crossing in ("cos", "res"):
-                    pool_cross(torch.from_numpy(states), torch.from_numpy(mask), params, vectors, crossing)
+            for crossing in ("cos", "res"):  # relevance (the relevance ensemble's step), both crossings
+                self.retriever.relevance(states, mask, [store.ids[:100]], crossing)
         pb_utils.Logger.log_info(f"{args['model_name']}: pool_cross CPU path: {cpu_native.describe()}")
         labels = {"model": args["model_name"], "version": args["model_version"]}
         # Families must outlive their metrics: keep both on the instance.
@@ -162,9 +159,5 @@ class TritonPythonModel:
         rows = decode_keyword_ids(candidate_ids)  # errors name KEYWORD_IDS, the relevance ensemble's input
         if len(rows) != len(states):
             raise BadRequest(f"{len(rows)} rows of keyword ids for {len(states)} queries")
-        store = self.retriever.store
-        vectors = torch.from_numpy(np.stack([store.lookup(ids) for ids in rows]))
-        with torch.inference_mode():
-            _, scores = pool_cross(torch.from_numpy(states), torch.from_numpy(mask), self.retriever.params,
-                                   vectors, crossing)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", scores.numpy())])
+        scores = self.retriever.relevance(states, mask, rows, crossing)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", scores)])
