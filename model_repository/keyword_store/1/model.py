@@ -90,8 +90,9 @@ class TritonPythonModel:
             self.scored_pending = 0
 
     def _parse(self, request):
-        """One request's inputs: ("text", ids, mask) for QUERY (tokenised here) or ("states", states, mask)
-        as sent, plus its TOP_K or CANDIDATE_IDS tensor (exactly one of the two)."""
+        """One request's inputs as [is_text, ids or token states, mask, TOP_K, CANDIDATE_IDS]: the ids of
+        QUERY (tokenised here; the encoder replaces them with states) or TOKEN_STATES as sent, and exactly
+        one of TOP_K and CANDIDATE_IDS (the other None)."""
         query = pb_utils.get_input_tensor_by_name(request, "QUERY")
         states = pb_utils.get_input_tensor_by_name(request, "TOKEN_STATES")
         mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK")
@@ -102,12 +103,10 @@ class TritonPythonModel:
         if query is not None:
             if states is not None or mask is not None:
                 raise BadRequest("send either QUERY or TOKEN_STATES + ATTENTION_MASK, not both")
-            head = ("text", *self.encoder.tokenize_request(query.as_numpy()))
-        elif states is None or mask is None:
+            return [True, *self.encoder.tokenize_request(query.as_numpy()), top_k, candidate_ids]
+        if states is None or mask is None:
             raise BadRequest("send QUERY, or both TOKEN_STATES and ATTENTION_MASK")
-        else:
-            head = ("states", states.as_numpy(), mask.as_numpy())
-        return head, top_k, candidate_ids
+        return [False, states.as_numpy(), mask.as_numpy(), top_k, candidate_ids]
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -120,24 +119,23 @@ class TritonPythonModel:
             except Exception as e:  # noqa: BLE001 - whatever it is, it fails this request, not its batch-mates
                 responses[n] = _error(f"keyword_store failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
         # the queries of every request queued together go through the encoder in one forward pass
-        texts = [n for n, ((kind, _, _), _, _) in parsed.items() if kind == "text"]
-        states = {}
+        texts = [n for n, (is_text, *_) in parsed.items() if is_text]
         if texts:
             try:
-                encoded = self.encoder.encode_many([parsed[n][0][1:] for n in texts])
+                encoded = self.encoder.encode_many([(parsed[n][1], parsed[n][2]) for n in texts])
             except Exception as e:  # noqa: BLE001 - fail the requests that reached the encoder, no others
                 for n in texts:
                     responses[n] = _error(f"encoder failed: {e}", pb_utils.TritonError.INTERNAL)
                     del parsed[n]
             else:
-                states = {n: (s, parsed[n][0][2]) for n, s in zip(texts, encoded)}
-        for n, ((kind, a, mask), top_k, candidate_ids) in parsed.items():
-            st, mask = states[n] if kind == "text" else (a, mask)
+                for n, states in zip(texts, encoded):
+                    parsed[n][1] = states
+        for n, (_, states, mask, top_k, candidate_ids) in parsed.items():
             try:
                 if top_k is not None:
-                    responses[n] = self._retrieve(requests[n], st, mask, top_k.as_numpy())
+                    responses[n] = self._retrieve(requests[n], states, mask, top_k.as_numpy())
                 else:
-                    responses[n] = self._relevance(requests[n], st, mask, candidate_ids.as_numpy())
+                    responses[n] = self._relevance(requests[n], states, mask, candidate_ids.as_numpy())
             except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:
                 responses[n] = _error(str(e))
             except Exception as e:  # noqa: BLE001 - the search or crossing failed on this request: answer it, serve the rest
