@@ -71,8 +71,16 @@ def test_bootstrap_auc_ratio_resamples_whole_queries():
     by_query = bootstrap_auc_ratio(shared, ref, y, groups, resamples=300)
     by_pair = bootstrap_auc_ratio(shared, ref, y, np.arange(1000), resamples=300)
     assert by_query["high"] - by_query["low"] > by_pair["high"] - by_pair["low"]
-    with pytest.raises(ValueError, match="single class"):
+    with pytest.raises(ValueError, match="both classes"):
         bootstrap_auc_ratio(ref, ref, np.ones(1000), groups, resamples=10)
+    # a reference that gets a few queries exactly wrong: resamples of those alone have no ratio (ROC-AUC
+    # 0), they are skipped instead of dividing by zero; an exactly wrong reference overall is refused
+    few_y, few_groups = np.array([1, 0] * 3), np.repeat(np.arange(3), 2)
+    wrong = np.array([0.0, 1.0] * 3) + np.array([0.0, 0.0, 0.0, 0.0, 5.0, 0.0])  # right on query 2 only
+    r = bootstrap_auc_ratio(few_y.astype(float), wrong, few_y, few_groups, resamples=200)
+    assert np.isfinite([r["low"], r["high"], r["ratio"]]).all()
+    with pytest.raises(ValueError, match="reference's ROC-AUC is 0"):
+        bootstrap_auc_ratio(few_y.astype(float), 1.0 - few_y, few_y, few_groups, resamples=10)
     with pytest.raises(ValueError, match="one entry per pair"):
         bootstrap_auc_ratio(ref, ref[:10], y, groups)
 

@@ -79,10 +79,15 @@ def bootstrap_auc_ratio(scores, reference_scores, binary, groups, resamples: int
                         level: float = 0.95) -> dict:
     """ROC-AUC(scores) / ROC-AUC(reference_scores) on the same pairs, with a percentile interval
     from a paired bootstrap that resamples whole groups (queries), since pairs of one query are
-    not independent. Resamples with a single class are skipped."""
+    not independent. Resamples with a single class are skipped, and so are those where the reference
+    ranks every negative above every positive (ROC-AUC 0: no ratio; seen with a barely trained reference
+    on a few queries)."""
     scores, reference_scores, binary = map(np.asarray, (scores, reference_scores, binary))
     if not (len(scores) == len(reference_scores) == len(binary) == len(groups)):
         raise ValueError("scores, reference scores, labels and groups must have one entry per pair")
+    whole = roc_auc_score(binary, reference_scores) if 0 < binary.sum() < len(binary) else None
+    if whole == 0:
+        raise ValueError("the reference's ROC-AUC is 0 on these pairs; a ratio to it is undefined")
     members: dict = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
@@ -94,11 +99,13 @@ def bootstrap_auc_ratio(scores, reference_scores, binary, groups, resamples: int
         y = binary[sel].astype(bool)
         if y.all() or not y.any():
             continue
-        ratios.append(rank_auc(y, scores[sel]) / rank_auc(y, reference_scores[sel]))
+        ref = rank_auc(y, reference_scores[sel])
+        if ref > 0:
+            ratios.append(rank_auc(y, scores[sel]) / ref)
     if not ratios:
-        raise ValueError("every resample had a single class; ROC-AUC is undefined")
+        raise ValueError("no resample had both classes and a reference ROC-AUC above 0; the ratio is undefined")
     lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    ratio = roc_auc_score(binary, scores) / roc_auc_score(binary, reference_scores)
+    ratio = roc_auc_score(binary, scores) / whole
     return {"ratio": float(ratio), "low": float(lo), "high": float(hi), "groups": len(blocks)}
 
 
