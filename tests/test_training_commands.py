@@ -74,6 +74,9 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
     rows = {r["model"]: r for r in report["rows"]}
     assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm", "rerank", "rerank@1"}
     assert all(0.0 <= r["roc_auc"] <= 1.0 for k, r in rows.items() if not k.startswith("rerank"))
+    # the query encode is timed eager and as served (the traced, optimised export), for both twin rows
+    assert all(rows[t]["query_encode_ms"] > 0 and rows[t]["served_query_encode_ms"] > 0 for t in ("twin (cos)", "twin (res)"))
+    assert "served_query_encode_ms" not in rows["teacher"]
     # re-ordering only the first candidate leaves the cosine order as it was
     assert all(rows["rerank@1"][m] == rows["twin (cos)"][m] for m in ("ndcg@10", "recall@100", "mrr@10"))
     with pytest.raises(ValueError, match="depth must be between 1 and 100"):
