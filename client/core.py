@@ -56,7 +56,7 @@ class RetryPolicy:
     def delays(self):
         d = self.initial_backoff_s
         for _ in range(self.attempts - 1):
-            yield min(d, self.max_backoff_s) * (0.5 + random.random())  # jitter
+            yield min(d * (0.5 + random.random()), self.max_backoff_s)  # jitter, then the cap
             d *= 2
 
 
@@ -96,7 +96,34 @@ def _utf8(text: str, what: str) -> bytes:
         raise ValueError(f"{what} {text!r} is not valid Unicode text (it cannot be encoded as UTF-8)") from None
 
 
+def _options(url: str | None, timeout_s: float | None, options: ClientOptions | None) -> ClientOptions:
+    if options is not None:
+        if url is not None or timeout_s is not None:  # silently dropping either would connect elsewhere
+            raise ValueError("give url and timeout_s, or options (which carries both), not both")
+        return options
+    return ClientOptions(url=DEFAULT_URL if url is None else url, timeout_s=10.0 if timeout_s is None else timeout_s)
+
+
+def _int32(value, what: str) -> int:
+    """A count sent as INT32 (or a request parameter): numpy would wrap 2**32 + 5 to 5 and cut 10.9
+    to 10 without a word. Its range (0, negative, above the limit) is the server's to judge."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not -2**31 <= int(value) < 2**31:
+        raise ValueError(f"{what} {value} is out of range")
+    return int(value)
+
+
+def _texts(values, what: str) -> list:
+    """A list of strings; a bare string would otherwise be sent one character per element."""
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{what} must be a list of strings, not one string")
+    return list(values)
+
+
 def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = None):
+    k = _int32(k, "k")
+    depth = None if depth is None else _int32(depth, "rerank_depth")
     q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
     q.set_data_from_numpy(np.array([[_utf8(s, "query")] for s in queries], dtype=object))
     top_k = module.InferInput("TOP_K", [len(queries), 1], "INT32")
@@ -118,6 +145,7 @@ def _retrieve_model(rerank_depth: int | None, candidates: int | None) -> str:
 
 
 def _relevance_inputs(module, queries: list[str], keyword_ids: list[list[str]]):
+    keyword_ids = [_texts(ids, "the keyword ids of a query") for ids in _texts(keyword_ids, "keyword_ids")]
     if len(queries) != len(keyword_ids):
         raise ValueError(f"relevance needs one list of keyword ids per query: {len(queries)} queries, "
                          f"{len(keyword_ids)} lists")
@@ -180,8 +208,24 @@ def _hits(result) -> list[list[Hit]]:
             for row in range(rows)]
 
 
+def _scores(result, rows: int, width: int) -> list[list[float]]:
+    """SCORES [rows, width] FP32 from the raw response, checked as _hits checks retrieve's outputs."""
+    response = result.get_response()
+    raw = list(response.raw_output_contents)
+    for i, o in enumerate(response.outputs):
+        if o.name == "SCORES":
+            if o.datatype != "FP32" or list(o.shape) != [rows, width]:
+                raise ClientError(f"unexpected SCORES {o.datatype} {list(o.shape)}, expected FP32 {[rows, width]}")
+            data = raw[i] if i < len(raw) else b""
+            if len(data) != 4 * rows * width:
+                raise ClientError(f"malformed SCORES in the response: {len(data)} bytes for {rows * width} values")
+            values = np.frombuffer(data, dtype="<f4").astype(float)
+            return values.reshape(rows, width).tolist()
+    raise ClientError("the response lacks SCORES")
+
+
 def _retrieve_params(candidates: int | None) -> dict | None:
-    return None if candidates is None else {"candidates": int(candidates)}
+    return None if candidates is None else {"candidates": _int32(candidates, "candidates")}
 
 
 def _relevance_params(crossing: str | None) -> dict | None:
@@ -189,10 +233,12 @@ def _relevance_params(crossing: str | None) -> dict | None:
 
 
 class TwinBertClient:
-    """Synchronous client. `retrieve`/`relevance` for one query, `*_batch` for several in one request."""
+    """Synchronous client. `retrieve`/`relevance` for one query, `*_batch` for several in one request (at
+    most 64, the models' max_batch_size; the server refuses a larger batch)."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, options: ClientOptions | None = None):
-        self.options = options or ClientOptions(url=url, timeout_s=timeout_s)
+    def __init__(self, url: str | None = None, timeout_s: float | None = None, options: ClientOptions | None = None):
+        """`url` (default 127.0.0.1:$TRITON_GRPC_PORT or 8001) and `timeout_s` (default 10), or `options`."""
+        self.options = _options(url, timeout_s, options)
         self._client = grpcclient.InferenceServerClient(url=self.options.url, **self.options.channel_kwargs())
 
     def close(self) -> None:
@@ -228,6 +274,7 @@ class TwinBertClient:
         """Top-k keywords per query; `candidates` = K' re-scored with res (0 = cosine only; None = server
         default). `rerank_depth` = D instead re-orders the cosine top D with the BiLSTM re-ranker
         (the `retrieve_rerank` ensemble; k <= D <= 200)."""
+        queries = _texts(queries, "queries")
         if not queries:
             return []
         model = _retrieve_model(rerank_depth, candidates)
@@ -240,19 +287,21 @@ class TwinBertClient:
     def relevance_batch(self, queries: list[str], keyword_ids: list[list[str]], crossing: str | None = None
                         ) -> list[list[float]]:
         """One score per keyword id; `crossing` "res" or "cos" (None = server default)."""
+        queries = _texts(queries, "queries")
         if not queries:
             return []
         inputs, outputs = _relevance_inputs(grpcclient, queries, keyword_ids)
         result = self._infer("relevance", inputs, outputs, _relevance_params(crossing))
-        return result.as_numpy("SCORES").astype(float).tolist()
+        return _scores(result, len(queries), len(keyword_ids[0]))
 
     def health(self, metrics_url: str | None = None) -> dict:
         """Server liveness/readiness, each model's versions and state, and (from the Prometheus
         endpoint, `metrics_url`) the keyword store's size per loaded version."""
-        live = self._call(self._client.is_server_live)
-        ready = self._call(self._client.is_server_ready)
+        timeout = {"client_timeout": self.options.timeout_s}  # a hung server must not block forever
+        live = self._call(self._client.is_server_live, **timeout)
+        ready = self._call(self._client.is_server_ready, **timeout)
         models = {}
-        for m in self._call(self._client.get_model_repository_index).models:
+        for m in self._call(self._client.get_model_repository_index, **timeout).models:
             models.setdefault(m.name, []).append({"version": m.version, "state": m.state})
         out = {"url": self.options.url, "live": live, "ready": ready, "models": models}
         if metrics_url:
@@ -275,10 +324,11 @@ def store_size_from_metrics(metrics_url: str, timeout_s: float = 5.0) -> dict[st
 
 
 class AsyncTwinBertClient:
-    """asyncio client with the same calls as TwinBertClient (use in `async with`)."""
+    """asyncio client with TwinBertClient's retrieve and relevance calls (use in `async with`)."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 10.0, options: ClientOptions | None = None):
-        self.options = options or ClientOptions(url=url, timeout_s=timeout_s)
+    def __init__(self, url: str | None = None, timeout_s: float | None = None, options: ClientOptions | None = None):
+        """`url` (default 127.0.0.1:$TRITON_GRPC_PORT or 8001) and `timeout_s` (default 10), or `options`."""
+        self.options = _options(url, timeout_s, options)
         self._client = grpcaio.InferenceServerClient(url=self.options.url, **self.options.channel_kwargs())
 
     async def close(self) -> None:
@@ -307,6 +357,7 @@ class AsyncTwinBertClient:
         return (await self.retrieve_batch([query], k, candidates, rerank_depth))[0]
 
     async def retrieve_batch(self, queries, k=10, candidates=None, rerank_depth=None) -> list[list[Hit]]:
+        queries = _texts(queries, "queries")
         if not queries:
             return []
         model = _retrieve_model(rerank_depth, candidates)
@@ -317,8 +368,9 @@ class AsyncTwinBertClient:
         return (await self.relevance_batch([query], [keyword_ids], crossing))[0]
 
     async def relevance_batch(self, queries, keyword_ids, crossing=None) -> list[list[float]]:
+        queries = _texts(queries, "queries")
         if not queries:
             return []
         inputs, outputs = _relevance_inputs(grpcaio, queries, keyword_ids)
         result = await self._infer("relevance", inputs, outputs, _relevance_params(crossing))
-        return result.as_numpy("SCORES").astype(float).tolist()
+        return _scores(result, len(queries), len(keyword_ids[0]))

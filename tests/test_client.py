@@ -129,3 +129,50 @@ def test_cli_names_an_unencodable_query():
                           "--url", "127.0.0.1:1"], capture_output=True, text=True, timeout=60,
                          errors="surrogateescape")
     assert out.returncode == 2 and "not valid Unicode" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_counts_strings_and_options_are_checked_before_sending():
+    import tritonclient.grpc as grpcclient
+
+    from client.core import _relevance_inputs, _retrieve_inputs, _retrieve_params
+    for k in (2**32 + 5, 10.9, True, "10"):  # numpy would send 2**32 + 5 as 5 and 10.9 as 10
+        with pytest.raises(ValueError, match="k"):
+            _retrieve_inputs(grpcclient, ["drill"], k)
+    with pytest.raises(ValueError, match="rerank_depth"):
+        _retrieve_inputs(grpcclient, ["drill"], 10, 2**31)
+    with pytest.raises(ValueError, match="candidates"):
+        _retrieve_params(1.5)
+    assert _retrieve_params(0) == {"candidates": 0}
+    with pytest.raises(ValueError, match="not one string"):  # would be sent as ids "1", "0", "0", ...
+        _relevance_inputs(grpcclient, ["drill"], ["100001"])
+    with pytest.raises(ValueError, match="not one string"):
+        TwinBertClient("127.0.0.1:1").retrieve_batch("fan")
+    with pytest.raises(ValueError, match="not both"):  # the url would silently lose to options'
+        TwinBertClient("remote:8001", options=ClientOptions())
+    assert TwinBertClient(timeout_s=3).options.timeout_s == 3
+    assert TwinBertClient(options=ClientOptions(url="remote:9")).options.url == "remote:9"
+
+
+def test_backoff_never_exceeds_its_cap():
+    delays = [d for _ in range(200) for d in RetryPolicy(attempts=6, initial_backoff_s=0.5, max_backoff_s=1.0).delays()]
+    assert max(delays) <= 1.0 and min(delays) >= 0.25
+
+
+def test_relevance_scores_are_checked_like_retrieve_outputs():
+    import numpy as np
+    from tritonclient.grpc import InferResult, service_pb2
+
+    from client.core import _scores
+
+    def response(shape, dtype="FP32", data=None, name="SCORES"):
+        r = service_pb2.ModelInferResponse(model_name="relevance")
+        o = r.outputs.add()
+        o.name, o.datatype = name, dtype
+        o.shape.extend(shape)
+        r.raw_output_contents.append(np.arange(int(np.prod(shape)), dtype="<f4").tobytes() if data is None else data)
+        return InferResult(r)
+    assert _scores(response([2, 3]), 2, 3) == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    for bad, match in ((response([3, 2]), "expected FP32"), (response([2, 3], "FP64"), "expected FP32"),
+                       (response([2, 3], data=b"\0" * 5), "5 bytes"), (response([2, 3], name="X"), "lacks SCORES")):
+        with pytest.raises(ClientError, match=match):
+            _scores(bad, 2, 3)
