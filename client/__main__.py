@@ -74,11 +74,14 @@ def _levels(text: str) -> list[float]:
 def cmd_loadtest(args) -> int:
     from client.loadtest import sweep
     from client.report import write_load_report
-    queries = [q.strip() for q in Path(args.queries).read_text(encoding="utf-8").splitlines() if q.strip()]
-    ids = [k.strip() for k in Path(args.keyword_ids).read_text().split()] if args.keyword_ids else None
+    try:
+        queries = [q.strip() for q in Path(args.queries).read_text(encoding="utf-8").splitlines() if q.strip()]
+        ids = [k.strip() for k in Path(args.keyword_ids).read_text(encoding="utf-8").split()] if args.keyword_ids else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the loadtest input: {e}") from None
     mode, levels = ("open", _levels(args.rate)) if args.rate else ("closed", _levels(args.concurrency))
     results = sweep(args.url, queries, args.target, levels, mode, args.requests, args.duration, args.top_k, ids,
-                    client=args.client)
+                    client=args.client, timeout_s=args.timeout)
     write_load_report(results, Path(args.out), title=f"{args.target}, {mode} loop (project load generator)")
     print(f"loadtest: report {args.out}.md / .json / .csv / .png")
     return 0 if all(r.errors == 0 for r in results) else 1
@@ -114,8 +117,9 @@ def main(argv=None) -> int:
     lt.add_argument("--queries", required=True, help="text file, one query per line")
     lt.add_argument("--target", choices=("retrieve", "relevance"), default="retrieve")
     lt.add_argument("--keyword-ids", help="file of keyword ids (relevance target)")
-    lt.add_argument("--concurrency", default="1,4,16", help="closed loop: comma-separated levels")
-    lt.add_argument("--rate", default=None, help="open loop: comma-separated requests/second")
+    loop = lt.add_mutually_exclusive_group()
+    loop.add_argument("--concurrency", default="1,4,16", help="closed loop: comma-separated levels (default %(default)s)")
+    loop.add_argument("--rate", default=None, help="open loop: comma-separated requests/second")
     lt.add_argument("--requests", type=int, default=1000, help="at most this many requests per level")
     lt.add_argument("--duration", type=float, default=20.0, help="at most this many seconds per level")
     lt.add_argument("--top-k", type=int, default=100)

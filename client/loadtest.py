@@ -1,14 +1,15 @@
 """asyncio load generator for the retrieve / relevance ensembles.
 
 Closed loop (`--concurrency N`): N workers, each sends its next request when the last one answered.
-Open loop (`--rate R`): requests start on a Poisson schedule at R per second, whatever the latency
-(queueing shows up in latency instead of being hidden by back-pressure). Both stop at whichever
+Open loop (`--rate R`): requests are due on a Poisson schedule at R per second, whatever the latency,
+and each latency counts from its due time, so queueing (in the server, or in a generator that falls
+behind its schedule) shows up in latency instead of being hidden by back-pressure. Both stop at whichever
 comes first of `--requests` and `--duration`; queries cycle through the given list.
 
 Two ways to send (`client=`):
 - "wire" (default): every request is built and serialised once before the run, sent over one
-  grpc.aio channel as raw bytes, and answered responses are not decoded (the first one per query is,
-  at warm-up, to check the outputs). This is what perf_analyzer does; on a small machine where the
+  grpc.aio channel as raw bytes, and answered responses are not decoded (the warm-up requests'
+  are, to check the outputs; a refused warm-up request stops the run, before any level is measured). This is what perf_analyzer does; on a small machine where the
   generator shares the cores with the server, the generator's own CPU per request is load taken off
   the server, so it must be as small as possible to measure the server.
 - "library": through AsyncTwinBertClient, results decoded into typed objects: what an application
@@ -41,11 +42,11 @@ class LoadResult:
     errors: int
     seconds: float
     throughput_rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    p999_ms: float
-    mean_ms: float
+    p50_ms: float | None         # None when no request succeeded
+    p90_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    mean_ms: float | None
     error_examples: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -56,11 +57,12 @@ class LoadResult:
 
 
 def summarize(mode, target, level, latencies, errors, seconds, examples) -> LoadResult:
-    lat = np.asarray(latencies) if latencies else np.asarray([float("nan")])
-    pct = lambda p: round(float(np.percentile(lat, p)), 3)  # noqa: E731
+    """Percentiles and mean are None when no request succeeded (JSON has no NaN)."""
+    lat = np.asarray(latencies)
+    pct = lambda p: round(float(np.percentile(lat, p)), 3) if len(lat) else None  # noqa: E731
     return LoadResult(mode, target, level, len(latencies) + errors, errors, round(seconds, 3),
                       round(len(latencies) / seconds, 2) if seconds else 0.0, pct(50), pct(90), pct(99), pct(99.9),
-                      round(float(lat.mean()), 3), examples[:5], [round(x, 3) for x in latencies])
+                      round(float(lat.mean()), 3) if len(lat) else None, examples[:5], [round(x, 3) for x in latencies])
 
 
 def _check_target(target: str, keyword_ids: list[str] | None) -> None:
@@ -127,7 +129,7 @@ class WireCaller:
 async def run_load(url: str, queries: list[str], target: str = "retrieve", concurrency: int = 0, rate: float = 0.0,
                    requests: int = 1000, duration_s: float = 30.0, top_k: int = 100,
                    keyword_ids: list[str] | None = None, warmup: int = 20, seed: int = 0,
-                   client: str = "wire") -> LoadResult:
+                   client: str = "wire", timeout_s: float = 30.0) -> LoadResult:
     if bool(concurrency) == bool(rate):
         raise ValueError("give exactly one of concurrency (closed loop) or rate (open loop)")
     if not queries:
@@ -137,11 +139,11 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
     latencies: list[float] = []
     errors, examples = 0, []
     if client == "wire":
-        caller = WireCaller(url, target, serialized_requests(target, queries, top_k, keyword_ids))
+        caller = WireCaller(url, target, serialized_requests(target, queries, top_k, keyword_ids), timeout_s)
         call, close, first = caller, caller.close, (lambda i: caller(i, check=True))
     else:
         _check_target(target, keyword_ids)  # before connecting: nothing to close on a bad argument
-        library = AsyncTwinBertClient(url, timeout_s=30.0)  # as applications use it, retries included
+        library = AsyncTwinBertClient(url, timeout_s=timeout_s)  # as applications use it, retries included
         by_query = make_call(library, target, top_k, keyword_ids)
         call = first = (lambda i: by_query(queries[i % len(queries)]))
         close = library.close
@@ -151,9 +153,10 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
         counter = iter(range(requests))
         deadline = time.perf_counter() + duration_s
 
-        async def one(i: int) -> None:
+        async def one(i: int, due: float | None = None) -> None:
+            """`due`: the open loop's scheduled start; latency counts from it even if the send is late."""
             nonlocal errors
-            t = time.perf_counter()
+            t = time.perf_counter() if due is None else due
             try:
                 await call(i)
                 latencies.append((time.perf_counter() - t) * 1000)
@@ -177,7 +180,7 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
                 if next_t > deadline:
                     break
                 await asyncio.sleep(max(0.0, next_t - time.perf_counter()))
-                tasks.append(asyncio.ensure_future(one(i)))
+                tasks.append(asyncio.ensure_future(one(i, next_t)))
             await asyncio.gather(*tasks)
         seconds = time.perf_counter() - start
     finally:
@@ -188,14 +191,14 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
 
 def sweep(url: str, queries: list[str], target: str, levels: list[float], mode: str = "closed",
           requests: int = 1000, duration_s: float = 20.0, top_k: int = 100, keyword_ids=None,
-          client: str = "wire") -> list[LoadResult]:
+          client: str = "wire", timeout_s: float = 30.0) -> list[LoadResult]:
     out = []
     for level in levels:
         kwargs = {"concurrency": int(level)} if mode == "closed" else {"rate": float(level)}
         r = asyncio.run(run_load(url, queries, target, requests=requests, duration_s=duration_s, top_k=top_k,
-                                 keyword_ids=keyword_ids, client=client, **kwargs))
-        print(f"loadtest {target} {mode} {level:g}: {r.throughput_rps:.0f} req/s, p50 {r.p50_ms:.2f} ms, "
-              f"p99 {r.p99_ms:.2f} ms, errors {r.errors}", flush=True)
+                                 keyword_ids=keyword_ids, client=client, timeout_s=timeout_s, **kwargs))
+        print(f"loadtest {target} {mode} {level:g}: {r.throughput_rps:.0f} req/s, p50 {r.p50_ms} ms, "
+              f"p99 {r.p99_ms} ms, errors {r.errors}", flush=True)
         out.append(r)
     return out
 

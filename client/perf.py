@@ -26,16 +26,11 @@ def perf_env() -> dict[str, str]:
     return env
 
 
-def write_input_data(path: Path, queries: list[str], top_k: int | None = None,
-                     keyword_ids: list[str] | None = None) -> Path:
+def write_input_data(path: Path, queries: list[str], top_k: int) -> Path:
+    """perf_analyzer's input-data file for `retrieve`: one QUERY and TOP_K per held-out query."""
     rows = []
     for q in queries:
-        row = {"QUERY": {"content": [q], "shape": [1]}}
-        if top_k is not None:
-            row["TOP_K"] = {"content": [top_k], "shape": [1]}
-        if keyword_ids is not None:
-            row["KEYWORD_IDS"] = {"content": keyword_ids, "shape": [len(keyword_ids)]}
-        rows.append(row)
+        rows.append({"QUERY": {"content": [q], "shape": [1]}, "TOP_K": {"content": [top_k], "shape": [1]}})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"data": rows}))
     return path

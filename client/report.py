@@ -13,7 +13,7 @@ COLUMNS = ["tool", "mode", "target", "level", "requests", "errors", "throughput_
 def _rows(results, tool: str) -> list[dict]:
     rows = []
     for r in results:
-        d = r.summary() if hasattr(r, "summary") else dict(r)
+        d = r.summary()
         d.setdefault("tool", tool)
         rows.append(d)
     return rows
@@ -21,7 +21,7 @@ def _rows(results, tool: str) -> list[dict]:
 
 def write_load_report(results, out: Path, title: str, tool: str = "project load generator",
                       extra_series: dict[str, list[dict]] | None = None, notes: list[str] | None = None) -> None:
-    """`results`: LoadResult objects (with latencies) or dicts; `extra_series`: other tools' rows to plot beside."""
+    """`results`: LoadResult objects (with latencies); `extra_series`: other tools' rows (dicts) to plot beside."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -30,8 +30,8 @@ def write_load_report(results, out: Path, title: str, tool: str = "project load 
     rows = _rows(results, tool)
     series = {tool: rows, **(extra_series or {})}
     all_rows = [r for rs in series.values() for r in rs]
-    out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": all_rows}, indent=2) + "\n")
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
+    out.with_name(out.name + ".json").write_text(json.dumps({"title": title, "rows": all_rows}, indent=2) + "\n")
+    with open(out.with_name(out.name + ".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(all_rows)
@@ -42,11 +42,11 @@ def write_load_report(results, out: Path, title: str, tool: str = "project load 
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in all_rows]
     lines += ["", *(notes or []), "", f"![latency against throughput]({out.name}.png)", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    out.with_name(out.name + ".md").write_text("\n".join(lines))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, rs in series.items():
-        rs = sorted(rs, key=lambda r: r["throughput_rps"])
+        rs = sorted((r for r in rs if r["p50_ms"] is not None), key=lambda r: r["throughput_rps"])  # None: all failed
         x = [r["throughput_rps"] for r in rs]
         ax1.plot(x, [r["p50_ms"] for r in rs], "o-", label=f"{name} p50")
         ax1.plot(x, [r["p99_ms"] for r in rs], "s--", label=f"{name} p99")
@@ -69,5 +69,5 @@ def write_load_report(results, out: Path, title: str, tool: str = "project load 
     ax2.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    fig.savefig(out.with_name(out.name + ".png"), dpi=110)
     plt.close(fig)

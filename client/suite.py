@@ -95,10 +95,10 @@ def loadtest(repository: Path, out: Path, levels: list[int], data=None, requests
     notes += [f"| {c} | {r.throughput_rps} | {r.p50_ms} | {r.p99_ms} |" for c, r in library.items()]
     write_load_report(own, out, f"retrieve top-{top_k}: project load generator vs perf_analyzer",
                       extra_series={"perf_analyzer": perf}, notes=notes)
-    result = json.loads(out.with_suffix(".json").read_text())
+    result = json.loads(out.with_name(out.name + ".json").read_text())
     result["agreement"] = agreement
     result["library_client"] = [r.summary() for r in library.values()]
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -202,7 +202,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     result = {"queries": len(queries), "served_threads_per_model": served_threads, "rows": rows,
               "server_stages": stages}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# End-to-end benchmark (one run, same queries and candidates)", "",
              f"{len(queries)} held-out test queries. `retrieve top-100` runs the served default K' "
              f"({pipe.default_candidates}: " + ("the cosine order, no re-scoring" if not pipe.default_candidates
@@ -231,7 +231,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
         lines += [f"| {r['model']} | {r['requests']} | {r['total_us']} | {r['queue_us']} | {r['input_us']} | "
                   f"{r['infer_us']} | {r['output_us']} |" for r in st]
         lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
     return result
 
 
@@ -294,33 +294,41 @@ def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> di
 
     from client.loadtest import run_load
     queries = held_out_queries(data)
+    def link_or_copy(src, dst):  # hard links need one filesystem; copy across two
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
     rows = []
-    for name, edits in VARIANTS:
-        variant = _work() / "tune_repo"
-        shutil.rmtree(variant, ignore_errors=True)
-        shutil.copytree(repository, variant, copy_function=os.link)
-        for model, text in variant_configs(repository, edits).items():
-            cfg = variant / model / "config.pbtxt"
-            cfg.unlink()  # hard-linked: write a new file, leave the original alone
-            cfg.write_text(text)
-        with _server(variant, _work() / "tune_server.log", **edits.get(SERVER, {})) as server:
-            one = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=1, requests=400,
-                                       duration_s=duration_s, top_k=100))
-            many = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=16, requests=4000,
-                                        duration_s=duration_s, top_k=100))
-        rows.append({"variant": name, "c1_p50_ms": one.p50_ms, "c1_p99_ms": one.p99_ms,
-                     "c16_rps": many.throughput_rps, "c16_p50_ms": many.p50_ms, "c16_p99_ms": many.p99_ms,
-                     "errors": one.errors + many.errors})
-        print(f"tune: {rows[-1]}", flush=True)
+    variant = _work() / "tune_repo"
+    try:
+        for name, edits in VARIANTS:
+            shutil.rmtree(variant, ignore_errors=True)
+            shutil.copytree(repository, variant, copy_function=link_or_copy)
+            for model, text in variant_configs(repository, edits).items():
+                cfg = variant / model / "config.pbtxt"
+                cfg.unlink()  # maybe hard-linked: write a new file, leave the original alone
+                cfg.write_text(text)
+            with _server(variant, _work() / "tune_server.log", **edits.get(SERVER, {})) as server:
+                one = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=1, requests=400,
+                                           duration_s=duration_s, top_k=100))
+                many = asyncio.run(run_load(server.grpc_url, queries, "retrieve", concurrency=16, requests=4000,
+                                            duration_s=duration_s, top_k=100))
+            rows.append({"variant": name, "c1_p50_ms": one.p50_ms, "c1_p99_ms": one.p99_ms,
+                         "c16_rps": many.throughput_rps, "c16_p50_ms": many.p50_ms, "c16_p99_ms": many.p99_ms,
+                         "errors": one.errors + many.errors})
+            print(f"tune: {rows[-1]}", flush=True)
+    finally:  # a variant that fails to load must not leave its copy behind
         shutil.rmtree(variant, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    out.with_name(out.name + ".json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     cols = list(rows[0])
     lines = ["# Batching and placement on 2 CPU cores (retrieve top-100, held-out queries)", "",
              "Each variant changes the shipped repository as named; one client for latency, 16 for throughput.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
     return {"rows": rows}
 
 
@@ -331,8 +339,9 @@ def main(argv=None) -> None:
     ap.add_argument("--teacher", default="artifacts/teacher")
     ap.add_argument("--data")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--levels", default="1,2,4,8,16", help="loadtest concurrency levels")
-    ap.add_argument("--duration", type=float, default=15.0, help="loadtest seconds per level (own generator)")
+    ap.add_argument("--levels", default="1,2,4,8,16", help="loadtest: concurrency levels (tune always runs 1 and 16)")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds per load level at most (own generator): loadtest 15, tune 10 by default")
     ap.add_argument("--rerank-depth", type=int, default=30, help="bench: cosine candidates retrieve_rerank re-orders")
     args = ap.parse_args(argv)
     repo = Path(args.repository)
@@ -341,9 +350,9 @@ def main(argv=None) -> None:
                          "distilled model)")
     if args.command == "loadtest":
         loadtest(repo, Path(args.out or "reports/loadtest"), [int(x) for x in args.levels.split(",")], args.data,
-                 duration_s=args.duration)
+                 duration_s=15.0 if args.duration is None else args.duration)
     elif args.command == "tune":
-        tune(repo, Path(args.out or "reports/tuning"), args.data)
+        tune(repo, Path(args.out or "reports/tuning"), args.data, 10.0 if args.duration is None else args.duration)
     else:
         bench(repo, Path(args.out or "reports/bench"), Path(args.teacher), args.data, rerank_depth=args.rerank_depth)
 

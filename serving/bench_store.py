@@ -147,7 +147,7 @@ def vector_dtype_effect(artifacts: Path, n_queries: int = 200, data=None, out: P
                                          "float16": round(1e6 * store.dim * 2 / 2**30, 3)}}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
         lines = ["# Cached keyword vectors: float16 against float32", "",
                  f"{len(encoded)} held-out queries; each query's cosine top-100 from the built store is crossed "
                  "with the candidates' float32 vectors and with the same vectors rounded to float16: as they are "
@@ -160,7 +160,7 @@ def vector_dtype_effect(artifacts: Path, n_queries: int = 200, data=None, out: P
         lines += ["", f"Lookup of 100 ids (median): float32 {lookup_us['float32']} us, float16 -> float32 "
                   f"{lookup_us['float16']} us. Memory per million vectors: float32 "
                   f"{result['gb_per_million_vectors']['float32']} GiB, float16 {result['gb_per_million_vectors']['float16']} GiB.", ""]
-        out.with_suffix(".md").write_text("\n".join(lines))
+        out.with_name(out.name + ".md").write_text("\n".join(lines))
     print(f"bench_store: vector dtype effect {json.dumps(result)}", flush=True)
     return result
 
@@ -277,7 +277,7 @@ def main(argv=None) -> None:
               "indexing_keywords_per_second_by_batch_size": kps, "vector_dtype": args.vector_dtype}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     cols = list(rows[0])
     lines = ["# Keyword store at scale", "",
              f"{args.n:,} keyword vectors (real title embeddings resampled with N(0, {args.noise}) noise), "
@@ -293,7 +293,7 @@ def main(argv=None) -> None:
     lines += ["", f"Indexing throughput, all {len(real.texts):,} real titles through the real keyword encoder "
               f"(2 threads, tokenisation included, median of 3 interleaved runs): {best:,.0f} keywords/s at the "
               f"indexer's default batch size {DEFAULT_BATCH_SIZE} ({by_batch}).", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    out.with_name(out.name + ".md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -176,3 +176,54 @@ def test_relevance_scores_are_checked_like_retrieve_outputs():
                        (response([2, 3], data=b"\0" * 5), "5 bytes"), (response([2, 3], name="X"), "lacks SCORES")):
         with pytest.raises(ClientError, match=match):
             _scores(bad, 2, 3)
+
+
+def test_a_level_where_every_request_failed_reports_null_not_nan(tmp_path):
+    r = summarize("closed", "retrieve", 2, [], 5, 1.0, ["refused"])
+    assert r.requests == 5 and r.p50_ms is None and r.mean_ms is None
+    ok = summarize("closed", "retrieve", 1, [4.0, 6.0], 0, 1.0, [])
+    write_load_report([ok, r], tmp_path / "run.v2", "retrieve")  # a dot in the name keeps the whole name
+    assert json.loads((tmp_path / "run.v2.json").read_text())["rows"][1]["p50_ms"] is None  # strict JSON
+    assert "(run.v2.png)" in (tmp_path / "run.v2.md").read_text() and (tmp_path / "run.v2.png").is_file()
+
+
+def test_open_loop_latency_counts_from_the_due_time():
+    """A generator that falls behind its Poisson schedule must not hide the delay: the event loop is
+    blocked while requests fall due, and their latencies must include the time they waited to start."""
+    import asyncio
+    import time as _time
+
+    import client.loadtest as lt
+
+    class Blocking:
+        """Stands in for the wire caller: the first call blocks the event loop for 0.2 s."""
+        def __init__(self, *a, **k):
+            self.calls = 0
+
+        async def __call__(self, i, check=False):
+            self.calls += 1
+            if self.calls == 1:
+                _time.sleep(0.2)  # the loop is stuck: requests due meanwhile start late
+
+        async def close(self):
+            pass
+
+    real = lt.WireCaller
+    lt.WireCaller = Blocking
+    try:
+        r = asyncio.run(lt.run_load("unused:1", ["q"], "retrieve", rate=200, requests=40, duration_s=5, warmup=0))
+    finally:
+        lt.WireCaller = real
+    # about 40 requests were due within the blocked 0.2 s; counted from their due times, many of them
+    # waited about as long (counted from their late starts they would show about 0 ms)
+    assert r.errors == 0 and r.p50_ms > 20
+
+
+def test_loadtest_cli_refuses_bad_input_with_exit_2(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "client", "loadtest", "--url", "127.0.0.1:1", *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    missing = run("--queries", str(tmp_path / "nope.txt"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "q.txt").write_text("drill\n")
+    both = run("--queries", str(tmp_path / "q.txt"), "--concurrency", "1", "--rate", "5")
+    assert both.returncode == 2 and "not allowed with" in both.stderr

@@ -430,7 +430,7 @@ def compare(rows, origin, per_query, pair_scores, pairs, resamples: int, baselin
 
 def write_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_name(out.name + ".json").write_text(json.dumps(report, indent=2) + "\n")
     cols = [("model", "model"), ("transformer_layers", "layers"), ("params", "params"), ("roc_auc", "ROC-AUC"),
             ("pr_auc", "PR-AUC"), ("spearman", "Spearman"), ("ndcg@10", "nDCG@10"), ("recall@100", "R@100"),
             ("mrr@10", "MRR@10"), ("cpu_ms_per_pair", "CPU ms/pair"), ("query_encode_ms", "query encode ms"),
@@ -486,7 +486,7 @@ def write_report(report: dict, out: Path) -> None:
                 vr = r.get("roc_auc_vs_reference")
                 cells.append(ratio(vr) if vr else ("reference" if r["model"] == cmp["reference"] else "n/a"))
             lines.append(f"| {cell(r['model'])} | " + " | ".join(cells) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv=None) -> None:
