@@ -88,7 +88,8 @@ def attention_pool_ref(token_states: torch.Tensor, mask: torch.Tensor,
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     w = torch.exp(logits - row_max) * real
     w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(compute).tiny)
-    e = torch.einsum("bl,blh->bh", w, t)
+    # padding states are left out, not weighted by 0: a NaN or inf there must not reach e (0 * NaN)
+    e = torch.einsum("bl,blh->bh", w, t.masked_fill(~real.unsqueeze(-1), 0.0))
     if params.proj_w is not None:
         e = e @ params.proj_w.to(compute).T
         if params.proj_b is not None:
@@ -141,7 +142,9 @@ def _check(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossPara
         raise ValueError(f"pooling parameters expect H = {params.hidden}, token_states have H = {h}")
     if crossing not in CROSSINGS:
         raise ValueError(f"crossing must be one of {CROSSINGS}, got {crossing!r}")
-    devices = {token_states.device, mask.device}
+    # the parameters too: the C++ path would read CUDA parameters as host memory
+    devices = {token_states.device, mask.device,
+               *(t.device for t in (getattr(params, f.name) for f in fields(params)) if t is not None)}
     if keywords is not None:
         devices.add(keywords.device)
         if keywords.dim() not in (2, 3) or keywords.shape[-1] != params.dim:
@@ -149,10 +152,23 @@ def _check(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossPara
                              f"got {tuple(keywords.shape)}")
         if keywords.dim() == 3 and keywords.shape[0] != b:
             raise ValueError(f"per-query keywords must have B = {b} rows, got {keywords.shape[0]}")
-        if crossing == "res" and params.res_w1 is None:
-            raise ValueError("res crossing needs res_w1, res_w2, res_u and res_c")
+        if crossing == "res":
+            _check_res(params)
     if len(devices) > 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+
+
+def _check_res(params: PoolCrossParams) -> None:
+    """The res crossing's parameters, present and of matching shapes ([R, D], [D, R], [D], scalar): a
+    short res_u would otherwise be read past its end by the C++ and Triton paths."""
+    w1, w2, u, c = params.res_w1, params.res_w2, params.res_u, params.res_c
+    if w1 is None or w2 is None or u is None or c is None:
+        raise ValueError("res crossing needs res_w1, res_w2, res_u and res_c")
+    d = params.dim
+    if w1.dim() != 2 or w1.shape[1] != d or tuple(w2.shape) != (d, w1.shape[0]) or tuple(u.shape) != (d,) \
+            or c.numel() != 1:
+        raise ValueError(f"res parameters must be res_w1 [R, {d}], res_w2 [{d}, R], res_u [{d}] and a scalar "
+                         f"res_c; got {tuple(w1.shape)}, {tuple(w2.shape)}, {tuple(u.shape)}, {tuple(c.shape)}")
 
 
 def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: torch.Tensor,
@@ -162,9 +178,10 @@ def _pool_cross_lean(token_states: torch.Tensor, mask: torch.Tensor, pool_v: tor
                      res_u: Optional[torch.Tensor], res_c: torch.Tensor):
     """CPU path: fewer, larger ops than the reference (one softmax, bmm pooling, cosine from
     dot products and norms without materialising normalised keywords). TorchScript-compatible."""
-    t = token_states.float()
-    logits = (t @ pool_v + pool_b).masked_fill(mask == 0, float("-inf"))
-    w = torch.softmax(logits, dim=1).nan_to_num(0.0)  # all-padding row: NaN -> 0 weights
+    pad = mask == 0
+    t = token_states.float().masked_fill(pad.unsqueeze(-1), 0.0)  # padding never reaches e (0 * NaN)
+    logits = (t @ pool_v + pool_b).masked_fill(pad, float("-inf"))
+    w = torch.softmax(logits, dim=1).masked_fill(pad, 0.0)  # all-padding row: NaN -> 0 weights
     e = torch.bmm(w.unsqueeze(1), t).squeeze(1)
     if proj_w is not None:
         e = e @ proj_w.t()
@@ -258,7 +275,8 @@ BACKENDS = ("auto", "triton", "cpu", "ref")
 def pool_cross(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossParams,
                keywords: torch.Tensor | None = None, crossing: str = "cos", backend: str = "auto"
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled query vectors [B, D] (fp32) and scores [B, K] (fp32); K = 0 without keywords.
+    """Pooled query vectors [B, D] (fp32) and scores [B, K] (fp32); K = 0 without keywords (float64
+    CPU inputs go through the reference and stay float64: that is for checking, not serving).
 
     backend "auto": CUDA tensors -> the fused Triton kernel; CPU tensors -> the CPU path chosen by
     benchmark. "triton" forces the kernel (CPU tensors need TRITON_INTERPRET=1), "cpu" the CPU

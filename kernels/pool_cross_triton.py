@@ -2,7 +2,7 @@
 
 One program per query row: it pools the row's token states, optionally projects, stores the pooled
 vector and, while the vector is still in registers, crosses it with that row's keyword vectors
-(per query [B, K, D] or shared [N, D]). Maths in fp32, one cast on store; int64 offsets; masks on
+(per query [B, K, D] or shared [N, D]). Maths in fp32, one cast on store; int64 row and keyword offsets; masks on
 every load and store. Runs on CPU tensors under TRITON_INTERPRET=1 (tests), on CUDA otherwise.
 
 Layers: `_pool_cross_fwd_kernel` -> `pool_cross_triton` (checked launcher) -> `PoolCrossFunction`
@@ -89,14 +89,14 @@ def _pool_cross_fwd_kernel(
             offs_h = h0 + tl.arange(0, BLOCK_HC)
             h_ok = offs_h < H
             t = _load_tokens(t_row, offs_l, offs_h, l_ok, h_ok, stride_tl, stride_th)
-            e_chunk = tl.sum(a[:, None] * t, axis=0)
+            e_chunk = tl.sum(tl.where(real[:, None], a[:, None] * t, 0.0), axis=0)  # padding: 0, even if NaN
             w = tl.load(W + offs_d[:, None] * stride_wd + offs_h[None, :] * stride_wh,
                         mask=d_ok[:, None] & h_ok[None, :], other=0.0)
             acc += tl.sum(w * e_chunk[None, :], axis=1)
         q = _tanh(acc + tl.load(WB + offs_d, mask=d_ok, other=0.0))
         q = tl.where(d_ok, q, 0.0)
     else:
-        q = tl.sum(a[:, None] * t_full, axis=0)
+        q = tl.sum(tl.where(real[:, None], a[:, None] * t_full, 0.0), axis=0)  # padding: 0, even if NaN
     tl.store(Q + b * stride_qb + offs_d, q, mask=d_ok)
 
     # --- crossing with K keyword vectors of this row
@@ -190,12 +190,16 @@ def pool_cross_triton(token_states: torch.Tensor, mask: torch.Tensor, params: Po
         stride_kb = stride_kk = stride_kd = 0
     has_proj = params.proj_w is not None
     proj_w = _f32(params.proj_w, pooled)
+    # the kernel reads D bias values whenever it projects: no bias = zeros, not a 1-element stand-in
+    proj_b = _f32(params.proj_b, pooled) if params.proj_b is not None else pooled.new_zeros(max(dim, 1))
     w1, w2 = _f32(params.res_w1, pooled), _f32(params.res_w2, pooled)
     n_r = params.res_w1.shape[0] if (code == _RES) else 0
-    block_h = triton.next_power_of_2(hidden)
+    # at least 16 lanes, as BLOCK_D: without a projection the pooled vector (BLOCK_H lanes) is crossed
+    # with keyword tiles of BLOCK_D lanes, so the two must agree also when H < 16
+    block_h = max(triton.next_power_of_2(hidden), 16)
     block_l = max(triton.next_power_of_2(length), 1)
     _pool_cross_fwd_kernel[(bsz,)](
-        token_states, mask, _f32(params.pool_v, pooled), proj_w, _f32(params.proj_b, pooled), kw,
+        token_states, mask, _f32(params.pool_v, pooled), proj_w, proj_b, kw,
         w1, w2, _f32(params.res_u, pooled), _scalars(params, dev), pooled, scores,
         length, hidden, dim, n_k, n_r,
         *token_states.stride(), *mask.stride(),

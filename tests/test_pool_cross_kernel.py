@@ -70,6 +70,44 @@ def test_kernel_matches_reference(b, l, h, k, crossing, dtype):
 
 
 @pytest.mark.parametrize("crossing", ["cos", "res"])
+def test_narrow_hidden_and_projection_without_bias(crossing):
+    """H = 8 < 16 without a projection (the pooled vector and the keyword tiles must have as many
+    lanes), and a projection without a bias (the kernel must not read D values of a missing bias)."""
+    params = make_params(8, 8, r=16)
+    ts, mask, kw = torch.randn(3, 5, 8, device=DEVICE), make_mask(3, 5), torch.randn(3, 4, 8, device=DEVICE)
+    for got, want in zip(run_kernel(ts, mask, params, kw, crossing), reference64(ts, mask, params, kw, crossing)):
+        torch.testing.assert_close(got.double(), want, **TOLERANCE[torch.float32])
+    params = make_params(64, 24, proj=True)
+    params.proj_b = None
+    ts, mask, kw = torch.randn(3, 5, 64, device=DEVICE), make_mask(3, 5), torch.randn(3, 4, 24, device=DEVICE)
+    for got, want in zip(run_kernel(ts, mask, params, kw, crossing), reference64(ts, mask, params, kw, crossing)):
+        torch.testing.assert_close(got.double(), want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # the interpreter's NaN products, then masked
+@pytest.mark.parametrize("proj", [False, True])
+def test_non_finite_padding_states_do_not_reach_the_scores(proj):
+    """Padding gets weight 0, but 0 * NaN is NaN: every path must leave padding states out."""
+    params = make_params(32, 16 if proj else 32, proj=proj)
+    ts, mask = torch.randn(3, 6, 32, device=DEVICE), make_mask(3, 6)
+    clean = ts.clone()
+    ts[mask == 0] = float("nan")
+    ts[0, -1] = float("inf")  # row 0 has one real token, so its last position is padding
+    kw = torch.randn(3, 5, params.dim, device=DEVICE)
+    for crossing in ("cos", "res"):
+        want = reference64(clean, mask, params, kw, crossing)
+        got = {"triton": run_kernel(ts, mask, params, kw, crossing), "ref": reference64(ts, mask, params, kw, crossing)}
+        if DEVICE == "cpu":
+            for backend in ("cpu", "ref"):
+                got[backend] = pool_cross(ts, mask, params, kw, crossing, backend=backend)
+            from kernels.pool_cross import _cpu_lean
+            got["lean"] = _cpu_lean(ts, mask, params, kw, crossing, impl="lean")
+        for name, pair in got.items():
+            for g, w in zip(pair, want):
+                torch.testing.assert_close(g.double(), w, **TOLERANCE[torch.float32], msg=name)
+
+
+@pytest.mark.parametrize("crossing", ["cos", "res"])
 def test_projection_and_shared_keywords(crossing):
     params = make_params(64, 24, proj=True)
     ts, mask = torch.randn(5, 9, 64, device=DEVICE), make_mask(5, 9)
@@ -196,6 +234,16 @@ def test_bad_arguments_are_clear_errors():
         pool_cross(ts.to(torch.int32), mask, params)
     with pytest.raises(ValueError, match="backend"):
         pool_cross(ts, mask, params, backend="cuda")
+    with pytest.raises(ValueError, match="one device"):  # parameters elsewhere: the C++ path would crash
+        pool_cross(ts, mask, params.to("meta"))
+    short_u = make_params(32, 32)
+    short_u.res_u = short_u.res_u[:20]  # would be read past its end
+    with pytest.raises(ValueError, match="res_u"):
+        pool_cross(ts, mask, short_u, torch.randn(2, 3, 32, device=DEVICE), "res")
+    no_c = make_params(32, 32)
+    no_c.res_c = None
+    with pytest.raises(ValueError, match="needs res_w1, res_w2, res_u and res_c"):
+        pool_cross(ts, mask, no_c, torch.randn(2, 3, 32, device=DEVICE), "res")
 
 
 # The C++ CPU path (kernels/csrc/pool_cross_cpu.cpp): the default for CPU tensors without autograd.
