@@ -97,6 +97,14 @@ def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int, max_l
         raise BadRequest("ATTENTION_MASK must hold only 0 and 1")
 
 
+def check_finite(values, name: str) -> None:
+    """Client-sent floats (numpy or torch): NaN or infinity would come back as NaN scores, or rank
+    arbitrarily in the search, instead of as an error."""
+    finite = values.isfinite().all() if hasattr(values, "isfinite") else np.isfinite(values).all()
+    if not bool(finite):
+        raise BadRequest(f"{name} holds NaN or infinite values")
+
+
 def _parameters(raw: str | dict | None) -> dict:
     if not raw:
         return {}

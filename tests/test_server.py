@@ -405,6 +405,38 @@ def test_keyword_store_encodes_the_query_itself_or_takes_the_encoders_states(ser
         _infer_store(client, 3, QUERY=text, CANDIDATE_IDS=candidates)
     with pytest.raises(Exception, match="TOP_K .retrieval. or CANDIDATE_IDS"):
         _infer_store(client, None, QUERY=text)
+    bad = states.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(Exception, match="TOKEN_STATES holds NaN or infinite values"):
+        _infer_store(client, TOKEN_STATES=bad, ATTENTION_MASK=mask)
+    assert client.is_server_ready()
+    client.close()
+
+
+def test_the_composable_parts_chain_into_the_relevance_answer(server):
+    """query_encoder -> pool_cross with keyword_vectors' cached vectors gives what relevance gives;
+    non-finite client tensors are refused by name."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    text = np.array([[b"cordless drill"]], dtype=object)
+    ids = np.array([[b"d1", b"h1", b"f1"]], dtype=object)
+    states, mask = _infer_encoder(client, QUERY=text)
+    t = grpcclient.InferInput("KEYWORD_IDS", [1, 3], "BYTES")
+    t.set_data_from_numpy(ids)
+    vectors = client.infer("keyword_vectors", [t]).as_numpy("KEYWORD_VECTORS")
+
+    def cross(states, vectors):
+        inputs = []
+        for name, value, dtype in (("TOKEN_STATES", states, "FP32"), ("ATTENTION_MASK", mask, "INT64"),
+                                   ("KEYWORD_VECTORS", vectors, "FP32")):
+            inputs.append(grpcclient.InferInput(name, list(value.shape), dtype))
+            inputs[-1].set_data_from_numpy(value)
+        return client.infer("pool_cross", inputs).as_numpy("SCORES")  # the default crossing, as relevance's
+    np.testing.assert_allclose(cross(states, vectors), _infer_store(client, None, QUERY=text, CANDIDATE_IDS=ids),
+                               atol=1e-5)
+    bad = vectors.copy()
+    bad[0, 1, 2] = np.inf
+    with pytest.raises(Exception, match="KEYWORD_VECTORS holds NaN or infinite values"):
+        cross(states, bad)
     assert client.is_server_ready()
     client.close()
 

@@ -22,8 +22,8 @@ import triton_python_backend_utils as pb_utils
 from kernels import PoolCrossParams, cpu_native
 from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore, UnknownKeywordError, sha256_file
-from serving.requests import (BadRequest, decode_candidates, decode_crossing, decode_keyword_ids, decode_top_k,
-                              serving_defaults)
+from serving.requests import (BadRequest, check_finite, decode_candidates, decode_crossing, decode_keyword_ids,
+                              decode_top_k, serving_defaults)
 from serving.retrieval import Retriever
 
 
@@ -106,7 +106,9 @@ class TritonPythonModel:
             return [True, *self.encoder.tokenize_request(query.as_numpy()), top_k, candidate_ids]
         if states is None or mask is None:
             raise BadRequest("send QUERY, or both TOKEN_STATES and ATTENTION_MASK")
-        return [False, states.as_numpy(), mask.as_numpy(), top_k, candidate_ids]
+        states = states.as_numpy()
+        check_finite(states, "TOKEN_STATES")
+        return [False, states, mask.as_numpy(), top_k, candidate_ids]
 
     def execute(self, requests):
         responses = [None] * len(requests)

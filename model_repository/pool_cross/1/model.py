@@ -9,7 +9,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from kernels import PoolCrossParams, cpu_native, pool_cross
-from serving.requests import BadRequest, decode_crossing, serving_defaults
+from serving.requests import BadRequest, check_finite, decode_crossing, serving_defaults
 
 
 class TritonPythonModel:
@@ -32,13 +32,20 @@ class TritonPythonModel:
         for request in requests:
             try:
                 crossing = decode_crossing(request.parameters(), self.default_crossing)
-                keywords = self._input(request, "KEYWORD_VECTORS")
+                states, keywords = self._input(request, "TOKEN_STATES"), self._input(request, "KEYWORD_VECTORS")
+                for name, values in (("TOKEN_STATES", states), ("KEYWORD_VECTORS", keywords)):
+                    if values is not None:
+                        check_finite(values, name)
                 with torch.inference_mode():
-                    pooled, scores = pool_cross(self._input(request, "TOKEN_STATES"),
-                                                self._input(request, "ATTENTION_MASK"), self.params, keywords, crossing)
+                    pooled, scores = pool_cross(states, self._input(request, "ATTENTION_MASK"), self.params, keywords,
+                                                crossing)
             except (BadRequest, ValueError, TypeError) as e:
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                continue
+            except Exception as e:  # noqa: BLE001 - e.g. a CUDA or kernel error: this request's, not its batch-mates'
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"pool_cross failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor.from_dlpack("QUERY_VECTOR", to_dlpack(pooled.contiguous())),
