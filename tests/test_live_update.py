@@ -1,5 +1,6 @@
 """Keyword-store live updates on the real server: no failed request while versions swap."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +32,15 @@ class Load:
         self.url, self.stop, self.ok, self.failed = url, threading.Event(), 0, []
         self.thread = threading.Thread(target=self.run)
 
+    def wait_for(self, n, timeout_s=120.0):
+        """Until `n` requests have been answered: a bounded wait that fails, instead of hanging, when
+        the load thread has died or every request fails."""
+        deadline = time.monotonic() + timeout_s
+        while self.ok < n:
+            assert self.thread.is_alive(), f"the load thread stopped after {self.ok} answers: {self.failed[:3]}"
+            assert time.monotonic() < deadline, f"{self.ok} of {n} answers in {timeout_s} s: {self.failed[:3]}"
+            time.sleep(0.005)
+
     def run(self):
         with TwinBertClient(self.url) as c:
             for _ in range(20000):
@@ -61,17 +71,18 @@ def test_add_replace_delete_while_serving_with_no_failed_request(live, tiny_expo
         version = build_updated_version(tiny_export, store, add={"n1": "Ryobi Impact Driver Bit Set",
                                                                  "h1": "Gilmour 100 ft. Rubber Garden Hose"},
                                          delete={"p1"})
+        load.wait_for(3)  # traffic flows before the swap, so "no failed request" covers it
         assert publish(repo, version, server.grpc_url) == 2
-        before = load.ok
-        while load.ok < before + 5:  # requests keep flowing on the new version
-            pass
+        load.wait_for(load.ok + 5)  # and keeps flowing on the new version
     assert load.failed == [] and load.ok > 5
     with TwinBertClient(server.grpc_url) as c:
         assert c.retrieve("impact driver bits", 1)[0].keyword_id == "n1"
         assert c.retrieve("100 ft rubber hose", 1)[0].keyword == "Gilmour 100 ft. Rubber Garden Hose"
         with pytest.raises(InvalidRequest, match="'p1'"):
             c.relevance("paint", ["p1"])
-        assert c.health()["models"]["keyword_store"][0]["version"] in ("1", "2")
+        store_versions = c.health()["models"]["keyword_store"]
+        assert {"version": "2", "state": "READY"} in store_versions
+        assert {"version": "1", "state": "READY"} not in store_versions  # the old version is unloaded
     manifest = KeywordStore(latest_version(store)).manifest
     assert manifest["count"] == 6 and manifest["base_version"] == 1
 
@@ -82,6 +93,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(live, tiny_expo
     bad = write_version(store, old.ids, old.texts, old.vectors_at(np.arange(len(old))), IndexSpec("flat"),
                         encoder_sha256="another-encoder")
     with Load(server.grpc_url) as load:
+        load.wait_for(3)
         with pytest.raises(StoreError, match="(?s)built with encoder another-enco.*the previous versions keep serving"):
             publish(repo, bad, server.grpc_url)
     assert load.failed == [] and load.ok > 0
@@ -152,12 +164,9 @@ def test_a_new_encoder_rolls_out_whole_under_load(live, tiny_export, tmp_path, b
     with pytest.raises(StoreError, match="rebuild the index"):  # the old store with the new encoder
         rollout(repo, export2, store, server.grpc_url)
     with Recorder(server.grpc_url) as load:
-        while load.ok < 3:
-            pass
+        load.wait_for(3)
         versions = rollout(repo, export2, store2, server.grpc_url)
-        before = load.ok
-        while load.ok < before + 5:
-            pass
+        load.wait_for(load.ok + 5)
     assert versions == {m: 2 for m in ("tokenizer", "query_encoder", "pool_cross", "keyword_store", "keyword_vectors")}
     assert load.failed == []
     # each request by itself (a retrieve and the relevance call after it may straddle the switch)
