@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.requests import check_token_inputs, decode_queries
+from serving.requests import check_token_inputs, check_tokenized, decode_queries
 from training.tokenize import WordPiece
 
 PAD_MULTIPLE = 8
@@ -62,7 +62,9 @@ class QueryEncoder:
 
     def tokenize_request(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """QUERY tensor [B, 1] of bytes -> trimmed (ids, mask); BadRequest for blank or non-UTF-8."""
-        return self.tokenize(decode_queries(raw))
+        ids, mask = self.tokenize(decode_queries(raw))
+        check_tokenized(mask)
+        return ids, mask
 
     def check_ids(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Client-sent INPUT_IDS + ATTENTION_MASK -> validated, trimmed (ids, mask)."""

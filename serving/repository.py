@@ -124,7 +124,7 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path, keywor
     for model in ("query_encoder", "keyword_store"):
         put(model, "long_query", text(WARMUP_LONG_QUERY))
     put("query_encoder", "attention_mask_full", np.ones(length, dtype="<i8").tobytes())  # batched, untrimmed
-    for model in ("keyword_store", "pool_cross"):
+    for model in ("keyword_store", "pool_cross", "query_encoder"):
         put(model, "attention_mask", mask.tobytes())
         put(model, "attention_mask_short", short.tobytes())
     put("keyword_store", "top_k", np.array([10], dtype="<i4").tobytes())

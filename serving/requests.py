@@ -10,6 +10,7 @@ from serving.keyword_store import MAX_TOP_K
 
 MAX_CANDIDATES = 1000  # K' for res re-scoring
 MAX_KEYWORDS = 1000    # keyword ids per relevance request
+MAX_DEPTH = 200        # retrieve_rerank: candidates the re-ranker may read (about 0.15 ms each on 2 cores)
 
 
 class BadRequest(ValueError):
@@ -37,6 +38,16 @@ def decode_queries(raw: np.ndarray) -> list[str]:
     return out
 
 
+def check_tokenized(mask: np.ndarray) -> None:
+    """After tokenising QUERY: a row of nothing but [CLS] and [SEP] held no text the tokenizer keeps
+    (control, format, private-use or lone combining characters, which str.strip() leaves in place) and
+    would be answered as an arbitrary query."""
+    empty = np.flatnonzero(mask.sum(axis=1) <= 2)
+    if empty.size:
+        raise BadRequest(f"QUERY row {int(empty[0])} is empty or blank: nothing in it is text the tokenizer keeps "
+                         "(only control, format or combining characters)")
+
+
 def _one_per_request(raw: np.ndarray, rows: int, name: str) -> int:
     """A [B, 1] int tensor that must hold one value per QUERY row, the same in every row."""
     flat = raw.reshape(-1)
@@ -48,20 +59,21 @@ def _one_per_request(raw: np.ndarray, rows: int, name: str) -> int:
     return values.pop()
 
 
-def decode_top_k(raw: np.ndarray, rows: int, hint: str = "") -> int:
-    """TOP_K [B, 1] int -> one k for the request, within 1..MAX_TOP_K (`hint` ends the error message)."""
+def decode_top_k(raw: np.ndarray, rows: int) -> int:
+    """TOP_K [B, 1] int -> one k for the request, within 1..MAX_TOP_K."""
     k = _one_per_request(raw, rows, "TOP_K")
     if not 1 <= k <= MAX_TOP_K:
-        raise BadRequest(f"TOP_K must be between 1 and {MAX_TOP_K}, got {k}{hint}")
+        raise BadRequest(f"TOP_K must be between 1 and {MAX_TOP_K}, got {k}")
     return k
 
 
-def decode_depth(raw: np.ndarray, rows: int, k: int, limit: int) -> int:
+def decode_depth(raw: np.ndarray, rows: int, k: int | None = None, limit: int = MAX_DEPTH) -> int:
     """DEPTH [B, 1] int (retrieve_rerank: cosine candidates the re-ranker reads) -> one depth for the
-    request, within TOP_K..limit."""
+    request, within TOP_K..limit (1..limit where TOP_K is not at hand: keyword_store, which searches
+    DEPTH deep before the re-ranker sees TOP_K)."""
     depth = _one_per_request(raw, rows, "DEPTH")
-    if not k <= depth <= limit:
-        raise BadRequest(f"DEPTH must be between TOP_K ({k}) and {limit}, got {depth}")
+    if not (k or 1) <= depth <= limit:
+        raise BadRequest(f"DEPTH must be between {'1' if k is None else f'TOP_K ({k})'} and {limit}, got {depth}")
     return depth
 
 
@@ -95,6 +107,15 @@ def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int, max_l
                          f"[{ids.min()}, {ids.max()}]")
     if mask.size and not np.isin(mask, (0, 1)).all():
         raise BadRequest("ATTENTION_MASK must hold only 0 and 1")
+    check_mask_rows(mask)
+
+
+def check_mask_rows(mask: np.ndarray) -> None:
+    """Every row needs a real token: an all-padding row has nothing to encode or pool, and its answer
+    would be arbitrary."""
+    empty = np.flatnonzero(~np.asarray(mask).astype(bool).any(axis=1)) if mask.ndim == 2 else np.array([])
+    if empty.size:
+        raise BadRequest(f"ATTENTION_MASK row {int(empty[0])} has no real token (all 0)")
 
 
 def check_finite(values, name: str) -> None:
@@ -128,6 +149,12 @@ def refuse_candidates(parameters: str | dict | None) -> None:
     if value != 0:
         raise BadRequest(f"parameter 'candidates' ({value!r}) does not apply to retrieve_rerank, which re-orders "
                          "the cosine top DEPTH; use retrieve for res re-scoring")
+
+
+def refuse_parameter(parameters: str | dict | None, name: str, model: str, use: str) -> None:
+    """A request parameter of another ensemble would otherwise be ignored without a word."""
+    if name in _parameters(parameters):
+        raise BadRequest(f"parameter '{name}' does not apply to {model}; {use}")
 
 
 def decode_crossing(parameters: str | dict | None, default: str = "res") -> str:

@@ -52,3 +52,50 @@ def test_keyword_ids_need_rows_and_ids(shape):
     from serving.requests import decode_keyword_ids
     with pytest.raises(BadRequest, match=r"batch >= 1 and N >= 1"):
         decode_keyword_ids(np.zeros(shape, dtype=object))
+
+
+def test_queries_the_tokenizer_empties_are_refused():
+    """str.strip() keeps NUL, zero-width spaces, BOMs and lone combining accents; the WordPiece tokenizer
+    drops them, so such a query would be answered as [CLS] [SEP]."""
+    from serving.requests import check_tokenized
+    from training.pretrained import minilm_dir
+    from training.tokenize import WordPiece
+    tokenizer = WordPiece(minilm_dir() / "tokenizer.json", 16)
+    for text in ("\x00", "\u200b", "\ufeff", "\u0301", "\ue000 \u200b"):
+        query = decode_queries(np.array([[text.encode()]], dtype=object))  # passes the text-level check
+        with pytest.raises(BadRequest, match="row 0 is empty or blank: nothing in it is text"):
+            check_tokenized(tokenizer(query)[1])
+    _, mask = tokenizer(["drill", "\u200b"])
+    with pytest.raises(BadRequest, match="row 1"):
+        check_tokenized(mask)
+    check_tokenized(tokenizer(["drill", "?"])[1])  # punctuation is text
+
+
+def test_an_all_padding_mask_row_is_refused():
+    from serving.requests import check_mask_rows, check_token_inputs
+    with pytest.raises(BadRequest, match="ATTENTION_MASK row 1 has no real token"):
+        check_token_inputs(np.array([[101, 102], [0, 0]]), np.array([[1, 1], [0, 0]]), 30522)
+    check_mask_rows(np.array([[1, 0], [0, 1]]))
+
+
+def test_depth_without_top_k_and_parameters_of_another_ensemble():
+    from serving.requests import decode_depth, refuse_parameter
+    assert decode_depth(np.array([[30]], dtype=np.int32), 1) == 30
+    for depth in (0, 201):
+        with pytest.raises(BadRequest, match=f"DEPTH must be between 1 and 200, got {depth}"):
+            decode_depth(np.array([[depth]], dtype=np.int32), 1)
+    with pytest.raises(BadRequest, match=r"DEPTH must be between TOP_K \(10\) and 200, got 5"):
+        decode_depth(np.array([[5]], dtype=np.int32), 1, 10)
+    refuse_parameter('{"candidates": 5}', "crossing", "retrieve", "x")
+    with pytest.raises(BadRequest, match="parameter 'crossing' does not apply to retrieve; use candidates"):
+        refuse_parameter({"crossing": "cos"}, "crossing", "retrieve", "use candidates")
+
+
+def test_an_unexpected_failure_is_one_line():
+    from serving.model_errors import failure_message
+    torchscript = RuntimeError("The following operation failed in the TorchScript interpreter.\n"
+                               "Traceback of TorchScript (most recent call last):\n  File \"code/x.py\", line 3\n\n"
+                               "RuntimeError: shape '[1, 8]' is invalid for input of size 9\n")
+    assert failure_message("encoder", torchscript) == \
+        "encoder failed: RuntimeError: RuntimeError: shape '[1, 8]' is invalid for input of size 9"
+    assert failure_message("store", KeyError()) == "store failed: KeyError: no message"

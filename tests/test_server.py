@@ -8,6 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from client import AsyncTwinBertClient, ClientError, InvalidRequest, TwinBertClient
 from serving.encoder import trim_padding
@@ -156,9 +157,10 @@ def test_retrieve_rerank_reorders_the_cosine_candidates_as_in_process(server, in
 
 
 @pytest.mark.parametrize("k, depth, message", [
-    (5, 3, "DEPTH must be between TOP_K"), (5, 201, "DEPTH must be between TOP_K"),
-    (5, 0, "TOP_K must be between 1 and 1000, got 0 .retrieve_rerank passes its DEPTH here"),
-    (5, -4, "got -4 .retrieve_rerank passes its DEPTH here"), (0, 10, "TOP_K must be between 1 and 1000, got 0$"),
+    (5, 3, "DEPTH must be between TOP_K .5. and 200, got 3"),
+    # refused by keyword_store before it searches (it has no TOP_K: 1..200)
+    (5, 201, "DEPTH must be between 1 and 200, got 201"), (5, 0, "DEPTH must be between 1 and 200, got 0"),
+    (5, -4, "DEPTH must be between 1 and 200, got -4"), (0, 10, "TOP_K must be between 1 and 1000, got 0$"),
 ])
 def test_retrieve_rerank_bad_depth_or_k_fails_alone(server, k, depth, message):
     with TwinBertClient(server.grpc_url) as c:
@@ -183,8 +185,9 @@ def test_retrieve_rerank_refuses_a_missing_depth_and_a_blank_query(server):
     q, k = _query_and_top_k(b"drill", 3)
     depth = grpcclient.InferInput("DEPTH", [1, 1], "INT32")
     depth.set_data_from_numpy(np.array([[5]], dtype=np.int32))
-    with pytest.raises(Exception, match="'candidates' .5. does not apply to retrieve_rerank"):
-        raw.infer("retrieve_rerank", [q, k, depth], parameters={"candidates": 5})
+    for candidates in (5, 3):  # 3 < DEPTH: keyword_store names the real problem, not "between TOP_K (5)"
+        with pytest.raises(Exception, match=f"'candidates' .{candidates}. does not apply to retrieve_rerank"):
+            raw.infer("retrieve_rerank", [q, k, depth], parameters={"candidates": candidates})
     assert len(raw.infer("retrieve_rerank", [q, k, depth], parameters={"candidates": 0}).as_numpy("SCORES")[0]) == 3
     raw.close()
     with TwinBertClient(server.grpc_url) as c:
@@ -227,6 +230,46 @@ def test_bad_candidates_parameter(server, params, message):
     q, k = _query_and_top_k(b"drill", 5)
     with pytest.raises(Exception, match=message):
         client.infer("retrieve", [q, k], parameters=params)
+    client.close()
+
+
+def test_invisible_queries_and_all_padding_masks_fail_alone(server):
+    """Text the tokenizer drops entirely (NUL, zero-width space, a lone combining accent) is a blank
+    query, not an arbitrary one; an all-zero ATTENTION_MASK row has nothing to encode."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    for text in ("\x00", "\u200b", "\u0301"):
+        for model in ("retrieve", "tokenizer"):
+            q = grpcclient.InferInput("QUERY", [1, 1], "BYTES")
+            q.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+            inputs = [q, _query_and_top_k(b"x", 3)[1]] if model == "retrieve" else [q]
+            with pytest.raises(InferenceServerException, match="empty or blank") as e:
+                client.infer(model, inputs)
+            assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    ids, mask = np.array([[101, 7592, 102]], dtype=np.int64), np.zeros((1, 3), dtype=np.int64)
+    with pytest.raises(InferenceServerException, match="ATTENTION_MASK row 0 has no real token"):
+        _infer_encoder(client, INPUT_IDS=ids, ATTENTION_MASK=mask)
+    states, real = _infer_encoder(client, INPUT_IDS=ids, ATTENTION_MASK=np.ones_like(mask))
+    with pytest.raises(InferenceServerException, match="ATTENTION_MASK row 0 has no real token"):
+        _infer_store(client, TOKEN_STATES=states, ATTENTION_MASK=np.zeros_like(real))
+    assert len(_infer_store(client, TOKEN_STATES=states, ATTENTION_MASK=real)[0][0]) == 3
+    client.close()
+
+
+def test_a_parameter_of_another_ensemble_is_refused_not_ignored(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    q, k = _query_and_top_k(b"drill", 3)
+    ids = grpcclient.InferInput("KEYWORD_IDS", [1, 1], "BYTES")
+    ids.set_data_from_numpy(np.array([[b"d1"]], dtype=object))
+    depth = grpcclient.InferInput("DEPTH", [1, 1], "INT32")
+    depth.set_data_from_numpy(np.array([[5]], dtype=np.int32))
+    for model, inputs, params, message in (
+            ("retrieve", [q, k], {"crossing": "cos"}, "'crossing' does not apply to retrieve"),
+            ("retrieve_rerank", [q, k, depth], {"crossing": "res"}, "'crossing' does not apply to retrieve_rerank"),
+            ("relevance", [q, ids], {"candidates": 5}, "'candidates' does not apply to relevance")):
+        with pytest.raises(InferenceServerException, match=message) as e:
+            client.infer(model, inputs, parameters=params)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert len(client.infer("retrieve", [q, k]).as_numpy("SCORES")[0]) == 3  # the server keeps serving
     client.close()
 
 
@@ -401,9 +444,9 @@ def test_keyword_store_encodes_the_query_itself_or_takes_the_encoders_states(ser
     scores_states = _infer_store(client, None, TOKEN_STATES=states, ATTENTION_MASK=mask, CANDIDATE_IDS=candidates)
     np.testing.assert_allclose(scores_text, scores_states, atol=1e-5)
     assert scores_text.shape == (2, 3) and scores_text[0].argmax() == 0 and scores_text[1].argmax() == 0
-    with pytest.raises(Exception, match="TOP_K .retrieval. or CANDIDATE_IDS"):
+    with pytest.raises(Exception, match="one of TOP_K .retrieval., CANDIDATE_IDS"):
         _infer_store(client, 3, QUERY=text, CANDIDATE_IDS=candidates)
-    with pytest.raises(Exception, match="TOP_K .retrieval. or CANDIDATE_IDS"):
+    with pytest.raises(Exception, match="one of TOP_K .retrieval., CANDIDATE_IDS"):
         _infer_store(client, None, QUERY=text)
     bad = states.copy()
     bad[0, 0, 0] = np.nan

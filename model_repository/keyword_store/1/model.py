@@ -1,6 +1,7 @@
 """Triton Python model, the twin's CPU serving path in one process:
 
     QUERY (or TOKEN_STATES + ATTENTION_MASK), TOP_K          -> KEYWORD_IDS, KEYWORD_TEXTS, SCORES  (retrieve)
+    QUERY (or TOKEN_STATES + ATTENTION_MASK), DEPTH          -> the cosine top DEPTH, as retrieve     (retrieve_rerank)
     QUERY (or TOKEN_STATES + ATTENTION_MASK), CANDIDATE_IDS  -> SCORES                              (relevance)
 
 With QUERY the model tokenises and encodes the query itself, with the same TorchScript export as
@@ -22,8 +23,10 @@ import triton_python_backend_utils as pb_utils
 from kernels import PoolCrossParams, cpu_native
 from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore, UnknownKeywordError, sha256_file
-from serving.requests import (BadRequest, check_finite, decode_candidates, decode_crossing, decode_keyword_ids,
-                              decode_top_k, serving_defaults)
+from serving.model_errors import internal, invalid
+from serving.requests import (BadRequest, check_finite, check_mask_rows, decode_candidates, decode_crossing,
+                              decode_depth, decode_keyword_ids, decode_top_k, refuse_candidates, refuse_parameter,
+                              serving_defaults)
 from serving.retrieval import Retriever
 
 
@@ -33,11 +36,6 @@ from serving.retrieval import Retriever
 # A count can therefore wait in an instance that has gone quiet (an overflow instance after a burst)
 # until its next request.
 METRIC_FLUSH_S = 1.0
-
-
-def _error(message, code=None):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-        message, pb_utils.TritonError.INVALID_ARG if code is None else code))
 
 
 class TritonPythonModel:
@@ -90,25 +88,28 @@ class TritonPythonModel:
             self.scored_pending = 0
 
     def _parse(self, request):
-        """One request's inputs as [is_text, ids or token states, mask, TOP_K, CANDIDATE_IDS]: the ids of
-        QUERY (tokenised here; the encoder replaces them with states) or TOKEN_STATES as sent, and exactly
-        one of TOP_K and CANDIDATE_IDS (the other None)."""
+        """One request's inputs as [is_text, ids or token states, mask, mode, tensor]: the ids of QUERY
+        (tokenised here; the encoder replaces them with states) or TOKEN_STATES as sent, and exactly one
+        of TOP_K, DEPTH and CANDIDATE_IDS (mode "TOP_K", "DEPTH" or "CANDIDATE_IDS", and its tensor)."""
         query = pb_utils.get_input_tensor_by_name(request, "QUERY")
         states = pb_utils.get_input_tensor_by_name(request, "TOKEN_STATES")
         mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK")
-        top_k = pb_utils.get_input_tensor_by_name(request, "TOP_K")
-        candidate_ids = pb_utils.get_input_tensor_by_name(request, "CANDIDATE_IDS")
-        if (top_k is None) == (candidate_ids is None):
-            raise BadRequest("send TOP_K (retrieval) or CANDIDATE_IDS (relevance scores), one of the two")
+        modes = [(name, t) for name in ("TOP_K", "DEPTH", "CANDIDATE_IDS")
+                 if (t := pb_utils.get_input_tensor_by_name(request, name)) is not None]
+        if len(modes) != 1:
+            raise BadRequest("send one of TOP_K (retrieval), CANDIDATE_IDS (relevance scores) or DEPTH "
+                             "(retrieve_rerank's cosine candidates)")
+        mode, tensor = modes[0]
         if query is not None:
             if states is not None or mask is not None:
                 raise BadRequest("send either QUERY or TOKEN_STATES + ATTENTION_MASK, not both")
-            return [True, *self.encoder.tokenize_request(query.as_numpy()), top_k, candidate_ids]
+            return [True, *self.encoder.tokenize_request(query.as_numpy()), mode, tensor]
         if states is None or mask is None:
             raise BadRequest("send QUERY, or both TOKEN_STATES and ATTENTION_MASK")
-        states = states.as_numpy()
+        states, mask = states.as_numpy(), mask.as_numpy()
         check_finite(states, "TOKEN_STATES")
-        return [False, states, mask.as_numpy(), top_k, candidate_ids]
+        check_mask_rows(mask)
+        return [False, states, mask, mode, tensor]
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -117,9 +118,9 @@ class TritonPythonModel:
             try:
                 parsed[n] = self._parse(request)
             except (BadRequest, ValueError, TypeError) as e:
-                responses[n] = _error(str(e))
+                responses[n] = invalid(e)
             except Exception as e:  # noqa: BLE001 - whatever it is, it fails this request, not its batch-mates
-                responses[n] = _error(f"keyword_store failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+                responses[n] = internal("keyword_store", e)
         # the queries of every request queued together go through the encoder in one forward pass
         texts = [n for n, (is_text, *_) in parsed.items() if is_text]
         if texts:
@@ -127,26 +128,35 @@ class TritonPythonModel:
                 encoded = self.encoder.encode_many([(parsed[n][1], parsed[n][2]) for n in texts])
             except Exception as e:  # noqa: BLE001 - fail the requests that reached the encoder, no others
                 for n in texts:
-                    responses[n] = _error(f"encoder failed: {e}", pb_utils.TritonError.INTERNAL)
+                    responses[n] = internal("encoder", e)
                     del parsed[n]
             else:
                 for n, states in zip(texts, encoded):
                     parsed[n][1] = states
-        for n, (_, states, mask, top_k, candidate_ids) in parsed.items():
+        for n, (_, states, mask, mode, tensor) in parsed.items():
             try:
-                if top_k is not None:
-                    responses[n] = self._retrieve(requests[n], states, mask, top_k.as_numpy())
+                if mode == "CANDIDATE_IDS":
+                    responses[n] = self._relevance(requests[n], states, mask, tensor.as_numpy())
                 else:
-                    responses[n] = self._relevance(requests[n], states, mask, candidate_ids.as_numpy())
+                    responses[n] = self._retrieve(requests[n], states, mask, mode, tensor.as_numpy())
             except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:
-                responses[n] = _error(str(e))
+                responses[n] = invalid(e)
             except Exception as e:  # noqa: BLE001 - the search or crossing failed on this request: answer it, serve the rest
-                responses[n] = _error(f"keyword_store failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+                responses[n] = internal("keyword_store", e)
         return responses
 
-    def _retrieve(self, request, states, mask, top_k):
-        k = decode_top_k(top_k, len(states), " (retrieve_rerank passes its DEPTH here)")
-        candidates = decode_candidates(request.parameters(), k, self.default_candidates)
+    def _retrieve(self, request, states, mask, mode, raw):
+        parameters = request.parameters()
+        if mode == "DEPTH":  # retrieve_rerank's first step: the cosine top DEPTH for the re-ranker
+            # refused here, before the search, with the re-ranker's own messages
+            refuse_candidates(parameters)
+            refuse_parameter(parameters, "crossing", "retrieve_rerank", "the BiLSTM re-ranker scores the candidates")
+            k, candidates = decode_depth(raw, len(states)), 0
+        else:
+            refuse_parameter(parameters, "crossing", "retrieve",
+                             "it ranks by cosine, or re-scores with res (parameter 'candidates')")
+            k = decode_top_k(raw, len(states))
+            candidates = decode_candidates(parameters, k, self.default_candidates)
         ids, texts, scores = self.retriever.retrieve(states, mask, k, candidates)
         # K' as re-scored: the retriever clamps it to the store's size (0: not re-scored)
         self._count_scored(min(candidates, len(self.retriever.store)) * len(states))
@@ -155,6 +165,7 @@ class TritonPythonModel:
             pb_utils.Tensor("SCORES", scores)])
 
     def _relevance(self, request, states, mask, candidate_ids):
+        refuse_parameter(request.parameters(), "candidates", "relevance", "it scores the ids sent (parameter 'crossing')")
         crossing = decode_crossing(request.parameters(), self.default_crossing)
         rows = decode_keyword_ids(candidate_ids)  # errors name KEYWORD_IDS, the relevance ensemble's input
         if len(rows) != len(states):

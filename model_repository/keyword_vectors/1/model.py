@@ -5,6 +5,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from serving.keyword_store import KeywordStore, UnknownKeywordError
+from serving.model_errors import internal, invalid
 from serving.requests import BadRequest, decode_keyword_ids
 
 
@@ -21,8 +22,10 @@ class TritonPythonModel:
                 rows = decode_keyword_ids(pb_utils.get_input_tensor_by_name(request, "KEYWORD_IDS").as_numpy())
                 vectors = np.stack([self.store.lookup(ids) for ids in rows])
             except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:  # this request only
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                responses.append(invalid(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - fails this request only
+                responses.append(internal("keyword_vectors", e))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("KEYWORD_VECTORS", vectors)]))
         return responses

@@ -9,6 +9,7 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from kernels import PoolCrossParams, cpu_native, pool_cross
+from serving.model_errors import internal, invalid
 from serving.requests import BadRequest, check_finite, decode_crossing, serving_defaults
 
 
@@ -40,12 +41,10 @@ class TritonPythonModel:
                     pooled, scores = pool_cross(states, self._input(request, "ATTENTION_MASK"), self.params, keywords,
                                                 crossing)
             except (BadRequest, ValueError, TypeError) as e:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                responses.append(invalid(e))
                 continue
             except Exception as e:  # noqa: BLE001 - e.g. a CUDA or kernel error: this request's, not its batch-mates'
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"pool_cross failed: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)))
+                responses.append(internal("pool_cross", e))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor.from_dlpack("QUERY_VECTOR", to_dlpack(pooled.contiguous())),

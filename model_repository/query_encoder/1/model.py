@@ -14,6 +14,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from serving.encoder import QueryEncoder
+from serving.model_errors import internal, invalid
 from serving.requests import BadRequest
 
 
@@ -44,15 +45,15 @@ class TritonPythonModel:
             try:
                 good.append((n, *self._inputs(request)))
             except BadRequest as e:
-                responses[n] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+                responses[n] = invalid(e)
+            except Exception as e:  # noqa: BLE001 - fails this request, not its batch-mates
+                responses[n] = internal("query_encoder", e)
         if good:
             try:
                 encoded = self.encoder.encode_many([(ids, mask) for _, ids, mask in good])
-            except (ValueError, TypeError, RuntimeError) as e:  # fail the requests that reached the encoder, no others
+            except Exception as e:  # noqa: BLE001 - fail the requests that reached the encoder, no others
                 for n, _, _ in good:
-                    responses[n] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"encoder failed: {e}", pb_utils.TritonError.INTERNAL))
+                    responses[n] = internal("encoder", e)
                 return responses
             for (n, _, mask), states in zip(good, encoded):
                 responses[n] = self._respond(states, mask)

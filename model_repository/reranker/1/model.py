@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+from serving.model_errors import internal, invalid
 from serving.requests import BadRequest, decode_depth, decode_queries, decode_texts, decode_top_k, refuse_candidates
 from serving.rerank import MAX_DEPTH, Reranker
 
@@ -51,8 +52,10 @@ class TritonPythonModel:
             try:
                 ids, texts, scores = self._rerank(request)
             except (BadRequest, ValueError, TypeError) as e:  # this request's input, not the model
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                responses.append(invalid(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - fails this request only
+                responses.append(internal("reranker", e))
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("KEYWORD_IDS", ids.astype(object)), pb_utils.Tensor("KEYWORD_TEXTS", texts.astype(object)),

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from serving.requests import BadRequest, decode_queries
+from serving.model_errors import internal, invalid
+from serving.requests import BadRequest, check_tokenized, decode_queries
 from training.tokenize import WordPiece
 
 
@@ -20,9 +21,11 @@ class TritonPythonModel:
             try:
                 texts = decode_queries(pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy())
                 ids, mask = self.tokenizer(texts)
+                check_tokenized(mask)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
                     pb_utils.Tensor("INPUT_IDS", ids), pb_utils.Tensor("ATTENTION_MASK", mask)]))
             except BadRequest as e:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)))
+                responses.append(invalid(e))
+            except Exception as e:  # noqa: BLE001 - fails this request, not its batch-mates
+                responses.append(internal("tokenizer", e))
         return responses
