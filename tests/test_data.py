@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from training.data import (DataError, keyword_corpus, load_pairs, normalize_query, repair_text, split_of,
@@ -66,6 +68,8 @@ def test_split_keeps_every_query_in_one_split_with_expected_fractions():
 def test_real_data_split_when_available():
     from training.data import default_data_dir
     if not (default_data_dir() / "train.csv").is_file():
+        if os.environ.get("TWINBERT_DATA"):  # pointed at data that is not there: a failure, not a skip
+            pytest.fail(f"TWINBERT_DATA={os.environ['TWINBERT_DATA']} holds no train.csv")
         pytest.skip("Home Depot data not present (set TWINBERT_DATA)")
     pairs = load_pairs()
     assert len(pairs) == 74067

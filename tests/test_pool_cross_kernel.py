@@ -1,4 +1,6 @@
 """The fused Triton kernel against the reference (CPU tensors under TRITON_INTERPRET=1 in CI)."""
+import zlib
+
 import pytest
 import torch
 
@@ -11,6 +13,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {torch.float32: dict(atol=2e-5, rtol=1e-4),
              torch.float16: dict(atol=5e-5, rtol=2e-4),
              torch.bfloat16: dict(atol=5e-5, rtol=2e-4)}
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """Inputs from a seed of the test's own id: a failure reproduces with -k, whatever else runs."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 def make_params(h, d, r=48, proj=False):

@@ -1,8 +1,16 @@
 """The PyTorch reference of pooling + crossing against hand-written float64 maths."""
+import zlib
+
 import pytest
 import torch
 
 from kernels import PoolCrossParams, pool_cross, pool_cross_ref
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    """Inputs from a seed of the test's own id: a failure reproduces with -k, whatever else runs."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
 def params(h=8, d=None, r=4, seed=0):

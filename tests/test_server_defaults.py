@@ -76,12 +76,14 @@ def test_candidates_counter_adds_up_exactly_in_bulk(server):
         time.sleep(1.1)
         c.retrieve("paint", 3, candidates=0)  # adds whatever earlier tests left pending
         before = _scored_total(server)
+        start = time.monotonic()
         for q in ("drill", "hose", "fan", "paint"):
             c.retrieve(q, 3, candidates=4)
         c.retrieve("bulb", 2, candidates=100)  # K' beyond the store: its 8 keywords are re-scored
         c.retrieve("faucet", 3)  # the default K'
-        burst = _scored_total(server) - before
+        burst, burst_s = _scored_total(server) - before, time.monotonic() - start
         time.sleep(1.1)
         c.retrieve("paint", 3, candidates=0)  # nothing re-scored, but it flushes the instance's count
     assert _scored_total(server) - before == 4 * 4 + len(TITLES) + DEFAULT_CANDIDATES
-    assert burst < 4 * 4 + len(TITLES) + DEFAULT_CANDIDATES  # not every request updated the counter
+    if burst_s < 0.9:  # a stall of a second (a busy host) may flush within the burst, legitimately
+        assert burst < 4 * 4 + len(TITLES) + DEFAULT_CANDIDATES  # not every request updated the counter

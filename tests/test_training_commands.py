@@ -36,7 +36,7 @@ def tiny_data(tmp_path_factory):
     return root
 
 
-def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
+def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsys):
     d = ["--data", str(tiny_data)]
     small = ["--max-steps", "3", "--eval-every", "2", "--dev-pairs", "20", "--batch-size", "8"]
     teacher.main(d + ["--out", str(tmp_path / "teacher"), "--num-layers", "1"] + small)
@@ -57,9 +57,10 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path):
     distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
                       "--out", str(tmp_path / "twin_listwise"), "--group-size", "4", "--listwise-weight", "1"] + small)
     assert json.loads((tmp_path / "twin_listwise" / "train_summary.json").read_text())["step"] == 3
-    with pytest.raises(SystemExit):  # a listwise term needs lists
+    with pytest.raises(SystemExit) as exit_:  # a listwise term needs lists
         distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--out", str(tmp_path / "x"),
                           "--listwise-weight", "1"])
+    assert exit_.value.code == 2 and "needs --group-size of at least 2" in capsys.readouterr().err
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
                      "--out", str(tmp_path / "bilstm")] + small)
     assert bilstm.BiLSTMStudent.load(tmp_path / "bilstm").config.interaction  # the default
