@@ -181,3 +181,48 @@ def test_a_new_encoder_rolls_out_whole_under_load(live, tiny_export, tmp_path, b
         assert all({"version": "1", "state": "READY"} not in health[m] for m in versions)
     assert (repo / "query_encoder" / "retired-1").is_dir() and not (repo / "query_encoder" / "1").exists()
     assert _expected(InProcessPipeline(repo)) == new or _same(_expected(InProcessPipeline(repo)), new)
+
+
+def test_a_rollout_that_fails_mid_switch_puts_everything_back_under_load(live, tiny_export, tmp_path, build_repository,
+                                                                         monkeypatch):
+    """The first ensemble has switched to the new versions when the second fails to reload (its pinned
+    config names a version that does not exist: a fault injected by wrapping pin_ensemble_text). The
+    switched ensemble must go back, the new versions must go, and no request may fail or be answered
+    by the new encoder once the old one is back."""
+    import torch
+
+    import serving.rollout as rollout_module
+    from serving.pipeline import InProcessPipeline
+    from serving.repository import numbered_versions
+    from training.export import export
+    from training.twin import TwinBERT, TwinConfig
+    server, store, repo = live
+    torch.manual_seed(11)
+    TwinBERT(TwinConfig(num_layers=2)).save(tmp_path / "model2")
+    export2 = export(tmp_path / "model2", tmp_path / "export2")
+    (tmp_path / "new").mkdir()
+    store2, _ = build_repository(export2, TITLES, tmp_path / "new")
+    before = {name: text for name, text in rollout_module.ensembles(repo).items()}
+    assert len(before) >= 2  # retrieve and relevance: the second one fails after the first switched
+    real_pin, calls = rollout_module.pin_ensemble_text, []
+
+    def pin_the_second_to_a_missing_version(text, versions):
+        calls.append(1)
+        pinned = real_pin(text, versions)
+        return real_pin(text, {m: 99 for m in versions}) if len(calls) == 2 else pinned
+    monkeypatch.setattr(rollout_module, "pin_ensemble_text", pin_the_second_to_a_missing_version)
+    old = _expected(InProcessPipeline(repo))
+    with Recorder(server.grpc_url) as load:
+        load.wait_for(3)
+        with pytest.raises(rollout_module.RolloutError, match="(?s)failed to reload.*the previous versions keep serving"):
+            rollout_module.rollout(repo, export2, store2, server.grpc_url)
+        load.wait_for(load.ok + 5)
+    assert load.failed == []
+    assert _same(load.answers[-1], old)  # the old encoder and index answer again
+    assert rollout_module.ensembles(repo) == before  # the configs are as they were
+    for m in rollout_module.ENCODER_MODELS:
+        assert numbered_versions(repo / m) == [1]
+    with TwinBertClient(server.grpc_url) as c:
+        health = c.health()["models"]
+        assert all({"version": "2", "state": "READY"} not in health[m] for m in rollout_module.ENCODER_MODELS)
+    assert len(calls) == 2  # both ensembles were pinned: the first had switched when the second failed
