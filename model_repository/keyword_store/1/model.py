@@ -165,8 +165,9 @@ class TritonPythonModel:
             pb_utils.Tensor("SCORES", scores)])
 
     def _relevance(self, request, states, mask, candidate_ids):
-        refuse_parameter(request.parameters(), "candidates", "relevance", "it scores the ids sent (parameter 'crossing')")
-        crossing = decode_crossing(request.parameters(), self.default_crossing)
+        parameters = request.parameters()
+        refuse_parameter(parameters, "candidates", "relevance", "it scores the ids sent (parameter 'crossing')")
+        crossing = decode_crossing(parameters, self.default_crossing)
         rows = decode_keyword_ids(candidate_ids)  # errors name KEYWORD_IDS, the relevance ensemble's input
         if len(rows) != len(states):
             raise BadRequest(f"{len(rows)} rows of keyword ids for {len(states)} queries")
