@@ -20,8 +20,6 @@ import torch
 
 from training.tokenize import PairTokenizer
 
-from serving.requests import MAX_DEPTH  # noqa: F401 - candidates one request may ask the re-ranker to read
-
 
 class Reranker:
     def __init__(self, export_dir: str | Path):

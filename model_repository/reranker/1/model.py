@@ -13,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 
 from serving.model_errors import internal, invalid
 from serving.requests import BadRequest, decode_depth, decode_queries, decode_texts, decode_top_k, refuse_candidates
-from serving.rerank import MAX_DEPTH, Reranker
+from serving.rerank import Reranker
 
 
 def _input(request, name):
@@ -36,7 +36,7 @@ class TritonPythonModel:
         refuse_candidates(request.parameters())
         queries = decode_queries(_input(request, "QUERY"))
         k = decode_top_k(_input(request, "TOP_K"), len(queries))
-        depth = decode_depth(_input(request, "DEPTH"), len(queries), k, MAX_DEPTH)
+        depth = decode_depth(_input(request, "DEPTH"), len(queries), k)  # TOP_K..MAX_DEPTH
         ids, texts = _input(request, "KEYWORD_IDS"), decode_texts(_input(request, "KEYWORD_TEXTS"), "KEYWORD_TEXTS")
         if ids.shape != texts.shape or ids.shape[0] != len(queries):
             raise BadRequest(f"KEYWORD_IDS {list(ids.shape)} and KEYWORD_TEXTS {list(texts.shape)} must both be "
