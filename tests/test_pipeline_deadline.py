@@ -1,7 +1,7 @@
 """The full profile's deadline: training steps' minute caps shrink so the pipeline ends in time."""
 import pytest
 
-from training.pipeline import MIN_STEP_MINUTES, NOMINAL_MINUTES, PROFILES, Deadline, with_cap
+from training.pipeline import MIN_STEP_MINUTES, NOMINAL_MINUTES, PROFILES, UNCAPPED, Deadline, with_cap
 
 
 class Clock:
@@ -15,16 +15,22 @@ class Clock:
 def test_a_step_gets_its_share_of_the_time_left_never_more_than_its_own_cap():
     clock = Clock()
     d = Deadline(88, clock=clock)
-    clock.now += 2.7 * 60  # the quick student
-    rest = sum(NOMINAL_MINUTES.values()) - NOMINAL_MINUTES["quick contrastive student"]
-    assert d.cap("teacher", 26) == pytest.approx(round(85.3 * 17.5 / rest, 2))
+    capped = sum(v for k, v in NOMINAL_MINUTES.items() if k not in UNCAPPED)
+    # before any uncapped step has run, they are set aside at their nominal minutes
+    assert d.cap("teacher", 26) == pytest.approx(round((88 - 21) * 17.5 / capped, 2))
+    clock.now += 2.7 * 60  # the quick student, faster than its nominal 3 minutes
+    d.done("quick contrastive student", 2.7)
+    assert d.cap("teacher", 26) == pytest.approx(round((85.3 - 21 * 0.9) * 17.5 / capped, 2))
     assert d.cap("teacher", 10) == 10  # its own cap is lower
-    # a slow teacher used its whole cap: the steps after it share what is left
+    # a slow teacher used its whole cap (capped steps say nothing of the host's speed), and the
+    # distillation set took 1.5x its nominal minutes: the evaluation is set aside at 1.5x too
     clock.now += 26 * 60
-    left = 88 - 2.7 - 26
-    rest_after = rest - NOMINAL_MINUTES["teacher"] - NOMINAL_MINUTES["distillation set"]
-    clock.now += 9 * 60
-    share = (left - 9) * NOMINAL_MINUTES["TwinBERT student"] / rest_after
+    d.done("teacher", 26)
+    clock.now += 13.5 * 60
+    d.done("distillation set", 13.5)
+    left = 88 - 2.7 - 26 - 13.5
+    rest_after = capped - NOMINAL_MINUTES["teacher"]
+    share = (left - 12 * 1.5) * NOMINAL_MINUTES["TwinBERT student"] / rest_after
     assert d.cap("TwinBERT student", 14) == pytest.approx(round(share, 2)) and share < 14
     # past the deadline every step still gets the minimum
     clock.now += 3600
@@ -39,25 +45,40 @@ CAPS = {"teacher": 26, "TwinBERT student": 14, "TwinBERT student, second pass": 
         "TwinBERT without augmentation": 8, "BiLSTM student": 12, "BiLSTM without augmentation": 8}
 
 
-def simulated_total(slowdown: float, budget: float | None) -> float:
-    """Minutes of a full run on an hour `slowdown` times slower than the measured one."""
+# minutes the uncapped steps took in a from-scratch run on a slow host (2026-11-22): 1.75x, 1.66x and
+# 1.89x the measured run's, the host slowing down as the run went on (95.8 minutes before the
+# deadline set the uncapped steps aside at the observed speed)
+SLOW_RUN = {"quick contrastive student": 4.71, "distillation set": 12.42, "evaluation": 19.36}
+
+
+def simulated_total(slowdown: float, budget: float | None, uncapped: dict[str, float] | None = None) -> float:
+    """Minutes of a full run on an hour `slowdown` times slower than the measured one (the uncapped
+    steps taking `uncapped` minutes when given)."""
     clock = Clock()
     d = Deadline(budget, clock=clock) if budget else None
     for name, minutes in MEASURED.items():
-        need = minutes * slowdown
+        need = (uncapped or {}).get(name, minutes * slowdown)
         if name in CAPS:
-            need = min(need, d.cap(name, CAPS[name]) if d else CAPS[name])
+            # a capped step ends a little after its cap (its last dev evaluation and the save)
+            need = min(need, (d.cap(name, CAPS[name]) if d else CAPS[name]) + 0.3)
         clock.now += need * 60
+        if d:
+            d.done(name, need)
     return (clock.now - 1000.0) / 60
 
 
-@pytest.mark.parametrize("slowdown", [1.0, 1.2, 1.35])
+@pytest.mark.parametrize("slowdown", [1.0, 1.2, 1.35, 1.6, 1.9, 2.5])
 def test_a_slow_hour_still_ends_within_90_minutes(slowdown):
     budget = PROFILES["full"]["budget_minutes"]
     assert simulated_total(1.0, budget) == pytest.approx(sum(MEASURED.values()))  # a normal hour: no step cut
     assert simulated_total(slowdown, budget) <= 90
     if slowdown > 1.1:
         assert simulated_total(slowdown, None) > 90  # what the deadline prevents
+
+
+def test_a_host_that_slows_down_during_the_run_still_ends_within_90_minutes():
+    budget = PROFILES["full"]["budget_minutes"]
+    assert simulated_total(1.8, budget, SLOW_RUN) <= 90
 
 
 def test_with_cap_replaces_only_the_max_minutes_value():
