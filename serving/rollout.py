@@ -11,7 +11,9 @@ pair a new encoder with the old index: such clients should name the versions the
 
 1. each model's files become its next version directory, and the models are loaded: the new
    versions come up beside the old ones, which keep serving because the ensembles still pin them;
-2. every ensemble that uses one of the models is rewritten to pin the new versions and reloaded:
+2. every ensemble that uses one of the models is rewritten to pin the new versions and reloaded
+   (once every version it pins is ready: Triton unloads an ensemble whose reload names a version
+   that is not loaded, taking the serving one with it):
    Triton swaps an ensemble whole, so a request runs entirely on the old versions or entirely on
    the new ones (a new query encoder never meets the old index);
 3. the old version directories are renamed to `retired-N` (Triton ignores directories that are not
@@ -148,6 +150,13 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                         raise RolloutError(f"the new versions were not ready after {timeout_s:.0f}s")
                     time.sleep(0.1)
                 for name, text in pinned.items():
+                    # Triton unloads an ensemble whose reload names a composing version that is not
+                    # loaded, and the old one stops serving with it: check every pin first
+                    for s in parse_model_config(text).ensemble_scheduling.step:
+                        version = "" if s.model_version < 0 else str(s.model_version)
+                        if not client.is_model_ready(s.model_name, version):
+                            raise RolloutError(f"ensemble {name} would run {s.model_name} version "
+                                               f"{version or 'latest'}, which is not ready")
                     path = repo / name / "config.pbtxt"
                     tmp = path.with_name("config.pbtxt.tmp")
                     tmp.write_text(text)
