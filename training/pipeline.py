@@ -64,7 +64,7 @@ class Deadline:
 
     The uncapped steps still to run are set aside at their nominal minutes times the host's slowness:
     the largest ratio of observed to nominal minutes among the uncapped steps run so far (`done`),
-    1 before any (a full run on a host 1.9x slower than the timing run took 95.8 minutes when they
+    1 before any (a full run on a host 1.7-1.9x slower than the timing run took 95.8 minutes when they
     were not). `cap(step, own_cap)`: the step's share of the rest of the time left, in proportion to
     NOMINAL_MINUTES over it and the capped steps after it, never above its own cap nor below
     MIN_STEP_MINUTES."""
