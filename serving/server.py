@@ -134,6 +134,7 @@ class TritonServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # stubs it started
                 raise ServerError(f"tritonserver exited with code {self.process.returncode} during start-up\n"
                                   + self.log_tail())
             if self._ready():
@@ -143,16 +144,20 @@ class TritonServer:
         raise ServerError(f"tritonserver not ready after {self.startup_timeout:.0f}s\n" + self.log_tail())
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        pgid = os.getpgid(self.process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.process.wait()
-        try:  # stubs left behind by a hard kill
+        # the server leads its own session (start_new_session), so its process group id is its pid,
+        # and the group outlives it: a server that crashed leaves its Python-backend stubs running
+        # (one was seen alive 33 minutes after an abort), so the group is killed in every case
+        pgid = self.process.pid
+        if self.process.poll() is None:
+            os.killpg(pgid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(pgid, signal.SIGKILL)
+                self.process.wait()
+        try:  # stubs left behind by a hard kill or a crash
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
