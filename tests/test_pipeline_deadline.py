@@ -1,7 +1,8 @@
 """The full profile's deadline: training steps' minute caps shrink so the pipeline ends in time."""
 import pytest
 
-from training.pipeline import MIN_STEP_MINUTES, NOMINAL_MINUTES, PROFILES, UNCAPPED, Deadline, with_cap
+from training.pipeline import (MIN_STEP_FRACTION, MIN_STEP_MINUTES, NOMINAL_MINUTES, PROFILES, UNCAPPED, Deadline,
+                               with_cap)
 
 
 class Clock:
@@ -32,9 +33,23 @@ def test_a_step_gets_its_share_of_the_time_left_never_more_than_its_own_cap():
     rest_after = capped - NOMINAL_MINUTES["teacher"]
     share = (left - 12 * 1.5) * NOMINAL_MINUTES["TwinBERT student"] / rest_after
     assert d.cap("TwinBERT student", 14) == pytest.approx(round(share, 2)) and share < 14
-    # past the deadline every step still gets the minimum
+    # past the deadline every step still gets its floor
     clock.now += 3600
-    assert d.cap("BiLSTM student", 12) == MIN_STEP_MINUTES
+    assert d.cap("BiLSTM student", 12) == d.floor("BiLSTM student") == MIN_STEP_FRACTION * 7.6
+    assert d.cap("BiLSTM student", 2) == 2  # never above its own cap
+
+
+def test_a_very_slow_host_gets_the_floor_not_a_one_minute_teacher(capsys):
+    """2026-11-22: the quick student took 13.2 minutes (4.4x its nominal 3), the uncapped steps were set
+    aside at 4.4x, and the teacher was cut to the 1-minute minimum (dev ROC-AUC 0.639). It gets half its
+    nominal minutes now, and the run says it will end late."""
+    clock = Clock()
+    d = Deadline(87, clock=clock)
+    clock.now += 13.2 * 60
+    d.done("quick contrastive student", 13.2)
+    out = with_cap(["--max-minutes", "26"], d, "teacher")
+    assert float(out[1]) == d.floor("teacher") == MIN_STEP_FRACTION * NOMINAL_MINUTES["teacher"] > 8
+    assert "will end past its deadline" in capsys.readouterr().out
 
 
 # minutes each step took in the from-scratch run of 78.6 minutes (training/pipeline.py)
@@ -74,6 +89,13 @@ def test_a_slow_hour_still_ends_within_90_minutes(slowdown):
     assert simulated_total(slowdown, budget) <= 90
     if slowdown > 1.1:
         assert simulated_total(slowdown, None) > 90  # what the deadline prevents
+
+
+@pytest.mark.parametrize("slowdown", [3.0, 4.4])
+def test_past_2_5x_the_floors_hold_and_the_run_ends_late(slowdown):
+    """The trade: on a host this slow the models keep half their training, and the run ends past 90."""
+    total = simulated_total(slowdown, PROFILES["full"]["budget_minutes"])
+    assert 90 < total < simulated_total(slowdown, None)
 
 
 def test_a_host_that_slows_down_during_the_run_still_ends_within_90_minutes():
