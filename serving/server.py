@@ -3,6 +3,9 @@
     python -m serving.server --repository artifacts/model_repository     # foreground, Ctrl-C stops
 
 Ports come from flags or TRITON_GRPC_PORT / TRITON_HTTP_PORT / TRITON_METRICS_PORT (8001/8000/8002).
+If tritonserver dies, or fails to start, it is restarted (its stubs killed first) from the repository
+on disk, after 1, 2, 4 ... 30 seconds; more than --max-restarts failures in a row, each within a
+minute of starting, end it. --no-restart exits instead.
 """
 from __future__ import annotations
 
@@ -179,10 +182,18 @@ def main(argv=None) -> None:
     ap.add_argument("--grpc-port", type=int)
     ap.add_argument("--http-port", type=int)
     ap.add_argument("--metrics-port", type=int)
+    ap.add_argument("--no-restart", dest="restart", action="store_false",
+                    help="exit when tritonserver dies instead of restarting it (the Python backend of 2.51 "
+                         "can abort the server under heavy load; see the README's known issue)")
+    ap.add_argument("--max-restarts", type=int, default=5,
+                    help="give up after this many restarts in a row that each served under a minute")
     args = ap.parse_args(argv)
-    server = TritonServer(args.repository, _port(args.grpc_port, "TRITON_GRPC_PORT", 8001),
-                          _port(args.http_port, "TRITON_HTTP_PORT", 8000),
-                          _port(args.metrics_port, "TRITON_METRICS_PORT", 8002))
+    try:
+        server = TritonServer(args.repository, _port(args.grpc_port, "TRITON_GRPC_PORT", 8001),
+                              _port(args.http_port, "TRITON_HTTP_PORT", 8000),
+                              _port(args.metrics_port, "TRITON_METRICS_PORT", 8002))
+    except ServerError as e:  # no repository: nothing a restart would mend
+        sys.exit(f"serve: {e}")
     stopping = False
 
     def _stop(signum, frame):
@@ -191,20 +202,36 @@ def main(argv=None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    quick_deaths = 0
     try:
-        server.start()
-    except ServerError as e:
-        sys.exit(f"serve: {e}")
-    print(f"serve: ready. gRPC 127.0.0.1:{server.grpc_port}, HTTP :{server.http_port}, "
-          f"metrics :{server.metrics_port}. Ctrl-C stops.", flush=True)
-    try:
-        while not stopping and server.process.poll() is None:
-            time.sleep(0.2)
+        while not stopping:
+            started = time.monotonic()
+            try:
+                server.start()
+            except ServerError as e:  # also the abort, which can strike while the stubs start
+                what = str(e)
+            else:
+                print(f"serve: ready. gRPC 127.0.0.1:{server.grpc_port}, HTTP :{server.http_port}, "
+                      f"metrics :{server.metrics_port}. Ctrl-C stops.", flush=True)
+                while not stopping and server.process.poll() is None:
+                    time.sleep(0.2)
+                if stopping:
+                    break
+                code = server.process.returncode
+                server.stop()  # the stubs it left
+                what = "tritonserver exited with " + (f"signal {-code}" if code < 0 else f"code {code}")
+            if not args.restart:
+                sys.exit(f"serve: {what}")
+            quick_deaths = quick_deaths + 1 if time.monotonic() - started < 60 else 1
+            if quick_deaths > args.max_restarts:
+                sys.exit(f"serve: {what}\nserve: {quick_deaths} times in a row within a minute of starting; "
+                         "not restarting it again")
+            print(f"serve: {what}\nserve: restarting it (the model repository on disk, with every published "
+                  "version, is what loads)", flush=True)
+            time.sleep(min(30.0, 2.0 ** (quick_deaths - 1)))
     finally:
         print("serve: stopping", flush=True)
         server.stop()
-    if not stopping:
-        sys.exit(f"serve: tritonserver exited with code {server.process.returncode}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The tritonserver process wrapper on the real server: stopping a server that crashed still ends
-the Python-backend stub processes it started (they otherwise stay alive, orphaned)."""
+the Python-backend stub processes it started (they otherwise stay alive, orphaned), and `make serve`
+restarts a server that died."""
 import os
 import shutil
 import signal
@@ -29,9 +30,7 @@ def _group(pgid: int) -> list[int]:
 
 
 def test_stopping_a_crashed_server_ends_its_stub_processes(tiny_export, tmp_path, build_repository):
-    _, full = build_repository(tiny_export, {"d1": "DEWALT Cordless Drill", "f1": "Ceiling Fan"}, tmp_path)
-    repo = tmp_path / "tokenizer_only"
-    shutil.copytree(full / "tokenizer", repo / "tokenizer")
+    repo = _tokenizer_repo(tiny_export, tmp_path, build_repository)
     server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                           log_file=tmp_path / "server.log").start()
     pid = server.process.pid
@@ -53,3 +52,77 @@ def test_stopping_a_crashed_server_ends_its_stub_processes(tiny_export, tmp_path
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _tokenizer_repo(tiny_export, tmp_path, build_repository) -> Path:
+    _, full = build_repository(tiny_export, {"d1": "DEWALT Cordless Drill", "f1": "Ceiling Fan"}, tmp_path)
+    repo = tmp_path / "tokenizer_only"
+    shutil.copytree(full / "tokenizer", repo / "tokenizer")
+    return repo
+
+
+def test_serve_restarts_a_server_that_died_and_stops_cleanly(tiny_export, tmp_path, build_repository):
+    """`python -m serving.server` (make serve): the server killed from outside comes back, ready, on the
+    same ports; SIGTERM then stops it and every process it started."""
+    import subprocess
+    import sys
+    import urllib.request
+    repo = _tokenizer_repo(tiny_export, tmp_path / "b", build_repository)
+    http = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    serve = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repo), "--grpc-port",
+                              str(free_port()), "--http-port", str(http), "--metrics-port", str(free_port())],
+                             stdout=log, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait(predicate, seconds=180):
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+
+    def servers() -> list[int]:  # tritonserver processes started by `serve` (each leads its group)
+        return [p for p in _group_children(serve.pid) if "tritonserver" in _cmdline(p)]
+
+    try:
+        wait(ready)
+        first = servers()
+        assert len(first) == 1
+        os.kill(first[0], signal.SIGKILL)
+        wait(lambda: "restarting it" in (tmp_path / "serve.log").read_text())  # killed starting or serving
+        wait(lambda: ready() and servers() and servers() != first)
+        second = servers()[0]
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+        assert _group(first[0]) == [] and _group(second) == []
+        assert "signal 9" in (tmp_path / "serve.log").read_text() or "code -9" in (tmp_path / "serve.log").read_text()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        log.close()
+
+
+def _group_children(ppid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
