@@ -126,3 +126,78 @@ def _cmdline(pid: int) -> str:
         return (Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " ")
     except OSError:
         return ""
+
+
+def test_serve_answers_again_after_its_stubs_stall_under_traffic(tiny_export, tmp_path, build_repository):
+    """The trigger of the 2.51 Python-backend abort, for real: keyword_store's stubs stopped for 2 s
+    while requests are in flight (the backend gives a stub 1 s). `make serve` must answer again, right,
+    whether the server survived or was restarted (so far it has aborted every time)."""
+    import subprocess
+    import sys
+    import threading
+    from client import TwinBertClient
+    from serving.stall_probe import stub_pids
+    titles = {"d1": "DEWALT 20-Volt MAX Cordless Drill Driver Kit", "f1": "Hampton Bay 52 in. Ceiling Fan",
+              "h1": "Flexzilla 50 ft. Garden Hose", "p1": "BEHR Premium Plus Interior Paint"}
+    _, repo = build_repository(tiny_export, titles, tmp_path)
+    grpc, http = free_port(), free_port()
+    log = open(tmp_path / "serve.log", "w")
+    serve = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repo), "--grpc-port",
+                              str(grpc), "--http-port", str(http), "--metrics-port", str(free_port())],
+                             stdout=log, stderr=subprocess.STDOUT)
+    url = f"127.0.0.1:{grpc}"
+
+    def answer():
+        try:
+            with TwinBertClient(url) as c:
+                return [h.keyword_id for h in c.retrieve("cordless drill", 4)]
+        except Exception:
+            return None
+
+    def wait(predicate, seconds=240):
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+
+    stop = threading.Event()
+
+    def traffic():
+        with TwinBertClient(url) as c:
+            while not stop.is_set():
+                try:
+                    c.retrieve("garden hose", 4)
+                except Exception:
+                    pass
+
+    try:
+        wait(lambda: answer() is not None)
+        before = answer()
+        servers = [p for p in _group_children(serve.pid) if "tritonserver" in _cmdline(p)]
+        stubs = stub_pids("keyword_store", servers[0])
+        assert len(stubs) == 2
+        workers = [threading.Thread(target=traffic) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(1)
+        for pid in stubs:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(2)
+        for pid in stubs:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
+        stop.set()
+        for w in workers:
+            w.join(30)
+        wait(lambda: answer() == before)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        stop.set()
+        if serve.poll() is None:
+            serve.kill()
+        log.close()
