@@ -7,6 +7,7 @@ carrying the server's status and message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import struct
@@ -121,6 +122,10 @@ def _texts(values, what: str) -> list:
     return list(values)
 
 
+def _sent(queries: list[str]) -> list[bytes]:
+    return [_utf8(q, "query") for q in queries]
+
+
 def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = None):
     k = _int32(k, "k")
     depth = None if depth is None else _int32(depth, "rerank_depth")
@@ -133,7 +138,7 @@ def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = Non
         d = module.InferInput("DEPTH", [len(queries), 1], "INT32")
         d.set_data_from_numpy(np.full((len(queries), 1), depth, dtype=np.int32))
         inputs.append(d)
-    return inputs, [module.InferRequestedOutput(n) for n in RETRIEVE_OUTPUTS]
+    return inputs, [module.InferRequestedOutput(n) for n in (*RETRIEVE_OUTPUTS, "QUERY_DIGEST")]
 
 
 def _retrieve_model(rerank_depth: int | None, candidates: int | None) -> str:
@@ -156,7 +161,7 @@ def _relevance_inputs(module, queries: list[str], keyword_ids: list[list[str]]):
     q.set_data_from_numpy(np.array([[_utf8(s, "query")] for s in queries], dtype=object))
     ids = module.InferInput("KEYWORD_IDS", [len(queries), widths.pop()], "BYTES")
     ids.set_data_from_numpy(np.array([[_utf8(i, "keyword id") for i in row] for row in keyword_ids], dtype=object))
-    return [q, ids], [module.InferRequestedOutput("SCORES")]
+    return [q, ids], [module.InferRequestedOutput("SCORES"), module.InferRequestedOutput("QUERY_DIGEST")]
 
 
 _LENGTH = struct.Struct("<I").unpack_from
@@ -184,10 +189,39 @@ def decode_bytes_tensor(buf: bytes, count: int) -> list[str]:
     return out
 
 
-def _hits(result) -> list[list[Hit]]:
-    """Hits from the raw response: strings decoded straight from the wire buffers."""
+def query_digest(query: bytes) -> int:
+    """What the server answers in QUERY_DIGEST for a query sent as these UTF-8 bytes: the first 8 bytes
+    of its BLAKE2b as a little-endian int64 (serving.requests.query_digest, kept equal by a test)."""
+    return int.from_bytes(hashlib.blake2b(query, digest_size=8).digest(), "little", signed=True)
+
+
+def _check_digests(response, raw: list, queries: list[bytes]) -> None:
+    """Each answer row must carry its own query's QUERY_DIGEST. tritonserver 2.51's Python backend can
+    hand a request another request's answer after a stub stalled (README, known issue); such an
+    answer is refused here instead of being returned as this query's."""
+    for i, o in enumerate(response.outputs):
+        if o.name == "QUERY_DIGEST":
+            data = raw[i] if i < len(raw) else b""
+            if o.datatype != "INT64" or list(o.shape) != [len(queries), 1] or len(data) != 8 * len(queries):
+                raise ClientError(f"unexpected QUERY_DIGEST {o.datatype} {list(o.shape)} ({len(data)} bytes), "
+                                  f"expected INT64 {[len(queries), 1]}")
+            got = np.frombuffer(data, dtype="<i8").tolist()
+            wrong = [row for row, (q, d) in enumerate(zip(queries, got)) if query_digest(q) != d]
+            if wrong:
+                raise ClientError(f"the server answered row(s) {wrong} with another query's results (QUERY_DIGEST "
+                                  "mismatch; a stalled Python-backend stub, see the README's known issue); "
+                                  "nothing returned, retry")
+            return
+    raise ClientError("the response lacks QUERY_DIGEST")
+
+
+def _hits(result, queries: list[bytes] | None = None) -> list[list[Hit]]:
+    """Hits from the raw response: strings decoded straight from the wire buffers; with the queries
+    as sent, each row's QUERY_DIGEST is checked too."""
     response = result.get_response()
     raw = list(response.raw_output_contents)
+    if queries is not None:
+        _check_digests(response, raw, queries)
     out = {o.name: (list(o.shape), o.datatype, raw[i] if i < len(raw) else b"") for i, o in enumerate(response.outputs)}
     missing = [n for n in RETRIEVE_OUTPUTS if n not in out]
     if missing:
@@ -208,10 +242,12 @@ def _hits(result) -> list[list[Hit]]:
             for row in range(rows)]
 
 
-def _scores(result, rows: int, width: int) -> list[list[float]]:
+def _scores(result, rows: int, width: int, queries: list[bytes] | None = None) -> list[list[float]]:
     """SCORES [rows, width] FP32 from the raw response, checked as _hits checks retrieve's outputs."""
     response = result.get_response()
     raw = list(response.raw_output_contents)
+    if queries is not None:
+        _check_digests(response, raw, queries)
     for i, o in enumerate(response.outputs):
         if o.name == "SCORES":
             if o.datatype != "FP32" or list(o.shape) != [rows, width]:
@@ -279,7 +315,7 @@ class TwinBertClient:
             return []
         model = _retrieve_model(rerank_depth, candidates)
         inputs, outputs = _retrieve_inputs(grpcclient, queries, k, rerank_depth)
-        return _hits(self._infer(model, inputs, outputs, _retrieve_params(candidates)))
+        return _hits(self._infer(model, inputs, outputs, _retrieve_params(candidates)), _sent(queries))
 
     def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
         return self.relevance_batch([query], [keyword_ids], crossing)[0]
@@ -292,7 +328,7 @@ class TwinBertClient:
             return []
         inputs, outputs = _relevance_inputs(grpcclient, queries, keyword_ids)
         result = self._infer("relevance", inputs, outputs, _relevance_params(crossing))
-        return _scores(result, len(queries), len(keyword_ids[0]))
+        return _scores(result, len(queries), len(keyword_ids[0]), _sent(queries))
 
     def health(self, metrics_url: str | None = None) -> dict:
         """Server liveness/readiness, each model's versions and state, and (from the Prometheus
@@ -362,7 +398,7 @@ class AsyncTwinBertClient:
             return []
         model = _retrieve_model(rerank_depth, candidates)
         inputs, outputs = _retrieve_inputs(grpcaio, queries, k, rerank_depth)
-        return _hits(await self._infer(model, inputs, outputs, _retrieve_params(candidates)))
+        return _hits(await self._infer(model, inputs, outputs, _retrieve_params(candidates)), _sent(queries))
 
     async def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
         return (await self.relevance_batch([query], [keyword_ids], crossing))[0]
@@ -373,4 +409,4 @@ class AsyncTwinBertClient:
             return []
         inputs, outputs = _relevance_inputs(grpcaio, queries, keyword_ids)
         result = await self._infer("relevance", inputs, outputs, _relevance_params(crossing))
-        return _scores(result, len(queries), len(keyword_ids[0]))
+        return _scores(result, len(queries), len(keyword_ids[0]), _sent(queries))

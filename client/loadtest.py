@@ -30,7 +30,8 @@ from client.core import AsyncTwinBertClient, ClientError, InvalidRequest
 
 CLIENTS = ("wire", "library")
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-_EXPECTED_OUTPUTS = {"retrieve": {"KEYWORD_IDS", "KEYWORD_TEXTS", "SCORES"}, "relevance": {"SCORES"}}
+_EXPECTED_OUTPUTS = {"retrieve": {"KEYWORD_IDS", "KEYWORD_TEXTS", "SCORES", "QUERY_DIGEST"},
+                     "relevance": {"SCORES", "QUERY_DIGEST"}}
 
 
 @dataclass

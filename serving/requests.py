@@ -1,6 +1,8 @@
 """Decoding and validation of request tensors, shared by the Triton models (unit-tested here)."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 import json
@@ -36,6 +38,21 @@ def decode_queries(raw: np.ndarray) -> list[str]:
             raise BadRequest(f"QUERY row {i} is empty or blank")
         out.append(text)
     return out
+
+
+def query_digest(query: bytes | str) -> int:
+    """QUERY_DIGEST of one query as sent: the first 8 bytes of its BLAKE2b, a little-endian int64.
+    Every answer of retrieve, relevance and retrieve_rerank carries its query's, and the client checks
+    it: tritonserver 2.51's Python backend can hand a request the answer of another one after a stub
+    stalled (the README's known issue), and an answer with another query's digest is refused, not
+    served. client.core computes the same (kept equal by a test)."""
+    data = query if isinstance(query, bytes) else str(query).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def query_digests(raw: np.ndarray) -> np.ndarray:
+    """QUERY [B, 1] -> QUERY_DIGEST [B, 1] int64."""
+    return np.array([[query_digest(q)] for q in raw.reshape(-1)], dtype=np.int64)
 
 
 def check_tokenized(mask: np.ndarray) -> None:

@@ -5,13 +5,16 @@ starved VM, a stopped process) is what precedes the tritonserver 2.51 abort desc
 README's known issue. This probe makes that stall on purpose: it starts the server on a repository,
 sends `retrieve` traffic (16 requests in flight) and, in each cycle, stops one stub of `--model`
 with SIGSTOP for `--pause` seconds, then resumes it. Every answer is compared with the answer the
-same query got before any stall, so answers that belong to another request are counted too.
+same query got before any stall: an answer that belongs to another request is refused by the client
+library (its QUERY_DIGEST is not the query's) and counted apart, and one that got past would be
+counted as wrong.
 
     python -m serving.stall_probe --repository artifacts/model_repository --pause 0.8 2 --cycles 3 \
         --out reports/stall_probe.json
 
 Prints and writes a JSON summary per pause length, each on a fresh server: answers right / wrong /
-failed, whether the server died, and the abort lines found in the server log (kept at --log).
+refused as another query's / failed, whether the server died, and the abort lines found in the
+server log (kept at --log).
 """
 from __future__ import annotations
 
@@ -66,7 +69,9 @@ def _traffic(url: str, stop: threading.Event, stats: dict) -> None:
             while not stop.is_set():
                 answers = await asyncio.gather(*[c.retrieve(q, 100) for q in QUERIES * 2], return_exceptions=True)
                 for q, a in zip(QUERIES * 2, answers):
-                    if isinstance(a, Exception):
+                    if isinstance(a, Exception) and "another query's results" in str(a):
+                        stats["refused"] += 1  # another request's answer, caught by its QUERY_DIGEST
+                    elif isinstance(a, Exception):
                         stats["failed"] += 1
                         stats["errors"].add(str(a)[:200])
                     elif [h.keyword_id for h in a] != expect[q]:
@@ -86,7 +91,7 @@ def probe(repository: str | Path, model: str = "keyword_store", pause: float = 2
     from serving.server import TritonServer, free_port
     server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                           log_file=log_file, startup_timeout=400).start()
-    stats = {"right": 0, "wrong": 0, "failed": 0, "errors": set(), "ready": threading.Event()}
+    stats = {"right": 0, "wrong": 0, "refused": 0, "failed": 0, "errors": set(), "ready": threading.Event()}
     stop = threading.Event()
     worker = threading.Thread(target=_traffic, args=(server.grpc_url, stop, stats))
     worker.start()
@@ -111,7 +116,8 @@ def probe(repository: str | Path, model: str = "keyword_store", pause: float = 2
         server.stop()
     log = Path(log_file).read_text(errors="replace") if log_file else ""
     return {"model": model, "pause_s": pause, "cycles": cycles_run, "right": stats["right"],
-            "wrong": stats["wrong"], "failed": stats["failed"], "server_died": died,
+            "wrong": stats["wrong"], "refused_as_another_querys": stats["refused"], "failed": stats["failed"],
+            "server_died": died,
             "exit_code": code if died else None,
             "abort_lines": sorted(set(re.findall(r"terminate called after throwing an instance of '[^']+'|"
                                                  r"Signal \((?:6|11)\) received", log))),

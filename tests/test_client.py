@@ -63,21 +63,53 @@ def test_report_writes_table_json_csv_and_png(tmp_path):
     assert (tmp_path / "lt.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _response(ids, texts, scores, shape, scores_dtype="FP32", scores_bytes=None, drop=()):
+def _response(ids, texts, scores, shape, scores_dtype="FP32", scores_bytes=None, drop=(), digests=None):
     import numpy as np
     from tritonclient.grpc import InferResult, service_pb2
     wire = lambda items: b"".join(len(b).to_bytes(4, "little") + b for b in items)  # noqa: E731
     r = service_pb2.ModelInferResponse(model_name="retrieve")
     raw = scores_bytes if scores_bytes is not None else np.array(scores, dtype="<f4").tobytes()
-    for name, dtype, data in (("KEYWORD_IDS", "BYTES", wire(ids)), ("KEYWORD_TEXTS", "BYTES", wire(texts)),
-                              ("SCORES", scores_dtype, raw)):
+    outputs = [("KEYWORD_IDS", "BYTES", wire(ids), shape), ("KEYWORD_TEXTS", "BYTES", wire(texts), shape),
+               ("SCORES", scores_dtype, raw, shape)]
+    if digests is not None:
+        outputs.append(("QUERY_DIGEST", "INT64", np.array(digests, dtype="<i8").tobytes(), [len(digests), 1]))
+    for name, dtype, data, dims in outputs:
         if name in drop:
             continue
         o = r.outputs.add()
         o.name, o.datatype = name, dtype
-        o.shape.extend(shape)
+        o.shape.extend(dims)
         r.raw_output_contents.append(data)
     return InferResult(r)
+
+
+def test_query_digest_is_the_servers():
+    """The client checks each answer's QUERY_DIGEST with its own copy of the server's function."""
+    from client.core import query_digest
+    from serving.requests import query_digest as served, query_digests
+    import numpy as np
+    for q in ("drill", "Ø 3/4 in. pipe", "x" * 10_000, " padded "):
+        assert query_digest(q.encode()) == served(q.encode()) == served(q)
+    assert query_digests(np.array([[b"a"], [b"b"]], dtype=object)).tolist() == [[served(b"a")], [served(b"b")]]
+    assert query_digest(b"drill") != query_digest(b"drill ")  # the bytes as sent, not as stripped
+
+
+def test_an_answer_that_belongs_to_another_query_is_refused():
+    from client.core import _hits, _scores, query_digest
+    ids, texts, scores = [b"1", b"2"], [b"Drill", b"Hose"], [0.9, 0.8]
+    mine, other = [b"drill", b"hose"], [b"drill", b"paint"]
+    hits = _hits(_response(ids, texts, scores, [2, 1], digests=[query_digest(q) for q in mine]), mine)
+    assert [h[0].keyword_id for h in hits] == ["1", "2"]
+    with pytest.raises(ClientError, match=r"row\(s\) \[1\] with another query's results"):
+        _hits(_response(ids, texts, scores, [2, 1], digests=[query_digest(q) for q in other]), mine)
+    with pytest.raises(ClientError, match="lacks QUERY_DIGEST"):
+        _hits(_response(ids, texts, scores, [2, 1]), mine)
+    with pytest.raises(ClientError, match="unexpected QUERY_DIGEST"):
+        _hits(_response(ids, texts, scores, [2, 1], digests=[query_digest(b"drill")]), mine)
+    r = _response(ids, texts, scores, [2, 1], digests=[query_digest(q) for q in other])
+    with pytest.raises(ClientError, match="another query's results"):
+        _scores(r, 2, 1, mine)
+    assert _scores(r, 2, 1, other) == [[pytest.approx(0.9)], [pytest.approx(0.8)]]
 
 
 def test_hits_decode_the_wire_format_row_by_row():

@@ -198,6 +198,38 @@ def test_retrieve_rerank_refuses_a_missing_depth_and_a_blank_query(server):
                 == [h.keyword_id for h in c.retrieve("drill", 3, rerank_depth=5)])
 
 
+def test_answers_carry_their_query_digest_and_the_reranker_refuses_another_querys_candidates(server):
+    """QUERY_DIGEST on the wire, row by row; candidates handed to the re-ranker with another query's
+    digest (what a stalled stub's stale answer would be) fail that request, and only it."""
+    from serving.requests import query_digest
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    q = grpcclient.InferInput("QUERY", [2, 1], "BYTES")
+    q.set_data_from_numpy(np.array([[b"drill"], [b"ceiling fan"]], dtype=object))
+    k = grpcclient.InferInput("TOP_K", [2, 1], "INT32")
+    k.set_data_from_numpy(np.array([[3], [3]], dtype=np.int32))
+    assert raw.infer("retrieve", [q, k]).as_numpy("QUERY_DIGEST").tolist() == [[query_digest(b"drill")],
+                                                                               [query_digest(b"ceiling fan")]]
+
+    def rerank(digest):
+        inputs = []
+        for name, dtype, value in (("QUERY", "BYTES", np.array([[b"drill"]], dtype=object)),
+                                   ("KEYWORD_IDS", "BYTES", np.array([[b"d1", b"d2"]], dtype=object)),
+                                   ("KEYWORD_TEXTS", "BYTES", np.array([[TITLES["d1"].encode(), TITLES["d2"].encode()]],
+                                                                       dtype=object)),
+                                   ("TOP_K", "INT32", np.array([[2]], dtype=np.int32)),
+                                   ("DEPTH", "INT32", np.array([[2]], dtype=np.int32)),
+                                   ("CANDIDATES_DIGEST", "INT64", np.array([[digest]], dtype=np.int64))):
+            t = grpcclient.InferInput(name, list(value.shape), dtype)
+            t.set_data_from_numpy(value)
+            inputs.append(t)
+        return raw.infer("reranker", inputs)
+    assert rerank(query_digest(b"drill")).as_numpy("QUERY_DIGEST").tolist() == [[query_digest(b"drill")]]
+    with pytest.raises(InferenceServerException, match="belong to another query"):
+        rerank(query_digest(b"ceiling fan"))
+    assert len(rerank(query_digest(b"drill")).as_numpy("SCORES")[0]) == 2
+    raw.close()
+
+
 @pytest.mark.parametrize("model", ["keyword_vectors", "relevance", "query_encoder"])
 def test_an_empty_batch_fails_alone(server, model):
     """A request of 0 rows: Triton 2.51 refuses it before any model runs (its size checks count a

@@ -4,6 +4,9 @@
     QUERY (or TOKEN_STATES + ATTENTION_MASK), DEPTH          -> the cosine top DEPTH, as retrieve     (retrieve_rerank)
     QUERY (or TOKEN_STATES + ATTENTION_MASK), CANDIDATE_IDS  -> SCORES                              (relevance)
 
+Every answer also carries QUERY_DIGEST [B, 1] INT64 (serving.requests.query_digest; 0 without QUERY),
+which the client checks against the query it sent.
+
 With QUERY the model tokenises and encodes the query itself, with the same TorchScript export as
 query_encoder (serving/encoder.py), so the `retrieve` and `relevance` ensembles are each this one step:
 one Python-backend process on the critical path instead of two (README, "Where the served time goes").
@@ -25,8 +28,8 @@ from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore, UnknownKeywordError, sha256_file
 from serving.model_errors import internal, invalid
 from serving.requests import (BadRequest, check_finite, check_mask_rows, decode_candidates, decode_crossing,
-                              decode_depth, decode_keyword_ids, decode_top_k, refuse_candidates, refuse_parameter,
-                              serving_defaults)
+                              decode_depth, decode_keyword_ids, decode_top_k, query_digests, refuse_candidates,
+                              refuse_parameter, serving_defaults)
 from serving.retrieval import Retriever
 
 
@@ -103,13 +106,14 @@ class TritonPythonModel:
         if query is not None:
             if states is not None or mask is not None:
                 raise BadRequest("send either QUERY or TOKEN_STATES + ATTENTION_MASK, not both")
-            return [True, *self.encoder.tokenize_request(query.as_numpy()), mode, tensor]
+            raw = query.as_numpy()
+            return [True, *self.encoder.tokenize_request(raw), mode, tensor, query_digests(raw)]
         if states is None or mask is None:
             raise BadRequest("send QUERY, or both TOKEN_STATES and ATTENTION_MASK")
         states, mask = states.as_numpy(), mask.as_numpy()
         check_finite(states, "TOKEN_STATES")
         check_mask_rows(mask)
-        return [False, states, mask, mode, tensor]
+        return [False, states, mask, mode, tensor, np.zeros((len(states), 1), np.int64)]  # no query to digest
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -133,12 +137,14 @@ class TritonPythonModel:
             else:
                 for n, states in zip(texts, encoded):
                     parsed[n][1] = states
-        for n, (_, states, mask, mode, tensor) in parsed.items():
+        for n, (_, states, mask, mode, tensor, digests) in parsed.items():
             try:
                 if mode == "CANDIDATE_IDS":
-                    responses[n] = self._relevance(requests[n], states, mask, tensor.as_numpy())
+                    outputs = self._relevance(requests[n], states, mask, tensor.as_numpy())
                 else:
-                    responses[n] = self._retrieve(requests[n], states, mask, mode, tensor.as_numpy())
+                    outputs = self._retrieve(requests[n], states, mask, mode, tensor.as_numpy())
+                responses[n] = pb_utils.InferenceResponse(
+                    output_tensors=[*outputs, pb_utils.Tensor("QUERY_DIGEST", digests)])
             except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:
                 responses[n] = invalid(e)
             except Exception as e:  # noqa: BLE001 - the search or crossing failed on this request: answer it, serve the rest
@@ -160,9 +166,8 @@ class TritonPythonModel:
         ids, texts, scores = self.retriever.retrieve(states, mask, k, candidates)
         # K' as re-scored: the retriever clamps it to the store's size (0: not re-scored)
         self._count_scored(min(candidates, len(self.retriever.store)) * len(states))
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
-            pb_utils.Tensor("SCORES", scores)])
+        return [pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
+                pb_utils.Tensor("SCORES", scores)]
 
     def _relevance(self, request, states, mask, candidate_ids):
         parameters = request.parameters()
@@ -172,4 +177,4 @@ class TritonPythonModel:
         if len(rows) != len(states):
             raise BadRequest(f"{len(rows)} rows of keyword ids for {len(states)} queries")
         scores = self.retriever.relevance(states, mask, rows, crossing)
-        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("SCORES", scores)])
+        return [pb_utils.Tensor("SCORES", scores)]

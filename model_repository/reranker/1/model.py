@@ -2,7 +2,9 @@
 candidates re-ordered by the BiLSTM re-ranker (serving/rerank.py), with its scores.
 
 The third step of `retrieve_rerank`: keyword_store's cosine top-DEPTH come in, each query's
-candidates are scored as one batch, and a bad request gets its own INVALID_ARG error.
+candidates are scored as one batch, and a bad request gets its own INVALID_ARG error. Candidates
+whose CANDIDATES_DIGEST is not the query's (another request's answer) fail the request; the answer
+carries QUERY_DIGEST, as keyword_store's.
 """
 import json
 from pathlib import Path
@@ -12,8 +14,13 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from serving.model_errors import internal, invalid
-from serving.requests import BadRequest, decode_depth, decode_queries, decode_texts, decode_top_k, refuse_candidates
+from serving.requests import (BadRequest, decode_depth, decode_queries, decode_texts, decode_top_k, query_digests,
+                              refuse_candidates)
 from serving.rerank import Reranker
+
+
+class StaleCandidates(RuntimeError):
+    pass
 
 
 def _input(request, name):
@@ -34,7 +41,14 @@ class TritonPythonModel:
 
     def _rerank(self, request):
         refuse_candidates(request.parameters())
-        queries = decode_queries(_input(request, "QUERY"))
+        raw = _input(request, "QUERY")
+        queries = decode_queries(raw)
+        digests = query_digests(raw)
+        sent = pb_utils.get_input_tensor_by_name(request, "CANDIDATES_DIGEST")
+        if sent is not None and not np.array_equal(sent.as_numpy().reshape(-1), digests.reshape(-1)):
+            # keyword_store handed over another request's candidates (the Python backend's stalled-stub
+            # fault, README): fail this request rather than re-rank the wrong list
+            raise StaleCandidates("the cosine candidates received belong to another query; retry")
         k = decode_top_k(_input(request, "TOP_K"), len(queries))
         depth = decode_depth(_input(request, "DEPTH"), len(queries), k)  # TOP_K..MAX_DEPTH
         ids, texts = _input(request, "KEYWORD_IDS"), decode_texts(_input(request, "KEYWORD_TEXTS"), "KEYWORD_TEXTS")
@@ -44,13 +58,13 @@ class TritonPythonModel:
         if ids.shape[1] > depth:
             raise BadRequest(f"{ids.shape[1]} candidates for DEPTH {depth}")
         rows = [self.reranker.rerank(q, i, t, k) for q, i, t in zip(queries, ids, texts)]
-        return [np.stack([r[n] for r in rows]) for n in range(3)]  # decode_queries refused an empty batch
+        return [np.stack([r[n] for r in rows]) for n in range(3)] + [digests]  # decode_queries refused B=0
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                ids, texts, scores = self._rerank(request)
+                ids, texts, scores, digests = self._rerank(request)
             except (BadRequest, ValueError, TypeError) as e:  # this request's input, not the model
                 responses.append(invalid(e))
                 continue
@@ -59,5 +73,5 @@ class TritonPythonModel:
                 continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("KEYWORD_IDS", ids.astype(object)), pb_utils.Tensor("KEYWORD_TEXTS", texts.astype(object)),
-                pb_utils.Tensor("SCORES", scores.astype(np.float32))]))
+                pb_utils.Tensor("SCORES", scores.astype(np.float32)), pb_utils.Tensor("QUERY_DIGEST", digests)]))
         return responses
