@@ -76,6 +76,11 @@ def _traffic(url: str, stop: threading.Event, stats: dict) -> None:
                         stats["errors"].add(str(a)[:200])
                     elif [h.keyword_id for h in a] != expect[q]:
                         stats["wrong"] += 1
+                        got = [h.keyword_id for h in a]
+                        if len(stats["wrong_examples"]) < 5:  # a re-ordering, or another query's list?
+                            stats["wrong_examples"].append(
+                                {"query": q, "shared_with_its_own": len(set(got) & set(expect[q])),
+                                 "equals_the_answer_of": [o for o in QUERIES if o != q and expect[o] == got]})
                     else:
                         stats["right"] += 1
     try:
@@ -91,7 +96,8 @@ def probe(repository: str | Path, model: str = "keyword_store", pause: float = 2
     from serving.server import TritonServer, free_port
     server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                           log_file=log_file, startup_timeout=400).start()
-    stats = {"right": 0, "wrong": 0, "refused": 0, "failed": 0, "errors": set(), "ready": threading.Event()}
+    stats = {"right": 0, "wrong": 0, "wrong_examples": [], "refused": 0, "failed": 0, "errors": set(),
+             "ready": threading.Event()}
     stop = threading.Event()
     worker = threading.Thread(target=_traffic, args=(server.grpc_url, stop, stats))
     worker.start()
@@ -116,7 +122,7 @@ def probe(repository: str | Path, model: str = "keyword_store", pause: float = 2
         server.stop()
     log = Path(log_file).read_text(errors="replace") if log_file else ""
     return {"model": model, "pause_s": pause, "cycles": cycles_run, "right": stats["right"],
-            "wrong": stats["wrong"], "refused_as_another_querys": stats["refused"], "failed": stats["failed"],
+            "wrong": stats["wrong"], "wrong_examples": stats["wrong_examples"], "refused_as_another_querys": stats["refused"], "failed": stats["failed"],
             "server_died": died,
             "exit_code": code if died else None,
             "abort_lines": sorted(set(re.findall(r"terminate called after throwing an instance of '[^']+'|"
