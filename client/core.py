@@ -122,15 +122,19 @@ def _texts(values, what: str) -> list:
     return list(values)
 
 
-def _sent(queries: list[str]) -> list[bytes]:
-    return [_utf8(q, "query") for q in queries]
+def _query_input(module, queries: list[str]):
+    """The QUERY input, and the queries as the UTF-8 bytes sent (what QUERY_DIGEST is checked against)."""
+    sent = [_utf8(s, "query") for s in queries]
+    q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
+    q.set_data_from_numpy(np.array([[b] for b in sent], dtype=object))
+    return q, sent
 
 
 def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = None):
+    """(inputs, requested outputs, the queries as sent)."""
     k = _int32(k, "k")
     depth = None if depth is None else _int32(depth, "rerank_depth")
-    q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
-    q.set_data_from_numpy(np.array([[_utf8(s, "query")] for s in queries], dtype=object))
+    q, sent = _query_input(module, queries)
     top_k = module.InferInput("TOP_K", [len(queries), 1], "INT32")
     top_k.set_data_from_numpy(np.full((len(queries), 1), k, dtype=np.int32))
     inputs = [q, top_k]
@@ -138,7 +142,7 @@ def _retrieve_inputs(module, queries: list[str], k: int, depth: int | None = Non
         d = module.InferInput("DEPTH", [len(queries), 1], "INT32")
         d.set_data_from_numpy(np.full((len(queries), 1), depth, dtype=np.int32))
         inputs.append(d)
-    return inputs, [module.InferRequestedOutput(n) for n in (*RETRIEVE_OUTPUTS, "QUERY_DIGEST")]
+    return inputs, [module.InferRequestedOutput(n) for n in (*RETRIEVE_OUTPUTS, "QUERY_DIGEST")], sent
 
 
 def _retrieve_model(rerank_depth: int | None, candidates: int | None) -> str:
@@ -157,11 +161,10 @@ def _relevance_inputs(module, queries: list[str], keyword_ids: list[list[str]]):
     widths = {len(ids) for ids in keyword_ids}
     if len(widths) != 1:
         raise ValueError("every query of one batched relevance call needs the same number of keyword ids")
-    q = module.InferInput("QUERY", [len(queries), 1], "BYTES")
-    q.set_data_from_numpy(np.array([[_utf8(s, "query")] for s in queries], dtype=object))
+    q, sent = _query_input(module, queries)
     ids = module.InferInput("KEYWORD_IDS", [len(queries), widths.pop()], "BYTES")
     ids.set_data_from_numpy(np.array([[_utf8(i, "keyword id") for i in row] for row in keyword_ids], dtype=object))
-    return [q, ids], [module.InferRequestedOutput("SCORES"), module.InferRequestedOutput("QUERY_DIGEST")]
+    return [q, ids], [module.InferRequestedOutput("SCORES"), module.InferRequestedOutput("QUERY_DIGEST")], sent
 
 
 _LENGTH = struct.Struct("<I").unpack_from
@@ -314,8 +317,8 @@ class TwinBertClient:
         if not queries:
             return []
         model = _retrieve_model(rerank_depth, candidates)
-        inputs, outputs = _retrieve_inputs(grpcclient, queries, k, rerank_depth)
-        return _hits(self._infer(model, inputs, outputs, _retrieve_params(candidates)), _sent(queries))
+        inputs, outputs, sent = _retrieve_inputs(grpcclient, queries, k, rerank_depth)
+        return _hits(self._infer(model, inputs, outputs, _retrieve_params(candidates)), sent)
 
     def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
         return self.relevance_batch([query], [keyword_ids], crossing)[0]
@@ -326,9 +329,9 @@ class TwinBertClient:
         queries = _texts(queries, "queries")
         if not queries:
             return []
-        inputs, outputs = _relevance_inputs(grpcclient, queries, keyword_ids)
+        inputs, outputs, sent = _relevance_inputs(grpcclient, queries, keyword_ids)
         result = self._infer("relevance", inputs, outputs, _relevance_params(crossing))
-        return _scores(result, len(queries), len(keyword_ids[0]), _sent(queries))
+        return _scores(result, len(queries), len(keyword_ids[0]), sent)
 
     def health(self, metrics_url: str | None = None) -> dict:
         """Server liveness/readiness, each model's versions and state, and (from the Prometheus
@@ -397,8 +400,8 @@ class AsyncTwinBertClient:
         if not queries:
             return []
         model = _retrieve_model(rerank_depth, candidates)
-        inputs, outputs = _retrieve_inputs(grpcaio, queries, k, rerank_depth)
-        return _hits(await self._infer(model, inputs, outputs, _retrieve_params(candidates)), _sent(queries))
+        inputs, outputs, sent = _retrieve_inputs(grpcaio, queries, k, rerank_depth)
+        return _hits(await self._infer(model, inputs, outputs, _retrieve_params(candidates)), sent)
 
     async def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
         return (await self.relevance_batch([query], [keyword_ids], crossing))[0]
@@ -407,6 +410,6 @@ class AsyncTwinBertClient:
         queries = _texts(queries, "queries")
         if not queries:
             return []
-        inputs, outputs = _relevance_inputs(grpcaio, queries, keyword_ids)
+        inputs, outputs, sent = _relevance_inputs(grpcaio, queries, keyword_ids)
         result = await self._infer("relevance", inputs, outputs, _relevance_params(crossing))
-        return _scores(result, len(queries), len(keyword_ids[0]), _sent(queries))
+        return _scores(result, len(queries), len(keyword_ids[0]), sent)

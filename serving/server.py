@@ -145,14 +145,14 @@ class TritonServer:
     def start(self, abort_retries: int = 1) -> "TritonServer":
         """Start and wait until ready; a start-up killed by the Python backend's abort (seen while stubs
         initialise on a loaded host) is tried again `abort_retries` times (needs a log file to tell)."""
-        for attempt in range(abort_retries + 1):
+        while True:
             try:
                 return self._start()
             except ServerError:
-                if attempt == abort_retries or not self.aborted():
+                if abort_retries <= 0 or not self.aborted():
                     raise
+                abort_retries -= 1
                 self._keep_log("start-up aborted")
-        raise AssertionError("unreachable")
 
     def revive(self) -> bool:
         """Start the server again, on the same ports, if it died of the Python backend's abort;
@@ -248,7 +248,7 @@ def main(argv=None) -> None:
         while not stopping:
             started = time.monotonic()
             try:
-                server.start()
+                server.start(abort_retries=0)  # this loop restarts it, on any death
             except ServerError as e:  # also the abort, which can strike while the stubs start
                 what = str(e)
             else:

@@ -29,34 +29,53 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 QUERIES = ["drill", "cordless drill with two batteries", "ceiling fan", "garden hose", "paint",
            "toilet seat", "led bulb", "concrete mix"]
 
 
-def stub_pids(model: str, pgid: int | None = None) -> list[int]:
-    """Pids of the Python-backend stub processes serving `model` (in process group `pgid` if given)."""
+class Proc(NamedTuple):
+    pid: int
+    state: str
+    ppid: int
+    pgrp: int
+    cmdline: str
+
+
+def processes() -> list[Proc]:
+    """The live processes, from /proc (those that end while it is read are left out)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            state, ppid, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            group = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError):
             continue
-        if "triton_python_backend_stub" in cmd and f"/{model}/" in cmd and (pgid is None or group == pgid):
-            out.append(int(entry.name))
-    return sorted(out)
+        out.append(Proc(int(entry.name), state, int(ppid), int(pgrp), cmd))
+    return out
 
 
-def stall(pid: int, seconds: float) -> None:
-    """Stop process `pid` for `seconds`, then let it go on."""
-    os.kill(pid, signal.SIGSTOP)
+def stub_pids(model: str, pgid: int | None = None) -> list[int]:
+    """Pids of the Python-backend stub processes serving `model` (in process group `pgid` if given)."""
+    return sorted(p.pid for p in processes() if "triton_python_backend_stub" in p.cmdline
+                  and f"/{model}/" in p.cmdline and (pgid is None or p.pgrp == pgid))
+
+
+def stall(pids: list[int], seconds: float) -> None:
+    """Stop the processes `pids` for `seconds`, then let them go on (those still alive)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         time.sleep(seconds)
     finally:
-        os.kill(pid, signal.SIGCONT)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 def _traffic(url: str, stop: threading.Event, stats: dict) -> None:
@@ -111,7 +130,7 @@ def probe(repository: str | Path, model: str = "keyword_store", pause: float = 2
             if not pids:
                 raise RuntimeError(f"no stub process of {model!r} found")
             time.sleep(2)
-            stall(pids[i % len(pids)], pause)
+            stall([pids[i % len(pids)]], pause)
             time.sleep(3)
             cycles_run += 1
     finally:
@@ -122,9 +141,9 @@ def probe(repository: str | Path, model: str = "keyword_store", pause: float = 2
         server.stop()
     log = Path(log_file).read_text(errors="replace") if log_file else ""
     return {"model": model, "pause_s": pause, "cycles": cycles_run, "right": stats["right"],
-            "wrong": stats["wrong"], "wrong_examples": stats["wrong_examples"], "refused_as_another_querys": stats["refused"], "failed": stats["failed"],
-            "server_died": died,
-            "exit_code": code if died else None,
+            "wrong": stats["wrong"], "wrong_examples": stats["wrong_examples"],
+            "refused_as_another_querys": stats["refused"], "failed": stats["failed"],
+            "server_died": died, "exit_code": code if died else None,
             "abort_lines": sorted(set(re.findall(r"terminate called after throwing an instance of '[^']+'|"
                                                  r"Signal \((?:6|11)\) received", log))),
             "errors": sorted(stats["errors"])[:6], "server_log": str(log_file) if log_file else None}

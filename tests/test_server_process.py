@@ -4,29 +4,55 @@ restarts a server that died."""
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from serving.server import TritonServer, free_port
+from serving.stall_probe import processes, stall, stub_pids
 
 pytestmark = pytest.mark.server
 
 
 def _group(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group `pgid`."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
-            pids.append(int(entry.name))
-    return pids
+    return [p.pid for p in processes() if p.state != "Z" and p.pgrp == pgid]
+
+
+def _servers(ppid: int) -> list[int]:
+    """The tritonserver processes that `ppid` (python -m serving.server) started."""
+    return [p.pid for p in processes() if p.ppid == ppid and "tritonserver" in p.cmdline]
+
+
+class Serve:
+    """`python -m serving.server` (what make serve runs) on `repo`, its output in `log`."""
+
+    def __init__(self, repo: Path, log: Path):
+        self.grpc, self.http, self.log_path = free_port(), free_port(), log
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repo),
+                                      "--grpc-port", str(self.grpc), "--http-port", str(self.http),
+                                      "--metrics-port", str(free_port())], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def wait(self, predicate, seconds: float = 180) -> None:
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            assert self.proc.poll() is None, self.output()[-3000:]
+            assert time.monotonic() < deadline, self.output()[-3000:]
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.log.close()
 
 
 def test_stopping_a_crashed_server_ends_its_stub_processes(tiny_export, tmp_path, build_repository):
@@ -64,88 +90,42 @@ def _tokenizer_repo(tiny_export, tmp_path, build_repository) -> Path:
 def test_serve_restarts_a_server_that_died_and_stops_cleanly(tiny_export, tmp_path, build_repository):
     """`python -m serving.server` (make serve): the server killed from outside comes back, ready, on the
     same ports; SIGTERM then stops it and every process it started."""
-    import subprocess
-    import sys
-    import urllib.request
     repo = _tokenizer_repo(tiny_export, tmp_path / "b", build_repository)
-    http = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repo), "--grpc-port",
-                              str(free_port()), "--http-port", str(http), "--metrics-port", str(free_port())],
-                             stdout=log, stderr=subprocess.STDOUT)
+    serve = Serve(repo, tmp_path / "serve.log")
 
     def ready() -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{serve.http}/v2/health/ready", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
 
-    def wait(predicate, seconds=180):
-        deadline = time.monotonic() + seconds
-        while not predicate():
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.2)
-
-    def servers() -> list[int]:  # tritonserver processes started by `serve` (each leads its group)
-        return [p for p in _group_children(serve.pid) if "tritonserver" in _cmdline(p)]
-
     try:
-        wait(ready)
-        first = servers()
+        serve.wait(ready)
+        first = _servers(serve.proc.pid)
         assert len(first) == 1
         os.kill(first[0], signal.SIGKILL)
-        wait(lambda: "restarting it" in (tmp_path / "serve.log").read_text())  # killed starting or serving
-        wait(lambda: ready() and servers() and servers() != first)
-        second = servers()[0]
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(60) == 0
+        serve.wait(lambda: "restarting it" in serve.output())  # killed starting or serving
+        serve.wait(lambda: ready() and _servers(serve.proc.pid) and _servers(serve.proc.pid) != first)
+        second = _servers(serve.proc.pid)[0]
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(60) == 0
         assert _group(first[0]) == [] and _group(second) == []
-        assert "signal 9" in (tmp_path / "serve.log").read_text() or "code -9" in (tmp_path / "serve.log").read_text()
+        assert "signal 9" in serve.output() or "code -9" in serve.output()
     finally:
-        if serve.poll() is None:
-            serve.kill()
-        log.close()
-
-
-def _group_children(ppid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
-                    out.append(int(entry.name))
-            except OSError:
-                continue
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
+        serve.close()
 
 
 def test_serve_answers_again_after_its_stubs_stall_under_traffic(tiny_export, tmp_path, build_repository):
     """The trigger of the 2.51 Python-backend abort, for real: keyword_store's stubs stopped for 2 s
     while requests are in flight (the backend gives a stub 1 s). `make serve` must answer again, right,
     whether the server survived or was restarted (so far it has aborted every time)."""
-    import subprocess
-    import sys
-    import threading
     from client import TwinBertClient
-    from serving.stall_probe import stub_pids
     titles = {"d1": "DEWALT 20-Volt MAX Cordless Drill Driver Kit", "f1": "Hampton Bay 52 in. Ceiling Fan",
               "h1": "Flexzilla 50 ft. Garden Hose", "p1": "BEHR Premium Plus Interior Paint"}
     _, repo = build_repository(tiny_export, titles, tmp_path)
-    grpc, http = free_port(), free_port()
-    log = open(tmp_path / "serve.log", "w")
-    serve = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repo), "--grpc-port",
-                              str(grpc), "--http-port", str(http), "--metrics-port", str(free_port())],
-                             stdout=log, stderr=subprocess.STDOUT)
-    url = f"127.0.0.1:{grpc}"
+    serve = Serve(repo, tmp_path / "serve.log")
+    url = f"127.0.0.1:{serve.grpc}"
 
     def answer():
         try:
@@ -153,13 +133,6 @@ def test_serve_answers_again_after_its_stubs_stall_under_traffic(tiny_export, tm
                 return [h.keyword_id for h in c.retrieve("cordless drill", 4)]
         except Exception:
             return None
-
-    def wait(predicate, seconds=240):
-        deadline = time.monotonic() + seconds
-        while not predicate():
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
 
     stop = threading.Event()
 
@@ -172,32 +145,22 @@ def test_serve_answers_again_after_its_stubs_stall_under_traffic(tiny_export, tm
                     pass
 
     try:
-        wait(lambda: answer() is not None)
+        serve.wait(lambda: answer() is not None, 240)
         before = answer()
-        servers = [p for p in _group_children(serve.pid) if "tritonserver" in _cmdline(p)]
-        stubs = stub_pids("keyword_store", servers[0])
+        stubs = stub_pids("keyword_store", _servers(serve.proc.pid)[0])
         assert len(stubs) == 2
         workers = [threading.Thread(target=traffic) for _ in range(4)]
         for w in workers:
             w.start()
         time.sleep(1)
-        for pid in stubs:
-            os.kill(pid, signal.SIGSTOP)
-        time.sleep(2)
-        for pid in stubs:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        stall(stubs, 2)
         time.sleep(3)
         stop.set()
         for w in workers:
             w.join(30)
-        wait(lambda: answer() == before)
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(60) == 0
+        serve.wait(lambda: answer() == before, 240)
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(60) == 0
     finally:
         stop.set()
-        if serve.poll() is None:
-            serve.kill()
-        log.close()
+        serve.close()
