@@ -18,10 +18,11 @@ def test_a_step_gets_its_share_of_the_time_left_never_more_than_its_own_cap():
     d = Deadline(88, clock=clock)
     capped = sum(v for k, v in NOMINAL_MINUTES.items() if k not in UNCAPPED)
     # before any uncapped step has run, they are set aside at their nominal minutes
-    assert d.cap("teacher", 26) == pytest.approx(round((88 - 21) * 17.5 / capped, 2))
+    reserve = NOMINAL_MINUTES["distillation set"] + NOMINAL_MINUTES["evaluation"]  # the uncapped steps after it
+    assert d.cap("teacher", 26) == pytest.approx(round((88 - reserve) * 17.5 / capped, 2))
     clock.now += 2.7 * 60  # the quick student, faster than its nominal 3 minutes
     d.done("quick contrastive student", 2.7)
-    assert d.cap("teacher", 26) == pytest.approx(round((85.3 - 21 * 0.9) * 17.5 / capped, 2))
+    assert d.cap("teacher", 26) == pytest.approx(round((85.3 - reserve * 0.9) * 17.5 / capped, 2))
     assert d.cap("teacher", 10) == 10  # its own cap is lower
     # a slow teacher used its whole cap (capped steps say nothing of the host's speed), and the
     # distillation set took 1.5x its nominal minutes: the evaluation is set aside at 1.5x too
@@ -31,7 +32,7 @@ def test_a_step_gets_its_share_of_the_time_left_never_more_than_its_own_cap():
     d.done("distillation set", 13.5)
     left = 88 - 2.7 - 26 - 13.5
     rest_after = capped - NOMINAL_MINUTES["teacher"]
-    share = (left - 12 * 1.5) * NOMINAL_MINUTES["TwinBERT student"] / rest_after
+    share = (left - NOMINAL_MINUTES["evaluation"] * 1.5) * NOMINAL_MINUTES["TwinBERT student"] / rest_after
     assert d.cap("TwinBERT student", 14) == pytest.approx(round(share, 2)) and share < 14
     # past the deadline every step still gets its floor
     clock.now += 3600
@@ -64,6 +65,10 @@ CAPS = {"teacher": 26, "TwinBERT student": 14, "TwinBERT student, second pass": 
 # 1.89x the measured run's, the host slowing down as the run went on (95.8 minutes before the
 # deadline set the uncapped steps aside at the observed speed)
 SLOW_RUN = {"quick contrastive student": 4.71, "distillation set": 12.42, "evaluation": 19.36}
+# ... and in the next from-scratch `make train` (2026-11-22, 12:10), whose capped steps each ran to
+# their cap: 1.72x, 1.46x and 2.39x; it ended at 90.78 minutes with the evaluation set aside at 12
+# nominal minutes (this replay: 91.0)
+SLOW_RUN_2 = {"quick contrastive student": 5.17, "distillation set": 13.16, "evaluation": 24.41}
 
 
 def simulated_total(slowdown: float, budget: float | None, uncapped: dict[str, float] | None = None) -> float:
@@ -98,9 +103,10 @@ def test_past_2_5x_the_floors_hold_and_the_run_ends_late(slowdown):
     assert 90 < total < simulated_total(slowdown, None)
 
 
-def test_a_host_that_slows_down_during_the_run_still_ends_within_90_minutes():
+@pytest.mark.parametrize("slowdown, run", [(1.8, SLOW_RUN), (2.1, SLOW_RUN_2)])  # the teacher's steps' slowness
+def test_a_host_that_slows_down_during_the_run_still_ends_within_90_minutes(slowdown, run):
     budget = PROFILES["full"]["budget_minutes"]
-    assert simulated_total(1.8, budget, SLOW_RUN) <= 90
+    assert simulated_total(slowdown, budget, run) <= 90
 
 
 def test_with_cap_replaces_only_the_max_minutes_value():
