@@ -259,6 +259,33 @@ def test_loop_learns_and_a_crashed_run_resumes_to_the_same_weights(tmp_path):
     torch.testing.assert_close(resumed.bias, straight.bias)
 
 
+def test_precision_resolves_auto_by_the_cpu_and_refuses_unknown_names(monkeypatch):
+    from training import precision
+    monkeypatch.delenv(precision.ENV, raising=False)
+    assert precision.resolve("fp32") == "fp32" and precision.resolve("bf16") == "bf16"
+    assert precision.resolve("auto") == ("bf16" if precision.cpu_has_amx_bf16() else "fp32")
+    monkeypatch.setenv(precision.ENV, "fp32")
+    assert precision.resolve(None) == "fp32" and precision.resolve("bf16") == "bf16"  # a flag beats the variable
+    with pytest.raises(ValueError, match="fp16"):
+        precision.resolve("fp16")
+    with precision.autocast("bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with precision.autocast("fp32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_a_bf16_run_learns_and_keeps_fp32_weights(tmp_path):
+    x, y = _toy_problem()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    initial = _toy_loss(model, torch.arange(64), x, y).item()
+    cfg = LoopConfig(out=str(tmp_path), epochs=6, lr=0.3, eval_every=0, save_every=0, threads=1, precision="bf16")
+    train_loop(model, cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e), lambda m, b: _toy_loss(m, b, x, y),
+               None, lambda m: None, desc="toy")
+    assert model.weight.dtype == torch.float32
+    assert _toy_loss(model, torch.arange(64), x, y).item() < 0.05 * initial
+
+
 def test_early_stopping_keeps_the_best_evaluation(tmp_path):
     x, y = _toy_problem()
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.1, 0.9])

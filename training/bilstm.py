@@ -142,7 +142,7 @@ class BiLSTMStudent(nn.Module):
         out = []
         for s in range(0, len(queries), batch_size):
             ids, mask = tok(queries[s:s + batch_size], keywords[s:s + batch_size])
-            out.append(self(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+            out.append(self(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def save(self, out_dir) -> None:

@@ -41,7 +41,7 @@ def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], b
             kv = model.embed(ki, km, "keyword").unsqueeze(1)
             states = model.query_encoder(qi, qm)
             for crossing in ("cos", "res"):
-                out[crossing].append(pool_cross(states, qm, model.pool_cross.params(), kv, crossing)[1][:, 0].numpy())
+                out[crossing].append(pool_cross(states, qm, model.pool_cross.params(), kv, crossing)[1][:, 0].float().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

@@ -21,6 +21,7 @@ import torch
 
 from training.augment import BM25Index, perturb
 from training.data import keyword_corpus, load_pairs, normalize_query, split_pairs
+from training.precision import add_precision_arg, resolve
 from training.teacher import CrossEncoder
 
 SOURCES = ("labelled", "random", "bm25", "student", "perturbed")
@@ -60,7 +61,7 @@ def student_top_k(student_dir: str | Path, queries: list[str], corpus: dict[str,
 
 
 def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1, perturb_frac=0.3,
-          max_queries=0, seed=0, student_depth=100) -> list[DistillRow]:
+          max_queries=0, seed=0, student_depth=100, precision: str | None = None) -> list[DistillRow]:
     rng = random.Random(seed)
     all_pairs = load_pairs(data)
     corpus = keyword_corpus(all_pairs)
@@ -97,6 +98,7 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
         if how != "none":
             rows.append((q2, p.keyword_id, p.relevance, "perturbed"))
     teacher = CrossEncoder.load(teacher_dir)
+    teacher.precision = resolve(precision)
     logits = teacher.score([r[0] for r in rows], [corpus[r[1]] for r in rows], progress=True)
     return [DistillRow(q, kid, corpus[kid], label, float(s), src) for (q, kid, label, src), s in zip(rows, logits)]
 
@@ -137,10 +139,11 @@ def main(argv=None) -> None:
     ap.add_argument("--max-queries", type=int, default=0, help="0 = every train query")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    add_precision_arg(ap)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = build(args.teacher, args.student, args.data, args.random, args.bm25, args.student_negatives,
-                 args.perturb, args.max_queries, args.seed, args.student_depth)
+                 args.perturb, args.max_queries, args.seed, args.student_depth, args.precision)
     write_rows(rows, args.out)
     counts = {s: sum(r.source == s for r in rows) for s in SOURCES}
     print(f"distill_data: {len(rows)} teacher-scored pairs {json.dumps(counts)} -> {args.out}", flush=True)

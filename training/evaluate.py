@@ -33,6 +33,7 @@ from tqdm import tqdm
 from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir, read_labelled_pairs
 from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_mean_diff, pair_metrics,
                               per_query_retrieval, retrieval_metrics)
+from training.precision import add_precision_arg, resolve
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece
 
@@ -268,7 +269,7 @@ class RerankModel:
         return self.cross.latency_ms_per_pair()
 
 
-def load_model(kind_path: str, pairs, rs):
+def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
     kind, _, path = kind_path.partition(":")
     if kind == "rerank":
         cross, at, twin = path.rpartition("@")
@@ -279,7 +280,7 @@ def load_model(kind_path: str, pairs, rs):
         if not at or cross.split(":")[0] not in ("teacher", "bilstm"):
             raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR "
                              f"(optionally @DEPTH), got {kind_path!r}")
-        return RerankModel(load_model(cross, pairs, rs), TwinModel(twin), depth)
+        return RerankModel(load_model(cross, pairs, rs, precision), TwinModel(twin), depth)
     if kind == "bm25":
         return BM25Model(pairs, rs)
     if kind == "minilm":
@@ -289,6 +290,7 @@ def load_model(kind_path: str, pairs, rs):
     if kind == "teacher":
         from training.teacher import CrossEncoder
         m = CrossEncoder.load(path)
+        m.precision = precision  # the students are timed and scored as served, in fp32
         return PairModel(m, m.config.num_layers, 100)
     if kind == "bilstm":
         from training.bilstm import BiLSTMStudent
@@ -336,7 +338,7 @@ def _first_queries(pairs: LabelledPairs, rs: RetrievalSet | None, n: int
 def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=None,
              cache_dir: str | Path | None = "artifacts/cache", max_queries: int = 0,
              bootstrap: int = 1000, baseline: str | None = None, reference: str | None = None,
-             positive_threshold: float | None = None) -> dict:
+             positive_threshold: float | None = None, precision: str | None = None) -> dict:
     labels = [label for label, _ in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be distinct, got {labels}")
@@ -351,6 +353,7 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
                          f"at the positive threshold {pairs.positive_threshold:g}, so ROC-AUC is undefined"
                          + ("; set --positive-threshold" if dataset.startswith("pairs:") else ""))
     BiEncoderModel.cache_dir = Path(cache_dir) if cache_dir else None
+    precision = resolve(precision)
     rows = []
     per_query: dict[str, dict] = {}     # row model -> {metric: {query id: value}}
     pair_scores: dict[str, np.ndarray] = {}
@@ -358,7 +361,7 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
     for label, spec in models:
         print(f"evaluate: {label} ({spec})", flush=True)
         t = time.perf_counter()
-        m = load_model(spec, pairs, rs)
+        m = load_model(spec, pairs, rs, precision)
         scores = m.pair_scores(pairs) if pairs else {}
         ranks = m.rankings(rs) if rs else None
         lat = m.latency_ms_per_pair()
@@ -386,7 +389,7 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
                           for r in rows[-len(scores or ranks or [1]):]), flush=True)
     report = {"dataset": dataset, "pairs": len(pairs) if pairs else 0,
               "queries": len(rs.queries) if rs else 0, "corpus": len(rs.corpus) if rs else 0,
-              "threads": torch.get_num_threads(), "rows": rows}
+              "threads": torch.get_num_threads(), "teacher_precision": precision, "rows": rows}
     if bootstrap:
         t = time.perf_counter()
         report["comparison"] = compare(rows, origin, per_query, pair_scores, pairs, bootstrap, baseline, reference)
@@ -450,7 +453,8 @@ def write_report(report: dict, out: Path) -> None:
 
     lines = [f"# Evaluation: {report['dataset']}", "",
              f"{report['pairs']} labelled pairs; {report['queries']} retrieval queries over {report['corpus']} "
-             f"keywords; CPU latency with {report['threads']} threads (teacher: 100 pairs per call, BiLSTM: 64, "
+             f"keywords; CPU latency with {report['threads']} threads (teacher: 100 pairs per call, "
+             f"in {report.get('teacher_precision', 'fp32')}; BiLSTM: 64, "
              "twin: one query crossed with 100 cached keyword vectors; query encode: one query of 16 tokens, "
              "padding included, through the eager student and through the served encoder, its TorchScript "
              "export as serving loads it, timed in alternating blocks). Retrieval for TwinBERT (res) re-ranks "
@@ -505,6 +509,7 @@ def main(argv=None) -> None:
                     help="paired bootstrap resamples for the intervals against the baselines; 0 = none")
     ap.add_argument("--baseline", help="model LABEL the retrieval metrics are compared with (default: the first bm25)")
     ap.add_argument("--reference", help="model LABEL ROC-AUC is a share of (default: the first teacher)")
+    add_precision_arg(ap)
     args = ap.parse_args(argv)
     if args.bootstrap < 0:
         ap.error("--bootstrap must be 0 (off) or a number of resamples")
@@ -517,7 +522,8 @@ def main(argv=None) -> None:
         ap.error("--max-queries must be 0 (all) or a number of queries")
     try:
         evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries, bootstrap=args.bootstrap,
-                 baseline=args.baseline, reference=args.reference, positive_threshold=args.positive_threshold)
+                 baseline=args.baseline, reference=args.reference, positive_threshold=args.positive_threshold,
+                 precision=args.precision)
     except (ValueError, FileNotFoundError) as e:  # bad flags or data: one line, not a traceback
         raise SystemExit(f"evaluate: {e}") from None
 

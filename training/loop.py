@@ -20,6 +20,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from training.precision import add_precision_arg, autocast, resolve
+
 
 @dataclass
 class LoopConfig:
@@ -36,6 +38,7 @@ class LoopConfig:
     threads: int = 2
     seed: int = 0
     resume: bool = True
+    precision: str = "fp32"       # resolved: "fp32" or "bf16" (autocast; training.precision)
 
 
 def dist_info() -> tuple[int, int]:
@@ -139,7 +142,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
         stop = False
         if is_main() and evaluate is not None:
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast(cfg.precision):
                 metric = evaluate(model)
             model.train()
             state["evals"].append({"step": state["step"], "metric": metric})
@@ -162,7 +165,8 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
         for i in range(offset, steps_per_epoch):
             if state["step"] >= total:
                 break
-            loss = loss_fn(net, batches[i * world + rank])
+            with autocast(cfg.precision):
+                loss = loss_fn(net, batches[i * world + rank]).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -223,12 +227,14 @@ def add_loop_args(ap, *, epochs: float, lr: float, batch_size: int, eval_every: 
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    add_precision_arg(ap)
 
 
 def loop_config(args) -> LoopConfig:
     return LoopConfig(out=args.out, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
                       eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
-                      threads=args.threads, seed=args.seed, resume=not args.no_resume)
+                      threads=args.threads, seed=args.seed, resume=not args.no_resume,
+                      precision=resolve(args.precision))
 
 
 def finish_distributed() -> None:

@@ -10,6 +10,7 @@ early stopping.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from training.data import keyword_corpus, load_pairs, split_pairs, write_split
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
+from training.precision import autocast
 from training.pretrained import minilm_dir
 from training.tokenize import PairTokenizer
 from training.twin import Encoder
@@ -42,6 +44,7 @@ class CrossEncoder(nn.Module):
         self.config = config
         self.encoder = Encoder(config.num_layers, pretrained)
         self.head = nn.Linear(self.encoder.hidden, 1)
+        self.precision: str | None = None  # score()'s autocast (training.precision); None: the caller's
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         states = self.encoder(input_ids, attention_mask)
@@ -64,10 +67,12 @@ class CrossEncoder(nn.Module):
         out = np.empty(len(queries), dtype=np.float32)
         was_training = self.training
         self.eval()
-        for s in tqdm(range(0, len(order), batch_size), desc="teacher scoring", unit="batch", disable=not progress):
-            sel = order[s:s + batch_size]
-            ids, mask = tok([queries[i] for i in sel], [keywords[i] for i in sel])
-            out[sel] = self(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
+        with autocast(self.precision) if self.precision else contextlib.nullcontext():
+            for s in tqdm(range(0, len(order), batch_size), desc="teacher scoring", unit="batch",
+                          disable=not progress):
+                sel = order[s:s + batch_size]
+                ids, mask = tok([queries[i] for i in sel], [keywords[i] for i in sel])
+                out[sel] = self(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy()
         self.train(was_training)
         return out
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.data import POSITIVE_THRESHOLD, load_pairs, normalize_query, split_pairs, write_split
+from training.precision import add_precision_arg, autocast, resolve
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece
 from training.twin import TwinBERT, TwinConfig
@@ -39,6 +40,7 @@ class TrainConfig:
     proj_dim: int = 0
     threads: int = 2
     seed: int = 0
+    precision: str | None = None  # fp32 | bf16 | auto (training.precision)
 
 
 def parse_args(argv=None) -> TrainConfig:
@@ -56,6 +58,7 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--seed", type=int, default=d.seed)
+    add_precision_arg(ap)
     return TrainConfig(**{k.replace("-", "_"): v for k, v in vars(ap.parse_args(argv)).items()})
 
 
@@ -81,6 +84,7 @@ def train(cfg: TrainConfig) -> Path:
     qtok = WordPiece(minilm_dir() / "tokenizer.json", model_cfg.query_max_len)
     ktok = WordPiece(minilm_dir() / "tokenizer.json", model_cfg.keyword_max_len)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
+    precision = resolve(cfg.precision)
     steps_per_epoch = len(positives) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -101,8 +105,9 @@ def train(cfg: TrainConfig) -> Path:
             kkey = [p.keyword_id for p in batch]
             same = torch.tensor([[i != j and (qkey[i] == qkey[j] or kkey[i] == kkey[j])
                                   for j in range(len(batch))] for i in range(len(batch))])
-            loss = contrastive_loss(model.embed(qids, qmask, "query"),
-                                    model.embed(kids, kmask, "keyword"), same, cfg.scale)
+            with autocast(precision):
+                loss = contrastive_loss(model.embed(qids, qmask, "query").float(),
+                                        model.embed(kids, kmask, "keyword").float(), same, cfg.scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -115,7 +120,7 @@ def train(cfg: TrainConfig) -> Path:
     bar.close()
     model.eval().save(out)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    print(f"train_twin: {step} steps, {step * cfg.batch_size} pairs, final loss "
+    print(f"train_twin: {step} steps ({precision}), {step * cfg.batch_size} pairs, final loss "
           f"{np.mean(losses[-50:]):.4f}, saved to {out}", flush=True)
     return out
 
