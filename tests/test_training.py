@@ -296,6 +296,38 @@ def test_early_stopping_keeps_the_best_evaluation(tmp_path):
     assert state["stopped_early"] and state["best"] == 0.7 and state["step"] == 10 and len(saved) == 2
 
 
+def test_a_shortened_schedule_keeps_the_rate_continuous_and_ends_at_zero():
+    from training.loop import fit_schedule, linear_schedule, lr_factor
+    plan = linear_schedule(1000, 0.06)
+    assert [round(lr_factor(plan, s), 4) for s in (0, 59, 60, 530, 999)] == [0.0167, 1.0, 1.0, 0.5, 0.0011]
+    cut = fit_schedule(plan, 300, 500)   # past the warm-up: the decay goes on from where it was
+    assert lr_factor(cut, 300) == pytest.approx(lr_factor(plan, 300))
+    assert lr_factor(cut, 400) == pytest.approx(lr_factor(plan, 300) / 2)
+    assert lr_factor(cut, 500) == 0.0
+    with pytest.raises(ValueError, match="warm-up"):
+        fit_schedule(plan, 20, 200)
+
+
+def test_a_minute_capped_run_anneals_to_zero_by_its_cap(tmp_path, monkeypatch):
+    """Each step takes one (simulated) second: a 10-minute cap on a 2,000-step run must end near
+    step 600 with the learning rate annealed, not cut at the cap with the rate still high."""
+    import training.loop as loop
+    from training.loop import lr_factor
+    x, y = _toy_problem()
+    clock = {"t": 0.0}
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock["t"])
+
+    def loss(m, batch):
+        clock["t"] += 1.0
+        return _toy_loss(m, batch, x, y)
+
+    cfg = LoopConfig(out=str(tmp_path), epochs=250, lr=0.01, eval_every=0, save_every=0, max_minutes=10, threads=1)
+    state = train_loop(torch.nn.Linear(4, 1), cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e), loss, None,
+                       lambda m: None, desc="toy")
+    assert 590 <= state["step"] <= 600 and state["schedule"]["total"] == state["step"]
+    assert lr_factor(state["schedule"], state["step"] - 1) < 0.01
+
+
 def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
     script = tmp_path / "ddp_toy.py"
     script.write_text(textwrap.dedent(f"""

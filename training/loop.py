@@ -1,6 +1,10 @@
 """One training loop for every model: single process or `torchrun --nproc_per_node N` (gloo),
 linear warm-up/decay, dev-based early stopping, resumable checkpoints (safetensors + JSON).
 
+With a minute cap (`--max-minutes`), the decay is refitted every FIT_EVERY steps to the steps that
+the time left allows at the pace so far, so the run anneals to 0 by its cap whatever the host's
+speed; `--epochs` is then an upper bound.
+
 Batches are a deterministic function of (seed, epoch), so a resumed run continues with exactly
 the batches it would have seen; under DDP rank r takes batches r, r + N, ...
 """
@@ -50,6 +54,15 @@ def dist_info() -> tuple[int, int]:
 
 def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _broadcast_int(value: int) -> int:
+    """Rank 0's value on every rank (decisions taken from a clock must agree across replicas)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value])
+    dist.broadcast(t, 0)
+    return int(t.item())
 
 
 def _broadcast_flag(flag: bool) -> bool:
@@ -119,16 +132,16 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     # (same state_dict, so checkpoints resume either way), 1.25x faster teacher steps here
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
-    warmup = max(1, int(cfg.warmup_frac * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
-    state = {"step": 0, "best": -math.inf, "bad_evals": 0, "evals": [], "stopped_early": False}
+    state = {"step": 0, "best": -math.inf, "bad_evals": 0, "evals": [], "stopped_early": False,
+             "schedule": linear_schedule(total, cfg.warmup_frac)}
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(state["schedule"], s))
     if cfg.resume and (ckpt / "state.json").is_file():
         state.update(_load_checkpoint(ckpt, model, opt, sched))
         if is_main():
             print(f"{desc}: resuming at step {state['step']} from {ckpt}", flush=True)
+    total = state["schedule"]["total"]  # as planned; a minute cap may shorten it (fit_schedule)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "loop_config.json").write_text(json.dumps({**asdict(cfg), "world_size": world,
@@ -159,11 +172,12 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
 
     model.train()
     stop = False
-    while state["step"] < total and not stop:
+    start_step = state["step"]
+    while state["step"] < state["schedule"]["total"] and not stop:
         epoch, offset = divmod(state["step"], steps_per_epoch)
         batches = make_batches(epoch)
         for i in range(offset, steps_per_epoch):
-            if state["step"] >= total:
+            if state["step"] >= state["schedule"]["total"]:
                 break
             with autocast(cfg.precision):
                 loss = loss_fn(net, batches[i * world + rank]).float()
@@ -176,9 +190,17 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < total:
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < state["schedule"]["total"]:
                 stop = run_eval()
                 state["stopped_early"] = stop
+            if (cfg.max_minutes and state["step"] >= state["schedule"]["warmup"]
+                    and (state["step"] - start_step) % FIT_EVERY == 0):
+                done = state["step"] - start_step
+                left = cfg.max_minutes * 60 - (time.monotonic() - start)
+                fit = _broadcast_int(state["step"] + int(left / ((time.monotonic() - start) / done)))
+                if fit < state["schedule"]["total"]:
+                    state["schedule"] = fit_schedule(state["schedule"], state["step"], fit)
+                    bar.total = state["schedule"]["total"]
             if cfg.save_every and state["step"] % cfg.save_every == 0 and is_main():
                 _save_checkpoint(ckpt, model, opt, sched, state)
             over_time = bool(cfg.max_minutes) and time.monotonic() - start > cfg.max_minutes * 60
@@ -195,6 +217,32 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     state["train_minutes"] = round((time.monotonic() - start) / 60, 2)
     state["final_loss"] = sum(losses[-50:]) / max(1, len(losses[-50:]))
     return state
+
+
+FIT_EVERY = 50  # steps between refits of a minute-capped schedule to the time left
+
+
+def linear_schedule(total: int, warmup_frac: float) -> dict:
+    """Linear warm-up over `warmup_frac` of `total` steps, then linear decay to 0 at `total`."""
+    warmup = max(1, int(warmup_frac * total))
+    return {"total": total, "warmup": warmup, "warmup_frac": warmup_frac, "anchor_step": warmup, "anchor": 1.0}
+
+
+def lr_factor(schedule: dict, step: int) -> float:
+    """The learning-rate multiplier at `step`: the warm-up ramp, then a straight line from
+    (anchor_step, anchor) down to (total, 0)."""
+    decay = schedule["anchor"] * max(0.0, schedule["total"] - step) / max(1, schedule["total"] - schedule["anchor_step"])
+    return min((step + 1) / schedule["warmup"], decay)
+
+
+def fit_schedule(schedule: dict, step: int, total: int) -> dict:
+    """The schedule shortened to end at `total`, refitted at `step` (past the warm-up) without a jump in
+    the learning rate: the decay goes on from the current rate in a straight line to 0 at the new
+    end. A minute-capped run thus anneals fully instead of stopping at its cap with the rate still high
+    (on a slow host the teacher was cut a third of the way down its decay)."""
+    if step < schedule["warmup"]:
+        raise ValueError(f"a schedule is refitted past its warm-up ({schedule['warmup']} steps), not at step {step}")
+    return {**schedule, "total": max(total, step + 1), "anchor_step": step, "anchor": lr_factor(schedule, step)}
 
 
 def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, bucket: int = 50) -> list[list[int]]:
