@@ -159,6 +159,16 @@ def test_perturbations_change_the_query_deterministically():
     assert perturb("x", random.Random(0)) == ("x", "none")
 
 
+def test_a_title_query_is_a_span_of_the_title_that_ends_on_a_word():
+    from training.augment import title_query
+    title = "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit with 2 Batteries"
+    for seed in range(50):
+        q = title_query(title, random.Random(seed))
+        assert q and q in title.lower() and 1 <= len(q.split()) <= 4
+        assert q.split()[0] not in {"with", "x", "in."} and q.split()[-1].isalpha()
+    assert title_query("3/4 in. x 50 ft.", random.Random(0)) == ""  # nothing but measures
+
+
 def test_bilstm_interaction_sees_the_query_and_keyword_pieces_and_exact_matches():
     from training.bilstm import CLS_ID, SEP_ID, BiLSTMConfig, BiLSTMStudent, exact_match, pair_segments
     from training.pretrained import minilm_dir

@@ -43,9 +43,16 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     assert json.loads((tmp_path / "teacher" / "train_summary.json").read_text())["step"] == 3
     TwinBERT(TwinConfig(num_layers=1)).save(tmp_path / "student")
     distill_data.main(d + ["--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
-                           "--out", str(tmp_path / "distill.tsv"), "--student-negatives", "3"])
+                           "--out", str(tmp_path / "distill.tsv"), "--student-negatives", "3", "--synthetic", "40"])
     rows = [line.split("\t") for line in (tmp_path / "distill.tsv").read_text().splitlines()[1:]]
-    assert {r[-1].strip() for r in rows} == {"labelled", "random", "bm25", "student", "perturbed"}
+    assert {r[-1].strip() for r in rows} == {"labelled", "random", "bm25", "student", "perturbed", "synthetic"}
+    synthetic = {}
+    for r in rows:
+        if r[-1].strip() == "synthetic":
+            synthetic.setdefault(r[0], []).append(r[2].lower())
+    # every synthetic query is a span of its first title, unjudged, and one the split puts in train
+    assert synthetic and all(split_of(q) == "train" and q in titles[0] for q, titles in synthetic.items())
+    assert all(r[3] == "" for r in rows if r[-1].strip() == "synthetic")
     per_query = {}
     for r in rows:
         if r[-1].strip() == "student":

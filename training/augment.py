@@ -48,6 +48,24 @@ def misspell(query: str, rng: random.Random) -> str:
 
 PERTURBATIONS = {"dropout": token_dropout, "swap": token_swap, "misspell": misspell}
 
+_SPAN_LENGTHS = (1, 2, 2, 3, 3, 3, 4)  # words; most judged queries are 2-4 words long
+_FILLER = {"x", "in", "in.", "ft", "ft.", "with", "and", "for", "of", "the", "a", "to", "or", "-", "&", "&amp;"}
+
+
+def title_query(title: str, rng: random.Random) -> str:
+    """A query-like span of a keyword: up to 4 consecutive words of it that end on a word (the
+    product type usually comes last), lowercased, filler words stripped from the ends
+    ("DEWALT 20-Volt MAX Cordless Drill/Driver Kit" -> "cordless drill/driver kit"); "" if none."""
+    words = [w.strip(",;:()\"'").lower() for w in title.split()]
+    ends = [i for i, w in enumerate(words) if len(w) >= 3 and w.isalpha() and w not in _FILLER]
+    if not ends:
+        return ""
+    end = rng.choice(ends)
+    span = words[max(0, end + 1 - rng.choice(_SPAN_LENGTHS)):end + 1]
+    while span and (span[0] in _FILLER or not span[0]):
+        span = span[1:]
+    return " ".join(span)
+
 
 def perturb(query: str, rng: random.Random) -> tuple[str, str]:
     """A perturbed copy of the query and the perturbation's name (the query itself if none applies)."""

@@ -2,7 +2,10 @@
 
 Sources: `labelled` (judged train pairs), `random` (random titles), `bm25` (BM25 top titles the
 query was not judged with), `student` (the quick student's own top titles), `perturbed` (a labelled
-pair with its query perturbed: token dropout, swap or misspelling). Written as TSV:
+pair with its query perturbed: token dropout, swap or misspelling), `synthetic` (queries made from
+titles: a span of 1-4 words of a title, paired with that title, its BM25 neighbours and a random
+title; the train split has only 9.4k distinct queries, the corpus 54.7k titles). A synthetic query
+is kept only when the split hashes it to train, so no dev or test query is ever among them. Written as TSV:
 query, keyword_id, keyword, label (blank if unjudged), teacher_logit, source.
 
     python -m training.distill_data --teacher artifacts/teacher --student artifacts/model --out artifacts/distill.tsv
@@ -19,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.augment import BM25Index, perturb
-from training.data import keyword_corpus, load_pairs, normalize_query, split_pairs
+from training.augment import BM25Index, perturb, title_query
+from training.data import keyword_corpus, load_pairs, normalize_query, split_of, split_pairs
 from training.precision import add_precision_arg, resolve
 from training.teacher import CrossEncoder
 
-SOURCES = ("labelled", "random", "bm25", "student", "perturbed")
+SOURCES = ("labelled", "random", "bm25", "student", "perturbed", "synthetic")
 
 
 @dataclass
@@ -61,7 +64,8 @@ def student_top_k(student_dir: str | Path, queries: list[str], corpus: dict[str,
 
 
 def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1, perturb_frac=0.3,
-          max_queries=0, seed=0, student_depth=100, precision: str | None = None) -> list[DistillRow]:
+          max_queries=0, seed=0, student_depth=100, precision: str | None = None, n_synthetic=0,
+          synthetic_bm25=2) -> list[DistillRow]:
     rng = random.Random(seed)
     all_pairs = load_pairs(data)
     corpus = keyword_corpus(all_pairs)
@@ -80,8 +84,8 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
     for q in qkeys:
         for _ in range(n_random):
             rows.append((query_text[q], rng.choice(corpus_ids), None, "random"))
+    bm25 = BM25Index(corpus_ids, list(corpus.values())) if n_bm25 or n_synthetic else None
     if n_bm25:
-        bm25 = BM25Index(corpus_ids, list(corpus.values()))
         tops = bm25.top_k([query_text[q] for q in qkeys], n_bm25 + 20)
         for q, top in zip(qkeys, tops):
             rows += [(query_text[q], kid, None, "bm25") for kid in [t for t in top if t not in judged[q]][:n_bm25]]
@@ -93,6 +97,8 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
             cands = [t for t in top if t not in judged[q]]
             picked = cands[:1] + rng.sample(cands[1:], min(n_student - 1, len(cands) - 1)) if cands else []
             rows += [(query_text[q], kid, None, "student") for kid in picked]
+    if n_synthetic:
+        rows += synthetic_rows(corpus, bm25, n_synthetic, synthetic_bm25, rng)
     for p in rng.sample(train, int(perturb_frac * len(train))):
         q2, how = perturb(p.query, rng)
         if how != "none":
@@ -101,6 +107,27 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
     teacher.precision = resolve(precision)
     logits = teacher.score([r[0] for r in rows], [corpus[r[1]] for r in rows], progress=True)
     return [DistillRow(q, kid, corpus[kid], label, float(s), src) for (q, kid, label, src), s in zip(rows, logits)]
+
+
+def synthetic_rows(corpus: dict[str, str], bm25, n: int, n_bm25: int, rng: random.Random
+                   ) -> list[tuple[str, str, None, str]]:
+    """Queries made from `n` sampled titles (augment.title_query), each paired with its title, its
+    top `n_bm25` other BM25 titles and one random title; only queries the split puts in train."""
+    ids = list(corpus)
+    made: dict[str, str] = {}
+    for kid in rng.sample(ids, min(n, len(ids))):
+        q = title_query(corpus[kid], rng)
+        if q and split_of(q) == "train" and normalize_query(q) not in made:
+            made[normalize_query(q)] = kid
+    queries = list(made)
+    rows = []
+    tops = bm25.top_k(queries, n_bm25 + 1) if n_bm25 else [[] for _ in queries]
+    for q, top in zip(queries, tops):
+        source = made[q]
+        rows.append((q, source, None, "synthetic"))
+        rows += [(q, kid, None, "synthetic") for kid in [t for t in top if t != source][:n_bm25]]
+        rows.append((q, rng.choice(ids), None, "synthetic"))
+    return rows
 
 
 def write_rows(rows: list[DistillRow], path: str | Path) -> None:
@@ -136,6 +163,9 @@ def main(argv=None) -> None:
                          "random sample of the rest")
     ap.add_argument("--student-depth", type=int, default=100, help="how deep the student's top list goes")
     ap.add_argument("--perturb", type=float, default=0.3, help="fraction of labelled pairs with a perturbed copy")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="titles sampled to make synthetic queries from (each: its title, BM25 neighbours, a random title)")
+    ap.add_argument("--synthetic-bm25", type=int, default=2, help="BM25 neighbours per synthetic query")
     ap.add_argument("--max-queries", type=int, default=0, help="0 = every train query")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -143,7 +173,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = build(args.teacher, args.student, args.data, args.random, args.bm25, args.student_negatives,
-                 args.perturb, args.max_queries, args.seed, args.student_depth, args.precision)
+                 args.perturb, args.max_queries, args.seed, args.student_depth, args.precision, args.synthetic,
+                 args.synthetic_bm25)
     write_rows(rows, args.out)
     counts = {s: sum(r.source == s for r in rows) for s in SOURCES}
     print(f"distill_data: {len(rows)} teacher-scored pairs {json.dumps(counts)} -> {args.out}", flush=True)
