@@ -1,8 +1,8 @@
 """The full profile's deadline: training steps' minute caps shrink so the pipeline ends in time."""
 import pytest
 
-from training.pipeline import (MIN_STEP_FRACTION, MIN_STEP_MINUTES, NOMINAL_MINUTES, PROFILES, UNCAPPED, Deadline,
-                               with_cap)
+from training.pipeline import (FULL_BF16, MIN_STEP_FRACTION, MIN_STEP_MINUTES, NOMINAL_MINUTES, NOMINAL_MINUTES_BF16,
+                               PROFILES, UNCAPPED, Deadline, with_cap)
 
 
 class Clock:
@@ -122,6 +122,8 @@ def test_with_cap_replaces_only_the_max_minutes_value():
 
 def test_the_full_profile_has_a_deadline_under_90_minutes_and_quick_has_none():
     assert 0 < PROFILES["full"]["budget_minutes"] < 90 and "budget_minutes" not in PROFILES["quick"]
+    assert FULL_BF16["budget_minutes"] == PROFILES["full"]["budget_minutes"]
+    assert set(NOMINAL_MINUTES_BF16) == set(NOMINAL_MINUTES)
     # every capped step of the full profile has a nominal time (the deadline can share to it)
     assert set(NOMINAL_MINUTES) >= {"teacher", "TwinBERT student", "TwinBERT student, second pass",
                                     "TwinBERT without augmentation", "BiLSTM student", "BiLSTM without augmentation"}
@@ -142,7 +144,7 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
                          (bilstm, "bilstm"), (evaluate, "evaluate")):
         monkeypatch.setattr(module, "main", recorder(name))
     monkeypatch.setattr(train_twin, "train", recorder("quick"))
-    pipeline.run("full", tmp_path / "a", tmp_path / "r", None, force=False, budget_minutes=5)
+    pipeline.run("full", tmp_path / "a", tmp_path / "r", None, force=False, budget_minutes=5, precision="fp32")
     capped = [argv for name, argv in calls if isinstance(argv, list) and "--max-minutes" in argv]
     assert len(capped) == 6  # teacher, two TwinBERT passes, its ablation, BiLSTM, its ablation
     caps = [float(argv[argv.index("--max-minutes") + 1]) for argv in capped]
@@ -151,7 +153,18 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
     assert summary["budget_minutes"] == 5
     calls.clear()
-    pipeline.run("full", tmp_path / "b", tmp_path / "r", None, force=False, budget_minutes=0)  # no deadline
+    pipeline.run("full", tmp_path / "b", tmp_path / "r", None, force=False, budget_minutes=0, precision="fp32")
     caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
             if isinstance(argv, list) and "--max-minutes" in argv]
-    assert caps == ["26", "14", "14", "8", "12", "8"]
+    assert caps == ["26", "14", "14", "8", "12", "8"]  # no deadline
+    # every step runs in the pipeline's precision; on bf16 the profile is FULL_BF16
+    assert all(argv[argv.index("--precision") + 1] == "fp32" for name, argv in calls if isinstance(argv, list))
+    assert [argv.precision for name, argv in calls if name == "quick"] == ["fp32"]
+    calls.clear()
+    pipeline.run("full", tmp_path / "c", tmp_path / "r", None, force=False, budget_minutes=0, precision="bf16")
+    caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
+            if isinstance(argv, list) and "--max-minutes" in argv]
+    assert caps == ["20", "14", "14", "6", "10", "6"]
+    dd = next(argv for name, argv in calls if name == "distill_data")
+    assert dd[dd.index("--synthetic") + 1] == "40000" and dd[dd.index("--precision") + 1] == "bf16"
+    assert __import__("json").loads((tmp_path / "r" / "train.json").read_text())["precision"] == "bf16"
