@@ -4,6 +4,7 @@
 // over the rows, so the op pays for its GEMMs and little else. Maths: kernels/pool_cross.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -74,11 +75,15 @@ float scalar(const at::Tensor& t) {
 
 // Scratch matrices kept per thread across calls: a fresh [512, 384] float block is large enough
 // for malloc to map new pages on every call, and faulting them in cost about a fifth of a B = 1
-// res crossing.
+// res crossing. Always allocated as normal tensors: one made under torch.inference_mode() would
+// refuse the in-place writes of a later call made outside it (evaluation, then a training step).
 at::Tensor scratch(size_t slot, int64_t rows, int64_t cols) {
   thread_local std::vector<at::Tensor> held(3);
   at::Tensor& t = held[slot];
-  if (!t.defined() || t.numel() < rows * cols) t = at::empty({rows * cols}, at::kFloat);
+  if (!t.defined() || t.numel() < rows * cols) {
+    c10::InferenceMode normal(false);
+    t = at::empty({rows * cols}, at::kFloat);
+  }
   return t.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
