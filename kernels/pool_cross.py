@@ -286,10 +286,14 @@ def pool_cross(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCross
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "ref":
-        return pool_cross_ref(token_states, mask, params, keywords, crossing)
+        with torch.autocast("cpu", enabled=False):
+            return pool_cross_ref(token_states, mask, params, keywords, crossing)
     if backend == "triton" or (backend == "auto" and token_states.is_cuda):
         from kernels.pool_cross_triton import pool_cross_autograd  # imports triton lazily
         return pool_cross_autograd(token_states, mask, params, keywords, crossing)
-    if token_states.dtype == torch.float64:  # float64 is for checking, not speed
-        return pool_cross_ref(token_states, mask, params, keywords, crossing)
-    return _cpu_lean(token_states, mask, params, keywords, crossing)
+    # the maths is fp32 whatever the caller's autocast: inside a training step's bf16 autocast the
+    # GEMMs here would round the scores to bf16, where a probability above 0.998 is 1.0 and BCE on it explodes
+    with torch.autocast("cpu", enabled=False):
+        if token_states.dtype == torch.float64:  # float64 is for checking, not speed
+            return pool_cross_ref(token_states, mask, params, keywords, crossing)
+        return _cpu_lean(token_states, mask, params, keywords, crossing)

@@ -66,6 +66,35 @@ def test_cos_and_res_crossing_match_float64_formulas():
     torch.testing.assert_close(s_res, torch.sigmoid(y @ p.res_u.double() + p.res_c.double()))
 
 
+@pytest.mark.parametrize("backend", ["auto", "cpu", "ref"])
+def test_scores_stay_fp32_inside_a_callers_bf16_autocast(backend):
+    """A training step runs the encoder under bf16 autocast: the op's GEMMs must not follow it. In bf16 a
+    score above 0.998 rounds to 1.0 and BCE against a target below 1 gets a ~1e12 gradient."""
+    p = params(h=64, d=64, r=32)
+    t = torch.randn(4, 7, 64).bfloat16().requires_grad_(backend != "auto")  # as a bf16 encoder hands them over
+    mask = torch.ones(4, 7, dtype=torch.long)
+    k = torch.randn(4, 5, 64)
+    for crossing in ("cos", "res"):
+        want_q, want_s = pool_cross(t, mask, p, k, crossing, backend=backend)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, s = pool_cross(t, mask, p, k, crossing, backend=backend)
+        assert q.dtype == s.dtype == torch.float32
+        torch.testing.assert_close(s, want_s, atol=1e-6, rtol=1e-5)  # fp32 maths, as outside autocast
+
+
+def test_a_call_outside_inference_mode_after_one_inside_it():
+    """The C++ path keeps scratch matrices across calls; made under inference_mode they refused a later
+    call's in-place writes outside it ("Inplace update to inference tensor"): an evaluation, then a
+    training step's dev scoring."""
+    p = params(h=1024, d=1024, r=16)  # wider than any other test's: new scratch, made in inference mode
+    t, mask, k = torch.randn(3, 5, 1024), torch.ones(3, 5), torch.randn(700, 1024)
+    with torch.inference_mode():
+        _, inside = pool_cross(t, mask, p, k, "res")
+    with torch.no_grad():
+        _, outside = pool_cross(t, mask, p, k, "res")
+    torch.testing.assert_close(outside, inside)
+
+
 def test_shared_keywords_equal_per_query_keywords():
     p = params()
     t, mask = torch.randn(2, 3, 8), torch.ones(2, 3)
