@@ -289,9 +289,22 @@ def test_a_bf16_run_learns_and_keeps_fp32_weights(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     initial = _toy_loss(model, torch.arange(64), x, y).item()
-    cfg = LoopConfig(out=str(tmp_path), epochs=6, lr=0.3, eval_every=0, save_every=0, threads=1, precision="bf16")
-    train_loop(model, cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e), lambda m, b: _toy_loss(m, b, x, y),
-               None, lambda m: None, desc="toy")
+    cfg = LoopConfig(out=str(tmp_path), epochs=6, lr=0.3, eval_every=2, save_every=0, threads=1, precision="bf16")
+    seen = {"step": set(), "eval": set()}
+
+    def loss(m, batch):
+        seen["step"].add(m(x[batch]).dtype)
+        return _toy_loss(m, batch, x, y)
+
+    better = iter(range(100))
+
+    def evaluate(m):
+        seen["eval"].add(m(x).dtype)
+        return next(better)  # always improving: no early stop
+
+    train_loop(model, cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e), loss, evaluate, lambda m: None, desc="toy")
+    # the forward passes ran in bf16, the dev evaluation in fp32 (as served), the weights stay fp32
+    assert seen == {"step": {torch.bfloat16}, "eval": {torch.float32}}
     assert model.weight.dtype == torch.float32
     assert _toy_loss(model, torch.arange(64), x, y).item() < 0.05 * initial
 

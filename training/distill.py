@@ -151,7 +151,8 @@ def main(argv=None) -> None:
                                                                [s_cos[:, 0], s_res[:, 0]])
         pos = target >= 0.5
         if args.contrastive_weight and pos.sum() >= 2:
-            logits = args.scale * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
+            with torch.autocast("cpu", enabled=False):  # logits at scale 20 need more than bf16's 3 digits
+                logits = args.scale * F.normalize(qv.float(), dim=-1) @ F.normalize(kv.float(), dim=-1).T
             qkey = [normalize_query(r.query) for r in b]
             same = torch.tensor([[i != j and (qkey[i] == qkey[j] or b[i].keyword_id == b[j].keyword_id)
                                   for j in range(len(b))] for i in range(len(b))])

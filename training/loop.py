@@ -3,7 +3,8 @@ linear warm-up/decay, dev-based early stopping, resumable checkpoints (safetenso
 
 With a minute cap (`--max-minutes`), the decay is refitted every FIT_EVERY steps to the steps that
 the time left allows at the pace so far, so the run anneals to 0 by its cap whatever the host's
-speed; `--epochs` is then an upper bound.
+speed; `--epochs` is then an upper bound. A resumed run keeps the checkpoint's schedule (a changed
+--epochs or --max-steps does not apply to it) and gets its whole minute cap again.
 
 Batches are a deterministic function of (seed, epoch), so a resumed run continues with exactly
 the batches it would have seen; under DDP rank r takes batches r, r + N, ...
@@ -66,11 +67,7 @@ def _broadcast_int(value: int) -> int:
 
 
 def _broadcast_flag(flag: bool) -> bool:
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.broadcast(t, 0)
-    return bool(t.item())
+    return bool(_broadcast_int(int(flag)))
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -155,7 +152,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
         stop = False
         if is_main() and evaluate is not None:
             model.eval()
-            with torch.no_grad(), autocast(cfg.precision):
+            with torch.no_grad():  # in fp32, as the students serve (the teacher scores in its own precision)
                 metric = evaluate(model)
             model.train()
             state["evals"].append({"step": state["step"], "metric": metric})
@@ -225,7 +222,7 @@ FIT_EVERY = 50  # steps between refits of a minute-capped schedule to the time l
 def linear_schedule(total: int, warmup_frac: float) -> dict:
     """Linear warm-up over `warmup_frac` of `total` steps, then linear decay to 0 at `total`."""
     warmup = max(1, int(warmup_frac * total))
-    return {"total": total, "warmup": warmup, "warmup_frac": warmup_frac, "anchor_step": warmup, "anchor": 1.0}
+    return {"total": total, "warmup": warmup, "anchor_step": warmup, "anchor": 1.0}
 
 
 def lr_factor(schedule: dict, step: int) -> float:

@@ -121,6 +121,7 @@ def main(argv=None) -> None:
               for p in rng.sample(splits["train"], int(args.random_negatives * len(splits["train"])))]
     dev = dev_sample(splits["dev"], args.dev_pairs, args.seed)
     model = CrossEncoder(CrossEncoderConfig(num_layers=args.num_layers, max_length=args.max_length))
+    model.precision = loop.precision  # dev scoring as the distillation set will score
     tok = model.tokenizer()
 
     lengths = [len(q) + len(k) for q, k, _ in train]
