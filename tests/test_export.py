@@ -39,6 +39,23 @@ def test_checkpoint_round_trip_is_exact(tmp_path, tiny_export):
         assert torch.equal(a, b), k
 
 
+def test_untied_towers_start_equal_train_apart_and_round_trip(tmp_path, tiny_export):
+    model = TwinBERT.load(tiny_export.parent / "model").untie()
+    assert not model.config.shared_encoders and model.keyword_encoder is not model.query_encoder
+    tok = WordPiece(minilm_dir() / "tokenizer.json", 16)
+    ids, mask = map(torch.from_numpy, tok(["cordless drill", "ceiling fan with light"]))
+    with torch.no_grad():
+        assert torch.equal(model.embed(ids, mask, "query"), model.embed(ids, mask, "keyword"))
+        next(model.keyword_encoder.parameters()).add_(0.1)  # a step on the keyword side only
+        assert not torch.equal(model.embed(ids, mask, "query"), model.embed(ids, mask, "keyword"))
+    model.save(tmp_path / "untied")
+    again = TwinBERT.load(tmp_path / "untied")
+    assert not again.config.shared_encoders
+    with torch.no_grad():
+        assert torch.equal(again.embed(ids, mask, "keyword"), model.embed(ids, mask, "keyword"))
+        assert torch.equal(again.embed(ids, mask, "query"), model.embed(ids, mask, "query"))
+
+
 def test_loading_a_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         TwinBERT.load(tmp_path)

@@ -92,7 +92,9 @@ def main(argv=None) -> None:
     ap.add_argument("--init", help="TwinBERT checkpoint to start from (default: pretrained MiniLM layers)")
     ap.add_argument("--num-layers", type=int, default=2)
     ap.add_argument("--proj-dim", type=int, default=0)
-    ap.add_argument("--separate-encoders", action="store_true")
+    ap.add_argument("--separate-encoders", action="store_true",
+                    help="query and keyword encoders with their own weights (with --init: a shared "
+                         "checkpoint's encoder is copied to both sides)")
     ap.add_argument("--out", default="artifacts/twin")
     ap.add_argument("--contrastive-weight", type=float, default=0.5)
     ap.add_argument("--label-weight", type=float, default=0.0,
@@ -114,6 +116,8 @@ def main(argv=None) -> None:
         model = TwinBERT.load(args.init).train()
         model.config.crossing = "res"
         model.config.trained_crossings = ("cos", "res")
+        if args.separate_encoders:  # a shared checkpoint's towers part here and train apart
+            model.untie()
     else:
         model = TwinBERT(TwinConfig(num_layers=args.num_layers, proj_dim=args.proj_dim, crossing="res",
                                     shared_encoders=not args.separate_encoders, trained_crossings=("cos", "res")))

@@ -4,6 +4,7 @@ Pooling and crossing maths live in `kernels` (one implementation for training an
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,6 +97,13 @@ class TwinBERT(nn.Module):
         _, s = pool_cross(states, q_mask, self.pool_cross.params(), k.unsqueeze(1),
                           crossing or self.config.crossing)
         return s[:, 0]
+
+    def untie(self) -> "TwinBERT":
+        """Gives the keyword side its own copy of a shared encoder, to train the towers apart."""
+        if self.config.shared_encoders:
+            self.keyword_encoder = copy.deepcopy(self.query_encoder)
+            self.config.shared_encoders = False
+        return self
 
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
