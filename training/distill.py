@@ -41,7 +41,7 @@ def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], b
             kv = model.embed(ki, km, "keyword").unsqueeze(1)
             states = model.query_encoder(qi, qm)
             for crossing in ("cos", "res"):
-                out[crossing].append(pool_cross(states, qm, model.pool_cross.params(), kv, crossing)[1][:, 0].float().numpy())
+                out[crossing].append(pool_cross(states, qm, model.pool_cross.params(), kv, crossing)[1][:, 0].numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
         pos = target >= 0.5
         if args.contrastive_weight and pos.sum() >= 2:
             with torch.autocast("cpu", enabled=False):  # logits at scale 20 need more than bf16's 3 digits
-                logits = args.scale * F.normalize(qv.float(), dim=-1) @ F.normalize(kv.float(), dim=-1).T
+                logits = args.scale * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
             qkey = [normalize_query(r.query) for r in b]
             same = torch.tensor([[i != j and (qkey[i] == qkey[j] or b[i].keyword_id == b[j].keyword_id)
                                   for j in range(len(b))] for i in range(len(b))])

@@ -192,9 +192,9 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
                 state["stopped_early"] = stop
             if (cfg.max_minutes and state["step"] >= state["schedule"]["warmup"]
                     and (state["step"] - start_step) % FIT_EVERY == 0):
-                done = state["step"] - start_step
-                left = cfg.max_minutes * 60 - (time.monotonic() - start)
-                fit = _broadcast_int(state["step"] + int(left / ((time.monotonic() - start) / done)))
+                elapsed = time.monotonic() - start
+                per_step = elapsed / (state["step"] - start_step)
+                fit = _broadcast_int(state["step"] + int((cfg.max_minutes * 60 - elapsed) / per_step))
                 if fit < state["schedule"]["total"]:
                     state["schedule"] = fit_schedule(state["schedule"], state["step"], fit)
                     bar.total = state["schedule"]["total"]

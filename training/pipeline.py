@@ -176,7 +176,8 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
     def capped(name, args):
         return with_cap(args, deadline, name)
 
-    common = (["--data", data] if data else []) + ["--precision", precision]
+    data_args = ["--data", data] if data else []
+    common = data_args + ["--precision", precision]
     a = artifacts
     timings, skipped = {}, []
 
@@ -210,7 +211,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
         base_twin + ["--sources", "labelled", "--out", str(a / "twin_noaug")]
         + capped("TwinBERT without augmentation", p["ablation_twin"])))
     # fp32 whatever the host: the BiLSTM is not matmul-bound (400 steps: 0.27 min fp32, 0.26 bf16)
-    base_lstm = common + ["--distill", str(a / "distill.tsv"), "--teacher", str(a / "teacher"), "--precision", "fp32"]
+    base_lstm = data_args + ["--precision", "fp32", "--distill", str(a / "distill.tsv"), "--teacher", str(a / "teacher")]
     step("BiLSTM student", _done(a / "bilstm"), lambda: bilstm.main(
         base_lstm + ["--out", str(a / "bilstm")] + capped("BiLSTM student", p["bilstm"])))
     step("BiLSTM without augmentation", _done(a / "bilstm_noaug"), lambda: bilstm.main(

@@ -105,9 +105,9 @@ def train(cfg: TrainConfig) -> Path:
             kkey = [p.keyword_id for p in batch]
             same = torch.tensor([[i != j and (qkey[i] == qkey[j] or kkey[i] == kkey[j])
                                   for j in range(len(batch))] for i in range(len(batch))])
-            with autocast(precision):  # the encoders; the loss below in fp32
+            with autocast(precision):  # the encoders (pooled vectors come out fp32); the loss below in fp32
                 q, k = model.embed(qids, qmask, "query"), model.embed(kids, kmask, "keyword")
-            loss = contrastive_loss(q.float(), k.float(), same, cfg.scale)
+            loss = contrastive_loss(q, k, same, cfg.scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
