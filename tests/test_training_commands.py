@@ -62,7 +62,8 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
                       "--out", str(tmp_path / "twin")] + small)
     assert TwinBERT.load(tmp_path / "twin").config.trained_crossings == ("cos", "res")
     distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
-                      "--out", str(tmp_path / "twin_listwise"), "--group-size", "4", "--listwise-weight", "1"] + small)
+                      "--out", str(tmp_path / "twin_listwise"), "--group-size", "4", "--listwise-weight", "1",
+                      "--res-loss", "logit-mse"] + small)
     assert json.loads((tmp_path / "twin_listwise" / "train_summary.json").read_text())["step"] == 3
     with pytest.raises(SystemExit) as exit_:  # a listwise term needs lists
         distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--out", str(tmp_path / "x"),

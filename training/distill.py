@@ -105,6 +105,9 @@ def main(argv=None) -> None:
     ap.add_argument("--listwise-weight", type=float, default=0.0,
                     help="weight of the listwise term: cross-entropy between the softmax of the teacher's "
                          "logits and the student's over each query's rows in a batch (needs --group-size)")
+    ap.add_argument("--res-loss", choices=("bce", "logit-mse"), default="bce",
+                    help="the res crossing's distillation loss: BCE of its probability against the teacher's, "
+                         "or MSE of its logit against the teacher's logit (as the BiLSTM is distilled)")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
     if args.listwise_weight and args.group_size < 2:
@@ -143,8 +146,11 @@ def main(argv=None) -> None:
         qv, s_cos = pool_cross(states, qm, params, kv.unsqueeze(1), "cos")
         _, s_res = pool_cross(states, qm, params, kv.unsqueeze(1), "res")
         eps = 1e-6
-        loss = F.binary_cross_entropy(s_cos[:, 0].clamp(eps, 1 - eps), target) + \
-            F.binary_cross_entropy(s_res[:, 0].clamp(eps, 1 - eps), target)
+        loss = F.binary_cross_entropy(s_cos[:, 0].clamp(eps, 1 - eps), target)
+        if args.res_loss == "logit-mse":  # / 8: BCE's gradient near p = 0.5, p(1 - p)(z - z_t), without its flat tails
+            loss = loss + F.mse_loss(torch.logit(s_res[:, 0], eps), teacher_logit) / 8
+        else:
+            loss = loss + F.binary_cross_entropy(s_res[:, 0].clamp(eps, 1 - eps), target)
         labelled = [i for i, r in enumerate(b) if r.label is not None] if args.label_weight else []
         if labelled:
             y = torch.tensor([relevance_target(b[i].label) for i in labelled])
