@@ -37,8 +37,7 @@ class Retriever:
             scores = torch.gather(res, 1, order).numpy()
         else:
             pos, scores = pos[:, :k], cos[:, :width][:, :k]
-        ids = np.array([[self.store.ids.encoded(i) for i in row] for row in pos], dtype=object).reshape(pos.shape)
-        texts = np.array([[self.store.texts.encoded(i) for i in row] for row in pos], dtype=object).reshape(pos.shape)
+        ids, texts = self.store.ids.encoded_array(pos), self.store.texts.encoded_array(pos)
         return ids, texts, np.ascontiguousarray(scores, dtype=np.float32)
 
     @torch.inference_mode()

@@ -149,6 +149,19 @@ def test_string_table_round_trips_unicode_and_bounds():
     assert len(StringTable([])) == 0
 
 
+def test_string_table_encoded_array_matches_one_by_one():
+    from serving.keyword_store import StringTable
+    strings = ["drill", "", "60° elbow", "日本語", "x" * 1000, "ab", "cd"]
+    table = StringTable(strings)
+    pos = np.array([[2, 0, 1, 6], [5, 6, 4, 3]])
+    got = table.encoded_array(pos)
+    assert got.shape == (2, 4) and got.dtype == object
+    assert got.tolist() == [[table.encoded(int(i)) for i in row] for row in pos]
+    # equal-length bytes stay whole strings (numpy must not unpack them), and empty selections keep their shape
+    assert table.encoded_array(np.array([5, 6])).tolist() == [b"ab", b"cd"]
+    assert table.encoded_array(np.zeros((3, 0), np.int64)).shape == (3, 0)
+
+
 def test_id_lookup_survives_hash_collisions(tmp_path, monkeypatch):
     from serving import keyword_store
     monkeypatch.setattr(keyword_store.IdTable, "hash", staticmethod(len))  # every id of a length collides

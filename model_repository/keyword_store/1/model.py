@@ -94,11 +94,10 @@ class TritonPythonModel:
         """One request's inputs as [is_text, ids or token states, mask, mode, tensor]: the ids of QUERY
         (tokenised here; the encoder replaces them with states) or TOKEN_STATES as sent, and exactly one
         of TOP_K, DEPTH and CANDIDATE_IDS (mode "TOP_K", "DEPTH" or "CANDIDATE_IDS", and its tensor)."""
-        query = pb_utils.get_input_tensor_by_name(request, "QUERY")
-        states = pb_utils.get_input_tensor_by_name(request, "TOKEN_STATES")
-        mask = pb_utils.get_input_tensor_by_name(request, "ATTENTION_MASK")
-        modes = [(name, t) for name in ("TOP_K", "DEPTH", "CANDIDATE_IDS")
-                 if (t := pb_utils.get_input_tensor_by_name(request, name)) is not None]
+        # one pass over the inputs (each get_input_tensor_by_name call walks and wraps all of them)
+        sent = {t.name(): t for t in request.inputs()}
+        query, states, mask = sent.get("QUERY"), sent.get("TOKEN_STATES"), sent.get("ATTENTION_MASK")
+        modes = [(name, sent[name]) for name in ("TOP_K", "DEPTH", "CANDIDATE_IDS") if name in sent]
         if len(modes) != 1:
             raise BadRequest("send one of TOP_K (retrieval), CANDIDATE_IDS (relevance scores) or DEPTH "
                              "(retrieve_rerank's cosine candidates)")
