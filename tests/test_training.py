@@ -465,3 +465,48 @@ def test_evaluate_labelled_pairs_threshold_max_queries_and_reference(tmp_path):
     out = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", "BM25=bm25", "--dataset", f"pairs:{p}",
                           "--out", str(tmp_path / "cli"), "--baseline", "nope"], capture_output=True, text=True)
     assert out.returncode == 2 and "--baseline 'nope' is not one of the --model labels" in out.stderr
+
+
+def test_add_projection_starts_near_the_checkpoint_and_round_trips(tmp_path):
+    from training.twin import TwinBERT, TwinConfig
+    torch.manual_seed(0)
+    model = TwinBERT(TwinConfig(num_layers=1, crossing="res"), pretrained=False).eval()
+    ids = torch.randint(1000, 2000, (4, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        before = model.embed(ids, mask, "keyword")
+        model.add_projection(model.query_encoder.hidden)
+        after = model.embed(ids, mask, "keyword")
+    assert model.config.proj_dim == model.query_encoder.hidden
+    # the identity (plus noise of 1e-3) under tanh: each pooled vector becomes about tanh of itself,
+    # which keeps its direction (a random encoder's unit-variance states bend more than a trained one's)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(torch.tanh(before), after, dim=1).min() > 0.98
+    assert cos(before, after, dim=1).min() > 0.9
+    with pytest.raises(ValueError, match="already projects"):
+        model.add_projection(64)
+    model.save(tmp_path / "ckpt")
+    loaded = TwinBERT.load(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(ids, mask, "keyword"), after)
+        s = loaded.score(ids, mask, ids, mask, "res")
+    assert s.shape == (4,) and torch.isfinite(s).all()
+
+
+def test_param_groups_give_the_head_its_own_rate_and_lose_no_parameter():
+    from training.loop import param_groups
+    model = torch.nn.Sequential()
+    model.add_module("enc", torch.nn.Linear(4, 4))
+    model.add_module("head", torch.nn.Linear(4, 1))
+    every = {id(p) for p in model.parameters()}
+    plain = param_groups(model, LoopConfig(out="x", lr=1e-4, head_prefix="head."))  # no head_lr: one rate
+    assert len(plain) == 2 and all("lr" not in g for g in plain)
+    split = param_groups(model, LoopConfig(out="x", lr=1e-4, head_lr=1e-3, head_prefix="head."))
+    assert {id(p) for g in split for p in g["params"]} == every
+    assert sum(len(g["params"]) for g in split) == len(every)
+    head = [g for g in split if g.get("lr") == 1e-3]
+    assert {id(p) for g in head for p in g["params"]} == {id(p) for p in model.head.parameters()}
+    assert [g["weight_decay"] for g in head] == [0.01, 0.0]  # the head's matrix decays, its bias not
+    opt = torch.optim.AdamW(split, lr=1e-4)
+    assert sorted(g["lr"] for g in opt.param_groups) == [1e-4, 1e-4, 1e-3, 1e-3]

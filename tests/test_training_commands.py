@@ -63,8 +63,10 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     assert TwinBERT.load(tmp_path / "twin").config.trained_crossings == ("cos", "res")
     distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
                       "--out", str(tmp_path / "twin_listwise"), "--group-size", "4", "--listwise-weight", "1",
-                      "--res-loss", "logit-mse"] + small)
+                      "--res-loss", "logit-mse", "--proj-dim", "32", "--head-lr", "1e-3"] + small)
     assert json.loads((tmp_path / "twin_listwise" / "train_summary.json").read_text())["step"] == 3
+    # a projection put on the initialising checkpoint is kept, and loads with the student
+    assert TwinBERT.load(tmp_path / "twin_listwise").config.proj_dim == 32
     with pytest.raises(SystemExit) as exit_:  # a listwise term needs lists
         distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--out", str(tmp_path / "x"),
                           "--listwise-weight", "1"])

@@ -10,6 +10,7 @@ Initialised from a quick contrastive student (`--init`) or from the pretrained l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def main(argv=None) -> None:
     ap.add_argument("--res-loss", choices=("bce", "logit-mse"), default="bce",
                     help="the res crossing's distillation loss: BCE of its probability against the teacher's, "
                          "or MSE of its logit against the teacher's logit (as the BiLSTM is distilled)")
+    ap.add_argument("--head-lr", type=float, default=0.0,
+                    help="learning rate of the pooling, projection and crossing parameters (0 = --lr): "
+                         "a head added on a trained encoder (--proj-dim with --init) learns faster so")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
     if args.listwise_weight and args.group_size < 2:
@@ -121,6 +125,8 @@ def main(argv=None) -> None:
         model.config.trained_crossings = ("cos", "res")
         if args.separate_encoders:  # a shared checkpoint's towers part here and train apart
             model.untie()
+        if args.proj_dim and args.proj_dim != model.config.proj_dim:
+            model.add_projection(args.proj_dim)
     else:
         model = TwinBERT(TwinConfig(num_layers=args.num_layers, proj_dim=args.proj_dim, crossing="res",
                                     shared_encoders=not args.separate_encoders, trained_crossings=("cos", "res")))
@@ -175,7 +181,8 @@ def main(argv=None) -> None:
         s = twin_pair_scores(m, [p.query for p in dev], [p.keyword for p in dev])
         return float(np.mean([dev_roc_auc(s[c], dev) for c in ("cos", "res")]))
 
-    state = train_loop(model, loop_config(args), make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
+    cfg = dataclasses.replace(loop_config(args), head_lr=args.head_lr, head_prefix="pool_cross.")
+    state = train_loop(model, cfg, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
     if is_main():
         (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources,
                                                                        "pairs": len(rows)}, indent=2) + "\n")

@@ -34,6 +34,8 @@ class LoopConfig:
     epochs: float = 1.0
     max_steps: int = 0            # 0 = epochs decide
     lr: float = 5e-5
+    head_lr: float = 0.0          # learning rate of the parameters under `head_prefix`; 0 = `lr`
+    head_prefix: str = ""         # e.g. "pool_cross.": a fresh head learns faster than the encoder
     weight_decay: float = 0.01
     warmup_frac: float = 0.06
     eval_every: int = 500         # steps; 0 = only at the end
@@ -107,6 +109,22 @@ def _load_checkpoint(path: Path, model, opt, sched) -> dict:
     return state
 
 
+def param_groups(model: torch.nn.Module, cfg: LoopConfig) -> list[dict]:
+    """AdamW groups: matrices decay, vectors and scalars do not; with `head_lr` and `head_prefix` the
+    parameters under the prefix get their own rate (the schedule scales every group's rate alike)."""
+    split = bool(cfg.head_lr and cfg.head_prefix)
+
+    def group(head: bool, decayed: bool) -> list:
+        return [p for n, p in model.named_parameters() if p.requires_grad and (p.dim() > 1) == decayed
+                and (split and n.startswith(cfg.head_prefix)) == head]
+    groups = [{"params": group(False, True), "weight_decay": cfg.weight_decay},
+              {"params": group(False, False), "weight_decay": 0.0}]
+    if split:
+        groups += [{"params": group(True, True), "weight_decay": cfg.weight_decay, "lr": cfg.head_lr},
+                   {"params": group(True, False), "weight_decay": 0.0, "lr": cfg.head_lr}]
+    return [g for g in groups if g["params"]]
+
+
 def train_loop(model: torch.nn.Module, cfg: LoopConfig,
                make_batches: Callable[[int], Sequence],
                loss_fn: Callable[[torch.nn.Module, object], torch.Tensor],
@@ -123,12 +141,9 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     total = math.ceil(steps_per_epoch * cfg.epochs)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() <= 1]
     # fused: one kernel over all parameters instead of a loop of small ops; the same update
     # (same state_dict, so checkpoints resume either way), 1.25x faster teacher steps here
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=True)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
     state = {"step": 0, "best": -math.inf, "bad_evals": 0, "evals": [], "stopped_early": False,

@@ -98,6 +98,28 @@ class TwinBERT(nn.Module):
                           crossing or self.config.crossing)
         return s[:, 0]
 
+    def add_projection(self, proj_dim: int) -> "TwinBERT":
+        """Puts a `tanh(W e)` projection to `proj_dim` on a checkpoint trained without one.
+
+        W starts as the identity on the first min(D, H) dims (plus noise of 1e-3), so the
+        pooled vectors, and the cosine ranking built on them, start close to the checkpoint's own;
+        the residual head is new, sized for D."""
+        if self.config.proj_dim:
+            raise ValueError(f"the model already projects to {self.config.proj_dim} dims")
+        if proj_dim < 1:
+            raise ValueError(f"proj_dim must be positive, got {proj_dim}")
+        old = self.pool_cross
+        new = PoolCross(old.pool_v.shape[0], proj_dim, self.config.res_hidden)
+        with torch.no_grad():
+            for name in ("pool_v", "pool_b", "cos_w", "cos_b"):
+                getattr(new, name).copy_(getattr(old, name))
+            new.proj_w.normal_(0.0, 1e-3)
+            n = min(proj_dim, old.pool_v.shape[0])
+            new.proj_w[:n, :n] += torch.eye(n)
+        self.pool_cross = new
+        self.config.proj_dim = proj_dim
+        return self
+
     def untie(self) -> "TwinBERT":
         """Gives the keyword side its own copy of a shared encoder, to train the towers apart."""
         if self.config.shared_encoders:
