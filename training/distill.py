@@ -92,7 +92,9 @@ def main(argv=None) -> None:
     ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated sources to train on")
     ap.add_argument("--init", help="TwinBERT checkpoint to start from (default: pretrained MiniLM layers)")
     ap.add_argument("--num-layers", type=int, default=2)
-    ap.add_argument("--proj-dim", type=int, default=0)
+    ap.add_argument("--proj-dim", type=int, default=0,
+                    help="pooled vectors through tanh(W e) to this dim (0 = none); with --init on a checkpoint "
+                         "without one, W starts as the identity")
     ap.add_argument("--separate-encoders", action="store_true",
                     help="query and keyword encoders with their own weights (with --init: a shared "
                          "checkpoint's encoder is copied to both sides)")
