@@ -113,15 +113,12 @@ def param_groups(model: torch.nn.Module, cfg: LoopConfig) -> list[dict]:
     """AdamW groups: matrices decay, vectors and scalars do not; with `head_lr` and `head_prefix` the
     parameters under the prefix get their own rate (the schedule scales every group's rate alike)."""
     split = bool(cfg.head_lr and cfg.head_prefix)
-
-    def group(head: bool, decayed: bool) -> list:
-        return [p for n, p in model.named_parameters() if p.requires_grad and (p.dim() > 1) == decayed
-                and (split and n.startswith(cfg.head_prefix)) == head]
-    groups = [{"params": group(False, True), "weight_decay": cfg.weight_decay},
-              {"params": group(False, False), "weight_decay": 0.0}]
-    if split:
-        groups += [{"params": group(True, True), "weight_decay": cfg.weight_decay, "lr": cfg.head_lr},
-                   {"params": group(True, False), "weight_decay": 0.0, "lr": cfg.head_lr}]
+    groups = {key: [] for key in ((False, True), (False, False), (True, True), (True, False))}  # (head, decayed)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[(split and name.startswith(cfg.head_prefix), p.dim() > 1)].append(p)
+    groups = [{"params": params, "weight_decay": cfg.weight_decay if decayed else 0.0,
+               **({"lr": cfg.head_lr} if head else {})} for (head, decayed), params in groups.items()]
     return [g for g in groups if g["params"]]
 
 

@@ -108,13 +108,13 @@ class TwinBERT(nn.Module):
             raise ValueError(f"the model already projects to {self.config.proj_dim} dims")
         if proj_dim < 1:
             raise ValueError(f"proj_dim must be positive, got {proj_dim}")
-        old = self.pool_cross
-        new = PoolCross(old.pool_v.shape[0], proj_dim, self.config.res_hidden)
+        old, hidden = self.pool_cross, self.query_encoder.hidden
+        new = PoolCross(hidden, proj_dim, self.config.res_hidden)
         with torch.no_grad():
             for name in ("pool_v", "pool_b", "cos_w", "cos_b"):
                 getattr(new, name).copy_(getattr(old, name))
             new.proj_w.normal_(0.0, 1e-3)
-            n = min(proj_dim, old.pool_v.shape[0])
+            n = min(proj_dim, hidden)
             new.proj_w[:n, :n] += torch.eye(n)
         self.pool_cross = new
         self.config.proj_dim = proj_dim
