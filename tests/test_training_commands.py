@@ -112,3 +112,27 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     assert "## Against the baselines" in (tmp_path / "eval.md").read_text()
     with pytest.raises(ValueError, match="--baseline 'nope'"):
         evaluate.evaluate([("BM25", "bm25")], "homedepot:test", tmp_path / "x", data=str(tiny_data), baseline="nope")
+
+
+def test_head_params_res_moves_only_the_res_crossing_at_the_head_rate(tiny_data, tmp_path):
+    """With the base rate at 0, --head-lr moves exactly the parameters --head-params names: `res` leaves the
+    encoder, the pooling and the projection (so every cos vector) where the initialising checkpoint had them."""
+    import torch
+    d = ["--data", str(tiny_data)]
+    TwinBERT(TwinConfig(num_layers=1, proj_dim=32)).save(tmp_path / "student")
+    before = TwinBERT.load(tmp_path / "student").state_dict()
+    rows = ["query\tkeyword_id\tkeyword\tlabel\tteacher_logit\tsource"]
+    rows += [f"best {p}\t{100001 + i}\tDEWALT {p.title()}\t\t{1.5 - i * 0.2:.2f}\tlabelled"
+             for i, p in enumerate(PRODUCTS)]
+    (tmp_path / "distill.tsv").write_text("\n".join(rows) + "\n")
+    small = ["--max-steps", "3", "--eval-every", "0", "--dev-pairs", "10", "--batch-size", "4", "--lr", "0",
+             "--head-lr", "1e-2", "--contrastive-weight", "0"]
+    moved = {}
+    for which in ("res", "head"):
+        distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
+                          "--out", str(tmp_path / which), "--head-params", which] + small)
+        after = TwinBERT.load(tmp_path / which).state_dict()
+        moved[which] = {k for k in after if not torch.equal(after[k], before[k])}
+    assert moved["res"] and all(k.startswith("pool_cross.res_") for k in moved["res"])
+    assert {"pool_cross.pool_v", "pool_cross.proj_w"} <= moved["head"]
+    assert all(k.startswith("pool_cross.") for k in moved["head"])  # the encoder stays at rate 0

@@ -114,6 +114,9 @@ def main(argv=None) -> None:
     ap.add_argument("--head-lr", type=float, default=0.0,
                     help="learning rate of the pooling, projection and crossing parameters (0 = --lr): "
                          "a head added on a trained encoder (--proj-dim with --init) learns faster so")
+    ap.add_argument("--head-params", choices=("head", "res"), default="head",
+                    help="which parameters --head-lr applies to: the whole head (pooling, projection, crossing; "
+                         "pooling and projection move the cos vectors too) or the res crossing's MLP only")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
     if args.listwise_weight and args.group_size < 2:
@@ -183,7 +186,8 @@ def main(argv=None) -> None:
         s = twin_pair_scores(m, [p.query for p in dev], [p.keyword for p in dev])
         return float(np.mean([dev_roc_auc(s[c], dev) for c in ("cos", "res")]))
 
-    cfg = dataclasses.replace(loop_config(args), head_lr=args.head_lr, head_prefix="pool_cross.")
+    head_prefix = {"head": "pool_cross.", "res": "pool_cross.res_"}[args.head_params]
+    cfg = dataclasses.replace(loop_config(args), head_lr=args.head_lr, head_prefix=head_prefix)
     state = train_loop(model, cfg, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
     if is_main():
         (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources,
