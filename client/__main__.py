@@ -3,7 +3,8 @@
     python -m client query "cordless drill" [--top-k 10] [--candidates 100 | --rerank 50] [--json]
     python -m client relevance "cordless drill" 100001 100002 ... [--crossing res|cos] [--json]
     python -m client health [--json]
-    python -m client loadtest --queries FILE [--target retrieve|relevance] [--concurrency 1,4,16 | --rate 50,100]
+    python -m client loadtest --queries FILE [--target retrieve | --target relevance --keyword-ids FILE]
+                              [--concurrency 1,4,16 | --rate 50,100]
                               [--requests 1000] [--duration 20] [--out reports/loadtest_own]
 
 Every command takes --url HOST:PORT (default 127.0.0.1:$TRITON_GRPC_PORT or 8001) and --timeout.
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     lt = sub.add_parser("loadtest", parents=[common], help="closed- or open-loop load with a report")
     lt.add_argument("--queries", required=True, help="text file, one query per line")
     lt.add_argument("--target", choices=("retrieve", "relevance"), default="retrieve")
-    lt.add_argument("--keyword-ids", help="file of keyword ids (relevance target)")
+    lt.add_argument("--keyword-ids", help="file of whitespace-separated keyword ids, scored against every query (required by --target relevance)")
     loop = lt.add_mutually_exclusive_group()
     loop.add_argument("--concurrency", default="1,4,16", help="closed loop: comma-separated levels (default %(default)s)")
     loop.add_argument("--rate", default=None, help="open loop: comma-separated requests/second")

@@ -60,7 +60,11 @@ def describe() -> str:
 
 
 if __name__ == "__main__":
+    import argparse
     import time
+    argparse.ArgumentParser(prog="python -m kernels.cpu_native",
+                            description="Build (or find) the C++ CPU path of pool_cross and say where it is, or why "
+                                        "it is unavailable (about 10 s to build; no flags).").parse_args()
     t = time.perf_counter()
     ok = load(verbose=True)
     print(f"kernels.cpu_native: {'ready in ' + str(build_directory()) if ok else 'unavailable: ' + str(error())} "

@@ -112,8 +112,8 @@ def test_labelled_pairs_reader_names_the_bad_line(tmp_path):
     p = tmp_path / "p.csv"
     p.write_bytes("\ufeffquery,keyword,label\ndrill,DEWALT drill,3\n".encode("utf-8"))  # a spreadsheet's BOM
     assert read_labelled_pairs(p).queries == ["drill"]
-    for body, message in (("query,keyword,label\ndrill,x,3\nfan,y\n", r"p.csv:3: a row needs"),
-                          ("query,keyword,label\ndrill,x,n/a\n", r"p.csv:2: label must be a number, got 'n/a'"),
+    for body, message in (("query,keyword,label\ndrill,x,3\nfan,y\n", r"p.csv:3: 2 fields, the header has 3"),
+                          ("query,keyword,label\ndrill,x,n/a\n", r"p.csv:2: label must be a finite number, got 'n/a'"),
                           ("query,keyword\ndrill,x\n", "header must have"), ("query,keyword,label\n", "no pairs")):
         p.write_text(body)
         with pytest.raises(ValueError, match=message):
@@ -133,20 +133,119 @@ def test_beir_reader_header_blank_lines_and_bad_input(tmp_path):
     rs = read_beir(d)
     assert rs.qrels == {"q1": {"d1": 1.0}, "q2": {"d2": 2.0}} and rs.corpus["d2"] == "fan"
     for body, message in (("query-id\tcorpus-id\tscore\nq1\t0\td1\t1\n", r"test.tsv:2: want 3"),
-                          ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test.tsv:2: score must be a number"),
-                          ("q9\td1\t1\n", "no query in queries.jsonl")):
+                          ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test.tsv:2: score must be a finite number"),
+                          ):
         qrels.write_text(body)
         with pytest.raises(ValueError, match=message):
             read_beir(d)
+    qrels.write_text("q9\td1\t1\n")
+    with pytest.warns(UserWarning, match=r"1 judged query id\(s\) are not in queries.jsonl, e.g. \['q9'\]"), \
+            pytest.raises(ValueError, match="no query in queries.jsonl"):
+        read_beir(d)
     qrels.write_text("q1\td1\t1\nq1\tgone\t1\n")
     with pytest.warns(UserWarning, match="1 relevant corpus id.*'gone'"):
         assert read_beir(d).qrels["q1"] == {"d1": 1.0, "gone": 1.0}
     (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "drill"}\n{"text": "no id"}\n')
-    with pytest.raises(ValueError, match=r"corpus.jsonl:2: each line must be an object with \['_id'\]"):
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: each line must be an object with \['_id', 'text'\]"):
         read_beir(d)
     (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "drill"\n')
     with pytest.raises(ValueError, match=r"corpus.jsonl:1: not JSON"):
         read_beir(d)
+
+
+def test_labelled_pairs_reader_refuses_rows_it_would_misread(tmp_path):
+    def read(name, body: bytes):
+        (tmp_path / name).write_bytes(body)
+        return read_labelled_pairs(tmp_path / name)
+
+    head = b"query,keyword,label\n"
+    for body, message in ((head + b"drill,bosch, 12,3\n", r"x.csv:2: 4 fields, the header has 3 \(an unquoted comma"),
+                          (head + b"drill,bosch,nan\n", r"x.csv:2: label must be a finite number, got 'nan'"),
+                          (head + b"drill,bosch,inf\n", "finite number"),
+                          (head + b"drill,bosch,1_0\n", "finite number"),
+                          (head + b"drill,bosch,3\n  ,saw,1\n", r"x.csv:3: blank query"),
+                          (head + b"drill,,2\n", r"x.csv:2: blank keyword"),
+                          (b"query,keyword,label,label\ndrill,bosch,3,1\n", r"header names \['label'\] more than once"),
+                          (head + b'drill,"bosch,3\n', "x.csv:2: unexpected end of data")):
+        with pytest.raises(ValueError, match=message):
+            read("x.csv", body)
+    bad = head + b"drill,bosch,3\n" * 2000 + b"saw,caf\xe9,1\n"
+    with pytest.raises(ValueError, match=f"x.csv:2002: not UTF-8 .* at byte {bad.index(b'caf') + 3} of the file"):
+        read("x.csv", bad)
+    # TSV has no quoting: an inch mark is text and does not swallow the rows after it
+    got = read("x.tsv", b'query\tkeyword\tlabel\n"6 pipe\tpvc pipe\t3\ndrill\t"bosch" drill\t2\n3" pipe\tpvc\t1\n')
+    assert got.queries == ['"6 pipe', "drill", '3" pipe'] and got.keywords[1] == '"bosch" drill'
+    assert read("x.TSV", b"query\tkeyword\tlabel\ndrill\tbosch\t3\n").labels == [3.0]
+    assert read("x.txt", b"query\tkeyword\tlabel\r\ndrill\tbosch\t3\r\n").keywords == ["bosch"]
+    assert read("y.csv", b'query,keyword,label\r\n"fan, white","Hunter ""fan""\nceiling",2\r\n').keywords == [
+        'Hunter "fan"\nceiling']
+    with pytest.raises(ValueError, match=r"comma-separated, from the file's first line"):
+        read("x.txt", b"query;keyword;label\n")
+    with pytest.raises(ValueError, match="a tab or newline"):
+        write_labelled_pairs(LabelledPairs(["a\tb"], ["k"], [1.0]), tmp_path / "w.tsv")
+
+
+def test_beir_reader_refuses_documents_and_ids_it_would_misread(tmp_path):
+    def beir(corpus=None, queries=None, qrels=b"q1\td1\t1\nq2\td2\t1\n", split="test"):
+        d = tmp_path / "b"
+        (d / "qrels").mkdir(parents=True, exist_ok=True)
+        (d / "corpus.jsonl").write_bytes(b'{"_id": "d1", "text": "drill"}\n{"_id": "d2", "text": "saw"}\n'
+                                         if corpus is None else corpus)
+        (d / "queries.jsonl").write_bytes(b'{"_id": "q1", "text": "drill"}\n{"_id": "q2", "text": "saw"}\n'
+                                          if queries is None else queries)
+        (d / "qrels" / "dev.tsv").write_bytes(qrels)
+        return read_beir(d, split)
+
+    assert beir(split="dev").qrels == {"q1": {"d1": 1.0}, "q2": {"d2": 1.0}}
+    with pytest.raises(FileNotFoundError, match=r"no qrels/test.tsv; splits present: \['dev'\]"):
+        beir()
+    for kw, message in (
+            (dict(corpus=b'{"_id": "d1", "text": "drill"}\n{"_id": "d2"}\n'),
+             r"corpus.jsonl:2: each line must be an object with \['_id', 'text'\]"),
+            (dict(corpus=b'{"_id": "d1", "text": 123}\n'), r"corpus.jsonl:1: \"text\" and \"title\" must be strings"),
+            (dict(queries=b'{"_id": "q1", "text": null}\n'), r"queries.jsonl:1: \"text\" must be a non-blank string"),
+            (dict(queries=b'{"_id": "q1", "text": "  "}\n'), "non-blank"),
+            (dict(corpus=b'{"_id": "d1", "text": "a"}\n{"_id": "d1", "text": "b"}\n'),
+             r"corpus.jsonl:2: \"_id\" 'd1' again \(first on line 1\)"),
+            (dict(corpus=b'{"_id": 3.0, "text": "a"}\n'), r"\"_id\" must be a string or an integer, got 3.0"),
+            (dict(corpus=b'{"_id": null, "text": "a"}\n'), "must be a string or an integer"),
+            (dict(corpus=b""), r"corpus.jsonl: no documents"),
+            (dict(qrels=b"q1\td1\t1\nq1\td1\t2\n"), r"dev.tsv:2: q1 d1 judged again with another score"),
+            (dict(qrels=b"q1\td1\t1\nq2\td2\tnan\n"), r"dev.tsv:2: score must be a finite number, got 'nan'"),
+            (dict(qrels=b"q1\td1\t1\nq1\td2\tinf\n"), "finite number"),
+            (dict(corpus=b'{"_id": "d1", "text": "caf\xe9"}\n'), r"corpus.jsonl:1: not UTF-8 .* at byte 26 of")):
+        with pytest.raises(ValueError, match=message):
+            beir(split="dev", **kw)
+    with pytest.warns(UserWarning, match="2 relevant corpus id"), \
+            pytest.raises(ValueError, match="none of the relevant"):
+        beir(corpus=b'{"_id": "d9", "text": "x"}\n', split="dev")
+    # ids: integers and padded strings match the qrels' text; an empty document is counted, not dropped silently
+    with pytest.warns(UserWarning, match=r"1 document\(s\) have neither title nor text, e.g. \['d3'\]"):
+        got = beir(corpus=b'{"_id": "d1 ", "text": "drill"}\n{"_id": 2, "text": "saw"}\n{"_id": "d3", "text": ""}\n',
+                   qrels=b"q1\td1\t1\nq2\t2\t1\nq2\t2\t1\n", split="dev")
+    assert got.qrels == {"q1": {"d1": 1.0}, "q2": {"2": 1.0}}
+    assert (got.corpus["d1"], got.corpus["2"]) == ("drill", "saw")
+
+
+def test_dataset_specs_name_what_is_wrong(tmp_path):
+    from training.evaluate import load_dataset
+    with pytest.raises(ValueError, match=r"unknown split 'bogus' \(train, dev, test\)"):
+        load_dataset("homedepot:bogus")
+    with pytest.raises(ValueError, match="pairs:FILE needs a file"):
+        load_dataset("pairs:")
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        load_dataset(f"pairs:{tmp_path}")
+    with pytest.raises(ValueError, match="beir:DIR needs a directory"):
+        load_dataset("beir:")
+    d = tmp_path / "b"
+    (d / "qrels").mkdir(parents=True)
+    (d / "corpus.jsonl").write_text('{"_id": "d1", "text": "drill"}\n')
+    (d / "queries.jsonl").write_text('{"_id": "q1", "text": "drill"}\n')
+    (d / "qrels" / "dev.tsv").write_text("q1\td1\t1\n")
+    assert load_dataset(f"beir:{d}:dev")[1].qrels == {"q1": {"d1": 1.0}}
+    with pytest.raises(FileNotFoundError,
+                       match=rf"no qrels/test.tsv; splits present: \['dev'\] \(pick one with beir:{d}:SPLIT\)"):
+        load_dataset(f"beir:{d}")
 
 
 def test_perturbations_change_the_query_deterministically():

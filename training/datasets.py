@@ -3,8 +3,10 @@
 Labelled pairs (CSV or TSV with a header): `query,keyword,label` and optionally `keyword_id`.
   `label` is a graded or binary relevance; `training.evaluate --positive-threshold` says what counts
   as relevant (default 2.5, Home Depot's scale). UTF-8, with or without a byte-order mark.
+  CSV fields follow RFC 4180 quoting; TSV (.tsv/.tab) fields are taken as they are (no quoting).
 BEIR layout (a directory): `corpus.jsonl` ({"_id", "title"?, "text"}), `queries.jsonl` ({"_id", "text"}),
-  `qrels/<split>.tsv` (header `query-id corpus-id score`). Score > 0 is relevant; the score is the gain.
+  `qrels/<split>.tsv` (header `query-id corpus-id score`, optional). Score > 0 is relevant; the score is
+  the gain. Ids are strings or integers, each once.
 
 Home Depot: judged pairs of one split; retrieval over all distinct titles, a query's relevant items
 being its judged titles with relevance >= 2.5 and gain relevance - 1.
@@ -12,7 +14,9 @@ being its judged titles with relevance >= 2.5 and gain relevance - 1.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,27 +69,83 @@ def load_homedepot(data_dir=None, split: str = "test") -> tuple[LabelledPairs, R
     return pairs_from_homedepot(rows), retrieval_from_homedepot(all_pairs, rows)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_BOM = b"\xef\xbb\xbf"
+
+
+def _number(text: str, what: str, where: str) -> float:
+    """A finite decimal number; float() alone would also take 'nan', 'inf' and '1_0' (= 10)."""
+    if not _NUMBER.fullmatch(text.strip()):
+        raise ValueError(f"{where}: {what} must be a finite number, got {text!r}")
+    return float(text)
+
+
+def _utf8_lines(path: Path):
+    """The file's lines as text, line endings kept; a non-UTF-8 line is named by line and byte offset in
+    the file (not in a decoder's buffer). A byte-order mark before the first line is dropped."""
+    with open(path, "rb") as f:
+        offset = 0
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(_BOM):
+                raw, offset = raw[len(_BOM):], len(_BOM)
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {offset + e.start} of the file); "
+                                 "re-save it as UTF-8") from None
+            offset += len(raw)
+
+
+def _pairs_delimiter(path: Path, first_line: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".tab"):
+        return "\t"
+    if suffix == ".csv":
+        return ","
+    return "\t" if "\t" in first_line else ","  # another suffix (.txt): what the header is split by
+
+
 def read_labelled_pairs(path: str | Path, positive_threshold: float = POSITIVE_THRESHOLD) -> LabelledPairs:
+    """Pairs from a CSV (RFC 4180 quoting: a field may hold commas, quotes and newlines when quoted) or
+    TSV (.tsv/.tab, or another suffix with a tab in the header: fields as they are, no quoting, so a
+    field cannot hold a tab or a newline and a quote is text). Every malformed row is an error naming
+    its line: a field count other than the header's, a blank query or keyword, a label that is not a
+    finite number."""
     path = Path(path)
-    delimiter = "\t" if path.suffix in (".tsv", ".tab") else ","
-    rows = []
-    # utf-8-sig: a spreadsheet's byte-order mark must not end up in the first column's name
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        try:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            need = {"query", "keyword", "label"}
-            if not reader.fieldnames or not need <= set(reader.fieldnames):
-                raise ValueError(f"{path}: header must have {sorted(need)}, got {reader.fieldnames}")
-            for r in reader:
-                if r["query"] is None or r["keyword"] is None or r["label"] is None:
-                    raise ValueError(f"{path}:{reader.line_num}: a row needs query, keyword and label")
-                try:
-                    label = float(r["label"])
-                except ValueError:
-                    raise ValueError(f"{path}:{reader.line_num}: label must be a number, got {r['label']!r}") from None
-                rows.append((r["query"], r["keyword"], label))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
+    lines = _utf8_lines(path)
+    first = next(lines, "")
+    delimiter = _pairs_delimiter(path, first)
+    dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if delimiter == "\t" else dict(delimiter=",", strict=True)
+    reader = csv.reader(itertools.chain([first], lines), **dialect)
+    try:
+        header = [c.strip() for c in next(reader, [])]
+        need = ("query", "keyword", "label")
+        if not set(need) <= set(header):
+            sep = "tab" if delimiter == "\t" else "comma"
+            raise ValueError(f"{path}: header must have {list(need)} ({sep}-separated, from the file's "
+                             f"{'suffix' if path.suffix.lower() in ('.csv', '.tsv', '.tab') else 'first line'}), "
+                             f"got {header}")
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise ValueError(f"{path}: header names {twice} more than once")
+        qi, ki, li = (header.index(c) for c in need)
+        rows = []
+        for r in reader:
+            where = f"{path}:{reader.line_num}"
+            if not any(c.strip() for c in r):
+                continue
+            if len(r) != len(header):
+                raise ValueError(f"{where}: {len(r)} fields, the header has {len(header)}"
+                                 + (" (an unquoted comma in a field?)" if delimiter == "," and len(r) > len(header)
+                                    else ""))
+            query, keyword = r[qi], r[ki]
+            if not query.strip() or not keyword.strip():
+                raise ValueError(f"{where}: blank {'query' if not query.strip() else 'keyword'}")
+            rows.append((query, keyword, _number(r[li], "label", where)))
+    except csv.Error as e:
+        raise ValueError(f"{path}:{reader.line_num}: {e}") from None
     if not rows:
         raise ValueError(f"{path}: no pairs")
     q, k, y = map(list, zip(*rows))
@@ -93,69 +153,122 @@ def read_labelled_pairs(path: str | Path, positive_threshold: float = POSITIVE_T
 
 
 def write_labelled_pairs(pairs: LabelledPairs, path: str | Path) -> None:
+    """CSV with quoting as needed, or (.tsv) plain tab-separated fields, as read_labelled_pairs reads them."""
     path = Path(path)
+    rows = [("query", "keyword", "label"), *zip(pairs.queries, pairs.keywords, pairs.labels)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-        w.writerow(["query", "keyword", "label"])
-        w.writerows(zip(pairs.queries, pairs.keywords, pairs.labels))
+        if path.suffix.lower() in (".tsv", ".tab"):
+            for n, row in enumerate(rows):
+                fields = [str(c) for c in row]
+                if any(ch in c for c in fields for ch in "\t\r\n"):
+                    raise ValueError(f"pair {n} has a tab or newline in a field, which TSV cannot hold; write a .csv")
+                f.write("\t".join(fields) + "\n")
+        else:
+            csv.writer(f).writerows(rows)
 
 
 def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
+    """A BEIR directory: every document needs a string `text` (`title`, a string, is put before it), ids
+    are strings or integers (a qrels id `7` finds `"_id": 7`), each id once; qrels scores are finite
+    numbers. Qrels rows of queries that queries.jsonl lacks, or that name documents corpus.jsonl lacks,
+    are counted in a warning."""
     d = Path(directory)
-    for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: no such directory (a BEIR layout: corpus.jsonl, queries.jsonl, qrels/)")
+    for name in ("corpus.jsonl", "queries.jsonl"):
         if not (d / name).is_file():
             raise FileNotFoundError(f"{d}: BEIR layout needs {name}")
-    corpus = {str(o["_id"]): " ".join(x for x in (o.get("title"), o.get("text")) if x).strip()
-              for o in _jsonl(d / "corpus.jsonl", ("_id",))}
-    queries = {str(o["_id"]): o["text"] for o in _jsonl(d / "queries.jsonl", ("_id", "text"))}
+    path = d / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        present = sorted(p.stem for p in (d / "qrels").glob("*.tsv")) if (d / "qrels").is_dir() else []
+        raise FileNotFoundError(f"{d}: no qrels/{split}.tsv; splits present: {present or 'none'}"
+                                + (f" (pick one with beir:{d}:SPLIT)" if present else ""))
+    corpus: dict[str, str] = {}
+    empty = []
+    for where, i, o in _jsonl(d / "corpus.jsonl", ("_id", "text")):
+        if not isinstance(o["text"], str) or not isinstance(o.get("title", ""), (str, type(None))):
+            raise ValueError(f"{where}: \"text\" and \"title\" must be strings")
+        corpus[i] = " ".join(x for x in (o.get("title"), o["text"]) if x).strip()
+        if not corpus[i]:
+            empty.append(i)
+    if not corpus:
+        raise ValueError(f"{d / 'corpus.jsonl'}: no documents")
+    queries: dict[str, str] = {}
+    for where, i, o in _jsonl(d / "queries.jsonl", ("_id", "text")):
+        if not isinstance(o["text"], str) or not o["text"].strip():
+            raise ValueError(f"{where}: \"text\" must be a non-blank string, got {o['text']!r}")
+        queries[i] = o["text"]
     qrels: dict[str, dict[str, float]] = {}
-    path = d / f"qrels/{split}.tsv"
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-                if not any(c.strip() for c in row):
-                    continue
-                if len(row) != 3:
-                    raise ValueError(f"{path}:{n}: want 3 tab-separated columns (query-id, corpus-id, score), "
-                                     f"got {len(row)}")
-                qid, did, score = (c.strip() for c in row)
-                try:
-                    gain = float(score)
-                except ValueError:
-                    if n == 1:  # the header line
-                        continue
-                    raise ValueError(f"{path}:{n}: score must be a number, got {score!r}") from None
-                if gain > 0:
-                    qrels.setdefault(qid, {})[did] = gain
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
-    missing = {did for rel in qrels.values() for did in rel if did not in corpus}
+    seen: dict[tuple[str, str], tuple[int, float]] = {}
+    for n, line in enumerate(_utf8_lines(path), 1):
+        row = line.rstrip("\r\n").split("\t")
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != 3:
+            raise ValueError(f"{path}:{n}: want 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+        qid, did, score = (c.strip() for c in row)
+        if n == 1 and not _NUMBER.fullmatch(score):  # the header line
+            continue
+        gain = _number(score, "score", f"{path}:{n}")
+        if not qid or not did:
+            raise ValueError(f"{path}:{n}: blank {'query' if not qid else 'corpus'} id")
+        if (qid, did) in seen:
+            if seen[qid, did][1] != gain:
+                raise ValueError(f"{path}:{n}: {qid} {did} judged again with another score "
+                                 f"({gain} here, {seen[qid, did][1]} on line {seen[qid, did][0]})")
+            continue
+        seen[qid, did] = (n, gain)
+        if gain > 0:
+            qrels.setdefault(qid, {})[did] = gain
+    unknown = sorted(q for q in qrels if q not in queries)
+    if unknown:
+        warnings.warn(f"{path}: {len(unknown)} judged query id(s) are not in queries.jsonl, e.g. {unknown[:3]}; "
+                      "they are not evaluated", stacklevel=2)
+    missing = {did for q, rel in qrels.items() if q in queries for did in rel if did not in corpus}
+    if empty:
+        warnings.warn(f"{d / 'corpus.jsonl'}: {len(empty)} document(s) have neither title nor text, e.g. "
+                      f"{empty[:3]}", stacklevel=2)
     if missing:  # they stay judged (recall counts them), but no model can retrieve them
         warnings.warn(f"{path}: {len(missing)} relevant corpus id(s) are not in corpus.jsonl, e.g. "
                       f"{sorted(missing)[:3]}; they count against recall", stacklevel=2)
     queries = {q: t for q, t in queries.items() if q in qrels}
     if not queries:
-        raise ValueError(f"{d}: no query in queries.jsonl has a relevant judgement in {path.name}")
-    return RetrievalSet(corpus, queries, qrels)
+        raise ValueError(f"{d}: no query in queries.jsonl has a relevant judgement in qrels/{path.name}")
+    if all(did not in corpus for q in queries for did in qrels[q]):
+        raise ValueError(f"{d}: none of the relevant documents of qrels/{path.name} is in corpus.jsonl")
+    return RetrievalSet(corpus, queries, {q: qrels[q] for q in queries})
+
+
+def _id(value, where: str) -> str:
+    """A BEIR id as the qrels file has it: a string (stripped) or an integer; not a float, bool or null."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: \"_id\" must be a string or an integer, got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError(f"{where}: blank \"_id\"")
+    return text
 
 
 def _jsonl(path: Path, need: tuple[str, ...]):
-    """Objects of a JSON-lines file; a bad line is named by path:line."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    o = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-                if not isinstance(o, dict) or any(k not in o for k in need):
-                    raise ValueError(f"{path}:{n}: each line must be an object with {list(need)}")
-                yield o
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    """(path:line, id, object) for each line of a JSON-lines file; a bad line, or an `_id` seen before,
+    is named by path:line."""
+    lines: dict[str, int] = {}
+    for n, line in enumerate(_utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            o = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(o, dict) or any(k not in o for k in need):
+            raise ValueError(f"{where}: each line must be an object with {list(need)}")
+        i = _id(o["_id"], where)
+        if i in lines:
+            raise ValueError(f"{where}: \"_id\" {i!r} again (first on line {lines[i]})")
+        lines[i] = n
+        yield where, i, o
 
 
 def write_beir(rs: RetrievalSet, directory: str | Path, split: str = "test") -> None:

@@ -5,7 +5,8 @@ bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossi
 rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR (the cross model re-orders the twin's
 cosine top-100, or with @DEPTH (1..100) appended its top DEPTH as `retrieve_rerank` does: retrieval metrics
 only).
-Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR`.
+Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR[:SPLIT]`
+(qrels/SPLIT.tsv, default test).
 Metrics: ROC-AUC, PR-AUC, Spearman on labelled pairs; nDCG@10, recall@100, MRR@10 for retrieval
 over the whole corpus (n/a for a cross model on its own); CPU ms per pair; parameters.
 Against the baselines: each model's retrieval metrics minus the retrieval baseline's (`--baseline`,
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.data import SPLITS, DataError
 from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir, read_labelled_pairs
 from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_mean_diff, pair_metrics,
                               per_query_retrieval, retrieval_metrics)
@@ -305,14 +307,23 @@ def load_dataset(spec: str, data=None, positive_threshold: float | None = None
     if positive_threshold is not None and kind != "pairs":
         raise ValueError(f"a positive threshold applies to pairs:FILE only (Home Depot's is fixed at 2.5), got {spec!r}")
     if kind == "homedepot":
+        if (arg or "test") not in SPLITS:
+            raise ValueError(f"unknown split {arg!r} ({', '.join(SPLITS)})")
         return load_homedepot(data, arg or "test")
     if kind == "pairs":
+        if not arg:
+            raise ValueError("pairs:FILE needs a file")
         if positive_threshold is None:
             return read_labelled_pairs(arg), None
         return read_labelled_pairs(arg, positive_threshold), None
     if kind == "beir":
-        return None, read_beir(arg)
-    raise ValueError(f"unknown dataset {spec!r} (homedepot[:split], pairs:FILE, beir:DIR)")
+        if not arg:
+            raise ValueError("beir:DIR needs a directory")
+        directory, _, split = arg.rpartition(":")
+        if Path(arg).is_dir() or not directory or not split or "/" in split:  # no split given: test
+            directory, split = arg, "test"
+        return None, read_beir(directory, split)
+    raise ValueError(f"unknown dataset {spec!r} (homedepot[:split], pairs:FILE, beir:DIR[:split])")
 
 
 def _first_queries(pairs: LabelledPairs, rs: RetrievalSet | None, n: int
@@ -524,7 +535,7 @@ def main(argv=None) -> None:
         evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries, bootstrap=args.bootstrap,
                  baseline=args.baseline, reference=args.reference, positive_threshold=args.positive_threshold,
                  precision=args.precision)
-    except (ValueError, FileNotFoundError) as e:  # bad flags or data: one line, not a traceback
+    except (ValueError, OSError, DataError) as e:  # bad flags or data: one line, not a traceback
         raise SystemExit(f"evaluate: {e}") from None
 
 
