@@ -21,15 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, sha256_file, write_version
+from serving.keyword_store import (IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version, sha256_file,
+                                   write_version)
 from serving.repository import KEYWORD_WARMUP, STORE_MODELS, keyword_warmup_bytes, served_version
 from serving.rollout import RolloutError, publish_versions, swap_warmups, warmup_keyword
+from training.textfiles import utf8_lines
 
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
                           delete: set[str] | None = None, spec: IndexSpec | None = None) -> Path:
     from training.index import embed_texts, load_keyword_encoder
     add, delete = dict(add or {}), set(delete or ())
+    both = sorted(set(add) & delete)
+    if both:  # which one was meant? Neither is guessed.
+        raise ValueError(f"{len(both)} keyword id(s) are both added and deleted, e.g. {both[:5]}")
     base_dir = latest_version(store_root)
     encoder_sha = sha256_file(Path(export_dir) / "export.json")
     # A base built with another encoder is refused here, before anything is embedded.
@@ -79,6 +84,17 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
     return max(new.values())
 
 
+def read_ids(path: str | Path) -> set[str]:
+    """Keyword ids, one per line (UTF-8, a byte-order mark allowed; blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    ids = {line.strip() for line in utf8_lines(path) if line.strip()}
+    if not ids:
+        raise ValueError(f"{path}: no keyword ids")
+    return ids
+
+
 def main(argv=None) -> None:
     from client.core import DEFAULT_URL
     from training.index import read_corpus
@@ -90,12 +106,18 @@ def main(argv=None) -> None:
     ap.add_argument("--delete", help="file of keyword ids to delete, one per line")
     ap.add_argument("--url", default=DEFAULT_URL)
     args = ap.parse_args(argv)
-    add = dict(zip(*read_corpus(args.add))) if args.add else {}
-    delete = {line.strip() for line in Path(args.delete).read_text().splitlines() if line.strip()} if args.delete else set()
-    if not add and not delete:
+    if not args.add and not args.delete:
         raise SystemExit("update_store: nothing to do (give --add and/or --delete)")
-    version = build_updated_version(args.export, args.store, add, delete)
-    triton_version = publish(args.repository, version, args.url)
+    try:
+        add = dict(zip(*read_corpus(args.add))) if args.add else {}
+        delete = read_ids(args.delete) if args.delete else set()
+        version = build_updated_version(args.export, args.store, add, delete)
+        triton_version = publish(args.repository, version, args.url)
+    except UnknownKeywordError as e:
+        raise SystemExit(f"update_store: {args.delete} names ids the store does not hold: {e.ids[:10]}; "
+                         "nothing changed") from None
+    except (ValueError, OSError, StoreError) as e:  # one line, not a traceback; the store is as it was
+        raise SystemExit(f"update_store: {e}") from None
     print(f"update_store: +{len(add)} added/replaced, -{len(delete)} deleted -> store {version}, "
           f"serving as model version {triton_version}")
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.data import POSITIVE_THRESHOLD, Pair, keyword_corpus, load_pairs, normalize_query, split_pairs
+from training.textfiles import csv_records, finite_number, is_number, jsonl_objects, utf8_lines
 
 
 @dataclass
@@ -69,33 +69,6 @@ def load_homedepot(data_dir=None, split: str = "test") -> tuple[LabelledPairs, R
     return pairs_from_homedepot(rows), retrieval_from_homedepot(all_pairs, rows)
 
 
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_BOM = b"\xef\xbb\xbf"
-
-
-def _number(text: str, what: str, where: str) -> float:
-    """A finite decimal number; float() alone would also take 'nan', 'inf' and '1_0' (= 10)."""
-    if not _NUMBER.fullmatch(text.strip()):
-        raise ValueError(f"{where}: {what} must be a finite number, got {text!r}")
-    return float(text)
-
-
-def _utf8_lines(path: Path):
-    """The file's lines as text, line endings kept; a non-UTF-8 line is named by line and byte offset in
-    the file (not in a decoder's buffer). A byte-order mark before the first line is dropped."""
-    with open(path, "rb") as f:
-        offset = 0
-        for n, raw in enumerate(f, 1):
-            if n == 1 and raw.startswith(_BOM):
-                raw, offset = raw[len(_BOM):], len(_BOM)
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {offset + e.start} of the file); "
-                                 "re-save it as UTF-8") from None
-            offset += len(raw)
-
-
 def _pairs_delimiter(path: Path, first_line: str) -> str:
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".tab"):
@@ -114,38 +87,19 @@ def read_labelled_pairs(path: str | Path, positive_threshold: float = POSITIVE_T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
-    lines = _utf8_lines(path)
+    lines = utf8_lines(path)
     first = next(lines, "")
     delimiter = _pairs_delimiter(path, first)
     dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if delimiter == "\t" else dict(delimiter=",", strict=True)
-    reader = csv.reader(itertools.chain([first], lines), **dialect)
-    try:
-        header = [c.strip() for c in next(reader, [])]
-        need = ("query", "keyword", "label")
-        if not set(need) <= set(header):
-            sep = "tab" if delimiter == "\t" else "comma"
-            raise ValueError(f"{path}: header must have {list(need)} ({sep}-separated, from the file's "
-                             f"{'suffix' if path.suffix.lower() in ('.csv', '.tsv', '.tab') else 'first line'}), "
-                             f"got {header}")
-        twice = sorted({c for c in header if header.count(c) > 1})
-        if twice:
-            raise ValueError(f"{path}: header names {twice} more than once")
-        qi, ki, li = (header.index(c) for c in need)
-        rows = []
-        for r in reader:
-            where = f"{path}:{reader.line_num}"
-            if not any(c.strip() for c in r):
-                continue
-            if len(r) != len(header):
-                raise ValueError(f"{where}: {len(r)} fields, the header has {len(header)}"
-                                 + (" (an unquoted comma in a field?)" if delimiter == "," and len(r) > len(header)
-                                    else ""))
-            query, keyword = r[qi], r[ki]
-            if not query.strip() or not keyword.strip():
-                raise ValueError(f"{where}: blank {'query' if not query.strip() else 'keyword'}")
-            rows.append((query, keyword, _number(r[li], "label", where)))
-    except csv.Error as e:
-        raise ValueError(f"{path}:{reader.line_num}: {e}") from None
+    need = ("query", "keyword", "label")
+    sep = "tab" if delimiter == "\t" else "comma"
+    source = "suffix" if path.suffix.lower() in (".csv", ".tsv", ".tab") else "first line"
+    rows = []
+    for where, _, (query, keyword, label) in csv_records(path, itertools.chain([first], lines), need,
+                                                          f" ({sep}-separated, from the file's {source})", **dialect):
+        if not query.strip() or not keyword.strip():
+            raise ValueError(f"{where}: blank {'query' if not query.strip() else 'keyword'}")
+        rows.append((query, keyword, finite_number(label, "label", where)))
     if not rows:
         raise ValueError(f"{path}: no pairs")
     q, k, y = map(list, zip(*rows))
@@ -186,7 +140,7 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
                                 + (f" (pick one with beir:{d}:SPLIT)" if present else ""))
     corpus: dict[str, str] = {}
     empty = []
-    for where, i, o in _jsonl(d / "corpus.jsonl", ("_id", "text")):
+    for where, i, o in jsonl_objects(d / "corpus.jsonl", ("_id", "text")):
         if not isinstance(o["text"], str) or not isinstance(o.get("title", ""), (str, type(None))):
             raise ValueError(f"{where}: \"text\" and \"title\" must be strings")
         corpus[i] = " ".join(x for x in (o.get("title"), o["text"]) if x).strip()
@@ -195,22 +149,22 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
     if not corpus:
         raise ValueError(f"{d / 'corpus.jsonl'}: no documents")
     queries: dict[str, str] = {}
-    for where, i, o in _jsonl(d / "queries.jsonl", ("_id", "text")):
+    for where, i, o in jsonl_objects(d / "queries.jsonl", ("_id", "text")):
         if not isinstance(o["text"], str) or not o["text"].strip():
             raise ValueError(f"{where}: \"text\" must be a non-blank string, got {o['text']!r}")
         queries[i] = o["text"]
     qrels: dict[str, dict[str, float]] = {}
     seen: dict[tuple[str, str], tuple[int, float]] = {}
-    for n, line in enumerate(_utf8_lines(path), 1):
+    for n, line in enumerate(utf8_lines(path), 1):
         row = line.rstrip("\r\n").split("\t")
         if not any(c.strip() for c in row):
             continue
         if len(row) != 3:
             raise ValueError(f"{path}:{n}: want 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
         qid, did, score = (c.strip() for c in row)
-        if n == 1 and not _NUMBER.fullmatch(score):  # the header line
+        if n == 1 and not is_number(score):  # the header line
             continue
-        gain = _number(score, "score", f"{path}:{n}")
+        gain = finite_number(score, "score", f"{path}:{n}")
         if not qid or not did:
             raise ValueError(f"{path}:{n}: blank {'query' if not qid else 'corpus'} id")
         if (qid, did) in seen:
@@ -238,37 +192,6 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
     if all(did not in corpus for q in queries for did in qrels[q]):
         raise ValueError(f"{d}: none of the relevant documents of qrels/{path.name} is in corpus.jsonl")
     return RetrievalSet(corpus, queries, {q: qrels[q] for q in queries})
-
-
-def _id(value, where: str) -> str:
-    """A BEIR id as the qrels file has it: a string (stripped) or an integer; not a float, bool or null."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(f"{where}: \"_id\" must be a string or an integer, got {value!r}")
-    text = str(value).strip()
-    if not text:
-        raise ValueError(f"{where}: blank \"_id\"")
-    return text
-
-
-def _jsonl(path: Path, need: tuple[str, ...]):
-    """(path:line, id, object) for each line of a JSON-lines file; a bad line, or an `_id` seen before,
-    is named by path:line."""
-    lines: dict[str, int] = {}
-    for n, line in enumerate(_utf8_lines(path), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            o = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e.msg})") from None
-        if not isinstance(o, dict) or any(k not in o for k in need):
-            raise ValueError(f"{where}: each line must be an object with {list(need)}")
-        i = _id(o["_id"], where)
-        if i in lines:
-            raise ValueError(f"{where}: \"_id\" {i!r} again (first on line {lines[i]})")
-        lines[i] = n
-        yield where, i, o
 
 
 def write_beir(rs: RetrievalSet, directory: str | Path, split: str = "test") -> None:

@@ -2,14 +2,15 @@
 a new keyword-store version (see serving/keyword_store.py for the layout).
 
 Corpus: the Home Depot titles (default, from --data / $TWINBERT_DATA), or --corpus FILE with
-columns `id,text` (CSV with a header) or one JSON object {"id": ..., "text": ...} per line (JSONL).
+columns `id,text` (CSV with a header) or one JSON object {"id": ..., "text": ...} per line (JSONL);
+`read_corpus` says what each may hold.
 
     python -m training.index --export artifacts/export --store artifacts/keyword_store [--index-type hnsw_fp16]
 """
 from __future__ import annotations
 
 import argparse
-import csv
+import itertools
 import json
 import time
 from pathlib import Path
@@ -20,39 +21,46 @@ from tqdm import tqdm
 
 from serving.keyword_store import (DEFAULT_INDEX_TYPE, DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec,
                                    check_vector_dtype, sha256_file, write_version)
-from training.data import keyword_corpus, load_pairs, repair_text
+from training.data import DataError, keyword_corpus, load_pairs
+from training.textfiles import csv_records, jsonl_objects, text_id, utf8_lines
 from training.tokenize import WordPiece
 
 
 def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
-    """Read `id,text` CSV or `{"id", "text"}` JSONL into (ids, texts); blank texts are errors."""
+    """(ids, texts) of a keyword corpus: `id,text` CSV (a header naming both, other columns ignored, RFC
+    4180 quoting) or one JSON object {"id", "text"} per line (.jsonl/.json, or another suffix whose
+    first line is an object). UTF-8, a byte-order mark allowed. Ids are strings or integers, stripped,
+    each once; texts are non-blank strings, whitespace collapsed. Any other row is an error naming the
+    file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"corpus file {path} not found")
-    rows: list[tuple[str, str]] = []
-    if path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    obj = json.loads(line)
-                    if "id" not in obj or "text" not in obj:
-                        raise ValueError(f"{path}:{lineno}: each line needs 'id' and 'text'")
-                    rows.append((str(obj["id"]), str(obj["text"])))
+        raise FileNotFoundError(f"corpus file {path} not found" if not path.exists() else f"{path}: is not a file")
+    lines = utf8_lines(path)
+    first = next(lines, "")
+    suffix = path.suffix.lower()
+    rows: list[tuple[str, str, str]] = []  # (path:line, id, text)
+    if suffix in (".jsonl", ".json") or (suffix != ".csv" and first.lstrip().startswith("{")):
+        for where, kid, obj in jsonl_objects(path, ("id", "text"), "id", itertools.chain([first], lines)):
+            if not isinstance(obj["text"], str):
+                raise ValueError(f"{where}: \"text\" must be a string, got {obj['text']!r}")
+            rows.append((where, kid, obj["text"]))
     else:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"id", "text"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: CSV header must have 'id' and 'text', got {reader.fieldnames}")
-            rows = [(str(r["id"]), r["text"] or "") for r in reader]
+        seen: dict[str, int] = {}
+        for where, n, (kid, text) in csv_records(path, itertools.chain([first], lines), ("id", "text"), strict=True):
+            kid = text_id(kid, where, "id")
+            if kid in seen:
+                raise ValueError(f"{where}: id {kid!r} again (first on line {seen[kid]})")
+            seen[kid] = n
+            rows.append((where, kid, text))
     ids, texts = [], []
-    for i, (kid, text) in enumerate(rows):
-        text = repair_text(text)
-        if not kid.strip() or not text:
-            raise ValueError(f"{path}: row {i + 1} has an empty id or text")
+    for where, kid, text in rows:
+        text = " ".join(text.split())
+        if not text:
+            raise ValueError(f"{where}: blank text")
         ids.append(kid)
         texts.append(text)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: keyword ids are not unique")
+    if not ids:
+        raise ValueError(f"{path}: no keywords")
     return ids, texts
 
 
@@ -135,11 +143,14 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.corpus:
-        ids, texts = read_corpus(args.corpus)
-    else:
-        corpus = keyword_corpus(load_pairs(args.data))
-        ids, texts = list(corpus), list(corpus.values())
+    try:
+        if args.corpus:
+            ids, texts = read_corpus(args.corpus)
+        else:
+            corpus = keyword_corpus(load_pairs(args.data))
+            ids, texts = list(corpus), list(corpus.values())
+    except (ValueError, OSError, DataError) as e:  # the file's line and problem, not a traceback
+        raise SystemExit(f"index: {e}") from None
     spec = IndexSpec(args.index_type, args.hnsw_m, args.ef_construction, args.ef_search)
     build(args.export, args.store, ids, texts, spec, args.batch_size, vector_dtype=args.vector_dtype)
 
