@@ -53,16 +53,48 @@ class PoolCrossParams:
 
     @classmethod
     def load(cls, export_dir) -> tuple["PoolCrossParams", dict]:
-        """Read `pool_cross.safetensors` + `pool_cross.json` written by training.export."""
-        import json
+        """Read `pool_cross.safetensors` + `pool_cross.json` written by training.export: both checked
+        against export.json's checksums, every parameter present (the optional projection as a pair),
+        fp32 and of the shapes the config names, so that an altered file is refused here rather than
+        served with a default in place of a missing scalar."""
         from pathlib import Path
 
-        from safetensors.torch import load_file
+        from training.artifacts import ArtifactError, read_json_object, read_tensors, verify_checksums
         export_dir = Path(export_dir)
-        config = json.loads((export_dir / "pool_cross.json").read_text())
-        params = cls.from_state_dict(load_file(str(export_dir / "pool_cross.safetensors")))
+        verify_checksums(export_dir, "export.json", ["pool_cross.safetensors", "pool_cross.json"])
+        config = read_json_object(export_dir / "pool_cross.json")
+        where = export_dir / "pool_cross.safetensors"
+        crossings = config.get("trained_crossings")
+        if not all(isinstance(config.get(k), int) and config[k] > 0 for k in ("hidden", "dim")) \
+                or not isinstance(crossings, list) or not crossings or not set(crossings) <= set(CROSSINGS) \
+                or config.get("crossing") not in CROSSINGS:
+            raise ArtifactError(f"{export_dir / 'pool_cross.json'}: want positive int hidden and dim, crossing and "
+                                f"trained_crossings from {CROSSINGS}; got {config}")
+        state = read_tensors(where)
+        try:
+            params = cls.from_state_dict(state)
+        except ValueError as e:
+            raise ArtifactError(f"{where}: {e}") from None
+        absent = [f.name for f in fields(cls) if getattr(params, f.name) is None and not f.name.startswith("proj_")]
+        if absent or (params.proj_w is None) != (params.proj_b is None):
+            raise ArtifactError(f"{where}: lacks {absent or ['proj_w or proj_b']}")
+        wrong = [f.name for f in fields(cls) if getattr(params, f.name) is not None
+                 and getattr(params, f.name).dtype != torch.float32]
+        if wrong:
+            raise ArtifactError(f"{where}: {wrong} are not float32")
+        h, d = params.pool_v.shape[0], params.dim
+        if params.pool_v.dim() != 1 or (params.proj_w is not None and (
+                tuple(params.proj_w.shape) != (d, h) or tuple(params.proj_b.shape) != (d,))) \
+                or any(getattr(params, n).numel() != 1 for n in ("pool_b", "cos_w", "cos_b")):
+            shapes = {name: tuple(t.shape) for name, t in state.items()}
+            raise ArtifactError(f"{where}: want pool_v [H], proj_w [D, H], proj_b [D] and scalar pool_b, cos_w, "
+                                f"cos_b; got {shapes}")
+        try:
+            _check_res(params)
+        except ValueError as e:
+            raise ArtifactError(f"{where}: {e}") from None
         if params.hidden != config["hidden"] or params.dim != config["dim"]:
-            raise ValueError(f"{export_dir}: pool_cross.json does not match pool_cross.safetensors")
+            raise ArtifactError(f"{export_dir}: pool_cross.json does not match pool_cross.safetensors")
         return params, config
 
     @classmethod

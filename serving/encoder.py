@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from serving.requests import check_token_inputs, check_tokenized, decode_queries
+from training.artifacts import ArtifactError, load_torchscript, read_json_object, verify_checksums
 from training.tokenize import WordPiece
 
 PAD_MULTIPLE = 8
@@ -45,14 +46,26 @@ def optimized(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
         return module
 
 
+def query_tokenizer(version_dir: str | Path, more: tuple[str, ...] = ()) -> WordPiece:
+    """The query tokenizer of an export (or a served version holding its files and export.json), after
+    checking tokenizer.json, tokenizer_config.json and the files in `more` against export.json's
+    checksums: a corrupt file is refused by name instead of encoding queries into other vectors."""
+    version_dir = Path(version_dir)
+    verify_checksums(version_dir, "export.json", ["tokenizer.json", "tokenizer_config.json", *more])
+    max_len = read_json_object(version_dir / "tokenizer_config.json").get("query_max_len")
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ArtifactError(f"{version_dir / 'tokenizer_config.json'}: query_max_len must be a positive int, "
+                            f"got {max_len!r}")
+    return WordPiece(version_dir / "tokenizer.json", max_len)
+
+
 class QueryEncoder:
-    """`version_dir` holds query_encoder.pt, tokenizer.json and tokenizer_config.json."""
+    """`version_dir` holds query_encoder.pt, tokenizer.json, tokenizer_config.json and export.json."""
 
     def __init__(self, version_dir: str | Path, optimize: bool = True):
         version_dir = Path(version_dir)
-        cfg = json.loads((version_dir / "tokenizer_config.json").read_text())
-        self.tokenizer = WordPiece(version_dir / "tokenizer.json", cfg["query_max_len"])
-        plain = torch.jit.load(str(version_dir / "query_encoder.pt")).eval()
+        self.tokenizer = query_tokenizer(version_dir, ("query_encoder.pt",))
+        plain = load_torchscript(version_dir / "query_encoder.pt").eval()
         self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])  # gone once frozen
         self.max_length = int(plain.bert.embeddings.position_embeddings.weight.shape[0])
         self.encoder = optimized(plain) if optimize else plain

@@ -17,7 +17,6 @@ leaves a directory that looks valid; `load` verifies every checksum in the manif
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import operator
 import os
@@ -30,6 +29,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+
+from training.artifacts import replace_dir, sha256_file  # noqa: F401  (re-exported: store users import them here)
 
 FORMAT = "twinbert-keyword-store/1"
 INDEX_TYPES = ("flat", "hnsw", "hnsw_sq8", "hnsw_fp16")
@@ -62,27 +63,6 @@ class UnknownKeywordError(KeyError):
         shown = ", ".join(repr(i) for i in self.ids[:10])
         more = f" and {len(self.ids) - 10} more" if len(self.ids) > 10 else ""
         return f"unknown keyword id(s): {shown}{more}"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Put the finished directory `new` at `out`. The old one is renamed aside first and removed only
-    once the new one is in place, so a crash leaves either whole (the old one at OUT.old in the
-    instant between the two renames), never a half-written or missing one."""
-    new, out = Path(new), Path(out)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _normalized(x: np.ndarray) -> np.ndarray:

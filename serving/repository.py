@@ -24,9 +24,10 @@ SOURCE = Path(__file__).resolve().parent.parent / "model_repository"
 
 # model -> files from the export directory placed in its version directory
 EXPORT_FILES = {
-    "tokenizer": ("tokenizer.json", "tokenizer_config.json"),
-    "query_encoder": ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json"),
-    "pool_cross": ("pool_cross.safetensors", "pool_cross.json"),
+    # export.json everywhere: each model checks the files it loads against its checksums
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "export.json"),
+    "query_encoder": ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json", "export.json"),
+    "pool_cross": ("pool_cross.safetensors", "pool_cross.json", "export.json"),
     # keyword_store encodes QUERY itself (the one-step retrieve ensemble), with query_encoder's files
     "keyword_store": ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json", "pool_cross.safetensors",
                       "pool_cross.json", "export.json"),

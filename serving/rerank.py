@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.artifacts import ArtifactError, load_torchscript, verify_checksums
 from training.tokenize import PairTokenizer
 
 
@@ -28,9 +29,14 @@ class Reranker:
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d}: re-ranker export has no {name}; run "
                                         "`python -m training.export --reranker CKPT --reranker-out DIR`")
-        self.config = json.loads((d / "reranker.json").read_text())
-        self.model = torch.jit.load(str(d / "reranker.pt"), map_location="cpu").eval()
-        self.tokenizer = PairTokenizer(d / "tokenizer.json", int(self.config["max_length"]))
+        self.config = verify_checksums(d, "reranker.json", ["reranker.pt", "tokenizer.json"])
+        max_len = self.config.get("max_length")
+        trained = (self.config.get("model_config") or {}).get("max_length", max_len)
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1 or max_len != trained:
+            raise ArtifactError(f"{d / 'reranker.json'}: max_length {max_len!r} is not the positive int the "
+                                f"model was trained with ({trained!r})")
+        self.model = load_torchscript(d / "reranker.pt").eval()
+        self.tokenizer = PairTokenizer(d / "tokenizer.json", max_len)
 
     @torch.inference_mode()
     def scores(self, query: str, keywords: list[str]) -> np.ndarray:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.keyword_store import (IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version, sha256_file,
-                                   write_version)
+from serving.keyword_store import (IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version,
+                                   sha256_file, write_version)
 from serving.repository import KEYWORD_WARMUP, STORE_MODELS, keyword_warmup_bytes, served_version
 from serving.rollout import RolloutError, publish_versions, swap_warmups, warmup_keyword
 from training.textfiles import utf8_lines

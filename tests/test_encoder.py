@@ -31,7 +31,7 @@ def test_trim_never_drops_a_real_token_after_inner_padding():
 @pytest.fixture(scope="module")
 def encoder_dir(tiny_export, tmp_path_factory):
     d = tmp_path_factory.mktemp("qenc")
-    for name in ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json", "export.json"):
         shutil.copy(tiny_export / name, d / name)
     return d
 

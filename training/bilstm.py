@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from training.artifacts import load_weights, read_config, read_tensors
 from training.data import load_pairs, split_pairs
 from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
@@ -154,8 +155,10 @@ class BiLSTMStudent(nn.Module):
     @classmethod
     def load(cls, ckpt) -> "BiLSTMStudent":
         ckpt = Path(ckpt)
-        model = cls(BiLSTMConfig(**json.loads((ckpt / "config.json").read_text())))
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        if not (ckpt / "config.json").is_file():
+            raise FileNotFoundError(f"{ckpt}: no BiLSTM checkpoint (config.json); run training.bilstm")
+        model = cls(read_config(BiLSTMConfig, ckpt / "config.json"))
+        load_weights(model, read_tensors(ckpt / "model.safetensors"), ckpt / "model.safetensors")
         return model.eval()
 
 

@@ -22,9 +22,10 @@ from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from training.artifacts import ArtifactError, load_weights, read_json_object, read_tensors, replace_dir
 from training.precision import add_precision_arg, autocast, resolve
 
 
@@ -91,21 +92,62 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimi
     (tmp / "state.json").write_text(json.dumps({
         **state, "param_groups": opt_state["param_groups"], "scheduler": sched.state_dict(),
         "torch_rng": torch.get_rng_state().tolist()}) + "\n")
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    replace_dir(tmp, path)  # the previous checkpoint stays whole until this one is in place
+
+
+def _checkpoint_to_resume(ckpt: Path) -> Path | None:
+    """The checkpoint a resumed run starts from: `ckpt`, or the previous one left at CKPT.old by a crash
+    between replace_dir's two renames; None when there is none. A checkpoint directory with files but
+    no state.json is refused rather than silently trained over (and its best model with it)."""
+    if (ckpt / "state.json").is_file():
+        return ckpt
+    old = ckpt.with_name(ckpt.name + ".old")
+    if not ckpt.exists() and (old / "state.json").is_file():
+        return old
+    if ckpt.is_dir() and any(ckpt.iterdir()):
+        raise ArtifactError(f"{ckpt}: a checkpoint without state.json (incomplete or damaged); pass --no-resume "
+                            "to start over")
+    return None
+
+
+_ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
 
 
 def _load_checkpoint(path: Path, model, opt, sched) -> dict:
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    state = json.loads((path / "state.json").read_text())
-    opt_state = {"state": {}, "param_groups": state.pop("param_groups")}
+    """Model, optimizer, schedule and RNG of a checkpoint, each checked first: a damaged one is refused
+    by name (pass --no-resume) instead of training on with wrong state."""
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"{path}: {what}; pass --no-resume to start over")
+
+    state = read_json_object(path / "state.json")
+    step, groups, rng = state.get("step"), state.get("param_groups"), state.get("torch_rng")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(groups, list) \
+            or not isinstance(state.get("scheduler"), dict) or not isinstance(rng, list):
+        raise bad("state.json lacks a step, param_groups, scheduler or torch_rng")
+    load_weights(model, read_tensors(path / "model.safetensors"), path / "model.safetensors")
+    params = [p for g in opt.param_groups for p in g["params"]]
+    opt_state = {"state": {}, "param_groups": groups}
+    if step > 0 and not (path / "optimizer.safetensors").is_file():
+        raise bad(f"optimizer.safetensors is missing at step {step}")
     if (path / "optimizer.safetensors").is_file():
-        for key, v in load_file(str(path / "optimizer.safetensors")).items():
-            pid, name = key.split(".", 1)
+        for key, v in read_tensors(path / "optimizer.safetensors").items():
+            pid, _, name = key.partition(".")
+            if not pid.isdigit() or int(pid) >= len(params) or name not in _ADAM_STATE:
+                raise bad(f"optimizer.safetensors holds {key!r}, not the state of one of {len(params)} parameters")
             opt_state["state"].setdefault(int(pid), {})[name] = v.reshape(()) if name == "step" else v
-    opt.load_state_dict(opt_state)
-    sched.load_state_dict(state.pop("scheduler"))
-    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+        for pid, s in opt_state["state"].items():
+            if set(s) != _ADAM_STATE:
+                raise bad(f"optimizer.safetensors lacks {sorted(_ADAM_STATE - set(s))} of parameter {pid}")
+            if s["exp_avg"].shape != params[pid].shape or s["exp_avg_sq"].shape != params[pid].shape:
+                raise bad(f"optimizer.safetensors: parameter {pid}'s moments are {tuple(s['exp_avg'].shape)}, "
+                          f"the parameter {tuple(params[pid].shape)}")
+    try:
+        opt.load_state_dict(opt_state)
+        sched.load_state_dict(state.pop("scheduler"))
+        torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:  # e.g. a run with other parameter groups
+        raise bad(f"does not fit this run ({e})") from None
+    state.pop("param_groups")
     return state
 
 
@@ -146,10 +188,11 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     state = {"step": 0, "best": -math.inf, "bad_evals": 0, "evals": [], "stopped_early": False,
              "schedule": linear_schedule(total, cfg.warmup_frac)}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(state["schedule"], s))
-    if cfg.resume and (ckpt / "state.json").is_file():
-        state.update(_load_checkpoint(ckpt, model, opt, sched))
+    resume_from = _checkpoint_to_resume(ckpt) if cfg.resume else None
+    if resume_from is not None:
+        state.update(_load_checkpoint(resume_from, model, opt, sched))
         if is_main():
-            print(f"{desc}: resuming at step {state['step']} from {ckpt}", flush=True)
+            print(f"{desc}: resuming at step {state['step']} from {resume_from}", flush=True)
     total = state["schedule"]["total"]  # as planned; a minute cap may shorten it (fit_schedule)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)

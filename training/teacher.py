@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from training.artifacts import load_weights, read_config, read_tensors
 from training.data import keyword_corpus, load_pairs, split_pairs, write_split
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
@@ -87,8 +88,8 @@ class CrossEncoder(nn.Module):
         ckpt = Path(ckpt)
         if not (ckpt / "config.json").is_file():
             raise FileNotFoundError(f"{ckpt}: no teacher checkpoint (config.json); run training.teacher")
-        model = cls(CrossEncoderConfig(**json.loads((ckpt / "config.json").read_text())), pretrained=False)
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        model = cls(read_config(CrossEncoderConfig, ckpt / "config.json"), pretrained=False)
+        load_weights(model, read_tensors(ckpt / "model.safetensors"), ckpt / "model.safetensors")
         return model.eval()
 
 

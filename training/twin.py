@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import BertConfig, BertModel
 
 from kernels import PoolCrossParams, pool_cross
+from training.artifacts import ArtifactError, load_weights, read_config, read_tensors
 from training.pretrained import minilm_dir
 
 
@@ -142,14 +143,28 @@ class TwinBERT(nn.Module):
         for name in ("config.json", "model.safetensors"):
             if not (ckpt / name).is_file():
                 raise FileNotFoundError(f"{ckpt}: checkpoint has no {name}")
-        raw = json.loads((ckpt / "config.json").read_text())
-        raw["trained_crossings"] = tuple(raw.get("trained_crossings", ("cos",)))
-        config = TwinConfig(**raw)
+        config = read_config(TwinConfig, ckpt / "config.json")
+        bad = [c for c in config.trained_crossings if c not in ("cos", "res")]
+        if config.crossing not in ("cos", "res") or bad or not config.trained_crossings:
+            raise ArtifactError(f"{ckpt / 'config.json'}: crossings are cos and res, got crossing "
+                                f"{config.crossing!r}, trained_crossings {list(config.trained_crossings)}")
+        state = read_tensors(ckpt / "model.safetensors")
+        if config.shared_encoders:
+            # a tied model is saved without keyword_encoder.*; finding them means the weights come from
+            # separate towers, and loading them would overwrite the shared encoder with the keyword one
+            apart = []
+            for k, v in state.items():
+                twin = "query_encoder." + k.removeprefix("keyword_encoder.")
+                if k.startswith("keyword_encoder.") and not (twin in state and torch.equal(v, state[twin])):
+                    apart.append(k)
+            if apart:
+                raise ArtifactError(f"{ckpt}: config.json says shared encoders, but model.safetensors holds separate "
+                                    f"keyword-encoder weights ({apart[0]}, ...)")
+            state = {k: v for k, v in state.items() if not k.startswith("keyword_encoder.")}
         model = cls(config, pretrained=False)
-        state = load_file(str(ckpt / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = load_weights(model, state, ckpt / "model.safetensors", strict=False)
         missing = [m for m in missing if not (config.shared_encoders and m.startswith("keyword_encoder."))]
         if missing or unexpected:
-            raise ValueError(f"{ckpt}: checkpoint does not match its config "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise ArtifactError(f"{ckpt}: checkpoint does not match its config "
+                                f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
         return model.eval()

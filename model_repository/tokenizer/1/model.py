@@ -1,19 +1,16 @@
 """Triton Python model: QUERY strings -> INPUT_IDS, ATTENTION_MASK."""
-import json
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from serving.encoder import query_tokenizer
 from serving.model_errors import internal, invalid
 from serving.requests import BadRequest, check_tokenized, decode_queries
-from training.tokenize import WordPiece
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        cfg = json.loads((version_dir / "tokenizer_config.json").read_text())
-        self.tokenizer = WordPiece(version_dir / "tokenizer.json", cfg["query_max_len"])
+        self.tokenizer = query_tokenizer(Path(args["model_repository"]) / args["model_version"])
 
     def execute(self, requests):
         responses = []

@@ -1,0 +1,167 @@
+"""Corrupt or altered model artifacts are refused by name, never loaded as something else: exports
+against their checksums, checkpoints against their configs, resumes against the run."""
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from kernels import PoolCrossParams
+from serving.encoder import QueryEncoder
+from serving.rerank import Reranker
+from training.artifacts import ArtifactError, read_config
+from training.loop import LoopConfig, bucketed_batches, train_loop
+from training.twin import TwinBERT, TwinConfig
+
+
+def _flip_byte(path, offset_from_end=100):
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def export_copy(tiny_export, tmp_path):
+    return shutil.copytree(tiny_export, tmp_path / "export")
+
+
+@pytest.mark.parametrize("name", ["query_encoder.pt", "tokenizer.json", "tokenizer_config.json"])
+def test_query_encoder_refuses_a_file_that_differs_from_export_json(export_copy, name):
+    QueryEncoder(export_copy, optimize=False)  # as exported: loads
+    _flip_byte(export_copy / name, offset_from_end=min(100, (export_copy / name).stat().st_size // 2))
+    with pytest.raises(ArtifactError, match=rf"{name}: checksum differs from export.json's"):
+        QueryEncoder(export_copy, optimize=False)
+
+
+def test_pool_cross_export_is_checked_against_its_checksums_and_shapes(export_copy):
+    params, _ = PoolCrossParams.load(export_copy)
+    _flip_byte(export_copy / "pool_cross.safetensors")
+    with pytest.raises(ArtifactError, match="pool_cross.safetensors: checksum differs"):
+        PoolCrossParams.load(export_copy)
+    # a file re-signed in export.json is still checked for what the kernel needs: no default stands
+    # in for a missing scalar
+    state = {k: v for k, v in params.state_dict().items() if k != "cos_w"}
+    save_file(state, str(export_copy / "pool_cross.safetensors"))
+    _resign(export_copy, "export.json", "pool_cross.safetensors")
+    with pytest.raises(ArtifactError, match=r"pool_cross.safetensors: lacks \['cos_w'\]"):
+        PoolCrossParams.load(export_copy)
+    save_file({**params.state_dict(), "pool_v": params.pool_v.to(torch.int32)},
+              str(export_copy / "pool_cross.safetensors"))
+    _resign(export_copy, "export.json", "pool_cross.safetensors")
+    with pytest.raises(ArtifactError, match=r"\['pool_v'\] are not float32"):
+        PoolCrossParams.load(export_copy)
+
+
+def _resign(directory, manifest, name):
+    from training.artifacts import sha256_file
+    record = json.loads((directory / manifest).read_text())
+    record["sha256"][name] = sha256_file(directory / name)
+    (directory / manifest).write_text(json.dumps(record))
+
+
+def test_reranker_refuses_altered_weights_and_a_changed_max_length(tiny_reranker, tmp_path):
+    d = shutil.copytree(tiny_reranker, tmp_path / "reranker")
+    Reranker(d)
+    config = json.loads((d / "reranker.json").read_text())
+    (d / "reranker.json").write_text(json.dumps({**config, "max_length": 4}))
+    with pytest.raises(ArtifactError, match=r"max_length 4 is not the positive int the model was trained with \(48\)"):
+        Reranker(d)
+    (d / "reranker.json").write_text(json.dumps(config))
+    shutil.copy(d / "tokenizer.json", d / "reranker.pt")  # another file in its place
+    with pytest.raises(ArtifactError, match="reranker.pt: checksum differs"):
+        Reranker(d)
+
+
+def test_twin_checkpoint_config_and_weights_are_checked(tmp_path):
+    torch.manual_seed(0)
+    apart = TwinBERT(TwinConfig(num_layers=1, shared_encoders=False), pretrained=False)
+    with torch.no_grad():
+        for p in apart.keyword_encoder.parameters():
+            p.add_(0.5)
+    apart.save(tmp_path / "m")
+    assert not torch.equal(TwinBERT.load(tmp_path / "m").query_encoder.bert.embeddings.word_embeddings.weight,
+                           apart.keyword_encoder.bert.embeddings.word_embeddings.weight)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    # saying "shared" of separate towers would load the keyword tower over the query one
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "shared_encoders": True}))
+    with pytest.raises(ArtifactError, match="says shared encoders, but model.safetensors holds separate"):
+        TwinBERT.load(tmp_path / "m")
+    for bad, message in (({"num_layers": "two"}, r"'num_layers' must be int, got 'two'"),
+                         ({"shared_encoders": "false"}, r"'shared_encoders' must be bool"),
+                         ({"trained_crossings": "res"}, r"'trained_crossings' must be a list of strings"),
+                         ({"trained_crossings": ["rse"]}, "crossings are cos and res"),
+                         ({"layers": 2}, r"unknown config keys \['layers'\]")):
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**config, **bad}))
+        with pytest.raises(ArtifactError, match=message):
+            TwinBERT.load(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"m/config.json: not valid JSON"):
+        TwinBERT.load(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match=r"model.safetensors: not a readable safetensors file"):
+        TwinBERT.load(tmp_path / "m")
+
+
+def test_configs_keep_defaults_for_keys_written_before_they_existed(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"num_layers": 2, "trained_crossings": ["cos", "res"]}))
+    assert read_config(TwinConfig, tmp_path / "c.json") == TwinConfig(num_layers=2, trained_crossings=("cos", "res"))
+
+
+def _toy_run(out, crash_at=None, resume=True):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    calls = {"n": 0}
+
+    def loss(m, batch):
+        calls["n"] += 1
+        if crash_at and calls["n"] == crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return m(torch.ones(len(batch), 4)).pow(2).mean()
+
+    cfg = LoopConfig(out=str(out), epochs=2, lr=0.1, eval_every=0, save_every=3, threads=1, resume=resume)
+    return train_loop(model, cfg, lambda e: bucketed_batches([0] * 32, 8, seed=e), loss, None, lambda m: None,
+                      desc="toy")
+
+
+def _crashed(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _toy_run(tmp_path, crash_at=5)  # checkpoint at step 3
+    return tmp_path / "checkpoint"
+
+
+def test_a_damaged_checkpoint_is_refused_not_trained_over(tmp_path):
+    ckpt = _crashed(tmp_path)
+    (ckpt / "state.json").unlink()
+    with pytest.raises(ArtifactError, match="a checkpoint without state.json .* pass --no-resume"):
+        _toy_run(tmp_path)
+    assert _toy_run(tmp_path, resume=False)["step"] == 8  # the way out it names
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: (c / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing at step 3"),
+    (lambda c: save_file({k: (torch.zeros(2, 2) if k == "0.exp_avg" else v) for k, v in
+                          load_file(str(c / "optimizer.safetensors")).items()}, str(c / "optimizer.safetensors")),
+     r"parameter 0's moments are \(2, 2\), the parameter \(1, 4\)"),
+    (lambda c: save_file({k: v for k, v in load_file(str(c / "optimizer.safetensors")).items()
+                          if not k.endswith("exp_avg_sq")}, str(c / "optimizer.safetensors")),
+     r"lacks \['exp_avg_sq'\]"),
+    (lambda c: (c / "state.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (c / "state.json").read_text()).items() if k != "step"})), "state.json lacks a step"),
+    (lambda c: (c / "model.safetensors").write_bytes(b""), "model.safetensors: not a readable safetensors"),
+])
+def test_a_resume_refuses_damaged_state_by_name(tmp_path, damage, message):
+    ckpt = _crashed(tmp_path)
+    damage(ckpt)
+    with pytest.raises(ArtifactError, match=message):
+        _toy_run(tmp_path)
+
+
+def test_a_crash_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp_path, capsys):
+    ckpt = _crashed(tmp_path)
+    ckpt.rename(ckpt.with_name("checkpoint.old"))  # the instant between replace_dir's two renames
+    capsys.readouterr()
+    assert _toy_run(tmp_path)["step"] == 8
+    assert "resuming at step 3 from" in capsys.readouterr().out and (tmp_path / "checkpoint" / "state.json").is_file()
