@@ -45,6 +45,7 @@ from pathlib import Path
 from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
 from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, numbered_versions, parse_model_config,
                                 pin_ensemble_text, served_version, write_warmup_files)
+from training.artifacts import ArtifactError, verify_checksums
 
 ENCODER_MODELS = ("tokenizer", "query_encoder", "pool_cross", "keyword_store", "keyword_vectors")
 
@@ -201,8 +202,13 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
     """Roll a new encoder out: its export and a keyword store indexed with it become the next
     versions of the whole encoder family, swapped in together."""
     repo, export_dir, store = Path(repository), Path(export_dir), Path(store)
+    # refuse a corrupt export, or a store indexed with another encoder or corrupt, before touching the server
+    try:
+        verify_checksums(export_dir, "export.json", sorted({n for names in EXPORT_FILES.values() for n in names}
+                                                           - {"export.json"}))
+    except ArtifactError as e:
+        raise RolloutError(str(e)) from None
     store_version = store if (store / "manifest.json").is_file() else latest_version(store)
-    # refuse a store indexed with another encoder, or corrupt, before touching the server
     KeywordStore(store_version, expect_encoder_sha256=sha256_file(export_dir / "export.json"), load_index=False)
     # the warm-up samples' shapes live in the configs, which every version shares: a new width or query
     # length needs a re-assembled repository (and a restart), not a swap

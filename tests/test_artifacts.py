@@ -165,3 +165,10 @@ def test_a_crash_between_the_checkpoint_renames_resumes_from_the_previous_one(tm
     capsys.readouterr()
     assert _toy_run(tmp_path)["step"] == 8
     assert "resuming at step 3 from" in capsys.readouterr().out and (tmp_path / "checkpoint" / "state.json").is_file()
+
+
+def test_a_rollout_of_a_corrupt_export_is_refused_before_the_server_is_touched(export_copy, tmp_path):
+    from serving.rollout import RolloutError, rollout
+    _flip_byte(export_copy / "query_encoder.pt")
+    with pytest.raises(RolloutError, match="query_encoder.pt: checksum differs"):
+        rollout(tmp_path / "repo", export_copy, tmp_path / "store", url="127.0.0.1:1", timeout_s=1)
