@@ -228,7 +228,10 @@ def test_beir_reader_refuses_documents_and_ids_it_would_misread(tmp_path):
 
 
 def test_dataset_specs_name_what_is_wrong(tmp_path):
-    from training.evaluate import load_dataset
+    from training.evaluate import load_dataset, load_model
+    for spec in ("bilstm", "twin:", "teacher"):
+        with pytest.raises(ValueError, match=r"needs a checkpoint directory: \w+:DIR"):
+            load_model(spec, None, None)
     with pytest.raises(ValueError, match=r"unknown split 'bogus' \(train, dev, test\)"):
         load_dataset("homedepot:bogus")
     with pytest.raises(ValueError, match="pairs:FILE needs a file"):

@@ -283,6 +283,8 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
             raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR "
                              f"(optionally @DEPTH), got {kind_path!r}")
         return RerankModel(load_model(cross, pairs, rs, precision), TwinModel(twin), depth)
+    if kind in ("twin", "teacher", "bilstm") and not path:
+        raise ValueError(f"{kind} needs a checkpoint directory: {kind}:DIR")
     if kind == "bm25":
         return BM25Model(pairs, rs)
     if kind == "minilm":
