@@ -20,6 +20,17 @@ def test_export_writes_every_artifact_with_checksums(tiny_export):
     assert cfg["dim"] == params.dim == 384
 
 
+def test_exported_encoders_load_in_a_process_without_the_kernels_extension(tiny_export):
+    """Plain torch.jit.load in a fresh interpreter (as Triton's PyTorch backend, or the indexer on
+    another machine, would): no custom op may be baked into either file."""
+    import subprocess
+    import sys
+    code = "import sys, torch; [torch.jit.load(p) for p in sys.argv[1:]]"
+    run = subprocess.run([sys.executable, "-c", code, str(tiny_export / "query_encoder.pt"),
+                          str(tiny_export / "keyword_encoder.pt")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def test_torchscript_equals_eager_on_real_text(tiny_export):
     model = TwinBERT.load(tiny_export.parent / "model")
     tok = WordPiece(minilm_dir() / "tokenizer.json", 16)

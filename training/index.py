@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from serving.keyword_store import (DEFAULT_INDEX_TYPE, DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec,
                                    check_vector_dtype, sha256_file, write_version)
+from training.artifacts import ArtifactError, load_torchscript, read_json_object, verify_checksums
 from training.data import DataError, keyword_corpus, load_pairs
 from training.textfiles import csv_records, jsonl_objects, text_id, utf8_lines
 from training.tokenize import WordPiece
@@ -95,9 +96,14 @@ def load_keyword_encoder(export_dir: str | Path) -> tuple[torch.jit.ScriptModule
     encoder_path = export_dir / "keyword_encoder.pt"
     if not encoder_path.is_file():
         raise FileNotFoundError(f"{encoder_path} not found; run `python -m training.export` first")
-    tok_cfg = json.loads((export_dir / "tokenizer_config.json").read_text())
-    return (torch.jit.load(str(encoder_path)).eval(),
-            WordPiece(export_dir / "tokenizer.json", tok_cfg["keyword_max_len"]))
+    verify_checksums(export_dir, "export.json", ["keyword_encoder.pt", "tokenizer.json", "tokenizer_config.json"])
+    max_len = read_json_object(export_dir / "tokenizer_config.json").get("keyword_max_len")
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
+        raise ArtifactError(f"{export_dir / 'tokenizer_config.json'}: keyword_max_len must be an int >= 2, "
+                            f"got {max_len!r}")
+    from kernels import cpu_native
+    cpu_native.load()  # exports traced before the pooling used its reference maths call the C++ op
+    return load_torchscript(encoder_path).eval(), WordPiece(export_dir / "tokenizer.json", max_len)
 
 
 def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts: list[str],
