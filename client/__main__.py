@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from client.core import DEFAULT_URL, ClientError, TwinBertClient
+from training.cli import float_list, int_list, positive_float, positive_int
 
 
 def _client(args) -> TwinBertClient:
@@ -68,10 +69,6 @@ def cmd_health(args) -> int:
     return 0 if h["ready"] else 1
 
 
-def _levels(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def cmd_loadtest(args) -> int:
     from client.loadtest import sweep
     from client.report import write_load_report
@@ -80,7 +77,7 @@ def cmd_loadtest(args) -> int:
         ids = [k.strip() for k in Path(args.keyword_ids).read_text(encoding="utf-8").split()] if args.keyword_ids else None
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read the loadtest input: {e}") from None
-    mode, levels = ("open", _levels(args.rate)) if args.rate else ("closed", _levels(args.concurrency))
+    mode, levels = ("open", args.rate) if args.rate else ("closed", args.concurrency)
     results = sweep(args.url, queries, args.target, levels, mode, args.requests, args.duration, args.top_k, ids,
                     client=args.client, timeout_s=args.timeout)
     write_load_report(results, Path(args.out), title=f"{args.target}, {mode} loop (project load generator)")
@@ -91,7 +88,7 @@ def cmd_loadtest(args) -> int:
 def main(argv=None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=DEFAULT_URL, help="gRPC HOST:PORT (default %(default)s)")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    common.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per request")
     ap = argparse.ArgumentParser(prog="python -m client", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -119,10 +116,10 @@ def main(argv=None) -> int:
     lt.add_argument("--target", choices=("retrieve", "relevance"), default="retrieve")
     lt.add_argument("--keyword-ids", help="file of whitespace-separated keyword ids, scored against every query (required by --target relevance)")
     loop = lt.add_mutually_exclusive_group()
-    loop.add_argument("--concurrency", default="1,4,16", help="closed loop: comma-separated levels (default %(default)s)")
-    loop.add_argument("--rate", default=None, help="open loop: comma-separated requests/second")
-    lt.add_argument("--requests", type=int, default=1000, help="at most this many requests per level")
-    lt.add_argument("--duration", type=float, default=20.0, help="at most this many seconds per level")
+    loop.add_argument("--concurrency", type=int_list, default=[1, 4, 16], help="closed loop: comma-separated levels (default 1,4,16)")
+    loop.add_argument("--rate", type=float_list, default=None, help="open loop: comma-separated requests/second")
+    lt.add_argument("--requests", type=positive_int, default=1000, help="at most this many requests per level")
+    lt.add_argument("--duration", type=positive_float, default=20.0, help="at most this many seconds per level")
     lt.add_argument("--top-k", type=int, default=100)
     lt.add_argument("--client", choices=("wire", "library"), default="wire",
                     help="wire: pre-serialised requests, answers not decoded (measures the server, like "
@@ -130,6 +127,8 @@ def main(argv=None) -> int:
     lt.add_argument("--out", default="reports/loadtest_own")
     lt.set_defaults(func=cmd_loadtest)
     args = ap.parse_args(argv)
+    if args.command == "loadtest" and args.keyword_ids and args.target != "relevance":
+        ap.error("--keyword-ids is for --target relevance")
     try:
         return args.func(args)
     except ClientError as e:

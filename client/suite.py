@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from training.cli import int_list, positive_float, positive_int
 
 
 def held_out_queries(data=None, n: int = 500) -> list[str]:
@@ -339,17 +340,17 @@ def main(argv=None) -> None:
     ap.add_argument("--teacher", default="artifacts/teacher")
     ap.add_argument("--data")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--levels", default="1,2,4,8,16", help="loadtest: concurrency levels (tune always runs 1 and 16)")
-    ap.add_argument("--duration", type=float, default=None,
+    ap.add_argument("--levels", type=int_list, default=[1, 2, 4, 8, 16], help="loadtest: concurrency levels (tune always runs 1 and 16)")
+    ap.add_argument("--duration", type=positive_float, default=None,
                     help="seconds per load level at most (own generator): loadtest 15, tune 10 by default")
-    ap.add_argument("--rerank-depth", type=int, default=30, help="bench: cosine candidates retrieve_rerank re-orders")
+    ap.add_argument("--rerank-depth", type=positive_int, default=30, help="bench: cosine candidates retrieve_rerank re-orders")
     args = ap.parse_args(argv)
     repo = Path(args.repository)
     if not (repo / "retrieve").is_dir():
         raise SystemExit(f"{repo} is not a built model repository: run `make build` (after `make train` for the "
                          "distilled model)")
     if args.command == "loadtest":
-        loadtest(repo, Path(args.out or "reports/loadtest"), [int(x) for x in args.levels.split(",")], args.data,
+        loadtest(repo, Path(args.out or "reports/loadtest"), args.levels, args.data,
                  duration_s=15.0 if args.duration is None else args.duration)
     elif args.command == "tune":
         tune(repo, Path(args.out or "reports/tuning"), args.data, 10.0 if args.duration is None else args.duration)

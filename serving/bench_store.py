@@ -27,6 +27,7 @@ import numpy as np
 
 from serving.keyword_store import (DEFAULT_VECTOR_DTYPE, VECTOR_DTYPES, IndexSpec, KeywordStore, as_float32,
                                    fp16_unit_and_norm, latest_version, write_version)
+from training.cli import nonnegative_float, positive_int
 from training.index import DEFAULT_BATCH_SIZE
 
 _PROBE = r"""
@@ -231,12 +232,12 @@ def _measure(args, workdir: Path, vectors: np.ndarray, queries: np.ndarray, trut
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", default="artifacts")
-    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--n", type=positive_int, default=1_000_000)
     ap.add_argument("--index", default="hnsw_fp16,hnsw_sq8", help="comma-separated index types to measure")
     ap.add_argument("--search", default="160,192,224", help="efSearch (HNSW) values to measure")
-    ap.add_argument("--queries", type=int, default=500)
-    ap.add_argument("--noise", type=float, default=0.03)
-    ap.add_argument("--ef-construction", type=int, default=80)
+    ap.add_argument("--queries", type=positive_int, default=500)
+    ap.add_argument("--noise", type=nonnegative_float, default=0.03)
+    ap.add_argument("--ef-construction", type=positive_int, default=80)
     ap.add_argument("--workdir", default=None, help="where the 1M store versions are written (default: temp)")
     ap.add_argument("--reuse", action="store_true", help="reuse a version already built in --workdir "
                     "(same --n, --noise and seed make the same vectors)")

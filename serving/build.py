@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from serving.keyword_store import DEFAULT_INDEX_TYPE, INDEX_TYPES, IndexSpec, latest_version
+from training.cli import one_line_errors, positive_float, positive_int
 
 DEFAULT_ARTIFACTS = os.environ.get("TWINBERT_ARTIFACTS", "artifacts")
 
@@ -62,7 +63,7 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
           reranker: bool = True) -> Path:
     from training.data import keyword_corpus, load_pairs
     from serving.keyword_store import sha256_file
-    from training.export import export
+    from training.export import EXPORT_FORMAT, export
     from training.index import build as build_index
     from training.train_twin import TrainConfig, train
     from serving.repository import assemble
@@ -73,13 +74,13 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
     distilled = artifacts / "twin"
     model_dir = distilled if (distilled / "model.safetensors").is_file() else artifacts / "model"
     store_root, repo = artifacts / "keyword_store", artifacts / "model_repository"
+    pairs = load_pairs(data)  # fails early, with a clear message, when there is no data (and before --rebuild)
     if rebuild:
         # The distilled students are `make train`'s (an hour of training), never discarded here;
         # the quick student is this command's own.
         for d in ((model_dir,) if model_dir != distilled else ()) + (export_dir, store_root, repo,
                                                                      artifacts / "export_reranker"):
             shutil.rmtree(d, ignore_errors=True)
-    pairs = load_pairs(data)  # fails early, with a clear message, when there is no data
 
     t = _step("model")
     if (model_dir / "model.safetensors").is_file():
@@ -91,8 +92,9 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
 
     t = _step("export")
     current = export_dir / "export.json"
-    if current.is_file() and json.loads(current.read_text())["checkpoint_sha256"] == \
-            sha256_file(model_dir / "model.safetensors"):
+    made = json.loads(current.read_text()) if current.is_file() else {}
+    if made.get("checkpoint_sha256") == sha256_file(model_dir / "model.safetensors") \
+            and made.get("format") == EXPORT_FORMAT:
         print(f"reusing {export_dir}")
     else:
         export(model_dir, export_dir)
@@ -117,12 +119,13 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
     return repo
 
 
+@one_line_errors("build")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--artifacts", default=DEFAULT_ARTIFACTS, help="artifact root (default: $TWINBERT_ARTIFACTS or ./artifacts)")
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
-    ap.add_argument("--steps", type=int, default=400, help="training steps (batch 64) when no model is built")
-    ap.add_argument("--minutes", type=float, default=15.0, help="cap on training time")
+    ap.add_argument("--steps", type=positive_int, default=400, help="training steps (batch 64) when no model is built")
+    ap.add_argument("--minutes", type=positive_float, default=15.0, help="cap on training time")
     ap.add_argument("--index-type", default=DEFAULT_INDEX_TYPE, choices=INDEX_TYPES,
                     help="keyword index (default %(default)s; see `python -m training.index --help`)")
     ap.add_argument("--rebuild", action="store_true",

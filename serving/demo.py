@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.cli import positive_int
+
 EXAMPLE_QUERIES = ["cordless drill", "ceiling fan with light", "white kitchen faucet", "50 ft garden hose",
                    "toilet seat", "led light bulbs"]
 
@@ -23,8 +25,8 @@ def main(argv=None) -> int:
     ap.add_argument("queries", nargs="*", default=EXAMPLE_QUERIES)
     ap.add_argument("--artifacts", default=None)
     ap.add_argument("--data", default=None)
-    ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--rerank-depth", type=int, default=30,
+    ap.add_argument("--top-k", type=positive_int, default=10)
+    ap.add_argument("--rerank-depth", type=positive_int, default=30,
                     help="cosine candidates the BiLSTM re-ranker re-orders, when the repository has it")
     args = ap.parse_args(argv)
 

@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 
 from serving.encoder import PAD_MULTIPLE
-from serving.keyword_store import latest_version, replace_dir
+from serving.keyword_store import StoreError, latest_version, replace_dir
+from training.artifacts import check_output_apart
 
 SOURCE = Path(__file__).resolve().parent.parent / "model_repository"
 
@@ -146,6 +147,7 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
     """Write the repository to `out` (replaced whole). `store` is a store root or one version dir;
     `reranker_dir`, a re-ranker export, adds the `reranker` model and the `retrieve_rerank` ensemble."""
     export_dir, out = Path(export_dir), Path(out)
+    check_output_apart(out, "the repository", export=export_dir, store=store, reranker_export=reranker_dir)
     if reranker_dir is not None:
         missing = [n for n in RERANKER_FILES if not (Path(reranker_dir) / n).is_file()]
         if missing:
@@ -193,7 +195,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--reranker", help="re-ranker export (adds the reranker model and retrieve_rerank)")
     args = ap.parse_args(argv)
-    print(f"repository: {assemble(args.export, args.store, args.out, args.reranker)}")
+    try:
+        print(f"repository: {assemble(args.export, args.store, args.out, args.reranker)}")
+    except (ValueError, OSError, StoreError) as e:  # the message names the path; nothing was replaced
+        raise SystemExit(f"repository: {e}") from None
 
 
 if __name__ == "__main__":

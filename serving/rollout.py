@@ -46,6 +46,7 @@ from serving.keyword_store import KeywordStore, StoreError, latest_version, sha2
 from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, numbered_versions, parse_model_config,
                                 pin_ensemble_text, served_version, write_warmup_files)
 from training.artifacts import ArtifactError, verify_checksums
+from training.cli import positive_float
 
 ENCODER_MODELS = ("tokenizer", "query_encoder", "pool_cross", "keyword_store", "keyword_vectors")
 
@@ -265,7 +266,7 @@ def main(argv=None) -> None:
     ap.add_argument("--store", required=True, help="a keyword store indexed with it (root: its latest version)")
     ap.add_argument("--repository", required=True, help="the model repository the server runs on")
     ap.add_argument("--url", default=DEFAULT_URL)
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for each load")
+    ap.add_argument("--timeout", type=positive_float, default=120.0, help="seconds allowed for each load")
     args = ap.parse_args(argv)
     try:
         new = rollout(args.repository, args.export, args.store, args.url, args.timeout)

@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from training.cli import nonnegative_int, port
+
 
 class ServerError(RuntimeError):
     pass
@@ -214,21 +216,29 @@ class TritonServer:
 
 
 def _port(flag: int | None, env: str, default: int) -> int:
-    return flag if flag is not None else int(os.environ.get(env, default))
+    if flag is not None:
+        return flag
+    try:
+        return port(os.environ.get(env, str(default)))
+    except argparse.ArgumentTypeError as e:
+        raise ServerError(f"{env} {e}") from None
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repository", default=os.environ.get("TWINBERT_REPOSITORY", "artifacts/model_repository"))
-    ap.add_argument("--grpc-port", type=int)
-    ap.add_argument("--http-port", type=int)
-    ap.add_argument("--metrics-port", type=int)
+    ap.add_argument("--grpc-port", type=port)
+    ap.add_argument("--http-port", type=port)
+    ap.add_argument("--metrics-port", type=port)
     ap.add_argument("--no-restart", dest="restart", action="store_false",
                     help="exit when tritonserver dies instead of restarting it (the Python backend of 2.51 "
                          "can abort the server under heavy load; see the README's known issue)")
-    ap.add_argument("--max-restarts", type=int, default=5,
+    ap.add_argument("--max-restarts", type=nonnegative_int, default=5,
                     help="give up after this many restarts in a row that each served under a minute")
     args = ap.parse_args(argv)
+    given = [p for p in (args.grpc_port, args.http_port, args.metrics_port) if p is not None]
+    if len(set(given)) < len(given):
+        ap.error("the gRPC, HTTP and metrics ports must differ")
     try:
         server = TritonServer(args.repository, _port(args.grpc_port, "TRITON_GRPC_PORT", 8001),
                               _port(args.http_port, "TRITON_HTTP_PORT", 8000),

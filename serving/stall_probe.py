@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from training.cli import positive_float, positive_int
+
 QUERIES = ["drill", "cordless drill with two batteries", "ceiling fan", "garden hose", "paint",
            "toilet seat", "led bulb", "concrete mix"]
 
@@ -153,9 +155,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repository", default=os.environ.get("TWINBERT_REPOSITORY", "artifacts/model_repository"))
     ap.add_argument("--model", default="keyword_store", help="the model whose stub is stalled")
-    ap.add_argument("--pause", type=float, nargs="+", default=[0.8, 2.0],
+    ap.add_argument("--pause", type=positive_float, nargs="+", default=[0.8, 2.0],
                     help="seconds each stall lasts, one fresh server per value (the backend's limit is 1)")
-    ap.add_argument("--cycles", type=int, default=3, help="stalls, one stub after the other (stops early if "
+    ap.add_argument("--cycles", type=positive_int, default=3, help="stalls, one stub after the other (stops early if "
                                                          "the server dies)")
     ap.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "twinbert-stall-probe.log"),
                     help="the server's log file (default: %(default)s)")

@@ -140,3 +140,16 @@ def verify_checksums(directory: str | Path, manifest: str, names: list[str]) -> 
             raise ArtifactError(f"{directory / name}: checksum differs from {manifest}'s (corrupt or "
                                 "replaced); re-export it")
     return record
+
+
+def check_output_apart(out: str | Path, what: str, **inputs: str | Path | None) -> None:
+    """Refuse an output directory that is one of the inputs, or holds one: it is replaced whole, which
+    would delete that input (`--out artifacts` beside `--checkpoint artifacts/model`)."""
+    o = Path(out).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        i = Path(path).resolve()
+        if o == i or o in i.parents:
+            raise ValueError(f"{what} {out} would replace {name.replace('_', ' ')} {path}, which it "
+                             f"{'is' if o == i else 'holds'}; write it elsewhere")

@@ -32,6 +32,7 @@ from training.metrics import dev_roc_auc
 from training.pretrained import minilm_dir
 from training.teacher import CrossEncoder, dev_sample, relevance_target
 from training.tokenize import PairTokenizer
+from training.cli import nonnegative_float, one_line_errors, positive_int, source_list
 
 
 CLS_ID, SEP_ID = 101, 102  # MiniLM's (BERT uncased) WordPiece vocabulary
@@ -162,15 +163,17 @@ class BiLSTMStudent(nn.Module):
         return model.eval()
 
 
+@one_line_errors("bilstm")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--distill", required=True, help="TSV from training.distill_data")
-    ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated sources to train on")
+    ap.add_argument("--sources", type=source_list(SOURCES), default=",".join(SOURCES),
+                    help="comma-separated sources to train on")
     ap.add_argument("--teacher", required=True, help="teacher checkpoint (its embeddings are reused)")
     ap.add_argument("--out", default="artifacts/bilstm")
-    ap.add_argument("--label-weight", type=float, default=0.5)
-    ap.add_argument("--proj-dim", type=int, default=BiLSTMConfig.proj_dim, help="embedding projection width")
-    ap.add_argument("--hidden", type=int, default=BiLSTMConfig.hidden, help="LSTM units per direction")
+    ap.add_argument("--label-weight", type=nonnegative_float, default=0.5)
+    ap.add_argument("--proj-dim", type=positive_int, default=BiLSTMConfig.proj_dim, help="embedding projection width")
+    ap.add_argument("--hidden", type=positive_int, default=BiLSTMConfig.hidden, help="LSTM units per direction")
     ap.add_argument("--no-interaction", dest="interaction", action="store_false",
                     help="the plain BiLSTM: no cross-attention between query and keyword states and no "
                          "exact-match features (test ROC-AUC 0.680 against 0.740 with them)")

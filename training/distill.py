@@ -23,10 +23,11 @@ from training.data import load_pairs, normalize_query, split_pairs
 from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
-from training.pretrained import minilm_dir
+from training.pretrained import minilm_dir, pretrained_layers
 from training.teacher import dev_sample, relevance_target
 from training.tokenize import WordPiece
 from training.twin import TwinBERT, TwinConfig
+from training.cli import nonnegative_float, nonnegative_int, one_line_errors, positive_float, positive_int, source_list
 
 
 def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], batch_size: int = 256
@@ -86,32 +87,35 @@ def listwise_loss(keys: list[str], teacher_logits: torch.Tensor, student_scores:
         else teacher_logits.new_zeros(())
 
 
+@one_line_errors("distill")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--distill", required=True, help="TSV from training.distill_data")
-    ap.add_argument("--sources", default=",".join(SOURCES), help="comma-separated sources to train on")
+    ap.add_argument("--sources", type=source_list(SOURCES), default=",".join(SOURCES),
+                    help="comma-separated sources to train on")
     ap.add_argument("--init", help="TwinBERT checkpoint to start from (default: pretrained MiniLM layers)")
-    ap.add_argument("--num-layers", type=int, default=2)
-    ap.add_argument("--proj-dim", type=int, default=0,
+    ap.add_argument("--num-layers", type=positive_int, default=None,
+                    help="student transformer layers (default 2; with --init, the checkpoint's)")
+    ap.add_argument("--proj-dim", type=nonnegative_int, default=0,
                     help="pooled vectors through tanh(W e) to this dim (0 = none); with --init on a checkpoint "
                          "without one, W starts as the identity")
     ap.add_argument("--separate-encoders", action="store_true",
                     help="query and keyword encoders with their own weights (with --init: a shared "
                          "checkpoint's encoder is copied to both sides)")
     ap.add_argument("--out", default="artifacts/twin")
-    ap.add_argument("--contrastive-weight", type=float, default=0.5)
-    ap.add_argument("--label-weight", type=float, default=0.0,
+    ap.add_argument("--contrastive-weight", type=nonnegative_float, default=0.5)
+    ap.add_argument("--label-weight", type=nonnegative_float, default=0.0,
                     help="weight of BCE on the human label, where a pair has one (both crossings)")
-    ap.add_argument("--scale", type=float, default=20.0, help="inverse temperature of the InfoNCE term")
-    ap.add_argument("--group-size", type=int, default=0,
+    ap.add_argument("--scale", type=positive_float, default=20.0, help="inverse temperature of the InfoNCE term")
+    ap.add_argument("--group-size", type=nonnegative_int, default=0,
                     help="batch rows in groups of up to N rows of one query (0: batches by keyword length)")
-    ap.add_argument("--listwise-weight", type=float, default=0.0,
+    ap.add_argument("--listwise-weight", type=nonnegative_float, default=0.0,
                     help="weight of the listwise term: cross-entropy between the softmax of the teacher's "
                          "logits and the student's over each query's rows in a batch (needs --group-size)")
     ap.add_argument("--res-loss", choices=("bce", "logit-mse"), default="bce",
                     help="the res crossing's distillation loss: BCE of its probability against the teacher's, "
                          "or MSE of its logit against the teacher's logit (as the BiLSTM is distilled)")
-    ap.add_argument("--head-lr", type=float, default=0.0,
+    ap.add_argument("--head-lr", type=nonnegative_float, default=0.0,
                     help="learning rate of the pooling, projection and crossing parameters (0 = --lr): "
                          "a head added on a trained encoder (--proj-dim with --init) learns faster so")
     ap.add_argument("--head-params", choices=("head", "res"), default="head",
@@ -119,6 +123,10 @@ def main(argv=None) -> None:
                          "pooling and projection move the cos vectors too) or the res crossing's MLP only")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
+    if args.num_layers is not None and args.num_layers > pretrained_layers():
+        ap.error(f"--num-layers: the pretrained model has {pretrained_layers()} layers to start from")
+    if args.init and args.num_layers is not None:
+        ap.error("--num-layers comes from the --init checkpoint; give one or the other")
     if args.listwise_weight and args.group_size < 2:
         ap.error("--listwise-weight needs --group-size of at least 2")
     if is_main():
@@ -133,7 +141,7 @@ def main(argv=None) -> None:
         if args.proj_dim and args.proj_dim != model.config.proj_dim:
             model.add_projection(args.proj_dim)
     else:
-        model = TwinBERT(TwinConfig(num_layers=args.num_layers, proj_dim=args.proj_dim, crossing="res",
+        model = TwinBERT(TwinConfig(num_layers=args.num_layers or 2, proj_dim=args.proj_dim, crossing="res",
                                     shared_encoders=not args.separate_encoders, trained_crossings=("cos", "res")))
     qtok = WordPiece(minilm_dir() / "tokenizer.json", model.config.query_max_len)
     ktok = WordPiece(minilm_dir() / "tokenizer.json", model.config.keyword_max_len)

@@ -26,6 +26,7 @@ from training.augment import BM25Index, perturb, title_query
 from training.data import keyword_corpus, load_pairs, normalize_query, split_of, split_pairs
 from training.precision import add_precision_arg, resolve
 from training.teacher import CrossEncoder
+from training.cli import fraction, nonnegative_int, one_line_errors, positive_int
 
 SOURCES = ("labelled", "random", "bm25", "student", "perturbed", "synthetic")
 
@@ -72,7 +73,8 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
     corpus_ids = list(corpus)
     train = split_pairs(all_pairs)["train"]
     if max_queries:  # quick profile: a seeded subset of train queries
-        keep = set(rng.sample(sorted({normalize_query(p.query) for p in train}), max_queries))
+        queries = sorted({normalize_query(p.query) for p in train})
+        keep = set(rng.sample(queries, min(max_queries, len(queries))))
         train = [p for p in train if normalize_query(p.query) in keep]
     judged: dict[str, set[str]] = {}
     query_text: dict[str, str] = {}
@@ -150,24 +152,25 @@ def read_rows(path: str | Path, sources: tuple[str, ...] = SOURCES) -> list[Dist
                 for r in csv.DictReader(f, delimiter="\t") if r["source"] in sources]
 
 
+@one_line_errors("distill_data")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data")
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--student", help="quick TwinBERT checkpoint for the student's own top-K negatives")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--random", type=int, default=1, help="random titles per train query")
-    ap.add_argument("--bm25", type=int, default=1, help="BM25 hard negatives per train query")
-    ap.add_argument("--student-negatives", type=int, default=1,
+    ap.add_argument("--random", type=nonnegative_int, default=1, help="random titles per train query")
+    ap.add_argument("--bm25", type=nonnegative_int, default=1, help="BM25 hard negatives per train query")
+    ap.add_argument("--student-negatives", type=nonnegative_int, default=1,
                     help="unjudged titles per train query from the student's top list: the top one plus a "
                          "random sample of the rest")
-    ap.add_argument("--student-depth", type=int, default=100, help="how deep the student's top list goes")
-    ap.add_argument("--perturb", type=float, default=0.3, help="fraction of labelled pairs with a perturbed copy")
-    ap.add_argument("--synthetic", type=int, default=0,
+    ap.add_argument("--student-depth", type=positive_int, default=100, help="how deep the student's top list goes")
+    ap.add_argument("--perturb", type=fraction, default=0.3, help="fraction of labelled pairs with a perturbed copy")
+    ap.add_argument("--synthetic", type=nonnegative_int, default=0,
                     help="titles sampled to make synthetic queries from (each: its title, BM25 neighbours, a random title)")
-    ap.add_argument("--synthetic-bm25", type=int, default=2, help="BM25 neighbours per synthetic query")
-    ap.add_argument("--max-queries", type=int, default=0, help="0 = every train query")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--synthetic-bm25", type=nonnegative_int, default=2, help="BM25 neighbours per synthetic query")
+    ap.add_argument("--max-queries", type=nonnegative_int, default=0, help="0 = every train query")
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     add_precision_arg(ap)
     args = ap.parse_args(argv)

@@ -38,6 +38,7 @@ from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_
 from training.precision import add_precision_arg, resolve
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece
+from training.cli import finite_float, nonnegative_int, positive_int
 
 TOP = 100
 
@@ -512,13 +513,13 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default="homedepot:test")
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
     ap.add_argument("--out", default="reports/eval", help="report path without suffix (.md and .json)")
-    ap.add_argument("--max-queries", type=int, default=0,
+    ap.add_argument("--max-queries", type=nonnegative_int, default=0,
                     help="evaluate on the first N retrieval queries (those with a relevant keyword) and the labelled "
                          "pairs of those queries (for pairs:FILE, the first N distinct queries); 0 = all")
-    ap.add_argument("--positive-threshold", type=float,
+    ap.add_argument("--positive-threshold", type=finite_float,
                     help="pairs:FILE only: a label at or above it counts as relevant (default 2.5)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bootstrap", type=int, default=1000,
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--bootstrap", type=nonnegative_int, default=1000,
                     help="paired bootstrap resamples for the intervals against the baselines; 0 = none")
     ap.add_argument("--baseline", help="model LABEL the retrieval metrics are compared with (default: the first bm25)")
     ap.add_argument("--reference", help="model LABEL ROC-AUC is a share of (default: the first teacher)")

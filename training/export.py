@@ -32,9 +32,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from kernels import pool_cross
-from serving.keyword_store import replace_dir, sha256_file
+from training.artifacts import check_output_apart, replace_dir, sha256_file
 from training.pretrained import minilm_dir
 from training.twin import TwinBERT
+from training.cli import one_line_errors, positive_int
 
 TOLERANCE = 1e-5
 
@@ -128,6 +129,7 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
     if not (checkpoint / "config.json").is_file() or not (checkpoint / "model.safetensors").is_file():
         raise FileNotFoundError(f"{checkpoint}: no BiLSTM checkpoint (config.json + model.safetensors); "
                                 "run training.bilstm")
+    check_output_apart(out, "--reranker-out", checkpoint=checkpoint)
     model = BiLSTMStudent.load(checkpoint)
     if not model.config.packed:
         warnings.warn(f"{checkpoint}: a BiLSTM trained before packed directions; its scores move with the "
@@ -150,8 +152,12 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
+EXPORT_FORMAT = 2  # 2: the keyword encoder traces the reference pooling (no C++ op in the file)
+
+
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
+    check_output_apart(out, "--out", checkpoint=checkpoint)
     model = TwinBERT.load(checkpoint)
     cfg = model.config
     vocab = model.query_encoder.bert.config.vocab_size
@@ -173,6 +179,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     (tmp / "export.json").write_text(json.dumps({
         "checkpoint": str(checkpoint.resolve()),
         "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
+        "format": EXPORT_FORMAT,
         "model_config": json.loads(cfg.to_json()),
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
@@ -181,18 +188,28 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
+@one_line_errors("export")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="TwinBERT checkpoint directory")
     ap.add_argument("--out", help="export directory for the TwinBERT files (written aside, then swapped in by rename)")
     ap.add_argument("--reranker", help="BiLSTM student checkpoint (training.bilstm) to export as the re-ranker")
     ap.add_argument("--reranker-out", help="export directory for the re-ranker (written aside, then swapped in by rename)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=positive_int, default=2)
     args = ap.parse_args(argv)
     if bool(args.checkpoint) != bool(args.out) or bool(args.reranker) != bool(args.reranker_out):
         ap.error("give --checkpoint with --out, and --reranker with --reranker-out")
     if not args.checkpoint and not args.reranker:
         ap.error("nothing to export: give --checkpoint/--out and/or --reranker/--reranker-out")
+    try:  # an output replaced whole must not be, or hold, another input or output
+        if args.out:
+            check_output_apart(args.out, "--out", checkpoint=args.checkpoint, reranker_out=args.reranker_out,
+                               reranker=args.reranker)
+        if args.reranker_out:
+            check_output_apart(args.reranker_out, "--reranker-out", reranker=args.reranker, out=args.out,
+                               checkpoint=args.checkpoint)
+    except ValueError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     if args.checkpoint:
         export(args.checkpoint, args.out)

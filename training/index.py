@@ -25,6 +25,7 @@ from training.artifacts import ArtifactError, load_torchscript, read_json_object
 from training.data import DataError, keyword_corpus, load_pairs
 from training.textfiles import csv_records, jsonl_objects, text_id, utf8_lines
 from training.tokenize import WordPiece
+from training.cli import positive_int
 
 
 def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
@@ -138,15 +139,15 @@ def main(argv=None) -> None:
                     help="flat: exact; hnsw: float32 storage; hnsw_fp16 (default): float16 storage that is "
                          "also the cached vectors (1M: 1.34 GB, recall@100 0.951 at efSearch 192, "
                          "reports/bench_store.md); hnsw_sq8: 8-bit storage plus vectors.npy")
-    ap.add_argument("--hnsw-m", type=int, default=32)
-    ap.add_argument("--ef-construction", type=int, default=80)
-    ap.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth stored in the manifest "
+    ap.add_argument("--hnsw-m", type=positive_int, default=32)
+    ap.add_argument("--ef-construction", type=positive_int, default=80)
+    ap.add_argument("--ef-search", type=positive_int, default=128, help="HNSW search breadth stored in the manifest "
                     "(default %(default)s; 192 for hnsw_fp16 at a million keywords)")
     ap.add_argument("--vector-dtype", choices=VECTOR_DTYPES, default=DEFAULT_VECTOR_DTYPE,
                     help="how the cached vectors for exact crossing are stored (default %(default)s: half "
                          "the memory, scores within 1.1e-4 of float32)")
-    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
+    ap.add_argument("--threads", type=positive_int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:

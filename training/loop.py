@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from training.artifacts import ArtifactError, load_weights, read_json_object, read_tensors, replace_dir
+from training.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
 from training.precision import add_precision_arg, autocast, resolve
 
 
@@ -316,15 +317,16 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, bucket:
 def add_loop_args(ap, *, epochs: float, lr: float, batch_size: int, eval_every: int) -> None:
     """The flags every training command shares (defaults per model)."""
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
-    ap.add_argument("--epochs", type=float, default=epochs)
-    ap.add_argument("--max-steps", type=int, default=0, help="0 = epochs decide")
-    ap.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock cap; 0 = none")
-    ap.add_argument("--batch-size", type=int, default=batch_size)
-    ap.add_argument("--lr", type=float, default=lr)
-    ap.add_argument("--dev-pairs", type=int, default=2000, help="dev pairs scored at each evaluation")
-    ap.add_argument("--eval-every", type=int, default=eval_every, help="steps; 0 = only at the end")
-    ap.add_argument("--patience", type=int, default=3, help="evaluations without improvement before stopping")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=positive_float, default=epochs)
+    ap.add_argument("--max-steps", type=nonnegative_int, default=0, help="0 = epochs decide")
+    ap.add_argument("--max-minutes", type=nonnegative_float, default=0.0, help="wall-clock cap; 0 = none")
+    ap.add_argument("--batch-size", type=positive_int, default=batch_size)
+    ap.add_argument("--lr", type=nonnegative_float, default=lr,
+                    help="peak learning rate (0 freezes all but a --head-lr group)")
+    ap.add_argument("--dev-pairs", type=positive_int, default=2000, help="dev pairs scored at each evaluation")
+    ap.add_argument("--eval-every", type=nonnegative_int, default=eval_every, help="steps; 0 = only at the end")
+    ap.add_argument("--patience", type=positive_int, default=3, help="evaluations without improvement before stopping")
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     add_precision_arg(ap)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from training.precision import add_precision_arg
+from training.cli import nonnegative_float
 
 PROFILES = {
     "quick": dict(student_steps=100, teacher=["--max-steps", "150", "--eval-every", "75", "--dev-pairs", "300"],
@@ -254,7 +255,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reports", default="reports")
     ap.add_argument("--data")
     ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
-    ap.add_argument("--budget-minutes", type=float, default=None,
+    ap.add_argument("--budget-minutes", type=nonnegative_float, default=None,
                     help="deadline for the whole run: training steps' caps shrink to fit it "
                          "(default: the profile's, 87 for full, none for quick; 0: no deadline)")
     add_precision_arg(ap)

@@ -28,3 +28,9 @@ def minilm_dir() -> Path:
     if not (path / "config.json").is_file():
         raise RuntimeError(f"{path} is not a Hugging Face model directory (no config.json)")
     return path
+
+
+def pretrained_layers() -> int:
+    """Transformer layers of the pretrained model: the most a teacher or student can be initialised with."""
+    import json
+    return int(json.loads((minilm_dir() / "config.json").read_text())["num_hidden_layers"])

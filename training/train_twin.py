@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from training.data import POSITIVE_THRESHOLD, load_pairs, normalize_query, split_pairs, write_split
 from training.precision import add_precision_arg, autocast, resolve
-from training.pretrained import minilm_dir
+from training.pretrained import minilm_dir, pretrained_layers
 from training.tokenize import WordPiece
 from training.twin import TwinBERT, TwinConfig
+from training.cli import nonnegative_int, one_line_errors, positive_float, positive_int
 
 
 @dataclass
@@ -48,18 +49,21 @@ def parse_args(argv=None) -> TrainConfig:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=d.data, help="Home Depot directory (default: $TWINBERT_DATA)")
     ap.add_argument("--out", default=d.out, help="checkpoint directory")
-    ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock training budget")
-    ap.add_argument("--max-steps", type=int, default=d.max_steps, help="0 = no step limit")
-    ap.add_argument("--epochs", type=int, default=d.epochs)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--scale", type=float, default=d.scale)
-    ap.add_argument("--num-layers", type=int, default=d.num_layers)
-    ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
-    ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--minutes", type=positive_float, default=d.minutes, help="wall-clock training budget")
+    ap.add_argument("--max-steps", type=nonnegative_int, default=d.max_steps, help="0 = no step limit")
+    ap.add_argument("--epochs", type=positive_int, default=d.epochs)
+    ap.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    ap.add_argument("--lr", type=positive_float, default=d.lr)
+    ap.add_argument("--scale", type=positive_float, default=d.scale)
+    ap.add_argument("--num-layers", type=positive_int, default=d.num_layers)
+    ap.add_argument("--proj-dim", type=nonnegative_int, default=d.proj_dim)
+    ap.add_argument("--threads", type=positive_int, default=d.threads)
     ap.add_argument("--seed", type=int, default=d.seed)
     add_precision_arg(ap)
-    return TrainConfig(**{k.replace("-", "_"): v for k, v in vars(ap.parse_args(argv)).items()})
+    args = ap.parse_args(argv)
+    if args.num_layers > pretrained_layers():
+        ap.error(f"--num-layers: the pretrained model has {pretrained_layers()} layers to start from")
+    return TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
 
 
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, same: torch.Tensor, scale: float) -> torch.Tensor:
@@ -125,6 +129,7 @@ def train(cfg: TrainConfig) -> Path:
     return out
 
 
+@one_line_errors("train_twin")
 def main(argv=None) -> None:
     train(parse_args(argv))
 

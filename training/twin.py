@@ -16,7 +16,7 @@ from transformers import BertConfig, BertModel
 
 from kernels import PoolCrossParams, pool_cross
 from training.artifacts import ArtifactError, load_weights, read_config, read_tensors
-from training.pretrained import minilm_dir
+from training.pretrained import minilm_dir, pretrained_layers
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Encoder(nn.Module):
     def __init__(self, num_layers: int, pretrained: bool = True):
         super().__init__()
         src = minilm_dir()
+        if pretrained and not 1 <= num_layers <= pretrained_layers():
+            raise ValueError(f"the pretrained model has {pretrained_layers()} layers to start from; asked for {num_layers}")
         cfg = BertConfig.from_pretrained(src, num_hidden_layers=num_layers)
         cfg._attn_implementation = "eager"  # traceable and identical between eager and TorchScript
         self.bert = (BertModel.from_pretrained(src, config=cfg, add_pooling_layer=False)
