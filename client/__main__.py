@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     lt.add_argument("--target", choices=("retrieve", "relevance"), default="retrieve")
     lt.add_argument("--keyword-ids", help="file of whitespace-separated keyword ids, scored against every query (required by --target relevance)")
     loop = lt.add_mutually_exclusive_group()
-    loop.add_argument("--concurrency", type=int_list, default=[1, 4, 16], help="closed loop: comma-separated levels (default 1,4,16)")
+    loop.add_argument("--concurrency", type=int_list, default=[1, 4, 16],
+                      help="closed loop: comma-separated levels (default 1,4,16)")
     loop.add_argument("--rate", type=float_list, default=None, help="open loop: comma-separated requests/second")
     lt.add_argument("--requests", type=positive_int, default=1000, help="at most this many requests per level")
     lt.add_argument("--duration", type=positive_float, default=20.0, help="at most this many seconds per level")

@@ -340,10 +340,12 @@ def main(argv=None) -> None:
     ap.add_argument("--teacher", default="artifacts/teacher")
     ap.add_argument("--data")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--levels", type=int_list, default=[1, 2, 4, 8, 16], help="loadtest: concurrency levels (tune always runs 1 and 16)")
+    ap.add_argument("--levels", type=int_list, default=[1, 2, 4, 8, 16],
+                    help="loadtest: concurrency levels (tune always runs 1 and 16)")
     ap.add_argument("--duration", type=positive_float, default=None,
                     help="seconds per load level at most (own generator): loadtest 15, tune 10 by default")
-    ap.add_argument("--rerank-depth", type=positive_int, default=30, help="bench: cosine candidates retrieve_rerank re-orders")
+    ap.add_argument("--rerank-depth", type=positive_int, default=30,
+                    help="bench: cosine candidates retrieve_rerank re-orders")
     args = ap.parse_args(argv)
     repo = Path(args.repository)
     if not (repo / "retrieve").is_dir():

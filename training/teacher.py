@@ -109,7 +109,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="artifacts/teacher")
     ap.add_argument("--max-length", type=positive_int, default=48)
     ap.add_argument("--num-layers", type=positive_int, default=6, help="transformer layers taken from MiniLM-L6")
-    ap.add_argument("--random-negatives", type=fraction, default=0.2, help="random-title pairs added, as a fraction of the labelled pairs (0-1)")
+    ap.add_argument("--random-negatives", type=fraction, default=0.2,
+                    help="random-title pairs added, as a fraction of the labelled pairs (0-1)")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=32, eval_every=500)
     args = ap.parse_args(argv)
     if args.num_layers is not None and args.num_layers > pretrained_layers():

@@ -43,7 +43,8 @@ class Encoder(nn.Module):
         super().__init__()
         src = minilm_dir()
         if pretrained and not 1 <= num_layers <= pretrained_layers():
-            raise ValueError(f"the pretrained model has {pretrained_layers()} layers to start from; asked for {num_layers}")
+            raise ValueError(f"the pretrained model has {pretrained_layers()} layers to start from; "
+                             f"asked for {num_layers}")
         cfg = BertConfig.from_pretrained(src, num_hidden_layers=num_layers)
         cfg._attn_implementation = "eager"  # traceable and identical between eager and TorchScript
         self.bert = (BertModel.from_pretrained(src, config=cfg, add_pooling_layer=False)
