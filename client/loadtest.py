@@ -1,4 +1,4 @@
-"""asyncio load generator for the retrieve / relevance ensembles.
+"""Load generator for the retrieve / relevance ensembles (closed loop on threads, open loop on asyncio).
 
 Closed loop (`--concurrency N`): N workers, each sends its next request when the last one answered.
 Open loop (`--rate R`): requests are due on a Poisson schedule at R per second, whatever the latency,
