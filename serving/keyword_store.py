@@ -65,6 +65,14 @@ class UnknownKeywordError(KeyError):
         return f"unknown keyword id(s): {shown}{more}"
 
 
+def _json_strings(lines, path: Path):
+    for n, line in enumerate(lines, 1):
+        text = json.loads(line)
+        if not isinstance(text, str):
+            raise StoreError(f"{path}:{n}: not a JSON string")
+        yield text
+
+
 def _normalized(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
@@ -368,6 +376,15 @@ class KeywordStore:
         absent = [k for k in ("sha256", "encoder_sha256", "dim", "count") if k not in self.manifest]
         if absent:
             raise StoreError(f"{manifest_path}: corrupt manifest (no {', '.join(absent)})")
+        m = self.manifest
+        mistyped = [k for k, ok in (
+            ("sha256", isinstance(m["sha256"], dict) and all(isinstance(v, str) for v in m["sha256"].values())),
+            ("encoder_sha256", isinstance(m["encoder_sha256"], str)),
+            ("dim", type(m["dim"]) is int and m["dim"] > 0), ("count", type(m["count"]) is int and m["count"] >= 0),
+            ("index_params", isinstance(m.get("index_params", {}), dict)),
+            ("vector_dtype", isinstance(m.get("vector_dtype", "float32"), str))) if not ok]
+        if mistyped:
+            raise StoreError(f"{manifest_path}: corrupt manifest ({', '.join(mistyped)} of the wrong type)")
         index_type = self.manifest.get("index_type")
         if index_type not in INDEX_TYPES:
             raise StoreError(f"{self.path}: unknown index type {index_type!r} (this server knows {INDEX_TYPES})")
@@ -394,15 +411,17 @@ class KeywordStore:
         if self.index is not None and not (self.index.ntotal == n and self.index.d == dim):
             raise StoreError(f"{self.path}: the index holds {self.index.ntotal} x {self.index.d}, "
                              f"the manifest says {n} x {dim}")
-        ids = json.loads((self.path / "ids.json").read_text())
         self.texts: StringTable | None = None  # only for display: a lookup-only model can skip them
         try:
+            ids = json.loads((self.path / "ids.json").read_text(encoding="utf-8"))
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise StoreError(f"{self.path}: ids.json is not a list of strings")
             self.ids = IdTable(ids)
             if load_texts:
                 with open(self.path / "texts.jsonl", encoding="utf-8") as f:
-                    self.texts = StringTable(json.loads(line) for line in f)
-        except UnicodeEncodeError as e:
-            raise StoreError(f"{self.path}: an id or text is not valid Unicode ({e.reason}); rebuild the store") from None
+                    self.texts = StringTable(_json_strings(f, self.path / "texts.jsonl"))  # streamed: 1M texts
+        except (UnicodeError, json.JSONDecodeError) as e:
+            raise StoreError(f"{self.path}: an id or text is unreadable ({e}); rebuild the store") from None
         del ids
         # _stored: the rows as stored, vectors.npy (memory-mapped), or for hnsw_fp16 the index's float16
         # unit directions, which times `norms` are the cached vectors. Read them through vectors_at.

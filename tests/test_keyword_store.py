@@ -224,7 +224,9 @@ def test_ids_and_texts_must_be_valid_unicode(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("edit", [lambda m: m.pop("sha256"), lambda m: m.pop("dim"), None])
+@pytest.mark.parametrize("edit", [lambda m: m.pop("sha256"), lambda m: m.pop("dim"), None,
+                                  lambda m: m.update(dim=str(m["dim"])), lambda m: m.update(count=-1),
+                                  lambda m: m.update(sha256=list(m["sha256"])), lambda m: m.update(index_params=3)])
 def test_a_manifest_missing_fields_is_a_store_error(tmp_path, edit):
     path, _ = make_store(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -235,3 +237,18 @@ def test_a_manifest_missing_fields_is_a_store_error(tmp_path, edit):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="corrupt manifest"):
         KeywordStore(path)
+
+
+def test_ids_and_texts_of_the_wrong_kind_are_a_store_error(tmp_path):
+    """Only a hand-edited version gets here (the manifest's checksums cover the files): named, not an
+    AttributeError from deep inside the id table."""
+    path, _ = make_store(tmp_path)
+    ids = json.loads((path / "ids.json").read_text())
+    (path / "ids.json").write_text(json.dumps([1] + ids[1:]))
+    with pytest.raises(StoreError, match="ids.json is not a list of strings"):
+        KeywordStore(path, verify=False)
+    (path / "ids.json").write_text(json.dumps(ids))
+    lines = (path / "texts.jsonl").read_text().splitlines()
+    (path / "texts.jsonl").write_text("\n".join(lines[:2] + ["42"] + lines[3:]) + "\n")
+    with pytest.raises(StoreError, match=r"texts.jsonl:3: not a JSON string"):
+        KeywordStore(path, verify=False)
