@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -119,10 +120,14 @@ def _check_outputs(target: str, raw: bytes) -> None:
 
 
 def closed_loop_threads(url: str, target: str, payloads: list[bytes], concurrency: int, requests: int,
-                        duration_s: float, warmup: int, timeout_s: float) -> tuple[list[float], int, list[str], float]:
+                        duration_s: float, warmup: int, timeout_s: float, stop: threading.Event | None = None
+                        ) -> tuple[list[float], int, list[str], float]:
     """The wire closed loop: `concurrency` threads, each a blocking call after the last answered (the
-    GIL is released while a call waits). Returns (latencies ms, errors, error examples, seconds)."""
-    import threading
+    GIL is released while a call waits). Returns (latencies ms, errors, error examples, seconds).
+    Setting `stop` (a cancelled run) ends every worker after its call in flight; anything a worker
+    raises besides a gRPC error stops the others and is raised here."""
+    stop = stop or threading.Event()
+    failures: list[BaseException] = []
     channel = grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", 1 << 30),
                                                   ("grpc.max_send_message_length", 1 << 30)])
     infer = channel.unary_unary(_MODEL_INFER)
@@ -141,28 +146,37 @@ def closed_loop_threads(url: str, target: str, payloads: list[bytes], concurrenc
 
         def worker() -> None:
             nonlocal errors
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None or time.perf_counter() > deadline:
-                    return
-                t = time.perf_counter()
-                try:
-                    infer(payloads[i % len(payloads)], timeout=timeout_s)
-                    latency = (time.perf_counter() - t) * 1000
+            try:
+                while not stop.is_set():
                     with lock:
-                        latencies.append(latency)
-                except grpc.RpcError as e:  # counted, never retried: a load tool reports failures
-                    with lock:
-                        errors += 1
-                        examples.append(str(_rpc_error(e)))
+                        i = next(counter, None)
+                    if i is None or time.perf_counter() > deadline:
+                        return
+                    t = time.perf_counter()
+                    try:
+                        infer(payloads[i % len(payloads)], timeout=timeout_s)
+                        latency = (time.perf_counter() - t) * 1000
+                        with lock:
+                            latencies.append(latency)
+                    except grpc.RpcError as e:  # counted, never retried: a load tool reports failures
+                        with lock:
+                            errors += 1
+                            examples.append(str(_rpc_error(e)))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, not lost in a thread
+                failures.append(e)
+                stop.set()
 
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
         start = time.perf_counter()
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        finally:
+            stop.set()
+        if failures:
+            raise failures[0]
         return latencies, errors, examples, time.perf_counter() - start
     finally:
         channel.close()
@@ -203,8 +217,14 @@ async def run_load(url: str, queries: list[str], target: str = "retrieve", concu
     errors, examples = 0, []
     if client == "wire" and concurrency:
         payloads = serialized_requests(target, queries, top_k, keyword_ids)
-        latencies, errors, examples, seconds = await asyncio.to_thread(
-            closed_loop_threads, url, target, payloads, concurrency, requests, duration_s, warmup, timeout_s)
+        stop = threading.Event()
+        try:
+            latencies, errors, examples, seconds = await asyncio.to_thread(
+                closed_loop_threads, url, target, payloads, concurrency, requests, duration_s, warmup, timeout_s,
+                stop)
+        except asyncio.CancelledError:  # Ctrl-C: the workers stop after their call in flight
+            stop.set()
+            raise
         return summarize("closed", target, concurrency, latencies, errors, seconds, examples)
     if client == "wire":
         caller = WireCaller(url, target, serialized_requests(target, queries, top_k, keyword_ids), timeout_s)

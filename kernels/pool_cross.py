@@ -61,7 +61,7 @@ class PoolCrossParams:
 
         from training.artifacts import ArtifactError, read_json_object, read_tensors, verify_checksums
         export_dir = Path(export_dir)
-        verify_checksums(export_dir, "export.json", ["pool_cross.safetensors", "pool_cross.json"])
+        verify_checksums(export_dir, "export.json", ["pool_cross.safetensors", "pool_cross.json"], required=False)
         config = read_json_object(export_dir / "pool_cross.json")
         where = export_dir / "pool_cross.safetensors"
         crossings = config.get("trained_crossings")
@@ -82,8 +82,10 @@ class PoolCrossParams:
                  and getattr(params, f.name).dtype != torch.float32]
         if wrong:
             raise ArtifactError(f"{where}: {wrong} are not float32")
+        if params.pool_v.dim() != 1 or (params.proj_w is not None and params.proj_w.dim() != 2):
+            raise ArtifactError(f"{where}: pool_v must be a vector and proj_w a matrix")
         h, d = params.pool_v.shape[0], params.dim
-        if params.pool_v.dim() != 1 or (params.proj_w is not None and (
+        if (params.proj_w is not None and (
                 tuple(params.proj_w.shape) != (d, h) or tuple(params.proj_b.shape) != (d,))) \
                 or any(getattr(params, n).numel() != 1 for n in ("pool_b", "cos_w", "cos_b")):
             shapes = {name: tuple(t.shape) for name, t in state.items()}

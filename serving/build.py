@@ -63,6 +63,7 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
           reranker: bool = True) -> Path:
     from training.data import keyword_corpus, load_pairs
     from serving.keyword_store import sha256_file
+    from training.artifacts import ArtifactError, read_json_object
     from training.export import EXPORT_FORMAT, export
     from training.index import build as build_index
     from training.train_twin import TrainConfig, train
@@ -92,7 +93,10 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
 
     t = _step("export")
     current = export_dir / "export.json"
-    made = json.loads(current.read_text()) if current.is_file() else {}
+    try:
+        made = read_json_object(current) if current.is_file() else {}
+    except ArtifactError:  # unreadable: exported again below
+        made = {}
     if made.get("checkpoint_sha256") == sha256_file(model_dir / "model.safetensors") \
             and made.get("format") == EXPORT_FORMAT:
         print(f"reusing {export_dir}")

@@ -51,7 +51,7 @@ def query_tokenizer(version_dir: str | Path, more: tuple[str, ...] = ()) -> Word
     checking tokenizer.json, tokenizer_config.json and the files in `more` against export.json's
     checksums: a corrupt file is refused by name instead of encoding queries into other vectors."""
     version_dir = Path(version_dir)
-    verify_checksums(version_dir, "export.json", ["tokenizer.json", "tokenizer_config.json", *more])
+    verify_checksums(version_dir, "export.json", ["tokenizer.json", "tokenizer_config.json", *more], required=False)
     max_len = read_json_object(version_dir / "tokenizer_config.json").get("query_max_len")
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ArtifactError(f"{version_dir / 'tokenizer_config.json'}: query_max_len must be a positive int, "

@@ -172,3 +172,11 @@ def test_a_rollout_of_a_corrupt_export_is_refused_before_the_server_is_touched(e
     _flip_byte(export_copy / "query_encoder.pt")
     with pytest.raises(RolloutError, match="query_encoder.pt: checksum differs"):
         rollout(tmp_path / "repo", export_copy, tmp_path / "store", url="127.0.0.1:1", timeout_s=1)
+
+
+def test_a_served_version_assembled_before_export_json_was_placed_still_loads_with_a_warning(export_copy):
+    (export_copy / "export.json").unlink()
+    with pytest.warns(UserWarning, match="no export.json, so .* load unchecked; re-assemble"):
+        QueryEncoder(export_copy, optimize=False)
+    with pytest.warns(UserWarning, match="load unchecked"):
+        PoolCrossParams.load(export_copy)

@@ -259,3 +259,41 @@ def test_loadtest_cli_refuses_bad_input_with_exit_2(tmp_path):
     (tmp_path / "q.txt").write_text("drill\n")
     both = run("--queries", str(tmp_path / "q.txt"), "--concurrency", "1", "--rate", "5")
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_threaded_closed_loop_counts_every_request_and_raises_what_a_worker_hit(monkeypatch):
+    """The wire closed loop's threads (no server: a fake channel): requests are shared out exactly,
+    and a failure that is not a gRPC error stops the run instead of dying silently in its thread."""
+    import threading
+
+    import client.loadtest as lt
+
+    class Channel:
+        def __init__(self, fail_at=None):
+            self.calls, self.fail_at, self.lock = 0, fail_at, threading.Lock()
+
+        def unary_unary(self, _method):
+            def infer(payload, timeout=None):
+                with self.lock:
+                    self.calls += 1
+                    n = self.calls
+                if n == self.fail_at:
+                    raise MemoryError("worker blew up")
+                return b""
+            return infer
+
+        def close(self):
+            pass
+
+    channel = Channel()
+    monkeypatch.setattr(lt.grpc, "insecure_channel", lambda url, options=None: channel)
+    latencies, errors, _, _ = lt.closed_loop_threads("x:1", "retrieve", [b"a", b"b"], 3, 50, 30.0, 0, 1.0)
+    assert len(latencies) == 50 and errors == 0 and channel.calls == 50
+    channel = Channel(fail_at=7)
+    with pytest.raises(MemoryError, match="worker blew up"):
+        lt.closed_loop_threads("x:1", "retrieve", [b"a"], 3, 10_000, 30.0, 0, 1.0)
+    assert channel.calls < 10_000  # the other workers stopped too
+    stop = threading.Event()
+    stop.set()
+    channel = Channel()
+    assert lt.closed_loop_threads("x:1", "retrieve", [b"a"], 2, 100, 30.0, 0, 1.0, stop)[0] == []

@@ -18,8 +18,8 @@ def test_corpus_reads_csv_and_jsonl_as_written(tmp_path):
     read = lambda name, body: read_corpus(_write(tmp_path, name, body))  # noqa: E731
     assert read("c.csv", b'\xef\xbb\xbfid,text,brand\r\n 7 ,"drill, cordless\n18V",bosch\r\n\r\n8,  saw  ,x\r\n') == (
         ["7", "8"], ["drill, cordless 18V", "saw"])  # BOM, CRLF, quoting, padded id, blank line, extra column
-    assert read("c.JSONL", b'{"id": 7, "text": "drill"}\n\n{"id": "x8", "text": "Cr\xc3\xa8me_ saw"}\n') == (
-        ["7", "x8"], ["drill", "Crème_ saw"])  # a generic corpus is not put through Home Depot's mojibake map
+    assert read("c.JSONL", b'{"id": 7, "text": "drill"}\n\n{"id": "x8", "text": "30\xc3\xa5\xc2\xa1 elbow"}\n') == (
+        ["7", "x8"], ["drill", "30° elbow"])  # repaired as load_pairs repairs the titles
     assert read("c.txt", b'{"id": 1, "text": "drill"}\n')[0] == ["1"]  # JSON lines whatever the suffix
     assert read("c.dat", b"id,text\n1,drill\n")[0] == ["1"]
 

@@ -163,6 +163,7 @@ def test_labelled_pairs_reader_refuses_rows_it_would_misread(tmp_path):
                           (head + b"drill,bosch,nan\n", r"x.csv:2: label must be a finite number, got 'nan'"),
                           (head + b"drill,bosch,inf\n", "finite number"),
                           (head + b"drill,bosch,1_0\n", "finite number"),
+                          (head + b"drill,bosch,1e400\n", "finite number"),
                           (head + b"drill,bosch,3\n  ,saw,1\n", r"x.csv:3: blank query"),
                           (head + b"drill,,2\n", r"x.csv:2: blank keyword"),
                           (b"query,keyword,label,label\ndrill,bosch,3,1\n", r"header names \['label'\] more than once"),
@@ -175,6 +176,11 @@ def test_labelled_pairs_reader_refuses_rows_it_would_misread(tmp_path):
     # TSV has no quoting: an inch mark is text and does not swallow the rows after it
     got = read("x.tsv", b'query\tkeyword\tlabel\n"6 pipe\tpvc pipe\t3\ndrill\t"bosch" drill\t2\n3" pipe\tpvc\t1\n')
     assert got.queries == ['"6 pipe', "drill", '3" pipe'] and got.keywords[1] == '"bosch" drill'
+    # what csv.writer (and this project's writer before) put in a TSV: a field with a quote, quoted whole
+    assert read("x.tsv", b'query\tkeyword\tlabel\n"1/2"" pipe"\t"""6"""\t3\n').queries == ['1/2" pipe']
+    assert read("x.tsv", b'query\tkeyword\tlabel\n"1/2"" pipe"\t"""6"""\t3\n').keywords == ['"6"']
+    write_labelled_pairs(LabelledPairs(['"6"', '1/2" pipe'], ['"quoted"', "k"], [1.0, 2.0]), tmp_path / "q.tsv")
+    assert read_labelled_pairs(tmp_path / "q.tsv").queries == ['"6"', '1/2" pipe']
     assert read("x.TSV", b"query\tkeyword\tlabel\ndrill\tbosch\t3\n").labels == [3.0]
     assert read("x.txt", b"query\tkeyword\tlabel\r\ndrill\tbosch\t3\r\n").keywords == ["bosch"]
     assert read("y.csv", b'query,keyword,label\r\n"fan, white","Hunter ""fan""\nceiling",2\r\n').keywords == [

@@ -124,10 +124,17 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
         raise ArtifactError(f"{path}: not a readable TorchScript file ({str(e).splitlines()[0]})") from None
 
 
-def verify_checksums(directory: str | Path, manifest: str, names: list[str]) -> dict:
+def verify_checksums(directory: str | Path, manifest: str, names: list[str], required: bool = True) -> dict:
     """Each of `names` in `directory` against the sha256 the manifest (JSON, key "sha256") records for
-    it; returns the manifest. A file the manifest does not list, or whose bytes changed, is refused."""
+    it; returns the manifest. A file the manifest does not list, or whose bytes changed, is refused.
+    `required=False`: a directory without the manifest at all (a served version assembled before
+    versions carried export.json) loads unchecked, with a warning to re-assemble; returns {}."""
     directory = Path(directory)
+    if not required and not (directory / manifest).exists():
+        import warnings
+        warnings.warn(f"{directory}: no {manifest}, so {', '.join(names)} load unchecked; re-assemble the "
+                      "repository (`make build`) to have them checked", stacklevel=2)
+        return {}
     record = read_json_object(directory / manifest)
     sums = record.get("sha256")
     if not isinstance(sums, dict):

@@ -3,7 +3,8 @@
 Labelled pairs (CSV or TSV with a header): `query,keyword,label` and optionally `keyword_id`.
   `label` is a graded or binary relevance; `training.evaluate --positive-threshold` says what counts
   as relevant (default 2.5, Home Depot's scale). UTF-8, with or without a byte-order mark.
-  CSV fields follow RFC 4180 quoting; TSV (.tsv/.tab) fields are taken as they are (no quoting).
+  CSV fields follow RFC 4180 quoting; TSV (.tsv/.tab) fields are taken as they are, except one quoted
+  whole as a CSV writer quotes it (`"1/2"" pipe"` is `1/2" pipe`).
 BEIR layout (a directory): `corpus.jsonl` ({"_id", "title"?, "text"}), `queries.jsonl` ({"_id", "text"}),
   `qrels/<split>.tsv` (header `query-id corpus-id score`, optional). Score > 0 is relevant; the score is
   the gain. Ids are strings or integers, each once.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,14 @@ def load_homedepot(data_dir=None, split: str = "test") -> tuple[LabelledPairs, R
     return pairs_from_homedepot(rows), retrieval_from_homedepot(all_pairs, rows)
 
 
+_QUOTED_WHOLE = re.compile(r'"((?:[^"]|"")*)"')
+
+
+def _unquoted(field: str) -> str:
+    m = _QUOTED_WHOLE.fullmatch(field)
+    return m.group(1).replace('""', '"') if m else field
+
+
 def _pairs_delimiter(path: Path, first_line: str) -> str:
     suffix = path.suffix.lower()
     if suffix in (".tsv", ".tab"):
@@ -97,6 +107,8 @@ def read_labelled_pairs(path: str | Path, positive_threshold: float = POSITIVE_T
     rows = []
     for where, _, (query, keyword, label) in csv_records(path, itertools.chain([first], lines), need,
                                                           f" ({sep}-separated, from the file's {source})", **dialect):
+        if delimiter == "\t":  # a field a CSV writer quoted whole (`"1/2"" pipe"`) reads as it was written
+            query, keyword = _unquoted(query), _unquoted(keyword)
         if not query.strip() or not keyword.strip():
             raise ValueError(f"{where}: blank {'query' if not query.strip() else 'keyword'}")
         rows.append((query, keyword, finite_number(label, "label", where)))
@@ -117,6 +129,8 @@ def write_labelled_pairs(pairs: LabelledPairs, path: str | Path) -> None:
                 fields = [str(c) for c in row]
                 if any(ch in c for c in fields for ch in "\t\r\n"):
                     raise ValueError(f"pair {n} has a tab or newline in a field, which TSV cannot hold; write a .csv")
+                # a field that is quoted whole would read back unquoted: quote it as CSV does
+                fields = ['"' + c.replace('"', '""') + '"' if _QUOTED_WHOLE.fullmatch(c) else c for c in fields]
                 f.write("\t".join(fields) + "\n")
         else:
             csv.writer(f).writerows(rows)

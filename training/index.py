@@ -22,17 +22,18 @@ from tqdm import tqdm
 from serving.keyword_store import (DEFAULT_INDEX_TYPE, DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec,
                                    check_vector_dtype, sha256_file, write_version)
 from training.artifacts import ArtifactError, load_torchscript, read_json_object, verify_checksums
-from training.data import DataError, keyword_corpus, load_pairs
+from training.data import DataError, keyword_corpus, load_pairs, repair_text
 from training.textfiles import csv_records, jsonl_objects, text_id, utf8_lines
 from training.tokenize import WordPiece
-from training.cli import positive_int
+from training.cli import one_line_errors, positive_int
 
 
 def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     """(ids, texts) of a keyword corpus: `id,text` CSV (a header naming both, other columns ignored, RFC
     4180 quoting) or one JSON object {"id", "text"} per line (.jsonl/.json, or another suffix whose
     first line is an object). UTF-8, a byte-order mark allowed. Ids are strings or integers, stripped,
-    each once; texts are non-blank strings, whitespace collapsed. Any other row is an error naming the
+    each once; texts are non-blank strings, whitespace collapsed and Home Depot's known mojibake
+    repaired (training.data.repair_text). Any other row is an error naming the
     file and line."""
     path = Path(path)
     if not path.is_file():
@@ -56,7 +57,7 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
             rows.append((where, kid, text))
     ids, texts = [], []
     for where, kid, text in rows:
-        text = " ".join(text.split())
+        text = repair_text(text)  # as load_pairs does: a Home Depot dump indexes as its titles do
         if not text:
             raise ValueError(f"{where}: blank text")
         ids.append(kid)
@@ -103,7 +104,10 @@ def load_keyword_encoder(export_dir: str | Path) -> tuple[torch.jit.ScriptModule
         raise ArtifactError(f"{export_dir / 'tokenizer_config.json'}: keyword_max_len must be an int >= 2, "
                             f"got {max_len!r}")
     from kernels import cpu_native
-    cpu_native.load()  # exports traced before the pooling used its reference maths call the C++ op
+    # exports before format 2 traced the C++ pooling op into keyword_encoder.pt: it loads only with it
+    if not cpu_native.load() and read_json_object(export_dir / "export.json").get("format", 1) < 2:
+        raise ArtifactError(f"{encoder_path} was exported before format 2 and needs the C++ pool_cross op, "
+                            f"which is unavailable here ({cpu_native.error()}); export it again")
     return load_torchscript(encoder_path).eval(), WordPiece(export_dir / "tokenizer.json", max_len)
 
 
@@ -129,6 +133,7 @@ def build(export_dir: str | Path, store_root: str | Path, ids: list[str], texts:
     return version
 
 
+@one_line_errors("index")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export", required=True, help="export directory from training.export")

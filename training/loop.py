@@ -107,7 +107,7 @@ def _checkpoint_to_resume(ckpt: Path) -> Path | None:
         return old
     if ckpt.is_dir() and any(ckpt.iterdir()):
         raise ArtifactError(f"{ckpt}: a checkpoint without state.json (incomplete or damaged); pass --no-resume "
-                            "to start over")
+                            f"to start over, or delete {ckpt}")
     return None
 
 
@@ -118,7 +118,7 @@ def _load_checkpoint(path: Path, model, opt, sched) -> dict:
     """Model, optimizer, schedule and RNG of a checkpoint, each checked first: a damaged one is refused
     by name (pass --no-resume) instead of training on with wrong state."""
     def bad(what: str) -> ArtifactError:
-        return ArtifactError(f"{path}: {what}; pass --no-resume to start over")
+        return ArtifactError(f"{path}: {what}; pass --no-resume to start over, or delete {path}")
 
     state = read_json_object(path / "state.json")
     step, groups, rng = state.get("step"), state.get("param_groups"), state.get("torch_rng")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -14,8 +15,8 @@ _BOM = b"\xef\xbb\xbf"
 
 
 def is_number(text: str) -> bool:
-    """A finite decimal number (float() alone would also take 'nan', 'inf' and '1_0', which is 10)."""
-    return _NUMBER.fullmatch(text.strip()) is not None
+    """A finite decimal number (float() alone would also take 'nan', 'inf', '1e400' and '1_0', which is 10)."""
+    return _NUMBER.fullmatch(text.strip()) is not None and math.isfinite(float(text))
 
 
 def finite_number(text: str, what: str, where: str) -> float:
