@@ -15,14 +15,13 @@ by Triton's PyTorch backend.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from serving.requests import check_token_inputs, check_tokenized, decode_queries
-from training.artifacts import ArtifactError, load_torchscript, read_json_object, verify_checksums
+from training.artifacts import int_field, load_torchscript, read_json_object, verify_checksums
 from training.tokenize import WordPiece
 
 PAD_MULTIPLE = 8
@@ -52,11 +51,8 @@ def query_tokenizer(version_dir: str | Path, more: tuple[str, ...] = ()) -> Word
     checksums: a corrupt file is refused by name instead of encoding queries into other vectors."""
     version_dir = Path(version_dir)
     verify_checksums(version_dir, "export.json", ["tokenizer.json", "tokenizer_config.json", *more], required=False)
-    max_len = read_json_object(version_dir / "tokenizer_config.json").get("query_max_len")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ArtifactError(f"{version_dir / 'tokenizer_config.json'}: query_max_len must be a positive int, "
-                            f"got {max_len!r}")
-    return WordPiece(version_dir / "tokenizer.json", max_len)
+    config = version_dir / "tokenizer_config.json"
+    return WordPiece(version_dir / "tokenizer.json", int_field(read_json_object(config), "query_max_len", config, 1))
 
 
 class QueryEncoder:

@@ -12,13 +12,12 @@ pair, as `training.evaluate` scores them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.artifacts import ArtifactError, load_torchscript, verify_checksums
+from training.artifacts import ArtifactError, int_field, load_torchscript, verify_checksums
 from training.tokenize import PairTokenizer
 
 
@@ -30,9 +29,9 @@ class Reranker:
                 raise FileNotFoundError(f"{d}: re-ranker export has no {name}; run "
                                         "`python -m training.export --reranker CKPT --reranker-out DIR`")
         self.config = verify_checksums(d, "reranker.json", ["reranker.pt", "tokenizer.json"])
-        max_len = self.config.get("max_length")
+        max_len = int_field(self.config, "max_length", d / "reranker.json", 1)
         trained = (self.config.get("model_config") or {}).get("max_length", max_len)
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1 or max_len != trained:
+        if max_len != trained:
             raise ArtifactError(f"{d / 'reranker.json'}: max_length {max_len!r} is not the positive int the "
                                 f"model was trained with ({trained!r})")
         self.model = load_torchscript(d / "reranker.pt").eval()

@@ -25,7 +25,7 @@ from serving.keyword_store import (IndexSpec, KeywordStore, StoreError, UnknownK
                                    sha256_file, write_version)
 from serving.repository import KEYWORD_WARMUP, STORE_MODELS, keyword_warmup_bytes, served_version
 from serving.rollout import RolloutError, publish_versions, swap_warmups, warmup_keyword
-from training.textfiles import utf8_lines
+from training.textfiles import need_file, utf8_lines
 
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
@@ -86,9 +86,7 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
 
 def read_ids(path: str | Path) -> set[str]:
     """Keyword ids, one per line (UTF-8, a byte-order mark allowed; blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = need_file(path)
     ids = {line.strip() for line in utf8_lines(path) if line.strip()}
     if not ids:
         raise ValueError(f"{path}: no keyword ids")

@@ -75,6 +75,14 @@ def _typed(value, kind, where: str):
     return float(value) if kind is float else value
 
 
+def int_field(record: dict, key: str, where: str | Path, minimum: int) -> int:
+    """record[key], an int (not a bool) of at least `minimum`."""
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ArtifactError(f"{where}: {key} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
 def read_config(cls, path: str | Path):
     """The dataclass `cls` from a JSON object: unknown keys and values of the wrong type are refused;
     keys that are absent take the field's default (checkpoints written before the field existed)."""

@@ -4,6 +4,7 @@ run, and NaN or infinity never passes for a number."""
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 
@@ -42,20 +43,28 @@ fraction = _checked(_float, lambda v: 0 <= v <= 1, "between 0 and 1")
 port = _checked(_int, lambda v: 1 <= v <= 65535, "a port between 1 and 65535")
 
 
-def int_list(text: str) -> list[int]:
-    """'1,2,4' -> [1, 2, 4]: positive integers, at least one."""
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of positive integers, got {text!r}")
-    return [positive_int(t) for t in items]
+def _comma_list(item, what: str):
+    """An argparse type: comma-separated `item`s, at least one, none empty ('1,,2' is refused)."""
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",")]
+        if not text.strip() or any(not t for t in items):
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list of {what}, got {text!r}")
+        return [item(t) for t in items]
+    return parse
 
 
-def float_list(text: str) -> list[float]:
-    """'50,100' -> [50.0, 100.0]: positive finite numbers, at least one."""
-    items = [t.strip() for t in text.split(",")]
-    if not text.strip() or any(not t for t in items):
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of positive numbers, got {text!r}")
-    return [positive_float(t) for t in items]
+int_list = _comma_list(positive_int, "positive integers")      # '1,2,4' -> [1, 2, 4]
+float_list = _comma_list(positive_float, "positive numbers")    # '50,100' -> [50.0, 100.0]
+
+
+def layer_count(text: str) -> int:
+    """Transformer layers to take from the pretrained model: 1 up to as many as it has."""
+    from training.pretrained import pretrained_layers
+    value = positive_int(text)
+    if value > pretrained_layers():
+        raise argparse.ArgumentTypeError(f"the pretrained model has {pretrained_layers()} layers to start from, "
+                                         f"got {text!r}")
+    return value
 
 
 def source_list(known: tuple[str, ...]):
@@ -74,6 +83,7 @@ def one_line_errors(prog: str):
     """Decorates a command's main(): a missing data directory or a corrupt artifact (DataError,
     ArtifactError; their messages name the path) ends the command with one line, not a traceback."""
     def wrap(main):
+        @functools.wraps(main)
         def run(argv=None):
             try:
                 return main(argv)
@@ -83,6 +93,5 @@ def one_line_errors(prog: str):
                 if isinstance(e, (ArtifactError, DataError)):
                     raise SystemExit(f"{prog}: {e}") from None
                 raise
-        run.__doc__, run.__name__ = main.__doc__, main.__name__
         return run
     return wrap

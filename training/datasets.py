@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.data import POSITIVE_THRESHOLD, Pair, keyword_corpus, load_pairs, normalize_query, split_pairs
-from training.textfiles import csv_records, finite_number, is_number, jsonl_objects, utf8_lines
+from training.textfiles import csv_records, finite_number, is_number, jsonl_objects, need_file, utf8_lines
 
 
 @dataclass
@@ -79,13 +79,15 @@ def _unquoted(field: str) -> str:
     return m.group(1).replace('""', '"') if m else field
 
 
-def _pairs_delimiter(path: Path, first_line: str) -> str:
+_TSV_SUFFIXES = (".tsv", ".tab")
+
+
+def _pairs_delimiter(path: Path, first_line: str) -> tuple[str, str]:
+    """(delimiter, what chose it): the suffix, or for another one (.txt) what the header is split by."""
     suffix = path.suffix.lower()
-    if suffix in (".tsv", ".tab"):
-        return "\t"
-    if suffix == ".csv":
-        return ","
-    return "\t" if "\t" in first_line else ","  # another suffix (.txt): what the header is split by
+    if suffix in _TSV_SUFFIXES or suffix == ".csv":
+        return ("\t" if suffix in _TSV_SUFFIXES else ","), "suffix"
+    return ("\t" if "\t" in first_line else ","), "first line"
 
 
 def read_labelled_pairs(path: str | Path, positive_threshold: float = POSITIVE_THRESHOLD) -> LabelledPairs:
@@ -94,19 +96,16 @@ def read_labelled_pairs(path: str | Path, positive_threshold: float = POSITIVE_T
     field cannot hold a tab or a newline and a quote is text). Every malformed row is an error naming
     its line: a field count other than the header's, a blank query or keyword, a label that is not a
     finite number."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
+    path = need_file(path)
     lines = utf8_lines(path)
     first = next(lines, "")
-    delimiter = _pairs_delimiter(path, first)
+    delimiter, chosen_by = _pairs_delimiter(path, first)
     dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if delimiter == "\t" else dict(delimiter=",", strict=True)
-    need = ("query", "keyword", "label")
     sep = "tab" if delimiter == "\t" else "comma"
-    source = "suffix" if path.suffix.lower() in (".csv", ".tsv", ".tab") else "first line"
+    context = f" ({sep}-separated, from the file's {chosen_by})"
     rows = []
-    for where, _, (query, keyword, label) in csv_records(path, itertools.chain([first], lines), need,
-                                                          f" ({sep}-separated, from the file's {source})", **dialect):
+    for where, _, (query, keyword, label) in csv_records(path, itertools.chain([first], lines),
+                                                          ("query", "keyword", "label"), context, **dialect):
         if delimiter == "\t":  # a field a CSV writer quoted whole (`"1/2"" pipe"`) reads as it was written
             query, keyword = _unquoted(query), _unquoted(keyword)
         if not query.strip() or not keyword.strip():
@@ -124,7 +123,7 @@ def write_labelled_pairs(pairs: LabelledPairs, path: str | Path) -> None:
     rows = [("query", "keyword", "label"), *zip(pairs.queries, pairs.keywords, pairs.labels)]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
-        if path.suffix.lower() in (".tsv", ".tab"):
+        if path.suffix.lower() in _TSV_SUFFIXES:
             for n, row in enumerate(rows):
                 fields = [str(c) for c in row]
                 if any(ch in c for c in fields for ch in "\t\r\n"):

@@ -23,11 +23,12 @@ from training.data import load_pairs, normalize_query, split_pairs
 from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
-from training.pretrained import minilm_dir, pretrained_layers
+from training.pretrained import minilm_dir
 from training.teacher import dev_sample, relevance_target
 from training.tokenize import WordPiece
 from training.twin import TwinBERT, TwinConfig
-from training.cli import nonnegative_float, nonnegative_int, one_line_errors, positive_float, positive_int, source_list
+from training.cli import (layer_count, nonnegative_float, nonnegative_int, one_line_errors, positive_float,
+                          source_list)
 
 
 def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], batch_size: int = 256
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sources", type=source_list(SOURCES), default=",".join(SOURCES),
                     help="comma-separated sources to train on")
     ap.add_argument("--init", help="TwinBERT checkpoint to start from (default: pretrained MiniLM layers)")
-    ap.add_argument("--num-layers", type=positive_int, default=None,
+    ap.add_argument("--num-layers", type=layer_count, default=None,
                     help="student transformer layers (default 2; with --init, the checkpoint's)")
     ap.add_argument("--proj-dim", type=nonnegative_int, default=0,
                     help="pooled vectors through tanh(W e) to this dim (0 = none); with --init on a checkpoint "
@@ -123,8 +124,6 @@ def main(argv=None) -> None:
                          "pooling and projection move the cos vectors too) or the res crossing's MLP only")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
     args = ap.parse_args(argv)
-    if args.num_layers is not None and args.num_layers > pretrained_layers():
-        ap.error(f"--num-layers: the pretrained model has {pretrained_layers()} layers to start from")
     if args.init and args.num_layers is not None:
         ap.error("--num-layers comes from the --init checkpoint; give one or the other")
     if args.listwise_weight and args.group_size < 2:

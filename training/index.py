@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from serving.keyword_store import (DEFAULT_INDEX_TYPE, DEFAULT_VECTOR_DTYPE, INDEX_TYPES, VECTOR_DTYPES, IndexSpec,
                                    check_vector_dtype, sha256_file, write_version)
-from training.artifacts import ArtifactError, load_torchscript, read_json_object, verify_checksums
-from training.data import DataError, keyword_corpus, load_pairs, repair_text
-from training.textfiles import csv_records, jsonl_objects, text_id, utf8_lines
+from training.artifacts import ArtifactError, int_field, load_torchscript, read_json_object, verify_checksums
+from training.data import keyword_corpus, load_pairs, repair_text
+from training.textfiles import csv_records, first_id, jsonl_objects, need_file, utf8_lines
 from training.tokenize import WordPiece
 from training.cli import one_line_errors, positive_int
 
@@ -35,9 +35,7 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     each once; texts are non-blank strings, whitespace collapsed and Home Depot's known mojibake
     repaired (training.data.repair_text). Any other row is an error naming the
     file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file {path} not found" if not path.exists() else f"{path}: is not a file")
+    path = need_file(path)
     lines = utf8_lines(path)
     first = next(lines, "")
     suffix = path.suffix.lower()
@@ -50,11 +48,7 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
     else:
         seen: dict[str, int] = {}
         for where, n, (kid, text) in csv_records(path, itertools.chain([first], lines), ("id", "text"), strict=True):
-            kid = text_id(kid, where, "id")
-            if kid in seen:
-                raise ValueError(f"{where}: id {kid!r} again (first on line {seen[kid]})")
-            seen[kid] = n
-            rows.append((where, kid, text))
+            rows.append((where, first_id(seen, kid, where, n, "id", label="id"), text))
     ids, texts = [], []
     for where, kid, text in rows:
         text = repair_text(text)  # as load_pairs does: a Home Depot dump indexes as its titles do
@@ -98,14 +92,13 @@ def load_keyword_encoder(export_dir: str | Path) -> tuple[torch.jit.ScriptModule
     encoder_path = export_dir / "keyword_encoder.pt"
     if not encoder_path.is_file():
         raise FileNotFoundError(f"{encoder_path} not found; run `python -m training.export` first")
-    verify_checksums(export_dir, "export.json", ["keyword_encoder.pt", "tokenizer.json", "tokenizer_config.json"])
-    max_len = read_json_object(export_dir / "tokenizer_config.json").get("keyword_max_len")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
-        raise ArtifactError(f"{export_dir / 'tokenizer_config.json'}: keyword_max_len must be an int >= 2, "
-                            f"got {max_len!r}")
+    made = verify_checksums(export_dir, "export.json",
+                            ["keyword_encoder.pt", "tokenizer.json", "tokenizer_config.json"])
+    config = export_dir / "tokenizer_config.json"
+    max_len = int_field(read_json_object(config), "keyword_max_len", config, 2)
     from kernels import cpu_native
     # exports before format 2 traced the C++ pooling op into keyword_encoder.pt: it loads only with it
-    if not cpu_native.load() and read_json_object(export_dir / "export.json").get("format", 1) < 2:
+    if not cpu_native.load() and made.get("format", 1) < 2:
         raise ArtifactError(f"{encoder_path} was exported before format 2 and needs the C++ pool_cross op, "
                             f"which is unavailable here ({cpu_native.error()}); export it again")
     return load_torchscript(encoder_path).eval(), WordPiece(export_dir / "tokenizer.json", max_len)
@@ -161,7 +154,7 @@ def main(argv=None) -> None:
         else:
             corpus = keyword_corpus(load_pairs(args.data))
             ids, texts = list(corpus), list(corpus.values())
-    except (ValueError, OSError, DataError) as e:  # the file's line and problem, not a traceback
+    except (ValueError, OSError) as e:  # the file's line and problem, not a traceback (DataError: the decorator)
         raise SystemExit(f"index: {e}") from None
     spec = IndexSpec(args.index_type, args.hnsw_m, args.ef_construction, args.ef_search)
     build(args.export, args.store, ids, texts, spec, args.batch_size, vector_dtype=args.vector_dtype)

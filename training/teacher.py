@@ -28,10 +28,10 @@ from training.data import keyword_corpus, load_pairs, split_pairs, write_split
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
 from training.precision import autocast
-from training.pretrained import minilm_dir, pretrained_layers
+from training.pretrained import minilm_dir
 from training.tokenize import PairTokenizer
 from training.twin import Encoder
-from training.cli import fraction, one_line_errors, positive_int
+from training.cli import fraction, layer_count, one_line_errors, positive_int
 
 
 @dataclass
@@ -108,13 +108,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="artifacts/teacher")
     ap.add_argument("--max-length", type=positive_int, default=48)
-    ap.add_argument("--num-layers", type=positive_int, default=6, help="transformer layers taken from MiniLM-L6")
+    ap.add_argument("--num-layers", type=layer_count, default=6, help="transformer layers taken from MiniLM-L6")
     ap.add_argument("--random-negatives", type=fraction, default=0.2,
                     help="random-title pairs added, as a fraction of the labelled pairs (0-1)")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=32, eval_every=500)
     args = ap.parse_args(argv)
-    if args.num_layers is not None and args.num_layers > pretrained_layers():
-        ap.error(f"--num-layers: the pretrained model has {pretrained_layers()} layers to start from")
     loop = loop_config(args)
     if is_main():
         print(f"teacher: {json.dumps(vars(args))}", flush=True)

@@ -25,6 +25,14 @@ def finite_number(text: str, what: str, where: str) -> float:
     return float(text)
 
 
+def need_file(path: str | Path) -> Path:
+    """`path` as a Path, once it is known to be a file (the line readers open it only when first read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: is not a file")
+    return path
+
+
 def utf8_lines(path: Path) -> Iterator[str]:
     """The file's lines as text, line endings kept; a non-UTF-8 line is named by line and byte offset in
     the file (not in a decoder's buffer). A byte-order mark before the first line is dropped."""
@@ -52,6 +60,17 @@ def text_id(value, where: str, key: str = "_id") -> str:
     return text
 
 
+def first_id(first: dict[str, int], value, where: str, line: int, key: str, label: str | None = None) -> str:
+    """`value` as an id (text_id) that `first` (id -> line it was first seen on) does not hold yet;
+    recorded there. `label` names the id in the error (default: the JSON key, quoted)."""
+    i = text_id(value, where, key)
+    if i in first:
+        shown = label or f'"{key}"'
+        raise ValueError(f"{where}: {shown} {i!r} again (first on line {first[i]})")
+    first[i] = line
+    return i
+
+
 def jsonl_objects(path: Path, need: tuple[str, ...], key: str = "_id",
                   lines: Iterable[str] | None = None) -> Iterator[tuple[str, str, dict]]:
     """(path:line, id, object) for each non-blank line of a JSON-lines file (or of `lines` read from it);
@@ -68,11 +87,7 @@ def jsonl_objects(path: Path, need: tuple[str, ...], key: str = "_id",
             raise ValueError(f"{where}: not JSON ({e.msg}){hint}") from None
         if not isinstance(o, dict) or any(k not in o for k in need):
             raise ValueError(f"{where}: each line must be an object with {list(need)}{hint}")
-        i = text_id(o[key], where, key)
-        if i in first:
-            raise ValueError(f"{where}: \"{key}\" {i!r} again (first on line {first[i]})")
-        first[i] = n
-        yield where, i, o
+        yield where, first_id(first, o[key], where, n, key), o
 
 
 def csv_records(path: Path, lines: Iterable[str], need: tuple[str, ...], context: str = "",

@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from training.data import POSITIVE_THRESHOLD, load_pairs, normalize_query, split_pairs, write_split
 from training.precision import add_precision_arg, autocast, resolve
-from training.pretrained import minilm_dir, pretrained_layers
+from training.pretrained import minilm_dir
 from training.tokenize import WordPiece
 from training.twin import TwinBERT, TwinConfig
-from training.cli import nonnegative_int, one_line_errors, positive_float, positive_int
+from training.cli import layer_count, nonnegative_int, one_line_errors, positive_float, positive_int
 
 
 @dataclass
@@ -55,15 +55,12 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--batch-size", type=positive_int, default=d.batch_size)
     ap.add_argument("--lr", type=positive_float, default=d.lr)
     ap.add_argument("--scale", type=positive_float, default=d.scale)
-    ap.add_argument("--num-layers", type=positive_int, default=d.num_layers)
+    ap.add_argument("--num-layers", type=layer_count, default=d.num_layers)
     ap.add_argument("--proj-dim", type=nonnegative_int, default=d.proj_dim)
     ap.add_argument("--threads", type=positive_int, default=d.threads)
     ap.add_argument("--seed", type=int, default=d.seed)
     add_precision_arg(ap)
-    args = ap.parse_args(argv)
-    if args.num_layers > pretrained_layers():
-        ap.error(f"--num-layers: the pretrained model has {pretrained_layers()} layers to start from")
-    return TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
+    return TrainConfig(**{k.replace("-", "_"): v for k, v in vars(ap.parse_args(argv)).items()})
 
 
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, same: torch.Tensor, scale: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from kernels import PoolCrossParams, pool_cross
+from kernels import CROSSINGS, PoolCrossParams, pool_cross
 from training.artifacts import ArtifactError, load_weights, read_config, read_tensors
 from training.pretrained import minilm_dir, pretrained_layers
 
@@ -147,9 +147,9 @@ class TwinBERT(nn.Module):
             if not (ckpt / name).is_file():
                 raise FileNotFoundError(f"{ckpt}: checkpoint has no {name}")
         config = read_config(TwinConfig, ckpt / "config.json")
-        bad = [c for c in config.trained_crossings if c not in ("cos", "res")]
-        if config.crossing not in ("cos", "res") or bad or not config.trained_crossings:
-            raise ArtifactError(f"{ckpt / 'config.json'}: crossings are cos and res, got crossing "
+        bad = [c for c in config.trained_crossings if c not in CROSSINGS]
+        if config.crossing not in CROSSINGS or bad or not config.trained_crossings:
+            raise ArtifactError(f"{ckpt / 'config.json'}: crossings are {' and '.join(CROSSINGS)}, got crossing "
                                 f"{config.crossing!r}, trained_crossings {list(config.trained_crossings)}")
         state = read_tensors(ckpt / "model.safetensors")
         if config.shared_encoders:
