@@ -5,13 +5,12 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from kernels import PoolCrossParams
 from serving.encoder import QueryEncoder
 from serving.rerank import Reranker
 from training.artifacts import ArtifactError, read_config
-from training.loop import LoopConfig, bucketed_batches, train_loop
 from training.twin import TwinBERT, TwinConfig
 
 
@@ -108,63 +107,6 @@ def test_twin_checkpoint_config_and_weights_are_checked(tmp_path):
 def test_configs_keep_defaults_for_keys_written_before_they_existed(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"num_layers": 2, "trained_crossings": ["cos", "res"]}))
     assert read_config(TwinConfig, tmp_path / "c.json") == TwinConfig(num_layers=2, trained_crossings=("cos", "res"))
-
-
-def _toy_run(out, crash_at=None, resume=True):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    calls = {"n": 0}
-
-    def loss(m, batch):
-        calls["n"] += 1
-        if crash_at and calls["n"] == crash_at:
-            raise KeyboardInterrupt("simulated crash")
-        return m(torch.ones(len(batch), 4)).pow(2).mean()
-
-    cfg = LoopConfig(out=str(out), epochs=2, lr=0.1, eval_every=0, save_every=3, threads=1, resume=resume)
-    return train_loop(model, cfg, lambda e: bucketed_batches([0] * 32, 8, seed=e), loss, None, lambda m: None,
-                      desc="toy")
-
-
-def _crashed(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        _toy_run(tmp_path, crash_at=5)  # checkpoint at step 3
-    return tmp_path / "checkpoint"
-
-
-def test_a_damaged_checkpoint_is_refused_not_trained_over(tmp_path):
-    ckpt = _crashed(tmp_path)
-    (ckpt / "state.json").unlink()
-    with pytest.raises(ArtifactError, match="a checkpoint without state.json .* pass --no-resume"):
-        _toy_run(tmp_path)
-    assert _toy_run(tmp_path, resume=False)["step"] == 8  # the way out it names
-
-
-@pytest.mark.parametrize("damage, message", [
-    (lambda c: (c / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing at step 3"),
-    (lambda c: save_file({k: (torch.zeros(2, 2) if k == "0.exp_avg" else v) for k, v in
-                          load_file(str(c / "optimizer.safetensors")).items()}, str(c / "optimizer.safetensors")),
-     r"parameter 0's moments are \(2, 2\), the parameter \(1, 4\)"),
-    (lambda c: save_file({k: v for k, v in load_file(str(c / "optimizer.safetensors")).items()
-                          if not k.endswith("exp_avg_sq")}, str(c / "optimizer.safetensors")),
-     r"lacks \['exp_avg_sq'\]"),
-    (lambda c: (c / "state.json").write_text(json.dumps({k: v for k, v in json.loads(
-        (c / "state.json").read_text()).items() if k != "step"})), "state.json lacks a step"),
-    (lambda c: (c / "model.safetensors").write_bytes(b""), "model.safetensors: not a readable safetensors"),
-])
-def test_a_resume_refuses_damaged_state_by_name(tmp_path, damage, message):
-    ckpt = _crashed(tmp_path)
-    damage(ckpt)
-    with pytest.raises(ArtifactError, match=message):
-        _toy_run(tmp_path)
-
-
-def test_a_crash_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp_path, capsys):
-    ckpt = _crashed(tmp_path)
-    ckpt.rename(ckpt.with_name("checkpoint.old"))  # the instant between replace_dir's two renames
-    capsys.readouterr()
-    assert _toy_run(tmp_path)["step"] == 8
-    assert "resuming at step 3 from" in capsys.readouterr().out and (tmp_path / "checkpoint" / "state.json").is_file()
 
 
 def test_a_rollout_of_a_corrupt_export_is_refused_before_the_server_is_touched(export_copy, tmp_path):

@@ -1,4 +1,5 @@
 """Training utilities: metrics, data formats, augmentation, and the resumable / distributed loop."""
+import json
 import random
 import subprocess
 import sys
@@ -7,7 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from training.artifacts import ArtifactError
 from training.augment import misspell, perturb, token_dropout, token_swap
 from training.datasets import (LabelledPairs, RetrievalSet, read_beir, read_labelled_pairs, retrieval_from_homedepot,
                                write_beir, write_labelled_pairs)
@@ -346,35 +349,85 @@ def _toy_loss(model, batch, x, y):
     return ((model(x[batch]).squeeze(-1) - y[batch]) ** 2).mean()
 
 
+def _toy_run(out, crash_at=None, resume=True, epochs=6, save_every=5):
+    """(model, state) of the loop on the toy problem, 8 steps an epoch; KeyboardInterrupt during step
+    `crash_at`, as a killed run would stop."""
+    x, y = _toy_problem()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    calls = {"n": 0}
+
+    def loss(m, batch):
+        calls["n"] += 1
+        if crash_at and calls["n"] == crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return _toy_loss(m, batch, x, y)
+
+    cfg = LoopConfig(out=str(out), epochs=epochs, lr=0.3, eval_every=0, save_every=save_every, threads=1,
+                     resume=resume)
+    state = train_loop(model, cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e), loss, None, lambda m: None,
+                       desc="toy")
+    return model, state
+
+
 def test_loop_learns_and_a_crashed_run_resumes_to_the_same_weights(tmp_path):
     x, y = _toy_problem()
-    batches = lambda epoch: bucketed_batches([0] * 64, 8, seed=epoch)  # noqa: E731
-
-    def run(out, crash_at=None):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(4, 1)
-        calls = {"n": 0}
-
-        def loss(m, batch):
-            calls["n"] += 1
-            if crash_at and calls["n"] == crash_at:
-                raise KeyboardInterrupt("simulated crash")
-            return _toy_loss(m, batch, x, y)
-
-        cfg = LoopConfig(out=str(out), epochs=6, lr=0.3, eval_every=0, save_every=5, threads=1)
-        state = train_loop(model, cfg, batches, loss, None, lambda m: None, desc="toy")
-        return model, state
-
     initial = _toy_loss(torch.nn.Linear(4, 1), torch.arange(64), x, y).item()
-    straight, state = run(tmp_path / "a")
+    straight, state = _toy_run(tmp_path / "a")
     assert state["step"] == 48
     assert _toy_loss(straight, torch.arange(64), x, y).item() < 0.05 * initial
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "b", crash_at=13)  # checkpoint at step 10, crash during step 13
-    resumed, state_b = run(tmp_path / "b")
+        _toy_run(tmp_path / "b", crash_at=13)  # checkpoint at step 10, crash during step 13
+    resumed, state_b = _toy_run(tmp_path / "b")
     assert state_b["step"] == 48
     torch.testing.assert_close(resumed.weight, straight.weight)
     torch.testing.assert_close(resumed.bias, straight.bias)
+
+
+def _resume_run(out, crash_at=None, resume=True) -> dict:
+    """One epoch of 8 steps, a checkpoint every 3: the toy run the resume tests damage."""
+    return _toy_run(out, crash_at, resume, epochs=1, save_every=3)[1]
+
+
+def _crashed(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _resume_run(tmp_path, crash_at=5)  # checkpoint at step 3
+    return tmp_path / "checkpoint"
+
+
+def test_a_damaged_checkpoint_is_refused_not_trained_over(tmp_path):
+    ckpt = _crashed(tmp_path)
+    (ckpt / "state.json").unlink()
+    with pytest.raises(ArtifactError, match="a checkpoint without state.json .* pass --no-resume"):
+        _resume_run(tmp_path)
+    assert _resume_run(tmp_path, resume=False)["step"] == 8  # the way out it names
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: (c / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing at step 3"),
+    (lambda c: save_file({k: (torch.zeros(2, 2) if k == "0.exp_avg" else v) for k, v in
+                          load_file(str(c / "optimizer.safetensors")).items()}, str(c / "optimizer.safetensors")),
+     r"parameter 0's moments are \(2, 2\), the parameter \(1, 4\)"),
+    (lambda c: save_file({k: v for k, v in load_file(str(c / "optimizer.safetensors")).items()
+                          if not k.endswith("exp_avg_sq")}, str(c / "optimizer.safetensors")),
+     r"lacks \['exp_avg_sq'\]"),
+    (lambda c: (c / "state.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (c / "state.json").read_text()).items() if k != "step"})), "state.json lacks a step"),
+    (lambda c: (c / "model.safetensors").write_bytes(b""), "model.safetensors: not a readable safetensors"),
+])
+def test_a_resume_refuses_damaged_state_by_name(tmp_path, damage, message):
+    ckpt = _crashed(tmp_path)
+    damage(ckpt)
+    with pytest.raises(ArtifactError, match=message):
+        _resume_run(tmp_path)
+
+
+def test_a_crash_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp_path, capsys):
+    ckpt = _crashed(tmp_path)
+    ckpt.rename(ckpt.with_name("checkpoint.old"))  # the instant between replace_dir's two renames
+    capsys.readouterr()
+    assert _resume_run(tmp_path)["step"] == 8
+    assert "resuming at step 3 from" in capsys.readouterr().out and (tmp_path / "checkpoint" / "state.json").is_file()
 
 
 def test_precision_resolves_auto_by_the_cpu_and_refuses_unknown_names(monkeypatch):
