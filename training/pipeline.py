@@ -10,8 +10,9 @@ lifted cos nDCG@10 from 0.250 to 0.267, recall@100 from 0.707 to 0.720 and res R
     python -m training.pipeline --profile quick    # minutes: smoke-run of every step
 
 Every step runs in the precision `--precision` resolves to (training.precision: bf16 autocast where the
-CPU has AMX-BF16, else fp32); on a bf16 host the full profile is FULL_BF16, which spends the 2.2-3x
-faster steps on more training and a larger distillation set.
+CPU has AMX-BF16 or AVX512-BF16, else fp32); on a bf16 host the full profile is FULL_BF16, which spends
+the faster steps (2.2-3x with AMX, 1.5-2x with AVX512-BF16) on more training and a larger distillation
+set; the deadline below trims its training steps where the host is slower.
 
 The full profile runs against a deadline (`--budget-minutes`, 87 by default): each training step's
 minute cap is lowered to its share of the time left once the uncapped steps still to run are set
@@ -54,8 +55,8 @@ PROFILES = {
                  ablation_bilstm=["--epochs", "8", "--max-minutes", "8", "--eval-every", "900"],
                  eval_queries=0, budget_minutes=87.0),
 }
-# The full profile on a host whose CPU multiplies bf16 in hardware (AMX-BF16; training.precision): the
-# teacher, the distillation set and the TwinBERT steps run 2.2-3x faster there, and the profile spends
+# The full profile on a host whose CPU multiplies bf16 in hardware (training.precision): with AMX-BF16 the
+# teacher, the distillation set and the TwinBERT steps run 2.2-3x faster there (1.5-2x with AVX512-BF16), and the profile spends
 # that on a longer-trained teacher, a distillation set three times as large with synthetic queries,
 # and more TwinBERT steps, in about the same minutes. On the dev queries (one run each, same teacher):
 # the larger set and twice the steps took TwinBERT res ROC-AUC from 0.714 to 0.721, cos nDCG@10 from
