@@ -438,6 +438,9 @@ def test_bf16_hardware_is_read_off_the_cpu_flags():
     assert not bf16_matmul_flags(head + "avx512_vnni\n")  # Cascade Lake: bf16 GEMMs 2x slower than fp32
     assert not bf16_matmul_flags(head.replace("flags", "bugs") + "avx512_bf16\n")  # only the flags line counts
     assert not bf16_matmul_flags("")
+    from training.precision import flags_of
+    assert "amx_bf16" in flags_of(head + "amx_bf16 amx_tile\n")  # training.pipeline's profile choice reads it
+    assert "amx_bf16" not in flags_of(head + "avx512_bf16\n") and flags_of("") == frozenset()
 
 
 def test_precision_resolves_auto_by_the_cpu_and_refuses_unknown_names(monkeypatch):

@@ -26,23 +26,37 @@ ENV = "TWINBERT_PRECISION"
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})  # /proc/cpuinfo flags of bf16 matmul hardware
 
 
+def flags_of(cpuinfo: str) -> frozenset[str]:
+    """The CPU flags on the first `flags` line of a /proc/cpuinfo text (none if it has no such line)."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
 @functools.lru_cache(maxsize=1)
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU lists bf16 matrix instructions, AMX-BF16 tiles or AVX512-BF16 dot products
-    (Linux /proc/cpuinfo; False elsewhere)."""
+def cpu_flags() -> frozenset[str]:
+    """This CPU's flags (Linux /proc/cpuinfo; none elsewhere)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return flags_of(Path("/proc/cpuinfo").read_text())
     except OSError:
-        return False
-    return bf16_matmul_flags(text)
+        return frozenset()
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU lists bf16 matrix instructions, AMX-BF16 tiles or AVX512-BF16 dot products."""
+    return bool(BF16_FLAGS & cpu_flags())
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX-BF16 tiles, where bf16 pays 2.2-3x rather than AVX512-BF16's 1.5-2x
+    (training.pipeline sizes the full profile by it)."""
+    return "amx_bf16" in cpu_flags()
 
 
 def bf16_matmul_flags(cpuinfo: str) -> bool:
     """Whether the first `flags` line of a /proc/cpuinfo text names amx_bf16 or avx512_bf16."""
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return bool(BF16_FLAGS & set(line.split(":", 1)[1].split()))
-    return False
+    return bool(BF16_FLAGS & flags_of(cpuinfo))
 
 
 def resolve(precision: str | None = None) -> str:
