@@ -121,10 +121,16 @@ def test_a_host_that_slows_down_during_the_run_still_ends_within_90_minutes(slow
     assert simulated_total(slowdown, budget, run) <= 90
 
 
-# the uncapped steps as they ran on an AMD EPYC host with AVX512-BF16 and no AMX (2026-12-02: the quick
-# student and the evaluation in the FULL_BF16 run, the fp32 profile's distillation set in the probe after
-# it), the capped ones at FULL_AVX512_BF16's caps
-MEASURED_AVX512_BF16 = {"quick contrastive student": 2.45, "teacher": 17.0, "distillation set": 10.6,
+# minutes each step took in the from-scratch FULL_AVX512_BF16 run on an AMD EPYC host with AVX512-BF16
+# and no AMX (2026-12-02, 76.65 in all; reports/runs/epyc-2026-12-02-avx512-profile/train.json)
+MEASURED_AVX512_BF16 = {"quick contrastive student": 2.63, "teacher": 15.68, "distillation set": 6.96,
+                        "TwinBERT student": 11.16, "TwinBERT student, second pass": 10.68,
+                        "TwinBERT without augmentation": 2.52, "BiLSTM student": 7.01,
+                        "BiLSTM without augmentation": 3.5, "evaluation": 16.51}
+# ... and on a slower hour of that host: its uncapped steps as they ran earlier that day (the quick student
+# and the evaluation in the FULL_BF16 run, the fp32 profile's distillation set in the probe after it), the
+# capped ones at FULL_AVX512_BF16's caps
+SLOW_AVX512_BF16 = {"quick contrastive student": 2.45, "teacher": 17.0, "distillation set": 10.6,
                         "TwinBERT student": 11.0, "TwinBERT student, second pass": 11.0,
                         "TwinBERT without augmentation": 2.5, "BiLSTM student": 7.0,
                         "BiLSTM without augmentation": 3.5, "evaluation": 20.74}
@@ -138,17 +144,18 @@ def caps_of(profile: dict) -> dict[str, float]:
         ("BiLSTM student", profile["bilstm"]), ("BiLSTM without augmentation", profile["ablation_bilstm"]))}
 
 
-# up to 2x the AMX run's minutes; the AVX512-BF16 run's uncapped steps already took 34 of the 87, and
-# past 1.8x its minutes the training steps' floors hold and the run ends late (as on fp32 past 2.5x)
+# up to 2x the runs' minutes; on the slower AVX512-BF16 hour the uncapped steps already took 34 of the 87,
+# and past 1.8x that the training steps' floors hold and the run ends late (as on fp32 past 2.5x)
 @pytest.mark.parametrize("profile, measured, nominal, slowdown", [
     *((FULL_BF16, MEASURED_BF16, NOMINAL_MINUTES_BF16, s) for s in (1.0, 1.2, 1.5, 2.0)),
-    *((FULL_AVX512_BF16, MEASURED_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16, s) for s in (1.0, 1.2, 1.5, 1.8))])
+    *((FULL_AVX512_BF16, MEASURED_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16, s) for s in (1.0, 1.2, 1.5, 2.0)),
+    *((FULL_AVX512_BF16, SLOW_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16, s) for s in (1.0, 1.2, 1.5, 1.8))])
 def test_the_bf16_profiles_end_within_90_minutes_on_a_slow_hour_too(slowdown, profile, measured, nominal):
     args = dict(measured=measured, caps=caps_of(profile), nominal=nominal)
     assert CAPS_BF16 == caps_of(FULL_BF16)
     total = simulated_total(slowdown, profile["budget_minutes"], **args)
     assert total <= 90
-    if slowdown > 1.1:
+    if slowdown >= 1.5:
         assert simulated_total(slowdown, None, **args) > 90  # what the deadline prevents
 
 

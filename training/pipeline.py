@@ -108,8 +108,9 @@ NOMINAL_MINUTES_BF16 = {"quick contrastive student": 1.8, "teacher": 20.0, "dist
                         "TwinBERT student": 14.0, "TwinBERT student, second pass": 14.0,
                         "TwinBERT without augmentation": 3.6, "BiLSTM student": 10.0,
                         "BiLSTM without augmentation": 5.0, "evaluation": 12.0}
-# The same for FULL_AVX512_BF16: the uncapped steps as they ran on the AMD EPYC host (quick student 2.45,
-# the 105k-pair set 10.6, the evaluation 20.7), the rest the steps' caps.
+# The same for FULL_AVX512_BF16: the uncapped steps as they ran on a slow hour of the AMD EPYC host (quick
+# student 2.45, the 105k-pair set 10.6, the evaluation 20.7), the rest the steps' caps. The from-scratch run
+# with this profile there (2026-12-02) took 76.65 minutes: 2.6, 7.0 and 16.5 for those three.
 NOMINAL_MINUTES_AVX512_BF16 = {"quick contrastive student": 2.5, "teacher": 17.0, "distillation set": 11.0,
                                "TwinBERT student": 11.0, "TwinBERT student, second pass": 11.0,
                                "TwinBERT without augmentation": 2.5, "BiLSTM student": 7.0,
