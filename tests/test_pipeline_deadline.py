@@ -220,26 +220,21 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
             if isinstance(argv, list) and "--max-minutes" in argv]
     assert caps == ["26", "14", "14", "8", "12", "8"]  # no deadline
-    # every step runs in the pipeline's precision; in bf16 the profile is FULL_BF16 (AMX) or FULL_AVX512_BF16
+    # every step runs in the pipeline's precision
     assert all(argv[argv.index("--precision") + 1] == "fp32" for name, argv in calls if isinstance(argv, list))
     assert [argv.precision for name, argv in calls if name == "quick"] == ["fp32"]
-    calls.clear()
-    monkeypatch.setattr(pipeline, "cpu_has_amx_bf16", lambda: True)
-    pipeline.run("full", tmp_path / "c", tmp_path / "r", None, force=False, budget_minutes=0, precision="bf16")
-    caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
-            if isinstance(argv, list) and "--max-minutes" in argv]
-    assert caps == ["20", "14", "14", "6", "10", "6"]
-    dd = next(argv for name, argv in calls if name == "distill_data")
-    assert dd[dd.index("--synthetic") + 1] == "40000" and dd[dd.index("--precision") + 1] == "bf16"
-    summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
-    assert (summary["precision"], summary["variant"]) == ("bf16", "FULL_BF16")
-    # the same on a host without AMX
-    calls.clear()
-    monkeypatch.setattr(pipeline, "cpu_has_amx_bf16", lambda: False)
-    pipeline.run("full", tmp_path / "d", tmp_path / "r", None, force=False, budget_minutes=0, precision="bf16")
-    caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
-            if isinstance(argv, list) and "--max-minutes" in argv]
-    assert caps == ["17", "11", "11", "2.5", "7", "3.5"]
-    dd = next(argv for name, argv in calls if name == "distill_data")
-    assert "--synthetic" not in dd and dd[dd.index("--precision") + 1] == "bf16"
-    assert __import__("json").loads((tmp_path / "r" / "train.json").read_text())["variant"] == "FULL_AVX512_BF16"
+    # in bf16 the variant follows the host: AMX or AVX512-BF16 alone
+    for amx, variant, want, synthetic in ((True, "FULL_BF16", ["20", "14", "14", "6", "10", "6"], True),
+                                          (False, "FULL_AVX512_BF16", ["17", "11", "11", "2.5", "7", "3.5"], False)):
+        calls.clear()
+        monkeypatch.setattr(pipeline, "cpu_has_amx_bf16", lambda: amx)
+        pipeline.run("full", tmp_path / variant, tmp_path / "r", None, force=False, budget_minutes=0, precision="bf16")
+        caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
+                if isinstance(argv, list) and "--max-minutes" in argv]
+        assert caps == want, variant
+        dd = next(argv for name, argv in calls if name == "distill_data")
+        assert ("--synthetic" in dd) == synthetic and dd[dd.index("--precision") + 1] == "bf16"
+        if synthetic:
+            assert dd[dd.index("--synthetic") + 1] == "40000"
+        summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
+        assert (summary["precision"], summary["variant"]) == ("bf16", variant)
