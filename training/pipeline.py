@@ -57,12 +57,13 @@ PROFILES = {
                  eval_queries=0, budget_minutes=87.0),
 }
 # The full profile on a host with AMX-BF16 tiles (training.precision): there the teacher, the distillation
-# set and the TwinBERT steps run 2.2-3x faster than in fp32, and the profile spends that on a longer-trained teacher, a distillation set three times as large with synthetic
-# queries, and more TwinBERT steps, in about the same minutes. On the dev queries (one run each, same
-# teacher): the larger set and twice the steps took TwinBERT res ROC-AUC from 0.714 to 0.721, cos nDCG@10 from
-# 0.301 to 0.306 and recall@100 from 0.739 to 0.759. The teacher at 3 epochs reached dev-sample ROC-AUC 0.773
-# against 0.772 at one (full dev 0.762), within noise but not worse, and the time is there. The BiLSTM gains
-# nothing from bf16 (its LSTM is not matmul-bound) and runs in fp32.
+# set and the TwinBERT steps run 2.2-3x faster than in fp32, and the profile spends that on a longer-trained
+# teacher, a distillation set three times as large with synthetic queries, and more TwinBERT steps, in about
+# the same minutes. On the dev queries (one run each, same teacher): the larger set and twice the steps took
+# TwinBERT res ROC-AUC from 0.714 to 0.721, cos nDCG@10 from 0.301 to 0.306 and recall@100 from 0.739 to
+# 0.759. The teacher at 3 epochs reached dev-sample ROC-AUC 0.773 against 0.772 at one (full dev 0.762),
+# within noise but not worse, and the time is there. The BiLSTM gains nothing from bf16 (its LSTM is not
+# matmul-bound) and runs in fp32.
 # The second pass stays plain: with `--proj-dim 384 --head-lr 1e-3 --contrastive-weight 0.2` (a make train
 # run, 2026-12-02) res ROC-AUC rose 0.715 -> 0.725 on test (0.717 -> 0.727 dev) but cos nDCG@10 fell
 # 0.302 -> 0.294, below BM25, and recall@100 0.765 -> 0.752 (dev 0.309 -> 0.305, 0.765 -> 0.756).
@@ -184,7 +185,9 @@ def settings(profile: str, precision: str, amx: bool | None = None) -> tuple[str
     """The name of the profile's variant, its step arguments and the nominal minutes its deadline shares
     by, for a precision and a host with or without AMX-BF16 (`amx`; default: this CPU's flags)."""
     if profile == "full" and precision == "bf16":
-        if amx if amx is not None else cpu_has_amx_bf16():
+        if amx is None:
+            amx = cpu_has_amx_bf16()
+        if amx:
             return "FULL_BF16", FULL_BF16, NOMINAL_MINUTES_BF16
         return "FULL_AVX512_BF16", FULL_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16
     return profile, PROFILES[profile], NOMINAL_MINUTES
