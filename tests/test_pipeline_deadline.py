@@ -157,6 +157,22 @@ def test_the_bf16_profiles_end_within_90_minutes_on_a_slow_hour_too(slowdown, pr
         assert simulated_total(slowdown, None, **args) > 90  # what the deadline prevents
 
 
+# the uncapped steps of the from-scratch FULL_BF16 run on an AMX host at a slow hour (2026-12-03, 82.1 minutes;
+# reports/runs/amx-2026-12-03-slow-hour/train.json), with the large set, and with the small set that such a
+# host now gets at the minutes it took on the EPYC host (7.0; the pipeline then shares by its nominal 3.5)
+SLOW_AMX = {**NOMINAL_MINUTES_BF16, "quick contrastive student": 2.35, "distillation set": 16.78, "evaluation": 17.55}
+
+
+@pytest.mark.parametrize("distill_minutes, distill_nominal", [(16.78, 9.0), (7.0, 3.5)])
+def test_a_slow_amx_hour_ends_within_90_minutes_with_either_set(distill_minutes, distill_nominal):
+    from training.pipeline import SMALL_SET_NOMINAL_BF16
+    assert distill_nominal in (NOMINAL_MINUTES_BF16["distillation set"], SMALL_SET_NOMINAL_BF16)
+    nominal = dict(NOMINAL_MINUTES_BF16, **{"distillation set": distill_nominal})
+    run = dict(SLOW_AMX, **{"distillation set": distill_minutes})
+    total = simulated_total(1.0, FULL_BF16["budget_minutes"], measured=run, caps=caps_of(FULL_BF16), nominal=nominal)
+    assert total <= 90
+
+
 def test_bf16_picks_the_profile_by_the_host_amx_or_not():
     assert settings("full", "bf16", amx=True)[:2] == ("FULL_BF16", FULL_BF16)
     assert settings("full", "bf16", amx=False)[:2] == ("FULL_AVX512_BF16", FULL_AVX512_BF16)
@@ -237,3 +253,36 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
             assert dd[dd.index("--synthetic") + 1] == "40000"
         summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
         assert (summary["precision"], summary["variant"]) == ("bf16", variant)
+    # on an AMX host whose teacher trained 1.7x slower than FULL_BF16's timing run, the fp32 profile's set
+    def slow_teacher(argv=None):
+        calls.append(("teacher", list(argv)))
+        out = __import__("pathlib").Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "train_summary.json").write_text('{"step": 2256, "train_minutes": 17.36}')
+    monkeypatch.setattr(teacher, "main", slow_teacher)
+    monkeypatch.setattr(pipeline, "cpu_has_amx_bf16", lambda: True)
+    calls.clear()
+    pipeline.run("full", tmp_path / "slow", tmp_path / "r", None, force=False, budget_minutes=87, precision="bf16")
+    dd = next(argv for name, argv in calls if name == "distill_data")
+    assert "--synthetic" not in dd and "--bm25" not in dd
+    summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
+    assert summary["variant"] == "FULL_BF16" and summary["distill_set"].startswith("fp32 profile's")
+
+
+@pytest.mark.parametrize("steps, minutes, small", [
+    (3981, 18.12, False),   # FULL_BF16's timing run (AMX, 2026-12-01)
+    (2256, 17.36, True),    # the same kind of host at a slow hour (2026-12-03): 1.69x
+    (2550, 16.94, True),    # FULL_BF16 on the EPYC host (2026-12-02): 1.46x
+    (3400, 18.0, False)])   # 1.16x: within the hour-to-hour spread, the large set stays
+def test_a_slow_teacher_on_an_amx_host_gets_the_small_distillation_set(tmp_path, steps, minutes, small):
+    from training.pipeline import FULL_BF16, PROFILES, distill_set_args, teacher_slowness
+    (tmp_path / "train_summary.json").write_text(f'{{"step": {steps}, "train_minutes": {minutes}}}')
+    args, which = distill_set_args("FULL_BF16", FULL_BF16, tmp_path)
+    assert (args == PROFILES["full"]["distill_data"]) == small and (args == FULL_BF16["distill_data"]) != small
+    assert which.startswith("fp32 profile's") == small
+    # only FULL_BF16 switches; a teacher without a readable summary keeps the profile's set
+    assert distill_set_args("FULL_AVX512_BF16", FULL_BF16, tmp_path)[0] == FULL_BF16["distill_data"]
+    (tmp_path / "train_summary.json").write_text("{broken")
+    assert teacher_slowness(tmp_path) is None
+    assert distill_set_args("FULL_BF16", FULL_BF16, tmp_path)[0] == FULL_BF16["distill_data"]
+    assert teacher_slowness(tmp_path / "missing") is None

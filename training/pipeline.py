@@ -13,7 +13,8 @@ Every step runs in the precision `--precision` resolves to (training.precision: 
 CPU has AMX-BF16 or AVX512-BF16, else fp32). In bf16 the full profile spends the faster steps on more
 training: FULL_BF16 on an AMX host (2.2-3x faster steps: a longer teacher, a distillation set three times
 as large), FULL_AVX512_BF16 elsewhere (1.5-2x: the fp32 profile's distillation set, longer TwinBERT
-passes); the deadline below trims the training steps where the host is slower.
+passes); the deadline below trims the training steps where the host is slower, and FULL_BF16 falls back to
+the smaller distillation set when its teacher trained much slower than in its timing run.
 
 The full profile runs against a deadline (`--budget-minutes`, 87 by default): each training step's
 minute cap is lowered to its share of the time left once the uncapped steps still to run are set
@@ -116,6 +117,41 @@ NOMINAL_MINUTES_AVX512_BF16 = {"quick contrastive student": 2.5, "teacher": 17.0
                                "TwinBERT student": 11.0, "TwinBERT student, second pass": 11.0,
                                "TwinBERT without augmentation": 2.5, "BiLSTM student": 7.0,
                                "BiLSTM without augmentation": 3.5, "evaluation": 21.0}
+# FULL_BF16's teacher trained at 220 steps a minute in its timing run (3,981 in 18.12 minutes). AMX hosts are
+# not all that fast: in a from-scratch run on one at a slow hour (2026-12-03) the teacher ran 130 a minute,
+# the 296k-pair distillation set took 16.8 minutes against 8.1, the deadline cut each TwinBERT pass to
+# 8.5 minutes (1,101 and 1,012 steps against 3,368 and 3,535) and cos nDCG@10 fell to 0.277, below BM25's
+# 0.297 (reports/runs/amx-2026-12-03-slow-hour/). On a teacher that many times slower than this, the run
+# takes the fp32 profile's 105k-pair set instead and gives the TwinBERT passes the minutes it saves, as
+# FULL_AVX512_BF16 does on the EPYC host (there: teacher at 134-150 steps a minute; the big set with two
+# 7.6-minute passes gave cos nDCG@10 0.279, the small set with 11-minute passes 0.293).
+TEACHER_STEPS_PER_MINUTE_BF16 = 220.0
+SLOW_TEACHER_RATIO = 1.3
+# the 105k-pair set's minutes where FULL_BF16 takes 9 for its 296k: 0.39 of them, as on the EPYC host
+# (7.0 against 18.1 minutes)
+SMALL_SET_NOMINAL_BF16 = 3.5
+
+
+def teacher_slowness(teacher_dir: Path) -> float | None:
+    """How many times slower than FULL_BF16's timing run the teacher trained (steps a minute), from its
+    train_summary.json; None when it has none or the fields are missing."""
+    try:
+        s = json.loads((teacher_dir / "train_summary.json").read_text())
+        rate = float(s["step"]) / float(s["train_minutes"])
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+    return TEACHER_STEPS_PER_MINUTE_BF16 / rate if rate > 0 else None
+
+
+def distill_set_args(variant: str, p: dict, teacher_dir: Path) -> tuple[list[str], str]:
+    """The distillation set's arguments and which set they make: FULL_BF16's large set, unless its teacher
+    ran SLOW_TEACHER_RATIO or more times slower than in the timing run (then the fp32 profile's set)."""
+    slowness = teacher_slowness(teacher_dir) if variant == "FULL_BF16" else None
+    if slowness is not None and slowness >= SLOW_TEACHER_RATIO:
+        return list(PROFILES["full"]["distill_data"]), f"fp32 profile's (teacher {slowness:.2f}x slower)"
+    return list(p["distill_data"]), "profile's"
+
+
 # steps that run to completion whatever the deadline: their time can only be predicted
 UNCAPPED = ("quick contrastive student", "distillation set", "evaluation")
 MIN_STEP_MINUTES = 1.0  # a training step gets at least this, even past the deadline
@@ -230,9 +266,15 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
                                    precision=precision)))
     step("teacher", _done(a / "teacher"), lambda: teacher.main(common + ["--out", str(a / "teacher")]
                                                             + capped("teacher", p["teacher"])))
+    set_args, which_set = distill_set_args(variant, p, a / "teacher")
+    if set_args != p["distill_data"]:
+        print(f"\n   distillation set: the {which_set}: the large set would take the TwinBERT passes' "
+              "minutes on this host", flush=True)
+        if deadline is not None:
+            deadline.nominal = dict(deadline.nominal, **{"distillation set": SMALL_SET_NOMINAL_BF16})
     step("distillation set", (a / "distill.tsv").is_file(), lambda: distill_data.main(
         common + ["--teacher", str(a / "teacher"), "--student", str(a / "model"), "--out", str(a / "distill.tsv")]
-        + p["distill_data"]))
+        + set_args))
     base_twin = common + ["--distill", str(a / "distill.tsv"), "--init", str(a / "model")]
     step("TwinBERT student", _done(a / "twin_pass1") or _done(a / "twin"),
          lambda: distill.main(base_twin + ["--out", str(a / "twin_pass1")] + capped("TwinBERT student", p["twin"])))
@@ -262,7 +304,10 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
                   "--model", f"BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}",
                   "--model", f"BiLSTM re-ranks TwinBERT cos top-30 (retrieve_rerank, DEPTH 30)="
                              f"rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}@30"]))
-    summary = {"profile": profile, "variant": variant, "precision": precision, "minutes": timings,
+    if "distillation set" in skipped:
+        which_set = "built by an earlier run"
+    summary = {"profile": profile, "variant": variant, "precision": precision, "distill_set": which_set,
+               "minutes": timings,
                "total_minutes": round(sum(timings.values()), 2), "budget_minutes": budget or None,
                # built by an earlier run (their minutes above are 0; each model's own below)
                "skipped": skipped}
