@@ -23,17 +23,14 @@ import torch
 from serving.requests import check_token_inputs, check_tokenized, decode_queries
 from training.artifacts import int_field, load_torchscript, read_json_object, verify_checksums
 from training.tokenize import WordPiece
+from training.tokenize import trim_padding as _trim_padding
 
 PAD_MULTIPLE = 8
 
 
 def trim_padding(ids: np.ndarray, mask: np.ndarray, multiple: int = PAD_MULTIPLE) -> tuple[np.ndarray, np.ndarray]:
-    """Drop trailing columns that are padding in every row, keeping a multiple of `multiple` columns
-    (never fewer than one real token's column, never more than given)."""
-    real = np.flatnonzero(mask.any(axis=0))
-    width = int(real[-1]) + 1 if real.size else 1
-    width = min(mask.shape[1], -(-width // multiple) * multiple)
-    return ids[:, :width], mask[:, :width]
+    """`training.tokenize.trim_padding` at serving's multiple of columns."""
+    return _trim_padding(ids, mask, multiple)
 
 
 def optimized(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:

@@ -23,3 +23,24 @@ def test_huge_input_is_cut_and_empty_batch_is_empty():
     ids, _ = tok(["x" * 1_000_000])
     assert ids.shape == (1, 16)
     assert tok([])[0].shape == (0, 16)
+
+
+def test_trimmed_padding_keeps_every_real_token_and_the_pooled_vectors():
+    import torch
+    from training.tokenize import trim_padding
+    from training.twin import TwinBERT, TwinConfig
+    tok = WordPiece(minilm_dir() / "tokenizer.json", 32)
+    ids, mask = tok(["cordless drill", "milwaukee m18 fuel hammer drill kit"])
+    tids, tmask = trim_padding(ids, mask)
+    width = int(mask.sum(1).max())
+    assert width < 32 and tids.shape == tmask.shape == (2, width)
+    assert (tids == ids[:, :width]).all() and tmask.sum() == mask.sum()  # only padding went
+    assert trim_padding(*tok([]))[0].shape == (0, 1)
+    one, one_mask = trim_padding(np.zeros((2, 8), np.int64), np.zeros((2, 8), np.int64))
+    assert one.shape == one_mask.shape == (2, 1)  # never zero columns
+    torch.manual_seed(0)
+    model = TwinBERT(TwinConfig(num_layers=2), pretrained=True).eval()
+    with torch.no_grad():
+        full = model.embed(torch.from_numpy(ids), torch.from_numpy(mask), "keyword")
+        cut = model.embed(torch.from_numpy(tids), torch.from_numpy(tmask), "keyword")
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)

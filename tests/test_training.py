@@ -684,3 +684,27 @@ def test_param_groups_give_the_head_its_own_rate_and_lose_no_parameter():
     assert [g["weight_decay"] for g in head] == [0.01, 0.0]  # the head's matrix decays, its bias not
     opt = torch.optim.AdamW(split, lr=1e-4)
     assert sorted(g["lr"] for g in opt.param_groups) == [1e-4, 1e-4, 1e-3, 1e-3]
+
+
+def test_frozen_word_embeddings_stay_put_while_the_rest_trains(tmp_path):
+    from training.loop import freeze_word_embeddings
+    from training.twin import TwinBERT, TwinConfig
+    torch.manual_seed(0)
+    model = TwinBERT(TwinConfig(num_layers=1), pretrained=False).train()
+    table = model.query_encoder.bert.embeddings.word_embeddings.weight
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(1000, 2000, (8, 6))
+    mask = torch.ones_like(ids)
+
+    def loss(m, batch):
+        return m.embed(ids[batch], mask[batch], "query").pow(2).mean()
+
+    cfg = LoopConfig(out=str(tmp_path / "run"), epochs=1, lr=1e-2, eval_every=0, threads=1,
+                     freeze_word_embeddings=True)
+    state = train_loop(model, cfg, lambda e: [[0, 1, 2, 3], [4, 5, 6, 7]] * 2, loss, None, lambda m: None)
+    assert state["step"] == 4 and not table.requires_grad
+    assert torch.equal(table, before["query_encoder.bert.embeddings.word_embeddings.weight"])
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert any("encoder.layer.0" in n for n in moved) and any("position_embeddings" in n for n in moved)
+    with pytest.raises(ValueError, match="no word_embeddings table"):
+        freeze_word_embeddings(torch.nn.Linear(2, 2))

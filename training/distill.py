@@ -25,7 +25,7 @@ from training.loop import add_loop_args, bucketed_batches, finish_distributed, i
 from training.metrics import dev_roc_auc
 from training.pretrained import minilm_dir
 from training.teacher import dev_sample, relevance_target
-from training.tokenize import WordPiece
+from training.tokenize import WordPiece, trim_padding
 from training.twin import TwinBERT, TwinConfig
 from training.cli import (layer_count, nonnegative_float, nonnegative_int, one_line_errors, positive_float,
                           source_list)
@@ -39,8 +39,8 @@ def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], b
     out = {"cos": [], "res": []}
     with torch.inference_mode():
         for s in range(0, len(queries), batch_size):
-            qi, qm = map(torch.from_numpy, qtok(queries[s:s + batch_size]))
-            ki, km = map(torch.from_numpy, ktok(keywords[s:s + batch_size]))
+            qi, qm = map(torch.from_numpy, trim_padding(*qtok(queries[s:s + batch_size])))
+            ki, km = map(torch.from_numpy, trim_padding(*ktok(keywords[s:s + batch_size])))
             kv = model.embed(ki, km, "keyword").unsqueeze(1)
             states = model.query_encoder(qi, qm)
             for crossing in ("cos", "res"):
@@ -154,8 +154,8 @@ def main(argv=None) -> None:
 
     def loss_fn(net, batch):
         b = [rows[i] for i in batch]
-        qi, qm = map(torch.from_numpy, qtok([r.query for r in b]))
-        ki, km = map(torch.from_numpy, ktok([r.keyword for r in b]))
+        qi, qm = map(torch.from_numpy, trim_padding(*qtok([r.query for r in b])))
+        ki, km = map(torch.from_numpy, trim_padding(*ktok([r.keyword for r in b])))
         teacher_logit = torch.tensor([r.teacher_logit for r in b])
         target = torch.sigmoid(teacher_logit)
         kv = model.embed(ki, km, "keyword")

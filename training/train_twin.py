@@ -22,7 +22,7 @@ from tqdm import tqdm
 from training.data import POSITIVE_THRESHOLD, load_pairs, normalize_query, split_pairs, write_split
 from training.precision import add_precision_arg, autocast, resolve
 from training.pretrained import minilm_dir
-from training.tokenize import WordPiece
+from training.tokenize import WordPiece, trim_padding
 from training.twin import TwinBERT, TwinConfig
 from training.cli import layer_count, nonnegative_int, one_line_errors, positive_float, positive_int
 
@@ -100,8 +100,8 @@ def train(cfg: TrainConfig) -> Path:
             if step >= total or time.monotonic() >= deadline:
                 break
             batch = positives[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            qids, qmask = map(torch.from_numpy, qtok([p.query for p in batch]))
-            kids, kmask = map(torch.from_numpy, ktok([p.keyword for p in batch]))
+            qids, qmask = map(torch.from_numpy, trim_padding(*qtok([p.query for p in batch])))
+            kids, kmask = map(torch.from_numpy, trim_padding(*ktok([p.keyword for p in batch])))
             qkey = [normalize_query(p.query) for p in batch]
             kkey = [p.keyword_id for p in batch]
             same = torch.tensor([[i != j and (qkey[i] == qkey[j] or kkey[i] == kkey[j])
