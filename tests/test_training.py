@@ -708,3 +708,18 @@ def test_frozen_word_embeddings_stay_put_while_the_rest_trains(tmp_path):
     assert any("encoder.layer.0" in n for n in moved) and any("position_embeddings" in n for n in moved)
     with pytest.raises(ValueError, match="no word_embeddings table"):
         freeze_word_embeddings(torch.nn.Linear(2, 2))
+
+
+def test_dropout_zero_makes_a_training_forward_pass_deterministic():
+    from training.loop import set_dropout
+    from training.twin import TwinBERT, TwinConfig
+    torch.manual_seed(0)
+    model = TwinBERT(TwinConfig(num_layers=1), pretrained=False).train()
+    ids = torch.randint(1000, 2000, (4, 6))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert not torch.equal(model.embed(ids, mask), model.embed(ids, mask))  # BERT's own 0.1
+        assert set_dropout(model, 0.0) >= 4  # embeddings, attention (read by the attention kernel), outputs
+        assert torch.equal(model.embed(ids, mask), model.embed(ids, mask))
+    with pytest.raises(ValueError, match="dropout must be in"):
+        set_dropout(model, 1.0)

@@ -49,6 +49,7 @@ class LoopConfig:
     resume: bool = True
     precision: str = "fp32"       # resolved: "fp32" or "bf16" (autocast; training.precision)
     freeze_word_embeddings: bool = False  # keep pretrained token embeddings as they are (a cheaper step)
+    dropout: float | None = None  # every nn.Dropout's rate while training; None = the model's own
 
 
 def dist_info() -> tuple[int, int]:
@@ -181,6 +182,17 @@ def freeze_word_embeddings(model: torch.nn.Module) -> int:
     return frozen
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> int:
+    """Sets the rate of every `nn.Dropout` in `model` (BERT's attention reads its module's rate too);
+    returns how many there are. Inference is unaffected: dropout is off in eval mode."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in layers:
+        m.p = p
+    return len(layers)
+
+
 def train_loop(model: torch.nn.Module, cfg: LoopConfig,
                make_batches: Callable[[int], Sequence],
                loss_fn: Callable[[torch.nn.Module, object], torch.Tensor],
@@ -192,6 +204,8 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     torch.set_num_threads(max(1, cfg.threads // world))
     if cfg.freeze_word_embeddings:
         freeze_word_embeddings(model)
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     steps_per_epoch = len(make_batches(0)) // world
     if steps_per_epoch == 0:
@@ -347,6 +361,8 @@ def add_loop_args(ap, *, epochs: float, lr: float, batch_size: int, eval_every: 
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--dropout", type=nonnegative_float, default=None,
+                    help="dropout rate of every dropout layer while training (default: %(default)s; None = the model's own)")
     ap.add_argument("--freeze-word-embeddings", action="store_true",
                     help="do not train the pretrained token-embedding table (faster steps)")
     add_precision_arg(ap)
@@ -357,7 +373,8 @@ def loop_config(args) -> LoopConfig:
                       eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
                       threads=args.threads, seed=args.seed, resume=not args.no_resume,
                       precision=resolve(args.precision),
-                      freeze_word_embeddings=getattr(args, "freeze_word_embeddings", False))
+                      freeze_word_embeddings=getattr(args, "freeze_word_embeddings", False),
+                      dropout=getattr(args, "dropout", None))
 
 
 def finish_distributed() -> None:
