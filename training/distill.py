@@ -123,9 +123,9 @@ def main(argv=None) -> None:
                     help="which parameters --head-lr applies to: the whole head (pooling, projection, crossing; "
                          "pooling and projection move the cos vectors too) or the res crossing's MLP only")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=64, eval_every=400)
-    # no dropout: a pass sees each pair about once, and at equal steps (900, the second pass, dev queries)
-    # 0 against BERT's 0.1 gave cos nDCG@10 0.302 against 0.293, res ROC-AUC 0.703 against 0.700, in
-    # 1.31x fewer minutes (docs/experiments.md)
+    # no dropout: a pass sees each pair about once, and at equal steps (900, the second pass, dev queries,
+    # two seeds) 0 against BERT's 0.1 gave cos nDCG@10 0.302 / 0.304 against 0.293 / 0.291, res ROC-AUC
+    # 0.703 / 0.702 against 0.700 / 0.699, in 1.31x fewer minutes (docs/experiments.md)
     ap.set_defaults(dropout=0.0)
     args = ap.parse_args(argv)
     if args.init and args.num_layers is not None:
