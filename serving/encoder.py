@@ -22,8 +22,7 @@ import torch
 
 from serving.requests import check_token_inputs, check_tokenized, decode_queries
 from training.artifacts import int_field, load_torchscript, read_json_object, verify_checksums
-from training.tokenize import WordPiece
-from training.tokenize import trim_padding as _trim_padding
+from training.tokenize import WordPiece, trim_padding as _trim_padding
 
 PAD_MULTIPLE = 8
 

@@ -172,14 +172,12 @@ def freeze_word_embeddings(model: torch.nn.Module) -> int:
 
     The table (30,522 x 384) is most of a 2-layer student's weights, and its dense AdamW update took
     about a fifth of a TwinBERT step here; position embeddings and LayerNorms keep learning."""
-    frozen = 0
-    for name, p in model.named_parameters():
-        if name.endswith("word_embeddings.weight") and p.requires_grad:
-            p.requires_grad_(False)
-            frozen += p.numel()
-    if not frozen and not any(n.endswith("word_embeddings.weight") for n, _ in model.named_parameters(remove_duplicate=False)):
+    tables = [p for name, p in model.named_parameters() if name.endswith("word_embeddings.weight")]
+    if not tables:
         raise ValueError("--freeze-word-embeddings: the model has no word_embeddings table")
-    return frozen
+    for p in tables:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in tables)
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> int:
@@ -373,8 +371,7 @@ def loop_config(args) -> LoopConfig:
                       eval_every=args.eval_every, patience=args.patience, max_minutes=args.max_minutes,
                       threads=args.threads, seed=args.seed, resume=not args.no_resume,
                       precision=resolve(args.precision),
-                      freeze_word_embeddings=getattr(args, "freeze_word_embeddings", False),
-                      dropout=getattr(args, "dropout", None))
+                      freeze_word_embeddings=args.freeze_word_embeddings, dropout=args.dropout)
 
 
 def finish_distributed() -> None:
