@@ -54,8 +54,8 @@ def _work() -> Path:
 
 
 def _server(repository: Path, log: Path, **options):
-    from serving.server import TritonServer, free_port
-    return TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    from serving.server import TritonServer, free_server_ports
+    return TritonServer(repository, **free_server_ports(),
                         log_file=log, **options)
 
 

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     from client import TwinBertClient
     from serving.build import DEFAULT_ARTIFACTS, build
-    from serving.server import ServerError, TritonServer, free_port
+    from serving.server import ServerError, TritonServer, free_server_ports
     from training.data import DataError
 
     torch.set_num_threads(2)
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         return 2
     print("\n== serving", flush=True)
     log = artifacts / "tritonserver.log"
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    server = TritonServer(repo, **free_server_ports(),
                           log_file=log)
     t = time.perf_counter()
     try:

@@ -84,10 +84,26 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: all `n` sockets stay bound until every port is picked, since a port
+    released by one pick can be the next pick (it happened: gRPC and metrics got the same port)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_server_ports() -> dict[str, int]:
+    """TritonServer's three port arguments, free and distinct."""
+    return dict(zip(("grpc_port", "http_port", "metrics_port"), free_ports(3)))
 
 
 class TritonServer:

@@ -114,8 +114,8 @@ def _traffic(url: str, stop: threading.Event, stats: dict) -> None:
 
 def probe(repository: str | Path, model: str = "keyword_store", pause: float = 2.0, cycles: int = 3,
           log_file: str | Path | None = None) -> dict:
-    from serving.server import TritonServer, free_port
-    server = TritonServer(repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    from serving.server import TritonServer, free_server_ports
+    server = TritonServer(repository, **free_server_ports(),
                           log_file=log_file, startup_timeout=400).start()
     stats = {"right": 0, "wrong": 0, "wrong_examples": [], "refused": 0, "failed": 0, "errors": set(),
              "ready": threading.Event()}

@@ -7,7 +7,7 @@ import pytest
 
 from client import InvalidRequest, TwinBertClient
 from serving.keyword_store import IndexSpec, KeywordStore, StoreError, latest_version, write_version
-from serving.server import TritonServer, free_port
+from serving.server import TritonServer, free_server_ports
 from serving.update_store import build_updated_version, publish
 
 pytestmark = pytest.mark.server
@@ -20,7 +20,7 @@ TITLES = {"d1": "DEWALT Cordless Drill Driver Kit", "f1": "Hampton Bay Ceiling F
 @pytest.fixture
 def live(tiny_export, tmp_path, build_repository):
     store, repo = build_repository(tiny_export, TITLES, tmp_path)
-    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    with TritonServer(repo, **free_server_ports(),
                       log_file=tmp_path / "server.log") as server:
         yield server, store, repo
 

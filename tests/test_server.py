@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from client import AsyncTwinBertClient, ClientError, InvalidRequest, TwinBertClient
 from serving.encoder import trim_padding
-from serving.server import TritonServer, free_port
+from serving.server import TritonServer, free_server_ports
 
 pytestmark = pytest.mark.server
 
@@ -36,7 +36,7 @@ TITLES = {
 def server(tiny_export, tiny_reranker, tmp_path_factory, build_repository):
     root = tmp_path_factory.mktemp("serving")
     _, repo = build_repository(tiny_export, TITLES, root, tiny_reranker)
-    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    with TritonServer(repo, **free_server_ports(),
                       log_file=root / "server.log") as s:
         yield s
 

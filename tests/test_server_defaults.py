@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from client import TwinBertClient
-from serving.server import TritonServer, free_port
+from serving.server import TritonServer, free_server_ports
 
 pytestmark = pytest.mark.server
 
@@ -44,7 +44,7 @@ def server(tmp_path_factory, build_repository):
         assert old in text
         text = text.replace(old, new)
     config.write_text(text)
-    with TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    with TritonServer(repo, **free_server_ports(),
                       log_file=root / "server.log") as s:
         yield s
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.server import TritonServer, free_port
+from serving.server import TritonServer, free_ports, free_server_ports
 from serving.stall_probe import processes, stall, stub_pids
 
 pytestmark = pytest.mark.server
@@ -33,11 +33,11 @@ class Serve:
     """`python -m serving.server` (what make serve runs) on `repo`, its output in `log`."""
 
     def __init__(self, repo: Path, log: Path):
-        self.grpc, self.http, self.log_path = free_port(), free_port(), log
+        (self.grpc, self.http, metrics), self.log_path = free_ports(3), log
         self.log = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--repository", str(repo),
                                       "--grpc-port", str(self.grpc), "--http-port", str(self.http),
-                                      "--metrics-port", str(free_port())], stdout=self.log, stderr=subprocess.STDOUT)
+                                      "--metrics-port", str(metrics)], stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log_path.read_text()
@@ -57,7 +57,7 @@ class Serve:
 
 def test_stopping_a_crashed_server_ends_its_stub_processes(tiny_export, tmp_path, build_repository):
     repo = _tokenizer_repo(tiny_export, tmp_path, build_repository)
-    server = TritonServer(repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+    server = TritonServer(repo, **free_server_ports(),
                           log_file=tmp_path / "server.log").start()
     pid = server.process.pid
     try:
@@ -164,3 +164,8 @@ def test_serve_answers_again_after_its_stubs_stall_under_traffic(tiny_export, tm
     finally:
         stop.set()
         serve.close()
+
+
+def test_free_ports_are_distinct():
+    ports = free_ports(16)
+    assert len(set(ports)) == 16 and all(0 < p < 65536 for p in ports)
