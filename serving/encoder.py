@@ -15,11 +15,13 @@ by Triton's PyTorch backend.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from serving import fast_bert
 from serving.requests import check_token_inputs, check_tokenized, decode_queries
 from training.artifacts import int_field, load_torchscript, read_json_object, verify_checksums
 from training.tokenize import WordPiece, trim_padding as _trim_padding
@@ -52,15 +54,38 @@ def query_tokenizer(version_dir: str | Path, more: tuple[str, ...] = ()) -> Word
 
 
 class QueryEncoder:
-    """`version_dir` holds query_encoder.pt, tokenizer.json, tokenizer_config.json and export.json."""
+    """`version_dir` holds query_encoder.pt, tokenizer.json, tokenizer_config.json and export.json.
 
-    def __init__(self, version_dir: str | Path, optimize: bool = True):
+    `precision` picks the forward pass (serving.fast_bert): `auto` (bf16 matrix products on AMX-BF16
+    hosts, else fp32), `fp32` or `bf16` run the re-assembled FastBert, checked against the file when it
+    loads; `torchscript` runs the file itself (oneDNN-optimised), as do exports that predate the encoder
+    shape in export.json (format 3) and a fast path that fails its check. `self.path` says which runs."""
+
+    def __init__(self, version_dir: str | Path, optimize: bool = True, precision: str = "auto"):
         version_dir = Path(version_dir)
         self.tokenizer = query_tokenizer(version_dir, ("query_encoder.pt",))
         plain = load_torchscript(version_dir / "query_encoder.pt").eval()
         self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])  # gone once frozen
         self.max_length = int(plain.bert.embeddings.position_embeddings.weight.shape[0])
-        self.encoder = optimized(plain) if optimize else plain
+        self.encoder, self.path = plain, "torchscript (plain)"
+        if not optimize:
+            return
+        self.encoder, self.path = optimized(plain), "torchscript"
+        if precision == "torchscript":
+            return
+        precision = fast_bert.resolve_precision(precision)
+        made = version_dir / "export.json"
+        shape = read_json_object(made).get("encoder") if made.is_file() else None
+        if shape is None:
+            warnings.warn(f"{version_dir}: export.json predates the encoder shape (export format 3); "
+                          "serving the TorchScript file as is (re-export for the fast path)", stacklevel=2)
+            return
+        fast, why = fast_bert.build(plain, fast_bert.BertShape.from_json(shape), precision, self.vocab_size,
+                                    self.max_length)
+        if fast is None:
+            warnings.warn(f"{version_dir}: {why}; serving the TorchScript file as is", stacklevel=2)
+            return
+        self.encoder, self.path = fast, why
 
     def tokenize(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return trim_padding(*self.tokenizer(queries))

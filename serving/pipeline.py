@@ -23,7 +23,7 @@ class InProcessPipeline:
         # the keyword_store version the ensembles pin (what the server answers with, after any update or
         # rollout): it encodes, searches and crosses, with the files of its own version directory
         version = served_version(repo, "keyword_store")
-        self.encoder = QueryEncoder(version)
+        self.encoder = QueryEncoder(version, precision=model_parameter(repo, "keyword_store", "encoder_precision", "auto"))
         self.params, pc = PoolCrossParams.load(version)
         # K' as the served keyword_store is configured (its "default_candidates" parameter)
         self.default_candidates, self.default_crossing = serving_defaults(

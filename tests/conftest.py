@@ -25,6 +25,16 @@ def tiny_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def encoder_dir(tiny_export, tmp_path_factory):
+    """A served version directory of the query encoder alone (the export's query-side files)."""
+    import shutil
+    d = tmp_path_factory.mktemp("qenc")
+    for name in ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json", "export.json"):
+        shutil.copy(tiny_export / name, d / name)
+    return d
+
+
+@pytest.fixture(scope="session")
 def tiny_reranker(tmp_path_factory):
     """A real BiLSTM student with the interaction layer over MiniLM's pretrained word embeddings
     (its other weights untrained), saved and exported as the re-ranker."""

@@ -1,5 +1,4 @@
 """The serving query encoder: padding trimmed without changing the real tokens' states."""
-import shutil
 
 import numpy as np
 import pytest
@@ -28,17 +27,9 @@ def test_trim_never_drops_a_real_token_after_inner_padding():
     assert t_mask.shape[1] == 12 and t_mask.sum() == 2
 
 
-@pytest.fixture(scope="module")
-def encoder_dir(tiny_export, tmp_path_factory):
-    d = tmp_path_factory.mktemp("qenc")
-    for name in ("query_encoder.pt", "tokenizer.json", "tokenizer_config.json", "export.json"):
-        shutil.copy(tiny_export / name, d / name)
-    return d
-
-
 @pytest.mark.parametrize("optimize", [True, False])
 def test_trimmed_states_equal_the_full_width_ones(encoder_dir, optimize):
-    enc = QueryEncoder(encoder_dir, optimize=optimize)
+    enc = QueryEncoder(encoder_dir, optimize=optimize, precision="fp32")
     plain = torch.jit.load(str(encoder_dir / "query_encoder.pt"))
     queries = ["cordless drill", "ceiling fan with light kit", "hose"]
     full_ids, full_mask = enc.tokenizer(queries)

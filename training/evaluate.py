@@ -1,7 +1,10 @@
 """Evaluate any model on any dataset, side by side with baselines, into one report.
 
 Models (`--model LABEL=KIND[:PATH]`, repeatable): bm25, minilm (zero-shot pretrained MiniLM-L6
-bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), bilstm:DIR,
+bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), twin-served:DIR (the same
+twin with its queries encoded as serving runs them, serving.fast_bert at serving's default precision;
+twin-served-fp32:DIR and twin-served-bf16:DIR pick one; keywords stay eager, as the served store's
+vectors are), bilstm:DIR,
 rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR (the cross model re-orders the twin's
 cosine top-100, or with @DEPTH (1..100) appended its top DEPTH as `retrieve_rerank` does: retrieval metrics
 only).
@@ -153,10 +156,32 @@ class MiniLMModel(BiEncoderModel):
         return _median_ms(lambda: torch.from_numpy(self.encode(["cordless drill"], "query")) @ kv.T) / TOP
 
 
+def served_query_encoder(enc, query_max_len: int, precision: str = "auto"):
+    """(module, description): the eager student's query encoder as serving runs it: traced as
+    training.export saves it, then serving.fast_bert's forward pass at `precision` (serving's default
+    `auto`), or the trace oneDNN-optimised (serving.encoder.optimized) where the fast path does not apply."""
+    from serving import fast_bert
+    from serving.encoder import optimized
+    from training.export import trace_checked
+    cfg = enc.bert.config
+    plain = trace_checked(enc, cfg.vocab_size, query_max_len)
+    fast, why = fast_bert.build(plain, fast_bert.BertShape(cfg.num_attention_heads, cfg.layer_norm_eps),
+                                fast_bert.resolve_precision(precision), cfg.vocab_size, query_max_len)
+    return (fast, why) if fast is not None else (optimized(plain), f"torchscript ({why})")
+
+
 class TwinModel(BiEncoderModel):
-    def __init__(self, path):
+    def __init__(self, path, query_precision: str | None = None):
+        """`query_precision` (fp32, bf16, auto): queries go through serving's forward pass at that
+        precision (served_query_encoder) while keywords keep the eager encoder, as the served store's
+        vectors do; None: the eager student on both sides."""
         from training.twin import TwinBERT
         self.model = TwinBERT.load(path)
+        self.eager_query_encoder = self.model.query_encoder
+        if query_precision is not None:
+            # an attribute of its own, so a shared keyword encoder stays the eager one
+            self.model.query_encoder, self.query_path = served_query_encoder(
+                self.eager_query_encoder, self.model.config.query_max_len, query_precision)
         self.layers = self.model.config.num_layers
         self.params = sum(p.numel() for p in self.model.parameters())
         self.fingerprint = hashlib.sha256(Path(path, "model.safetensors").read_bytes()).hexdigest()
@@ -204,12 +229,9 @@ class TwinModel(BiEncoderModel):
 
     def query_encode_ms(self, blocks: int = 5, repeats: int = 20) -> dict[str, float]:
         """One query padded to query_max_len (16 tokens) through the eager encoder and through what serving
-        runs: the encoder traced as training.export saves it, loaded with serving's optimisation
-        (serving.encoder.optimized, oneDNN-prepacked weights). Alternating blocks, median of all calls."""
-        from serving.encoder import optimized
-        from training.export import trace_checked
-        enc = self.model.query_encoder
-        served = optimized(trace_checked(enc, enc.bert.config.vocab_size, self.model.config.query_max_len))
+        runs at its default precision (served_query_encoder). Alternating blocks, median of all calls."""
+        enc = self.eager_query_encoder
+        served, _ = served_query_encoder(enc, self.model.config.query_max_len)
         qi, qm = map(torch.from_numpy, self.tok["query"](["cordless drill 18 volt lithium ion kit"]))
         fns = {"eager": lambda: enc(qi, qm), "served": lambda: served(qi, qm)}
         samples = {name: [] for name in fns}
@@ -292,6 +314,12 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
         return MiniLMModel()
     if kind == "twin":
         return TwinModel(path)
+    if kind.startswith("twin-served"):  # twin-served[-fp32|-bf16]:DIR, serving's query path (default auto)
+        precision = kind[len("twin-served"):].lstrip("-") or "auto"
+        if precision not in ("auto", "fp32", "bf16") or not path:
+            raise ValueError(f"twin-served needs twin-served:DIR, twin-served-fp32:DIR or twin-served-bf16:DIR; "
+                             f"got {kind_path!r}")
+        return TwinModel(path, precision)
     if kind == "teacher":
         from training.teacher import CrossEncoder
         m = CrossEncoder.load(path)
@@ -300,7 +328,7 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
     if kind == "bilstm":
         from training.bilstm import BiLSTMStudent
         return PairModel(BiLSTMStudent.load(path), 0, 64)
-    raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, bilstm:DIR, "
+    raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, twin-served:DIR, bilstm:DIR, "
                      "rerank:teacher:DIR@TWIN_DIR[@DEPTH], rerank:bilstm:DIR@TWIN_DIR[@DEPTH])")
 
 

@@ -152,7 +152,9 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
     return out
 
 
-EXPORT_FORMAT = 2  # 2: the keyword encoder traces the reference pooling (no C++ op in the file)
+# 2: the keyword encoder traces the reference pooling (no C++ op in the file)
+# 3: export.json names the encoder's head count and layer-norm epsilon (serving.fast_bert needs them)
+EXPORT_FORMAT = 3
 
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
@@ -181,6 +183,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
         "format": EXPORT_FORMAT,
         "model_config": json.loads(cfg.to_json()),
+        "encoder": {"heads": model.query_encoder.bert.config.num_attention_heads,
+                    "layer_norm_eps": model.query_encoder.bert.config.layer_norm_eps},
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
     replace_dir(tmp, out)

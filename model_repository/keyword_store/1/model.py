@@ -55,7 +55,9 @@ class TritonPythonModel:
                              expect_dim=params.dim)
         store.page_in()  # map every page of the index and vectors now, not inside the first requests
         self.retriever = Retriever(store, params)
-        self.encoder = QueryEncoder(version_dir)  # the export the store was built with (checked above)
+        precision = config.get("parameters", {}).get("encoder_precision", {}).get("string_value", "auto")
+        self.encoder = QueryEncoder(version_dir, precision=precision)  # the export the store was built with
+        pb_utils.Logger.log_info(f"{args['model_name']}: query encoder: {self.encoder.path}")
         # The config's warmup requests cannot carry the "candidates" parameter, so the res re-scoring
         # path (not the default) is warmed here: its first calls would otherwise land on users.
         states, mask = np.zeros((1, 8, params.hidden), np.float32), np.ones((1, 8), np.int64)

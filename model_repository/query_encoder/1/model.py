@@ -23,7 +23,9 @@ class TritonPythonModel:
         params = json.loads(args["model_config"]).get("parameters", {})
         torch.set_num_threads(int(params.get("threads", {}).get("string_value", "2")))
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.encoder = QueryEncoder(version_dir)
+        precision = params.get("encoder_precision", {}).get("string_value", "auto")
+        self.encoder = QueryEncoder(version_dir, precision=precision)
+        pb_utils.Logger.log_info(f"{args['model_name']}: query encoder: {self.encoder.path}")
 
     def _inputs(self, request):
         """(ids, mask) of one request, from QUERY or from INPUT_IDS + ATTENTION_MASK."""
