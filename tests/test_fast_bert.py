@@ -122,3 +122,19 @@ def test_a_malformed_encoder_shape_is_refused(encoder_dir, tmp_path, shape):
 
 def test_the_export_names_the_encoder_shape(tiny_export):
     assert json.loads((tiny_export / "export.json").read_text())["encoder"] == {"heads": 12, "layer_norm_eps": 1e-12}
+
+
+@pytest.mark.parametrize("batch, length", [(1, 1), (2, 5), (5, 13), (1, 16), (7, 8)])
+def test_the_traced_fast_path_holds_at_shapes_it_was_not_traced_at(encoder_dir, batch, length):
+    enc = QueryEncoder(encoder_dir, precision="fp32")
+    plain = torch.jit.load(str(encoder_dir / "query_encoder.pt"))
+    g = torch.Generator().manual_seed(batch * 100 + length)
+    ids = torch.randint(1000, enc.vocab_size, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, max(1, length // 2):] = 0
+    with torch.inference_mode():
+        want = plain(ids * mask, mask).numpy()
+    got = enc((ids * mask).numpy(), mask.numpy())
+    real = mask.numpy().astype(bool)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5)
