@@ -48,14 +48,12 @@ class BertShape:
 
 
 def resolve_precision(precision: str) -> str:
-    """'fp32' or 'bf16'. `auto` is bf16 only where the CPU has AMX-BF16 tiles, the hardware it was measured
-    on; an AVX512-BF16 host (no AMX) can ask for bf16 explicitly."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"encoder precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "auto":
-        from training.precision import cpu_has_amx_bf16
-        return "bf16" if cpu_has_amx_bf16() else "fp32"
-    return precision
+    """'fp32' or 'bf16' (training.precision.resolve_serving: `auto` is bf16 only with AMX-BF16)."""
+    from training.precision import resolve_serving
+    try:
+        return resolve_serving(precision)
+    except ValueError:
+        raise ValueError(f"encoder precision must be one of {', '.join(PRECISIONS)}; got {precision!r}") from None
 
 
 class _Layer(nn.Module):

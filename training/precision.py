@@ -10,8 +10,9 @@ TFLOP/s against 0.19, a teacher training step took 435 ms against 640 and the te
 *slower* than fp32. So `auto` picks bf16 only where the CPU lists `amx_bf16` or `avx512_bf16`.
 
 Autocast keeps the weights, optimizer state and checkpoints in fp32; only the matmuls and
-their neighbours run in bf16. Exports and serving stay fp32 (`training.export` checks eager
-against TorchScript at 1e-5).
+their neighbours run in bf16. Exports stay fp32 (`training.export` checks eager against TorchScript at
+1e-5); serving's query encoder runs bf16 matrix products where the CPU has AMX-BF16 (`resolve_serving`,
+serving.fast_bert), measured there for one query.
 """
 from __future__ import annotations
 
@@ -67,6 +68,18 @@ def resolve(precision: str | None = None) -> str:
     if p == "auto":
         return "bf16" if cpu_has_bf16_matmul() else "fp32"
     return p
+
+
+def resolve_serving(precision: str) -> str:
+    """'fp32' or 'bf16' for a served model's `precision` config parameter. `auto` is bf16 only where the CPU
+    has AMX-BF16 tiles, the hardware serving's bf16 query encoder was measured on (one query); an
+    AVX512-BF16 host (no AMX) can ask for bf16 explicitly. $TWINBERT_PRECISION is not read:
+    serving follows its config."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        return "bf16" if cpu_has_amx_bf16() else "fp32"
+    return precision
 
 
 def autocast(precision: str | None = None):
