@@ -10,8 +10,10 @@ pooling weight, so the real tokens' states are unchanged (to float rounding).
 
 The TorchScript file is loaded with `torch.jit.optimize_for_inference` (oneDNN-prepacked weights):
 1.3-1.7x faster for one query and about even at batches of 16 on this CPU (measured with 1 and 2
-threads; results equal to the plain file within 2e-6). The file itself stays plain TorchScript, loadable
-by Triton's PyTorch backend.
+threads; results equal to the plain file within 2e-6). On AMX-BF16 hosts `QueryEncoder` runs
+serving.fast_bert's re-assembly of the same weights with bf16 matrix products instead (1.5-1.8x faster
+again for one query; the `precision` argument, the models' `encoder_precision` parameter). The file
+itself stays plain TorchScript, loadable by Triton's PyTorch backend.
 """
 from __future__ import annotations
 
@@ -56,10 +58,12 @@ def query_tokenizer(version_dir: str | Path, more: tuple[str, ...] = ()) -> Word
 class QueryEncoder:
     """`version_dir` holds query_encoder.pt, tokenizer.json, tokenizer_config.json and export.json.
 
-    `precision` picks the forward pass (serving.fast_bert): `auto` (bf16 matrix products on AMX-BF16
-    hosts, else fp32), `fp32` or `bf16` run the re-assembled FastBert, checked against the file when it
-    loads; `torchscript` runs the file itself (oneDNN-optimised), as do exports that predate the encoder
-    shape in export.json (format 3) and a fast path that fails its check. `self.path` says which runs."""
+    `precision` picks the forward pass: `fp32` or `bf16` run serving.fast_bert's re-assembled FastBert,
+    checked against the file when it loads; `torchscript` runs the file through
+    torch.jit.optimize_for_inference; `auto` is `bf16` on AMX-BF16 hosts, where it was measured, and
+    `torchscript` elsewhere (FastBert in fp32 measured no faster than the optimised file). Exports that
+    predate the encoder shape in export.json (format 3) and a fast path that fails its check run the
+    optimised file too. `self.path` says which runs, and why when it fell back."""
 
     def __init__(self, version_dir: str | Path, optimize: bool = True, precision: str = "auto"):
         version_dir = Path(version_dir)
@@ -67,25 +71,30 @@ class QueryEncoder:
         plain = load_torchscript(version_dir / "query_encoder.pt").eval()
         self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])  # gone once frozen
         self.max_length = int(plain.bert.embeddings.position_embeddings.weight.shape[0])
-        self.encoder, self.path = plain, "torchscript (plain)"
+        self.encoder, self.path = plain, "torchscript (not optimised)"
         if not optimize:
             return
         self.encoder, self.path = optimized(plain), "torchscript"
         if precision == "torchscript":
             return
+        auto = precision == "auto"
         precision = fast_bert.resolve_precision(precision)
+        if auto and precision == "fp32":
+            self.path = "torchscript (auto: no AMX-BF16 on this CPU)"
+            return
         made = version_dir / "export.json"
         shape = read_json_object(made).get("encoder") if made.is_file() else None
         if shape is None:
-            warnings.warn(f"{version_dir}: export.json predates the encoder shape (export format 3); "
-                          "serving the TorchScript file as is (re-export for the fast path)", stacklevel=2)
-            return
-        fast, why = fast_bert.build(plain, fast_bert.BertShape.from_json(shape), precision, self.vocab_size,
-                                    self.max_length)
-        if fast is None:
-            warnings.warn(f"{version_dir}: {why}; serving the TorchScript file as is", stacklevel=2)
-            return
-        self.encoder, self.path = fast, why
+            why = ("export.json predates the encoder shape (export format 3); `make build` re-exports and "
+                   "re-indexes (the store names the export it was built from)")
+        else:
+            fast, why = fast_bert.build(plain, fast_bert.BertShape.from_json(shape), precision, self.vocab_size,
+                                        self.tokenizer.max_length)
+            if fast is not None:
+                self.encoder, self.path = fast, why
+                return
+        warnings.warn(f"{version_dir}: {why}; serving the TorchScript file (optimised)", stacklevel=2)
+        self.path = f"torchscript ({why})"
 
     def tokenize(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return trim_padding(*self.tokenizer(queries))

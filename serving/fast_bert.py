@@ -34,6 +34,7 @@ class BertShape:
     """What the weights alone do not say: the attention head count and the layer norms' epsilon."""
     heads: int
     layer_norm_eps: float
+    hidden_act: str = "gelu"  # FastBert computes exact GELU; build() refuses any other activation
 
     @classmethod
     def from_json(cls, obj) -> "BertShape":
@@ -44,7 +45,10 @@ class BertShape:
             raise ValueError(f"encoder shape: heads must be a positive integer, got {heads!r}")
         if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
             raise ValueError(f"encoder shape: layer_norm_eps must be in (0, 1), got {eps!r}")
-        return cls(heads, float(eps))
+        act = obj.get("hidden_act", "gelu")
+        if not isinstance(act, str):
+            raise ValueError(f"encoder shape: hidden_act must be a string, got {act!r}")
+        return cls(heads, float(eps), act)
 
 
 def resolve_precision(precision: str) -> str:
@@ -53,7 +57,8 @@ def resolve_precision(precision: str) -> str:
     try:
         return resolve_serving(precision)
     except ValueError:
-        raise ValueError(f"encoder precision must be one of {', '.join(PRECISIONS)}; got {precision!r}") from None
+        raise ValueError(f"encoder precision must be one of {', '.join(PRECISIONS)}, torchscript; "
+                         f"got {precision!r}") from None
 
 
 class _Layer(nn.Module):
@@ -127,10 +132,11 @@ class FastBert(nn.Module):
 
 
 def _probe_inputs(vocab: int, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Deterministic batches at the widths serving runs (8 and the maximum), with padded rows."""
+    """Deterministic batches at the widths serving's tokenizer gives (8 and its maximum, `max_len`), one
+    wider (client-sent ids may be), with padded rows."""
     g = torch.Generator().manual_seed(0)
     out = []
-    for batch, length in ((1, min(8, max_len)), (3, max_len), (4, min(8, max_len))):
+    for batch, length in ((1, min(8, max_len)), (3, max_len), (4, min(8, max_len)), (2, max_len + 8)):
         ids = torch.randint(1000, vocab, (batch, length), generator=g)
         real = torch.randint(1, length + 1, (batch,), generator=g)
         real[0] = length
@@ -155,6 +161,8 @@ def agreement(fast, plain, vocab: int, max_len: int) -> tuple[float, float]:
 def build(plain: torch.jit.ScriptModule, shape: BertShape, precision: str, vocab: int, max_len: int):
     """(module, description): FastBert at `precision` ('fp32' or 'bf16'), traced and frozen, when it agrees
     with `plain` on the probe inputs; else None and why."""
+    if shape.hidden_act != "gelu":
+        return None, f"the fast path computes exact GELU, and this encoder uses {shape.hidden_act!r}"
     try:
         fast = FastBert(dict(plain.named_parameters()) | dict(plain.named_buffers()), shape,
                         bf16=precision == "bf16").eval()
@@ -163,7 +171,7 @@ def build(plain: torch.jit.ScriptModule, shape: BertShape, precision: str, vocab
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.freeze(torch.jit.trace(fast, example, check_trace=False).eval())
         diff, cos = agreement(traced, plain, vocab, max_len)
-    except (KeyError, ValueError, RuntimeError) as e:
+    except Exception as e:  # any file the fast path cannot take is served as it is
         return None, f"the fast path does not apply to this file ({type(e).__name__}: {e})"
     ok = diff <= FP32_TOLERANCE if precision == "fp32" else cos >= BF16_MIN_COSINE
     if not ok:

@@ -72,7 +72,7 @@ def test_query_encoder_serves_the_asked_path(encoder_dir, precision, path, atol)
 
 def test_auto_follows_the_cpu(encoder_dir, monkeypatch):
     import training.precision as precision
-    for amx, path in ((True, "fast bf16"), (False, "fast fp32")):
+    for amx, path in ((True, "fast bf16"), (False, "torchscript (auto")):
         monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda amx=amx: amx)
         assert QueryEncoder(encoder_dir).path.startswith(path)
 
@@ -96,24 +96,29 @@ def _with_encoder_shape(encoder_dir, tmp_path, shape):
 
 def test_an_export_without_the_encoder_shape_serves_the_file(encoder_dir, tmp_path):
     d = _with_encoder_shape(encoder_dir, tmp_path, None)
-    with pytest.warns(UserWarning, match="predates the encoder shape"):
+    with pytest.warns(UserWarning, match="predates the encoder shape.*make build"):
         enc = QueryEncoder(d, precision="fp32")
-    assert enc.path == "torchscript"
+    assert enc.path.startswith("torchscript (export.json predates")
 
 
 def test_a_fast_path_that_disagrees_is_not_served(encoder_dir, tmp_path):
     # 6 heads instead of 12: the same weights, another function; the load-time check catches it
     d = _with_encoder_shape(encoder_dir, tmp_path, {"heads": 6, "layer_norm_eps": 1e-12})
-    with pytest.warns(UserWarning, match="disagrees with the file"):
-        enc = QueryEncoder(d, precision="fp32")
-    assert enc.path == "torchscript"
+    for precision in ("fp32", "bf16"):
+        with pytest.warns(UserWarning, match="disagrees with the file"):
+            enc = QueryEncoder(d, precision=precision)
+        assert enc.path.startswith("torchscript (the fast") and "disagrees" in enc.path
     d2 = _with_encoder_shape(encoder_dir, tmp_path / "b", {"heads": 7, "layer_norm_eps": 1e-12})
     with pytest.warns(UserWarning, match="does not apply"):
-        assert QueryEncoder(d2, precision="fp32").path == "torchscript"
+        assert QueryEncoder(d2, precision="fp32").path.startswith("torchscript (the fast path does not apply")
+    d3 = _with_encoder_shape(encoder_dir, tmp_path / "c", {"heads": 12, "layer_norm_eps": 1e-12, "hidden_act": "gelu_new"})
+    with pytest.warns(UserWarning, match="exact GELU"):
+        assert QueryEncoder(d3, precision="bf16").path.startswith("torchscript")
 
 
 @pytest.mark.parametrize("shape", [{"heads": 0, "layer_norm_eps": 1e-12}, {"heads": "12", "layer_norm_eps": 1e-12},
-                                   {"heads": 12}, [12], {"heads": 12, "layer_norm_eps": 2.0}])
+                                   {"heads": 12}, [12], {"heads": 12, "layer_norm_eps": 2.0},
+                                   {"heads": 12, "layer_norm_eps": 1e-12, "hidden_act": 1}])
 def test_a_malformed_encoder_shape_is_refused(encoder_dir, tmp_path, shape):
     d = _with_encoder_shape(encoder_dir, tmp_path, shape)
     with pytest.raises(ValueError, match="encoder shape"):
@@ -121,7 +126,25 @@ def test_a_malformed_encoder_shape_is_refused(encoder_dir, tmp_path, shape):
 
 
 def test_the_export_names_the_encoder_shape(tiny_export):
-    assert json.loads((tiny_export / "export.json").read_text())["encoder"] == {"heads": 12, "layer_norm_eps": 1e-12}
+    assert json.loads((tiny_export / "export.json").read_text())["encoder"] == {
+        "heads": 12, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
+
+
+@pytest.mark.parametrize("flags, want", [({"amx_bf16", "avx512_bf16"}, "bf16"), ({"avx512_bf16"}, "fp32"), (set(), "fp32")])
+def test_serving_auto_is_bf16_only_with_amx(monkeypatch, flags, want):
+    import training.precision as precision
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    assert precision.resolve_serving("auto") == want
+    assert precision.resolve_serving("bf16") == "bf16" and precision.resolve_serving("fp32") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision.resolve_serving("torchscript")
+
+
+def test_twin_served_specs_are_checked():
+    from training.evaluate import load_model
+    for spec in ("twin-served-int8:/x", "twin-served:"):
+        with pytest.raises(ValueError, match="twin-served needs"):
+            load_model(spec, None, None)
 
 
 @pytest.mark.parametrize("batch, length", [(1, 1), (2, 5), (5, 13), (1, 16), (7, 8)])
@@ -138,3 +161,18 @@ def test_the_traced_fast_path_holds_at_shapes_it_was_not_traced_at(encoder_dir, 
     real = mask.numpy().astype(bool)
     assert got.shape == want.shape
     np.testing.assert_allclose(got[real], want[real], atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_twin_served_encodes_queries_as_serving_and_keywords_eagerly(tiny_export, precision):
+    from training.evaluate import load_model
+    served = load_model(f"twin-served-{precision}:{tiny_export.parent / 'model'}", None, None)
+    eager = load_model(f"twin:{tiny_export.parent / 'model'}", None, None)
+    assert served.params == eager.params
+    texts = ["cordless drill", "ceiling fan with light kit"]
+    for side in ("query", "keyword"):
+        a, b = served.encode(texts, side), eager.encode(texts, side)
+        cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+        assert cos.min() >= 0.9999
+        if side == "keyword" or precision == "fp32":
+            np.testing.assert_allclose(a, b, atol=1e-5)

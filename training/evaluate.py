@@ -157,16 +157,20 @@ class MiniLMModel(BiEncoderModel):
 
 
 def served_query_encoder(enc, query_max_len: int, precision: str = "auto"):
-    """(module, description): the eager student's query encoder as serving runs it: traced as
-    training.export saves it, then serving.fast_bert's forward pass at `precision` (serving's default
-    `auto`), or the trace oneDNN-optimised (serving.encoder.optimized) where the fast path does not apply."""
+    """(module, description): the eager student's query encoder as serving.encoder.QueryEncoder runs its
+    export at `precision` (serving's default `auto`): traced as training.export saves it, then
+    serving.fast_bert's forward pass, or the trace oneDNN-optimised (serving.encoder.optimized) where
+    `auto` picks it (no AMX-BF16) or the fast path does not apply."""
     from serving import fast_bert
     from serving.encoder import optimized
     from training.export import trace_checked
     cfg = enc.bert.config
     plain = trace_checked(enc, cfg.vocab_size, query_max_len)
-    fast, why = fast_bert.build(plain, fast_bert.BertShape(cfg.num_attention_heads, cfg.layer_norm_eps),
-                                fast_bert.resolve_precision(precision), cfg.vocab_size, query_max_len)
+    resolved = fast_bert.resolve_precision(precision)
+    if precision == "auto" and resolved == "fp32":
+        return optimized(plain), "torchscript (auto: no AMX-BF16 on this CPU)"
+    shape = fast_bert.BertShape(cfg.num_attention_heads, cfg.layer_norm_eps, cfg.hidden_act)
+    fast, why = fast_bert.build(plain, shape, resolved, cfg.vocab_size, query_max_len)
     return (fast, why) if fast is not None else (optimized(plain), f"torchscript ({why})")
 
 
@@ -177,13 +181,14 @@ class TwinModel(BiEncoderModel):
         vectors do; None: the eager student on both sides."""
         from training.twin import TwinBERT
         self.model = TwinBERT.load(path)
+        self.layers = self.model.config.num_layers
+        self.params = sum(p.numel() for p in self.model.parameters())  # before a frozen module replaces any
         self.eager_query_encoder = self.model.query_encoder
         if query_precision is not None:
             # an attribute of its own, so a shared keyword encoder stays the eager one
-            self.model.query_encoder, self.query_path = served_query_encoder(
+            self.model.query_encoder, query_path = served_query_encoder(
                 self.eager_query_encoder, self.model.config.query_max_len, query_precision)
-        self.layers = self.model.config.num_layers
-        self.params = sum(p.numel() for p in self.model.parameters())
+            print(f"evaluate: {path}: queries through the served encoder: {query_path}", flush=True)
         self.fingerprint = hashlib.sha256(Path(path, "model.safetensors").read_bytes()).hexdigest()
         c = self.model.config
         self.tok = {"query": WordPiece(minilm_dir() / "tokenizer.json", c.query_max_len),

@@ -153,7 +153,8 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 # 2: the keyword encoder traces the reference pooling (no C++ op in the file)
-# 3: export.json names the encoder's head count and layer-norm epsilon (serving.fast_bert needs them)
+# 3: export.json names the encoder's head count, layer-norm epsilon and activation (serving.fast_bert
+#    needs them); the keyword store names its export by export.json's checksum, so `make build` re-indexes
 EXPORT_FORMAT = 3
 
 
@@ -184,7 +185,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "format": EXPORT_FORMAT,
         "model_config": json.loads(cfg.to_json()),
         "encoder": {"heads": model.query_encoder.bert.config.num_attention_heads,
-                    "layer_norm_eps": model.query_encoder.bert.config.layer_norm_eps},
+                    "layer_norm_eps": model.query_encoder.bert.config.layer_norm_eps,
+                    "hidden_act": model.query_encoder.bert.config.hidden_act},
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
     replace_dir(tmp, out)

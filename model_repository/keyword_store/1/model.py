@@ -7,8 +7,8 @@
 Every answer also carries QUERY_DIGEST [B, 1] INT64 (serving.requests.query_digest; 0 without QUERY),
 which the client checks against the query it sent.
 
-With QUERY the model tokenises and encodes the query itself, with the same TorchScript export as
-query_encoder (serving/encoder.py), so the `retrieve` and `relevance` ensembles are each this one step:
+With QUERY the model tokenises and encodes the query itself, with the same TorchScript export and
+forward pass as query_encoder (serving/encoder.py, its `encoder_precision` parameter), so the `retrieve` and `relevance` ensembles are each this one step:
 one Python-backend process on the critical path instead of two (README, "Where the served time goes").
 TOKEN_STATES + ATTENTION_MASK (from query_encoder, or a client's own encoder) take the composable path.
 Relevance looks the candidates' cached vectors up in the store and crosses them (request parameter
