@@ -52,6 +52,14 @@ def test_served_models_run_the_cpp_pool_cross_path(server):
     assert "keyword_store: pool_cross CPU path: C++" in log and "pool_cross: pool_cross CPU path: C++" in log
 
 
+def test_served_encoders_run_the_path_auto_picks_for_this_cpu(server):
+    from training.precision import cpu_has_amx_bf16
+    log = server.log_file.read_text(errors="replace")
+    want = "fast bf16 (" if cpu_has_amx_bf16() else "torchscript (auto: no AMX-BF16 on this CPU)"
+    for model in ("keyword_store", "query_encoder"):
+        assert f"{model}: query encoder: {want}" in log, model
+
+
 def test_retrieve_ranks_the_asked_for_product_first(server):
     with TwinBertClient(server.grpc_url) as c:
         drill = c.retrieve("cordless drill", 5)
