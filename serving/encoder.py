@@ -26,6 +26,7 @@ import torch
 from serving import fast_bert
 from serving.requests import check_token_inputs, check_tokenized, decode_queries
 from training.artifacts import int_field, load_torchscript, read_json_object, verify_checksums
+from training.precision import PRECISIONS, resolve_serving
 from training.tokenize import WordPiece, trim_padding as _trim_padding
 
 PAD_MULTIPLE = 8
@@ -43,6 +44,33 @@ def optimized(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
         return torch.jit.optimize_for_inference(module)
     except Exception:
         return module
+
+
+ENCODER_PRECISIONS = (*PRECISIONS, "torchscript")
+
+
+def encoder_forward(plain: torch.jit.ScriptModule, shape: dict | None, precision: str, vocab: int, max_len: int,
+                    where: str) -> tuple[torch.nn.Module, str]:
+    """(module, path): the forward pass serving runs for the exported encoder `plain` at `precision`
+    (ENCODER_PRECISIONS; QueryEncoder's docstring), `shape` being export.json's "encoder" object (None
+    when the export predates it). The file is oneDNN-optimised only when it is what runs; a fast path
+    that cannot be built or disagrees with the file falls back to it with a warning naming `where`."""
+    if precision not in ENCODER_PRECISIONS:
+        raise ValueError(f"encoder precision must be one of {', '.join(ENCODER_PRECISIONS)}; got {precision!r}")
+    if precision == "torchscript":
+        return optimized(plain), "torchscript"
+    resolved = resolve_serving(precision)
+    if precision == "auto" and resolved == "fp32":
+        return optimized(plain), "torchscript (auto: no AMX-BF16 on this CPU)"
+    if shape is None:
+        why = ("export.json predates the encoder shape (export format 3); `make build` re-exports and "
+               "re-indexes (the store names the export it was built from)")
+    else:
+        fast, why = fast_bert.build(plain, fast_bert.BertShape.from_json(shape), resolved, vocab, max_len)
+        if fast is not None:
+            return fast, why
+    warnings.warn(f"{where}: {why}; serving the TorchScript file (optimised)", stacklevel=3)
+    return optimized(plain), f"torchscript ({why})"
 
 
 def query_tokenizer(version_dir: str | Path, more: tuple[str, ...] = ()) -> WordPiece:
@@ -71,30 +99,13 @@ class QueryEncoder:
         plain = load_torchscript(version_dir / "query_encoder.pt").eval()
         self.vocab_size = int(plain.bert.embeddings.word_embeddings.weight.shape[0])  # gone once frozen
         self.max_length = int(plain.bert.embeddings.position_embeddings.weight.shape[0])
-        self.encoder, self.path = plain, "torchscript (not optimised)"
         if not optimize:
-            return
-        self.encoder, self.path = optimized(plain), "torchscript"
-        if precision == "torchscript":
-            return
-        auto = precision == "auto"
-        precision = fast_bert.resolve_precision(precision)
-        if auto and precision == "fp32":
-            self.path = "torchscript (auto: no AMX-BF16 on this CPU)"
+            self.encoder, self.path = plain, "torchscript (not optimised)"
             return
         made = version_dir / "export.json"
         shape = read_json_object(made).get("encoder") if made.is_file() else None
-        if shape is None:
-            why = ("export.json predates the encoder shape (export format 3); `make build` re-exports and "
-                   "re-indexes (the store names the export it was built from)")
-        else:
-            fast, why = fast_bert.build(plain, fast_bert.BertShape.from_json(shape), precision, self.vocab_size,
-                                        self.tokenizer.max_length)
-            if fast is not None:
-                self.encoder, self.path = fast, why
-                return
-        warnings.warn(f"{version_dir}: {why}; serving the TorchScript file (optimised)", stacklevel=2)
-        self.path = f"torchscript ({why})"
+        self.encoder, self.path = encoder_forward(plain, shape, precision, self.vocab_size,
+                                                  self.tokenizer.max_length, str(version_dir))
 
     def tokenize(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return trim_padding(*self.tokenizer(queries))

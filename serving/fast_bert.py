@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRECISIONS = ("auto", "fp32", "bf16")
 FP32_TOLERANCE = 1e-4     # max |fast - plain| over token states, fp32 path
 BF16_MIN_COSINE = 0.999   # min cosine between a real token's fast and plain states, bf16 path
 
@@ -49,16 +48,6 @@ class BertShape:
         if not isinstance(act, str):
             raise ValueError(f"encoder shape: hidden_act must be a string, got {act!r}")
         return cls(heads, float(eps), act)
-
-
-def resolve_precision(precision: str) -> str:
-    """'fp32' or 'bf16' (training.precision.resolve_serving: `auto` is bf16 only with AMX-BF16)."""
-    from training.precision import resolve_serving
-    try:
-        return resolve_serving(precision)
-    except ValueError:
-        raise ValueError(f"encoder precision must be one of {', '.join(PRECISIONS)}, torchscript; "
-                         f"got {precision!r}") from None
 
 
 class _Layer(nn.Module):

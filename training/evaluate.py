@@ -161,17 +161,11 @@ def served_query_encoder(enc, query_max_len: int, precision: str = "auto"):
     export at `precision` (serving's default `auto`): traced as training.export saves it, then
     serving.fast_bert's forward pass, or the trace oneDNN-optimised (serving.encoder.optimized) where
     `auto` picks it (no AMX-BF16) or the fast path does not apply."""
-    from serving import fast_bert
-    from serving.encoder import optimized
-    from training.export import trace_checked
+    from serving.encoder import encoder_forward
+    from training.export import encoder_shape, trace_checked
     cfg = enc.bert.config
-    plain = trace_checked(enc, cfg.vocab_size, query_max_len)
-    resolved = fast_bert.resolve_precision(precision)
-    if precision == "auto" and resolved == "fp32":
-        return optimized(plain), "torchscript (auto: no AMX-BF16 on this CPU)"
-    shape = fast_bert.BertShape(cfg.num_attention_heads, cfg.layer_norm_eps, cfg.hidden_act)
-    fast, why = fast_bert.build(plain, shape, resolved, cfg.vocab_size, query_max_len)
-    return (fast, why) if fast is not None else (optimized(plain), f"torchscript ({why})")
+    return encoder_forward(trace_checked(enc, cfg.vocab_size, query_max_len), encoder_shape(enc), precision,
+                           cfg.vocab_size, query_max_len, "the eager student's query encoder")
 
 
 class TwinModel(BiEncoderModel):

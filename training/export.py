@@ -64,6 +64,13 @@ def _example(batch: int, length: int, vocab: int, seed: int) -> tuple[torch.Tens
     return ids * mask, mask
 
 
+def encoder_shape(encoder) -> dict:
+    """export.json's "encoder" object: what serving.fast_bert needs beyond the weights of a
+    training.twin.Encoder (serving.fast_bert.BertShape.from_json reads it)."""
+    cfg = encoder.bert.config
+    return {"heads": cfg.num_attention_heads, "layer_norm_eps": cfg.layer_norm_eps, "hidden_act": cfg.hidden_act}
+
+
 def trace_checked(module: nn.Module, vocab: int, max_len: int) -> torch.jit.ScriptModule:
     """Trace, then require eager == TorchScript within TOLERANCE on untraced shapes."""
     module = module.eval()
@@ -184,9 +191,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
         "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
         "format": EXPORT_FORMAT,
         "model_config": json.loads(cfg.to_json()),
-        "encoder": {"heads": model.query_encoder.bert.config.num_attention_heads,
-                    "layer_norm_eps": model.query_encoder.bert.config.layer_norm_eps,
-                    "hidden_act": model.query_encoder.bert.config.hidden_act},
+        "encoder": encoder_shape(model.query_encoder),
         "sha256": {name: sha256_file(tmp / name) for name in files},
     }, indent=2) + "\n")
     replace_dir(tmp, out)
