@@ -44,3 +44,20 @@ def test_trimmed_padding_keeps_every_real_token_and_the_pooled_vectors():
         full = model.embed(torch.from_numpy(ids), torch.from_numpy(mask), "keyword")
         cut = model.embed(torch.from_numpy(tids), torch.from_numpy(tmask), "keyword")
     torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_batch_encoding_gives_the_ids_and_masks_of_the_full_one():
+    """The tokenizers call encode_batch_fast (no character offsets): the same ids and masks as encode_batch."""
+    from training.tokenize import PairTokenizer, WordPiece
+    from training.data import repair_text
+    tokenizer_json = minilm_dir() / "tokenizer.json"
+    texts = ["cordless drill", "", "   ", "Hampton Bay 52 in. Ceiling Fan with Light Kit " * 30, "caf\u00e9 90\u00b0 elbow",
+             repair_text("1/2 in. x 90\u00e5\u00a1 elbow"), "\u4e2d\u6587 \U0001F600 naïve", "3/4 in. x 50 ft."]
+    words = WordPiece(tokenizer_json, 16)
+    full = words._tok.encode_batch(texts)
+    ids, mask = words(texts)
+    assert ids.tolist() == [e.ids for e in full] and mask.tolist() == [e.attention_mask for e in full]
+    pairs = PairTokenizer(tokenizer_json, 48)
+    full = pairs._tok.encode_batch(list(zip(texts, reversed(texts))))
+    ids, mask = pairs(texts, list(reversed(texts)))
+    assert ids.tolist() == [e.ids for e in full] and mask.tolist() == [e.attention_mask for e in full]
