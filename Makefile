@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 ARTIFACTS ?= $(or $(TWINBERT_ARTIFACTS),artifacts)
 
-.PHONY: setup demo build serve test train train-quick eval eval-depth bench bench-kernels bench-store loadtest clean help
+.PHONY: setup demo build serve test train train-quick eval eval-depth bench bench-bilstm bench-kernels bench-store loadtest clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -56,6 +56,9 @@ bench-store: build  ## 1M keyword vectors: build time, memory, top-100 latency a
 
 bench-kernels: setup  ## pool_cross: fused vs eager (GPU if present, else CPU paths) -> reports/bench_kernels_*.{json,md}
 	$(PY) -m benchmarks.bench_kernels --out reports
+
+bench-bilstm: setup  ## BiLSTM student: training module vs its inference form, per pair and per re-rank request -> reports/bench_bilstm.{json,md}
+	$(PY) -m benchmarks.bench_bilstm --checkpoint $(ARTIFACTS)/bilstm --out reports
 
 clean:  ## remove built artifacts (keeps .venv)
 	rm -rf $(ARTIFACTS)

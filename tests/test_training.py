@@ -330,6 +330,33 @@ def test_packed_bilstm_reads_only_real_tokens_so_padding_does_not_move_a_score()
         assert (padded(ids, mask)[1] - padded(*map(torch.from_numpy, tok(["fan"], ["ceiling fan"])))[0]).abs() > 1e-6
 
 
+
+def test_bilstm_inference_form_scores_as_the_student_and_is_a_snapshot():
+    from training.bilstm import BiLSTMConfig, BiLSTMStudent
+    queries = ["cordless drill", "", "milwaukee m18 fuel hammer drill driver kit with two batteries", "fan"]
+    keywords = ["DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit", "Flexzilla 50 ft. Garden Hose",
+                "Hampton Bay 52 in. Ceiling Fan with Light Kit " * 8, "ceiling fan"]  # cut to 48 pieces
+    torch.manual_seed(0)
+    for interaction in (False, True):
+        for packed in (False, True):
+            student = BiLSTMStudent(BiLSTMConfig(interaction=interaction, packed=packed)).eval()
+            ids, mask = map(torch.from_numpy, student.tokenizer()(queries, keywords))
+            scorer = student.inference()
+            with torch.no_grad():
+                expected = student(ids, mask)
+                torch.testing.assert_close(scorer(ids, mask), expected, atol=1e-5, rtol=0)
+                for row in range(len(queries)):  # alone, at its own width
+                    one = student.tokenizer()([queries[row]], [keywords[row]])
+                    torch.testing.assert_close(scorer(*map(torch.from_numpy, one)), student(*map(torch.from_numpy, one)),
+                                               atol=1e-5, rtol=0)
+            np.testing.assert_allclose(scorer.score(queries, keywords, batch_size=3),  # unpacked: the
+                                       student.score(queries, keywords, batch_size=3), atol=1e-5)  # batch matters
+            with torch.no_grad():  # training the student on does not move the snapshot
+                student.head[-1].bias.add_(1.0)
+                student.proj.weight.mul_(2.0)
+                torch.testing.assert_close(scorer(ids, mask), expected, atol=1e-5, rtol=0)
+                assert (student(ids, mask) - expected).abs().max() > 0.5
+
 def test_bucketed_batches_cover_each_item_once_and_group_lengths():
     lengths = list(range(1000))
     batches = bucketed_batches(lengths, 10, seed=1, bucket=20)

@@ -14,6 +14,7 @@ sequence has to carry it through the recurrence.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,11 +51,50 @@ def pair_segments(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 def exact_match(e: torch.Tensor, qm: torch.Tensor, km: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each query word piece's best cosine with a keyword word piece (embeddings e [B, L, D]), as the
     mean and the minimum over the query: [B, 1] each; 1.0 where every query piece is in the keyword."""
-    en = F.normalize(e, dim=-1)
+    return exact_match_unit(F.normalize(e, dim=-1), qm, km)
+
+
+def exact_match_unit(en: torch.Tensor, qm: torch.Tensor, km: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """exact_match of embeddings already of unit length."""
     best = (en @ en.transpose(1, 2)).masked_fill(~km[:, None, :], -1.0).amax(-1)
-    qf = qm.to(e.dtype)
+    qf = qm.to(en.dtype)
     mean = (best * qf).sum(1) / qf.sum(1).clamp_min(1.0)
     return mean[:, None], best.masked_fill(~qm, 1.0).amin(1)[:, None]
+
+
+def _direction(lstm: nn.LSTM, x: torch.Tensor, suffix: str) -> torch.Tensor:
+    """One direction of `lstm` (its weights with `suffix`) run left to right over x."""
+    w = [getattr(lstm, f"{n}_l0{suffix}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    h0 = x.new_zeros((1, x.shape[0], lstm.hidden_size))
+    return torch.lstm(x, (h0, h0), w, True, 1, 0.0, lstm.training, False, True)[0]
+
+
+def packed_bilstm(lstm: nn.LSTM, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The one-layer BiLSTM `lstm` as over packed sequences: the forward direction reads x as is
+    (trailing padding comes after every real token), the backward one each row's real tokens reversed
+    in place, its states then put back in order (the reversal is its own inverse)."""
+    length = mask.sum(1, keepdim=True)
+    pos = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    rev = torch.where(pos < length, length - 1 - pos, pos)
+    backward = _direction(lstm, x.gather(1, rev.unsqueeze(-1).expand_as(x)), "_reverse")
+    backward = backward.gather(1, rev.unsqueeze(-1).expand_as(backward))
+    return torch.cat([_direction(lstm, x, ""), backward], -1)
+
+
+def masked_mean_max(h: torch.Tensor, m: torch.Tensor) -> list[torch.Tensor]:
+    """Masked mean and max over the sequence; m is [B, L, 1]."""
+    return [(h * m).sum(1) / m.sum(1).clamp_min(1.0), h.masked_fill(m == 0, -1e4).amax(1)]
+
+
+@torch.inference_mode()
+def score_pairs(model: nn.Module, tok: PairTokenizer, queries: list[str], keywords: list[str],
+                batch_size: int) -> np.ndarray:
+    """Logits of (query, keyword) pairs, `batch_size` pairs per forward pass: float32 [N]."""
+    out = []
+    for s in range(0, len(queries), batch_size):
+        ids, mask = tok(queries[s:s + batch_size], keywords[s:s + batch_size])
+        out.append(model(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @dataclass
@@ -89,37 +129,18 @@ class BiLSTMStudent(nn.Module):
             features += 2 * config.hidden + 2
         self.head = nn.Sequential(nn.Linear(features, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1))
 
-    @staticmethod
-    def _pool(h: torch.Tensor, m: torch.Tensor) -> list[torch.Tensor]:
-        """Masked mean and max over the sequence; m is [B, L, 1]."""
-        return [(h * m).sum(1) / m.sum(1).clamp_min(1.0), h.masked_fill(m == 0, -1e4).amax(1)]
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         e = self.embed(input_ids)
         x = torch.tanh(self.proj(e))
         h = self._packed_lstm(x, attention_mask) if self.config.packed else self.lstm(x)[0]
         m = attention_mask.unsqueeze(-1).to(h.dtype)
-        feats = self._pool(h, m)
+        feats = masked_mean_max(h, m)
         if self.config.interaction:
             feats += self._interact(input_ids, attention_mask, e, h)
         return self.head(torch.cat(feats, -1)).squeeze(-1)
 
-    def _direction(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
-        """One direction of self.lstm (its weights with `suffix`) run left to right over x."""
-        w = [getattr(self.lstm, f"{n}_l0{suffix}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        h0 = x.new_zeros((1, x.shape[0], self.config.hidden))
-        return torch.lstm(x, (h0, h0), w, True, 1, 0.0, self.training, False, True)[0]
-
     def _packed_lstm(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The BiLSTM as over packed sequences: the forward direction reads x as is (trailing padding
-        comes after every real token), the backward one each row's real tokens reversed in place,
-        its states then put back in order (the reversal is its own inverse)."""
-        length = mask.sum(1, keepdim=True)
-        pos = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-        rev = torch.where(pos < length, length - 1 - pos, pos)
-        backward = self._direction(x.gather(1, rev.unsqueeze(-1).expand_as(x)), "_reverse")
-        backward = backward.gather(1, rev.unsqueeze(-1).expand_as(backward))
-        return torch.cat([self._direction(x, ""), backward], -1)
+        return packed_bilstm(self.lstm, x, mask)
 
     def _interact(self, ids, mask, e, h) -> list[torch.Tensor]:
         qm, km = pair_segments(ids, mask)
@@ -130,7 +151,11 @@ class BiLSTMStudent(nn.Module):
         aligned = torch.where(qm[..., None], to_k, to_q)
         g = torch.relu(self.compose(torch.cat([h, aligned, h - aligned, h * aligned], -1)))
         words = (qm | km).unsqueeze(-1).to(h.dtype)
-        return self._pool(g, words) + list(exact_match(e, qm, km))
+        return masked_mean_max(g, words) + list(exact_match(e, qm, km))
+
+    def inference(self) -> "BiLSTMScorer":
+        """A snapshot of this model in its inference form (BiLSTMScorer): the same logits, less work."""
+        return BiLSTMScorer(self).eval()
 
     def tokenizer(self) -> PairTokenizer:
         """Built once per model: parsing tokenizer.json costs milliseconds per call otherwise."""
@@ -138,14 +163,8 @@ class BiLSTMStudent(nn.Module):
             self._tokenizer = PairTokenizer(minilm_dir() / "tokenizer.json", self.config.max_length)
         return self._tokenizer
 
-    @torch.inference_mode()
     def score(self, queries: list[str], keywords: list[str], batch_size: int = 256) -> np.ndarray:
-        tok = self.tokenizer()
-        out = []
-        for s in range(0, len(queries), batch_size):
-            ids, mask = tok(queries[s:s + batch_size], keywords[s:s + batch_size])
-            out.append(self(torch.from_numpy(ids), torch.from_numpy(mask)).float().numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        return score_pairs(self, self.tokenizer(), queries, keywords, batch_size)
 
     def save(self, out_dir) -> None:
         out = Path(out_dir)
@@ -161,6 +180,58 @@ class BiLSTMStudent(nn.Module):
         model = cls(read_config(BiLSTMConfig, ckpt / "config.json"))
         load_weights(model, read_tensors(ckpt / "model.safetensors"), ckpt / "model.safetensors")
         return model.eval()
+
+
+class BiLSTMScorer(nn.Module):
+    """The inference form of a trained BiLSTMStudent (`student.inference()`): the same logits to float
+    rounding (tested within 1e-5) for less work per pair. The re-ranker export traces it and
+    training.evaluate scores and times it.
+
+    - The embeddings are frozen and the projection reads one token at a time, so tanh(proj(E)) is
+      computed once over the vocabulary: one [V, proj_dim] table lookup replaces the embedding lookup
+      and a [B * L, embed_dim] x [embed_dim, proj_dim] product per batch.
+    - The exact-match features read rows of E normalised once, not normalised per token.
+    - The alignment is one masked softmax (a query word attends over the keyword's words; every other
+      position over the query's, as the student's select of two) instead of two.
+    - The composition layer W [h, a, h - a, h * a] runs as (W1 + W3) h + (W2 - W3) a + W4 (h * a),
+      without concatenating a [B, L, 8 * hidden] tensor.
+
+    It copies what it needs: a snapshot, unchanged by later training of the student."""
+
+    def __init__(self, student: BiLSTMStudent):
+        super().__init__()
+        c = self.config = student.config
+        with torch.no_grad():
+            e = student.embed.weight
+            self.register_buffer("projected", torch.tanh(student.proj(e)).contiguous())
+            if c.interaction:
+                self.register_buffer("unit", F.normalize(e, dim=-1).contiguous())
+                w_h, w_a, w_d, w_p = student.compose.weight.split(2 * c.hidden, dim=1)
+                self.register_buffer("w_state", (w_h + w_d).t().contiguous())
+                self.register_buffer("w_aligned", (w_a - w_d).t().contiguous())
+                self.register_buffer("w_product", w_p.t().contiguous())
+                self.register_buffer("b_compose", student.compose.bias.detach().clone())
+        self.lstm = copy.deepcopy(student.lstm)
+        self.head = copy.deepcopy(student.head)
+        self._tokenizer = student.tokenizer()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = F.embedding(input_ids, self.projected)
+        h = packed_bilstm(self.lstm, x, attention_mask) if self.config.packed else self.lstm(x)[0]
+        feats = masked_mean_max(h, attention_mask.unsqueeze(-1).to(h.dtype))
+        if self.config.interaction:
+            qm, km = pair_segments(input_ids, attention_mask)
+            a = h @ h.transpose(1, 2) / h.shape[-1] ** 0.5
+            over = torch.where(qm[:, :, None], km[:, None, :], qm[:, None, :])
+            aligned = torch.softmax(a.masked_fill(~over, -1e4), -1) @ h
+            g = torch.relu(h @ self.w_state + self.b_compose + aligned @ self.w_aligned
+                           + (h * aligned) @ self.w_product)
+            feats += masked_mean_max(g, (qm | km).unsqueeze(-1).to(h.dtype))
+            feats += list(exact_match_unit(F.embedding(input_ids, self.unit), qm, km))
+        return self.head(torch.cat(feats, -1)).squeeze(-1)
+
+    def score(self, queries: list[str], keywords: list[str], batch_size: int = 256) -> np.ndarray:
+        return score_pairs(self, self._tokenizer, queries, keywords, batch_size)
 
 
 @one_line_errors("bilstm")

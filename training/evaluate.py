@@ -250,9 +250,9 @@ class TwinModel(BiEncoderModel):
 class PairModel:
     """Cross models (teacher, BiLSTM): score pairs jointly; no retrieval over a corpus."""
 
-    def __init__(self, model, layers: int, batch_for_latency: int):
+    def __init__(self, model, layers: int, batch_for_latency: int, params: int | None = None):
         self.model, self.layers, self.batch = model, layers, batch_for_latency
-        self.params = sum(p.numel() for p in model.parameters())
+        self.params = sum(p.numel() for p in model.parameters()) if params is None else params
 
     def pair_scores(self, pairs):
         return {"": self.model.score(pairs.queries, pairs.keywords)}
@@ -326,7 +326,8 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
         return PairModel(m, m.config.num_layers, 100)
     if kind == "bilstm":
         from training.bilstm import BiLSTMStudent
-        return PairModel(BiLSTMStudent.load(path), 0, 64)
+        student = BiLSTMStudent.load(path)  # scored and timed in the inference form the re-ranker exports
+        return PairModel(student.inference(), 0, 64, params=sum(p.numel() for p in student.parameters()))
     raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, twin-served:DIR, bilstm:DIR, "
                      "rerank:teacher:DIR@TWIN_DIR[@DEPTH], rerank:bilstm:DIR@TWIN_DIR[@DEPTH])")
 

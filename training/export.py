@@ -103,22 +103,27 @@ def _pair_example(batch: int, length: int, vocab: int, seed: int) -> tuple[torch
     return ids, mask
 
 
-def trace_reranker(model: nn.Module, vocab: int, max_len: int) -> torch.jit.ScriptModule:
-    """Trace the BiLSTM on pair-shaped input, then require eager == TorchScript within TOLERANCE on
+def trace_reranker(model: nn.Module, vocab: int, max_len: int, reference: nn.Module | None = None
+                   ) -> torch.jit.ScriptModule:
+    """Trace the BiLSTM on pair-shaped input, then require TorchScript == `reference` (the model
+    itself by default; the trained student when `model` is its inference form) within TOLERANCE on
     untraced batch sizes and lengths (the query/keyword split moves with each row's [SEP])."""
     model = model.eval()
+    reference = model if reference is None else reference.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, _pair_example(4, max_len, vocab, 0), check_trace=False)
         for batch, length in ((1, max_len), (5, 3), (3, 17), (64, max_len), (7, 4)):
             args = _pair_example(batch, length, vocab, batch * 100 + length)
-            diff = (traced(*args) - model(*args)).abs().max().item()
+            diff = (traced(*args) - reference(*args)).abs().max().item()
             if not diff <= TOLERANCE:
                 raise RuntimeError(f"reranker TorchScript differs from eager by {diff:.3g} at B={batch}, L={length}")
     return traced
 
 
-RERANKER_FORMAT = 1  # bump when the re-ranker export changes, so serving.build exports again
+# bump when the re-ranker export changes, so serving.build exports again
+# 2: the file traces the student's inference form (training.bilstm.BiLSTMScorer), checked against the student
+RERANKER_FORMAT = 2
 
 
 def reranker_export_key(checkpoint: str | Path) -> dict:
@@ -144,7 +149,8 @@ def export_reranker(checkpoint: str | Path, out: str | Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trace_reranker(model, model.config.vocab_size, model.config.max_length).save(str(tmp / "reranker.pt"))
+    trace_reranker(model.inference(), model.config.vocab_size, model.config.max_length, reference=model
+                   ).save(str(tmp / "reranker.pt"))
     shutil.copyfile(minilm_dir() / "tokenizer.json", tmp / "tokenizer.json")
     files = ("reranker.pt", "tokenizer.json")
     (tmp / "reranker.json").write_text(json.dumps({

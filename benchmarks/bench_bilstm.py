@@ -1,0 +1,116 @@
+"""Benchmark the BiLSTM student's two forms on real pairs: the training module (BiLSTMStudent) against
+its inference form (BiLSTMScorer, what training.evaluate scores and the re-ranker export traces).
+
+Two settings, each timed in interleaved blocks (the order of the two forms alternates every round):
+- `per_pair`: issue 3's measure, held-out dev pairs in batches of 64, two threads, tokenising
+  included (ms per pair);
+- `rerank`: the served re-ranker's request, one query's 30 candidates in one batch, one thread
+  (ms per request; candidates are titles of the corpus).
+Tokenising alone is timed beside them, and the largest logit difference between the forms on the
+same pairs is reported.
+
+    python -m benchmarks.bench_bilstm --checkpoint artifacts/bilstm [--out reports]   # make bench-bilstm
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.cli import one_line_errors, positive_int
+from training.data import load_pairs, split_pairs
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def interleaved(fns: dict, batches: list, rounds: int, per: int) -> dict[str, list[float]]:
+    """fns {name: f(queries, keywords)} each called on every batch, rounds times, the order of the
+    names reversed every other round; samples in ms divided by `per`."""
+    names = list(fns)
+    for fn in fns.values():  # first calls build lazily held state
+        fn(*batches[0])
+    samples = {n: [] for n in names}
+    for r in range(rounds):
+        for q, k in batches:
+            for n in (names if r % 2 == 0 else names[::-1]):
+                t = time.perf_counter()
+                fns[n](q, k)
+                samples[n].append((time.perf_counter() - t) * 1000 / per)
+    return samples
+
+
+def summarize(samples: dict[str, list[float]], baseline: str, unit: str) -> dict:
+    out = {n: {f"median_{unit}": round(statistics.median(s), 4), f"p99_{unit}": round(_percentile(s, 0.99), 4),
+               "calls": len(s)} for n, s in samples.items()}
+    base = statistics.median(samples[baseline])
+    for n, s in samples.items():
+        out[n]["speedup_vs_" + baseline] = round(base / statistics.median(s), 3)
+    return out
+
+
+@one_line_errors("bench_bilstm")
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default="artifacts/bilstm", help="BiLSTM checkpoint (training.bilstm)")
+    ap.add_argument("--data", default=None, help="Home Depot data folder (default: $TWINBERT_DATA)")
+    ap.add_argument("--batches", type=positive_int, default=10, help="batches of 64 dev pairs")
+    ap.add_argument("--rounds", type=positive_int, default=20, help="passes over the batches per setting")
+    ap.add_argument("--out", default="reports")
+    args = ap.parse_args(argv)
+    from training.bilstm import BiLSTMStudent
+    student = BiLSTMStudent.load(args.checkpoint)
+    scorer = student.inference()
+    tok = student.tokenizer()
+    splits = split_pairs(load_pairs(args.data))
+    rng = random.Random(0)
+    dev = rng.sample(splits["dev"], 64 * args.batches)
+    pairs = [([p.query for p in dev[i:i + 64]], [p.keyword for p in dev[i:i + 64]]) for i in range(0, len(dev), 64)]
+    titles = sorted({p.keyword for p in splits["train"]})
+    queries = sorted({p.query for p in splits["dev"]})
+    requests = [([q] * 30, rng.sample(titles, 30)) for q in rng.sample(queries, args.batches)]
+    diff = max(float(np.abs(student.score(q, k, 64) - scorer.score(q, k, 64)).max()) for q, k in pairs + requests)
+
+    forms = {"student": lambda q, k: student.score(q, k, batch_size=64),
+             "inference": lambda q, k: scorer.score(q, k, batch_size=64),
+             "tokenize_only": lambda q, k: tok(q, k)}
+    result = {"checkpoint": str(Path(args.checkpoint).resolve()), "config": json.loads(
+        (Path(args.checkpoint) / "config.json").read_text()), "host": platform.node(),
+        "torch": torch.__version__, "max_abs_logit_diff": diff}
+    torch.set_num_threads(2)
+    result["per_pair"] = {"threads": 2, "batch": 64, **summarize(
+        interleaved(forms, pairs, args.rounds, 64), "student", "ms_per_pair")}
+    torch.set_num_threads(1)
+    result["rerank"] = {"threads": 1, "candidates": 30, **summarize(
+        interleaved(forms, requests, args.rounds, 1), "student", "ms")}
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_bilstm.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# BiLSTM student: training module vs inference form", "",
+             f"Checkpoint `{args.checkpoint}`; largest logit difference between the forms on the timed pairs "
+             f"{diff:.2e}. Interleaved blocks, {args.rounds} rounds over {args.batches} batches; tokenising "
+             "included in `student` and `inference`, alone in `tokenize_only`.", "",
+             "| setting | form | median | p99 | speedup vs student |", "|---|---|---|---|---|"]
+    for setting, unit in (("per_pair", "ms_per_pair"), ("rerank", "ms")):
+        label = ("64 dev pairs a batch, 2 threads (ms per pair)" if setting == "per_pair"
+                 else "one query's 30 candidates, 1 thread (ms per request)")
+        for form in forms:
+            r = result[setting][form]
+            lines.append(f"| {label} | {form} | {r['median_' + unit]} | {r['p99_' + unit]} | "
+                         f"{r['speedup_vs_student']} |")
+    (out / "bench_bilstm.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
