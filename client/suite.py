@@ -129,6 +129,35 @@ def _stage_breakdown(before: dict, after: dict) -> list[dict]:
     return sorted(rows, key=lambda r: -r["total_us"])
 
 
+STUB_STAGES = ("execute", "parse", "encode", "compute", "respond")
+
+
+def _stub_stage_sums(metrics_url: str) -> dict[str, float]:
+    """keyword_store's own stage counters (its model.py): summed microseconds per stage over its
+    instances and versions, and "requests", the requests they cover."""
+    import urllib.request
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    sums = {st: 0.0 for st in (*STUB_STAGES, "requests")}
+    for line in text.splitlines():
+        if line.startswith("twinbert_keyword_store_stage_us_total{"):
+            stage = line.split('stage="', 1)[1].split('"', 1)[0]
+            if stage in sums:
+                sums[stage] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("twinbert_keyword_store_timed_requests_total{"):
+            sums["requests"] += float(line.rsplit(" ", 1)[1])
+    return sums
+
+
+def _stub_stages(before: dict, after: dict) -> dict | None:
+    """Mean microseconds per request in each keyword_store stage between two scrapes (None when no
+    request was flushed in between)."""
+    n = after["requests"] - before["requests"]
+    if n <= 0:
+        return None
+    return {"requests": int(n), **{f"{st}_us": round((after[st] - before[st]) / n) for st in STUB_STAGES}}
+
+
 def served_encoder_threads(repository: Path) -> int:
     """The intra-op threads the served query encoder runs with: keyword_store's "threads" parameter
     (retrieve and relevance encode the query in keyword_store)."""
@@ -151,8 +180,9 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     pipe = InProcessPipeline(repository, threads=served_threads)
     # The same 100 candidates for every path: the cosine top-100 of each query.
     candidates = {q: [i.decode() for i in pipe.retrieve(q, 100, 0)[0][0]] for q in queries}
-    rows, stages = {}, {}
+    rows, stages, stub = {}, {}, {}
     with _server(repository, _work() / "bench_server.log") as server, TwinBertClient(server.grpc_url) as c:
+        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         for q in queries[:5]:  # warm both paths
             c.retrieve(q, 100), c.retrieve(q, 100, 100), c.relevance(q, candidates[q])
             pipe.retrieve(q, 100), pipe.retrieve(q, 100, 100), pipe.relevance(q, candidates[q])
@@ -170,7 +200,9 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                           lambda q: pipe.retrieve_rerank(q, 10, rerank_depth)))
         for name, served, local in paths:
             s_served, s_local, s_local2 = [], [], []
-            before = _model_stats(server.grpc_url)
+            time.sleep(1.05)  # each keyword_store instance flushes its stage counters at most once a second:
+            served(args[0][0])  # this request flushes what earlier calls left pending
+            before, stub_before = _model_stats(server.grpc_url), _stub_stage_sums(metrics_url)
             for _ in range(3):  # interleave served and in-process blocks
                 s_served += _time_calls(served, args, repeats // 3)
                 torch.set_num_threads(served_threads)
@@ -178,6 +210,9 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                 torch.set_num_threads(2)
                 s_local2 += _time_calls(local, args, repeats // 3)
             stages[name] = _stage_breakdown(before, _model_stats(server.grpc_url))
+            time.sleep(1.05)
+            served(args[0][0])  # flushes the block's last counts (one request more in the window)
+            stub[name] = _stub_stages(stub_before, _stub_stage_sums(metrics_url))
             served_p50 = statistics.median(s_served)
             rows[name] = {"served_p50_ms": _pct(s_served, 50), "served_p99_ms": _pct(s_served, 99),
                           "in_process_p50_ms": _pct(s_local, 50), "in_process_p99_ms": _pct(s_local, 99),
@@ -201,7 +236,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     print(f"teacher 100 pairs p50 {_pct(t_teacher, 50)} ms vs served twin relevance {_pct(served_rel, 50)} ms "
           f"(x{rows['teacher vs twin, 100 pairs']['twin_speedup']})", flush=True)
     result = {"queries": len(queries), "served_threads_per_model": served_threads, "rows": rows,
-              "server_stages": stages}
+              "server_stages": stages, "keyword_store_stages": stub}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# End-to-end benchmark (one run, same queries and candidates)", "",
@@ -232,6 +267,17 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
         lines += [f"| {r['model']} | {r['requests']} | {r['total_us']} | {r['queue_us']} | {r['input_us']} | "
                   f"{r['infer_us']} | {r['output_us']} |" for r in st]
         lines.append("")
+    lines += ["### Inside keyword_store's execute", "",
+              "Its own counters (`twinbert_keyword_store_stage_us_total`, README's Metrics), mean µs per request: "
+              "the whole execute, then reading inputs and tokenising (parse), the query encoder, search and "
+              "crossing (compute), building the output tensors (respond). Triton's infer time for keyword_store "
+              "less this execute is the round trip to the stub process.", "",
+              "| path | requests | execute | parse | encode | compute | respond |", "|---|---|---|---|---|---|---|"]
+    for name, st in stub.items():
+        if st:
+            lines.append(f"| {name} | {st['requests']} | {st['execute_us']} | {st['parse_us']} | {st['encode_us']} | "
+                         f"{st['compute_us']} | {st['respond_us']} |")
+    lines.append("")
     out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
     return result
 

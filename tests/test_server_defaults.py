@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from client import TwinBertClient
+from client import InvalidRequest, TwinBertClient
 from serving.server import TritonServer, free_server_ports
 
 pytestmark = pytest.mark.server
@@ -87,3 +87,24 @@ def test_candidates_counter_adds_up_exactly_in_bulk(server):
     assert _scored_total(server) - before == 4 * 4 + len(TITLES) + DEFAULT_CANDIDATES
     if burst_s < 0.9:  # a stall of a second (a busy host) may flush within the burst, legitimately
         assert burst < 4 * 4 + len(TITLES) + DEFAULT_CANDIDATES  # not every request updated the counter
+
+
+def test_keyword_store_stage_counters_cover_every_request_and_add_up(server):
+    from client.suite import _stub_stage_sums, _stub_stages
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with TwinBertClient(server.grpc_url) as c:
+        time.sleep(1.1)
+        c.retrieve("paint", 3)  # flushes whatever earlier tests left pending
+        before = _stub_stage_sums(url)
+        for q in ("drill", "hose", "fan"):
+            c.retrieve(q, 3)
+            c.relevance(q, ["d1", "d2"])
+        with pytest.raises(InvalidRequest):
+            c.relevance("fan", ["no-such-id"])  # refused requests are timed too
+        time.sleep(1.1)
+        c.retrieve("paint", 3)
+    stages = _stub_stages(before, _stub_stage_sums(url))
+    assert stages["requests"] == 3 * 2 + 1 + 1
+    parts = [stages[f"{st}_us"] for st in ("parse", "encode", "compute", "respond")]
+    assert all(p > 0 for p in parts)
+    assert stages["execute_us"] >= sum(parts) - 4  # each stage mean is rounded to a microsecond

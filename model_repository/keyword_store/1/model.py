@@ -40,6 +40,11 @@ from serving.retrieval import Retriever
 # until its next request.
 METRIC_FLUSH_S = 1.0
 
+# Where an execute's time goes, which Triton's own statistics cannot see inside a Python model (their
+# compute_infer also holds the round trip to this stub): microseconds summed per stage, flushed with
+# the count of requests they cover, so sum / requests is the mean per request over any two scrapes.
+STAGES = ("execute", "parse", "encode", "compute", "respond")
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -78,19 +83,37 @@ class TritonPythonModel:
         self.size = self.size_family.Metric(labels=labels)
         self.size.set(len(store))
         self.scored = self.scored_family.Metric(labels=labels)
-        self.scored_pending, self.scored_flushed_at = 0, time.monotonic()
+        self.stage_family = pb_utils.MetricFamily(
+            name="twinbert_keyword_store_stage_us_total",
+            description="Microseconds inside keyword_store's execute by stage: execute (all of it), parse "
+                        "(reading inputs, tokenising), encode (query encoder), compute (search, crossing), "
+                        "respond (output tensors)", kind=pb_utils.MetricFamily.COUNTER)
+        self.timed_family = pb_utils.MetricFamily(
+            name="twinbert_keyword_store_timed_requests_total",
+            description="Requests covered by twinbert_keyword_store_stage_us_total (flushed with it)",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.stage_metrics = {st: self.stage_family.Metric(labels={**labels, "stage": st}) for st in STAGES}
+        self.timed = self.timed_family.Metric(labels=labels)
+        self.pending = {"scored": 0, "timed": 0, **{st: 0.0 for st in STAGES}}
+        self.flushed_at = time.monotonic()
 
-    def _count_scored(self, n):
-        self.scored_pending += n
+    def _flush_metrics(self, force=False):
+        """Add what was counted since the last flush to the metrics, at most once per METRIC_FLUSH_S."""
         now = time.monotonic()
-        if self.scored_pending and now - self.scored_flushed_at >= METRIC_FLUSH_S:
-            self.scored.increment(self.scored_pending)
-            self.scored_pending, self.scored_flushed_at = 0, now
+        if not force and now - self.flushed_at < METRIC_FLUSH_S:
+            return
+        p = self.pending
+        if p["scored"]:
+            self.scored.increment(p["scored"])
+        if p["timed"]:
+            for st in STAGES:
+                self.stage_metrics[st].increment(round(p[st] * 1e6, 1))
+            self.timed.increment(p["timed"])
+        self.pending = {"scored": 0, "timed": 0, **{st: 0.0 for st in STAGES}}
+        self.flushed_at = now
 
     def finalize(self):
-        if self.scored_pending:
-            self.scored.increment(self.scored_pending)
-            self.scored_pending = 0
+        self._flush_metrics(force=True)
 
     def _parse(self, request):
         """One request's inputs as [is_text, ids or token states, mask, mode, tensor]: the ids of QUERY
@@ -117,6 +140,7 @@ class TritonPythonModel:
         return [False, states, mask, mode, tensor, np.zeros((len(states), 1), np.int64)]  # no query to digest
 
     def execute(self, requests):
+        t0 = time.perf_counter()
         responses = [None] * len(requests)
         parsed = {}
         for n, request in enumerate(requests):
@@ -126,6 +150,7 @@ class TritonPythonModel:
                 responses[n] = invalid(e)
             except Exception as e:  # noqa: BLE001 - whatever it is, it fails this request, not its batch-mates
                 responses[n] = internal("keyword_store", e)
+        t1 = time.perf_counter()
         # the queries of every request queued together go through the encoder in one forward pass
         texts = [n for n, (is_text, *_) in parsed.items() if is_text]
         if texts:
@@ -138,18 +163,33 @@ class TritonPythonModel:
             else:
                 for n, states in zip(texts, encoded):
                     parsed[n][1] = states
+        t2 = time.perf_counter()
+        compute = respond = 0.0
         for n, (_, states, mask, mode, tensor, digests) in parsed.items():
             try:
+                t = time.perf_counter()
                 if mode == "CANDIDATE_IDS":
                     outputs = self._relevance(requests[n], states, mask, tensor.as_numpy())
                 else:
                     outputs = self._retrieve(requests[n], states, mask, mode, tensor.as_numpy())
+                outputs["QUERY_DIGEST"] = digests
+                t3 = time.perf_counter()
+                compute += t3 - t
                 responses[n] = pb_utils.InferenceResponse(
-                    output_tensors=[*outputs, pb_utils.Tensor("QUERY_DIGEST", digests)])
+                    output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()])
+                respond += time.perf_counter() - t3
             except (BadRequest, UnknownKeywordError, ValueError, TypeError) as e:
                 responses[n] = invalid(e)
             except Exception as e:  # noqa: BLE001 - the search or crossing failed on this request: answer it, serve the rest
                 responses[n] = internal("keyword_store", e)
+        p = self.pending
+        p["parse"] += t1 - t0
+        p["encode"] += t2 - t1
+        p["compute"] += compute
+        p["respond"] += respond
+        p["execute"] += time.perf_counter() - t0
+        p["timed"] += len(requests)
+        self._flush_metrics()
         return responses
 
     def _retrieve(self, request, states, mask, mode, raw):
@@ -166,9 +206,8 @@ class TritonPythonModel:
             candidates = decode_candidates(parameters, k, self.default_candidates)
         ids, texts, scores = self.retriever.retrieve(states, mask, k, candidates)
         # K' as re-scored: the retriever clamps it to the store's size (0: not re-scored)
-        self._count_scored(min(candidates, len(self.retriever.store)) * len(states))
-        return [pb_utils.Tensor("KEYWORD_IDS", ids), pb_utils.Tensor("KEYWORD_TEXTS", texts),
-                pb_utils.Tensor("SCORES", scores)]
+        self.pending["scored"] += min(candidates, len(self.retriever.store)) * len(states)
+        return {"KEYWORD_IDS": ids, "KEYWORD_TEXTS": texts, "SCORES": scores}
 
     def _relevance(self, request, states, mask, candidate_ids):
         parameters = request.parameters()
@@ -177,5 +216,4 @@ class TritonPythonModel:
         rows = decode_keyword_ids(candidate_ids)  # errors name KEYWORD_IDS, the relevance ensemble's input
         if len(rows) != len(states):
             raise BadRequest(f"{len(rows)} rows of keyword ids for {len(states)} queries")
-        scores = self.retriever.relevance(states, mask, rows, crossing)
-        return [pb_utils.Tensor("SCORES", scores)]
+        return {"SCORES": self.retriever.relevance(states, mask, rows, crossing)}
