@@ -158,6 +158,23 @@ def _stub_stages(before: dict, after: dict) -> dict | None:
     return {"requests": int(n), **{f"{st}_us": round((after[st] - before[st]) / n) for st in STUB_STAGES}}
 
 
+def _in_process_stages(pipe, queries: list[str], calls: int) -> dict:
+    """Mean microseconds per `retrieve` top-100 in-process, split as keyword_store's stage counters
+    split a served request (no respond stage: nothing is serialised)."""
+    sums = {st: 0.0 for st in STUB_STAGES}
+    for i in range(calls):
+        t0 = time.perf_counter()
+        ids, mask = pipe.encoder.tokenize([queries[i % len(queries)]])
+        t1 = time.perf_counter()
+        states = pipe.encoder(ids, mask)
+        t2 = time.perf_counter()
+        pipe.retriever.retrieve(states, mask, 100, 0)
+        t3 = time.perf_counter()
+        for st, dt in (("parse", t1 - t0), ("encode", t2 - t1), ("compute", t3 - t2), ("execute", t3 - t0)):
+            sums[st] += dt
+    return {"requests": calls, **{f"{st}_us": round(sums[st] / calls * 1e6) for st in STUB_STAGES}}
+
+
 def served_encoder_threads(repository: Path) -> int:
     """The intra-op threads the served query encoder runs with: keyword_store's "threads" parameter
     (retrieve and relevance encode the query in keyword_store)."""
@@ -224,6 +241,10 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                   f"in-process p50 {rows[name]['in_process_p50_ms']} ms (x{rows[name]['served_over_in_process']}), "
                   f"with 2 threads {rows[name]['in_process_2_threads_p50_ms']} ms "
                   f"(x{rows[name]['served_over_in_process_2_threads']})", flush=True)
+        # the first path's stages in-process, as keyword_store's counters split them (means, like theirs)
+        torch.set_num_threads(served_threads)
+        stub["retrieve top-100, in-process"] = _in_process_stages(pipe, queries, repeats)
+        torch.set_num_threads(2)
         teacher = CrossEncoder.load(teacher_dir)
         texts = {q: [pipe.store.texts[p] for p in pipe.store.positions(candidates[q])] for q in queries}
         t_teacher, served_rel = [], []
@@ -271,7 +292,8 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
               "Its own counters (`twinbert_keyword_store_stage_us_total`, README's Metrics), mean µs per request: "
               "the whole execute, then reading inputs and tokenising (parse), the query encoder, search and "
               "crossing (compute), building the output tensors (respond). Triton's infer time for keyword_store "
-              "less this execute is the round trip to the stub process.", "",
+              "less this execute is the round trip to the stub process. The last row is the same code in-process "
+              "(the served thread setting), split the same way.", "",
               "| path | requests | execute | parse | encode | compute | respond |", "|---|---|---|---|---|---|---|"]
     for name, st in stub.items():
         if st:

@@ -108,3 +108,9 @@ def test_keyword_store_stage_counters_cover_every_request_and_add_up(server):
     parts = [stages[f"{st}_us"] for st in ("parse", "encode", "compute", "respond")]
     assert all(p > 0 for p in parts)
     assert stages["execute_us"] >= sum(parts) - 4  # each stage mean is rounded to a microsecond
+    from client.suite import _in_process_stages  # make bench's in-process row, split the same way
+    from serving.pipeline import InProcessPipeline
+    local = _in_process_stages(InProcessPipeline(server.repository, threads=1), ["drill", "hose"], 6)
+    assert local["requests"] == 6 and local["respond_us"] == 0
+    parts = [local[f"{st}_us"] for st in ("parse", "encode", "compute")]
+    assert all(p > 0 for p in parts) and abs(local["execute_us"] - sum(parts)) <= 3
