@@ -46,6 +46,12 @@ METRIC_FLUSH_S = 1.0
 STAGES = ("execute", "parse", "encode", "compute", "respond")
 
 
+def _nothing_counted() -> dict:
+    """What an instance has counted since its last flush: candidates re-scored, requests timed, and
+    seconds per stage."""
+    return {"scored": 0, "timed": 0, **{st: 0.0 for st in STAGES}}
+
+
 class TritonPythonModel:
     def initialize(self, args):
         faiss.omp_set_num_threads(1)  # single queries: OpenMP start-up costs more than it saves
@@ -94,8 +100,7 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER)
         self.stage_metrics = {st: self.stage_family.Metric(labels={**labels, "stage": st}) for st in STAGES}
         self.timed = self.timed_family.Metric(labels=labels)
-        self.pending = {"scored": 0, "timed": 0, **{st: 0.0 for st in STAGES}}
-        self.flushed_at = time.monotonic()
+        self.pending, self.flushed_at = _nothing_counted(), time.monotonic()
 
     def _flush_metrics(self, force=False):
         """Add what was counted since the last flush to the metrics, at most once per METRIC_FLUSH_S."""
@@ -109,8 +114,7 @@ class TritonPythonModel:
             for st in STAGES:
                 self.stage_metrics[st].increment(round(p[st] * 1e6, 1))
             self.timed.increment(p["timed"])
-        self.pending = {"scored": 0, "timed": 0, **{st: 0.0 for st in STAGES}}
-        self.flushed_at = now
+        self.pending, self.flushed_at = _nothing_counted(), now
 
     def finalize(self):
         self._flush_metrics(force=True)
