@@ -129,39 +129,22 @@ def _stage_breakdown(before: dict, after: dict) -> list[dict]:
     return sorted(rows, key=lambda r: -r["total_us"])
 
 
-STUB_STAGES = ("execute", "parse", "encode", "compute", "respond")
-
-
-def _stub_stage_sums(metrics_url: str) -> dict[str, float]:
-    """keyword_store's own stage counters (its model.py): summed microseconds per stage over its
-    instances and versions, and "requests", the requests they cover."""
+def _flushed_stage_sums(call, metrics_url: str) -> dict[str, float]:
+    """keyword_store's stage counters (serving.stage_metrics) after one more request, sent once every
+    instance may flush again (at most once a second): it adds what earlier calls left pending."""
     import urllib.request
+    from serving.stage_metrics import stage_sums
+    time.sleep(1.05)
+    call()
     with urllib.request.urlopen(metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    sums = {st: 0.0 for st in (*STUB_STAGES, "requests")}
-    for line in text.splitlines():
-        if line.startswith("twinbert_keyword_store_stage_us_total{"):
-            stage = line.split('stage="', 1)[1].split('"', 1)[0]
-            if stage in sums:
-                sums[stage] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("twinbert_keyword_store_timed_requests_total{"):
-            sums["requests"] += float(line.rsplit(" ", 1)[1])
-    return sums
-
-
-def _stub_stages(before: dict, after: dict) -> dict | None:
-    """Mean microseconds per request in each keyword_store stage between two scrapes (None when no
-    request was flushed in between)."""
-    n = after["requests"] - before["requests"]
-    if n <= 0:
-        return None
-    return {"requests": int(n), **{f"{st}_us": round((after[st] - before[st]) / n) for st in STUB_STAGES}}
+        return stage_sums(r.read().decode())
 
 
 def _in_process_stages(pipe, queries: list[str], calls: int) -> dict:
     """Mean microseconds per `retrieve` top-100 in-process, split as keyword_store's stage counters
     split a served request (no respond stage: nothing is serialised)."""
-    sums = {st: 0.0 for st in STUB_STAGES}
+    from serving.stage_metrics import STAGES
+    sums = {st: 0.0 for st in STAGES}
     for i in range(calls):
         t0 = time.perf_counter()
         ids, mask = pipe.encoder.tokenize([queries[i % len(queries)]])
@@ -172,7 +155,7 @@ def _in_process_stages(pipe, queries: list[str], calls: int) -> dict:
         t3 = time.perf_counter()
         for st, dt in (("parse", t1 - t0), ("encode", t2 - t1), ("compute", t3 - t2), ("execute", t3 - t0)):
             sums[st] += dt
-    return {"requests": calls, **{f"{st}_us": round(sums[st] / calls * 1e6) for st in STUB_STAGES}}
+    return {"requests": calls, **{f"{st}_us": round(sums[st] / calls * 1e6) for st in STAGES}}
 
 
 def served_encoder_threads(repository: Path) -> int:
@@ -188,6 +171,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
 
     from client.core import TwinBertClient
     from serving.pipeline import InProcessPipeline
+    from serving.stage_metrics import per_request
     from training.teacher import CrossEncoder
     # The in-process baseline runs as the server is configured: `served_threads` intra-op threads
     # (keyword_store's "threads" parameter; it encodes, searches and crosses). It is also timed with
@@ -217,9 +201,8 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                           lambda q: pipe.retrieve_rerank(q, 10, rerank_depth)))
         for name, served, local in paths:
             s_served, s_local, s_local2 = [], [], []
-            time.sleep(1.05)  # each keyword_store instance flushes its stage counters at most once a second:
-            served(args[0][0])  # this request flushes what earlier calls left pending
-            before, stub_before = _model_stats(server.grpc_url), _stub_stage_sums(metrics_url)
+            stub_before = _flushed_stage_sums(lambda: served(args[0][0]), metrics_url)
+            before = _model_stats(server.grpc_url)
             for _ in range(3):  # interleave served and in-process blocks
                 s_served += _time_calls(served, args, repeats // 3)
                 torch.set_num_threads(served_threads)
@@ -227,9 +210,8 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                 torch.set_num_threads(2)
                 s_local2 += _time_calls(local, args, repeats // 3)
             stages[name] = _stage_breakdown(before, _model_stats(server.grpc_url))
-            time.sleep(1.05)
-            served(args[0][0])  # flushes the block's last counts (one request more in the window)
-            stub[name] = _stub_stages(stub_before, _stub_stage_sums(metrics_url))
+            # the block's last counts, and one request more in the window
+            stub[name] = per_request(stub_before, _flushed_stage_sums(lambda: served(args[0][0]), metrics_url))
             served_p50 = statistics.median(s_served)
             rows[name] = {"served_p50_ms": _pct(s_served, 50), "served_p99_ms": _pct(s_served, 99),
                           "in_process_p50_ms": _pct(s_local, 50), "in_process_p99_ms": _pct(s_local, 99),

@@ -90,8 +90,12 @@ def test_candidates_counter_adds_up_exactly_in_bulk(server):
 
 
 def test_keyword_store_stage_counters_cover_every_request_and_add_up(server):
-    from client.suite import _stub_stage_sums, _stub_stages
+    from serving.stage_metrics import per_request, stage_sums
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+
+    def _stub_stage_sums(url):
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return stage_sums(r.read().decode())
     with TwinBertClient(server.grpc_url) as c:
         time.sleep(1.1)
         c.retrieve("paint", 3)  # flushes whatever earlier tests left pending
@@ -103,7 +107,7 @@ def test_keyword_store_stage_counters_cover_every_request_and_add_up(server):
             c.relevance("fan", ["no-such-id"])  # refused requests are timed too
         time.sleep(1.1)
         c.retrieve("paint", 3)
-    stages = _stub_stages(before, _stub_stage_sums(url))
+    stages = per_request(before, _stub_stage_sums(url))
     assert stages["requests"] == 3 * 2 + 1 + 1
     parts = [stages[f"{st}_us"] for st in ("parse", "encode", "compute", "respond")]
     assert all(p > 0 for p in parts)

@@ -31,6 +31,7 @@ from serving.requests import (BadRequest, check_finite, check_mask_rows, decode_
                               decode_depth, decode_keyword_ids, decode_top_k, query_digests, refuse_candidates,
                               refuse_parameter, serving_defaults)
 from serving.retrieval import Retriever
+from serving.stage_metrics import STAGE_METRIC, STAGES, TIMED_METRIC
 
 
 # Each custom-metric update is a round trip to the server process (about 80 us, measured in the
@@ -40,10 +41,8 @@ from serving.retrieval import Retriever
 # until its next request.
 METRIC_FLUSH_S = 1.0
 
-# Where an execute's time goes, which Triton's own statistics cannot see inside a Python model (their
-# compute_infer also holds the round trip to this stub): microseconds summed per stage, flushed with
-# the count of requests they cover, so sum / requests is the mean per request over any two scrapes.
-STAGES = ("execute", "parse", "encode", "compute", "respond")
+# Where an execute's time goes (serving/stage_metrics.py), which Triton's own statistics cannot see
+# inside a Python model: their compute_infer also holds the round trip to this stub.
 
 
 def _nothing_counted() -> dict:
@@ -90,13 +89,13 @@ class TritonPythonModel:
         self.size.set(len(store))
         self.scored = self.scored_family.Metric(labels=labels)
         self.stage_family = pb_utils.MetricFamily(
-            name="twinbert_keyword_store_stage_us_total",
+            name=STAGE_METRIC,
             description="Microseconds inside keyword_store's execute by stage: execute (all of it), parse "
                         "(reading inputs, tokenising), encode (query encoder), compute (search, crossing), "
                         "respond (output tensors)", kind=pb_utils.MetricFamily.COUNTER)
         self.timed_family = pb_utils.MetricFamily(
-            name="twinbert_keyword_store_timed_requests_total",
-            description="Requests covered by twinbert_keyword_store_stage_us_total (flushed with it)",
+            name=TIMED_METRIC,
+            description=f"Requests covered by {STAGE_METRIC} (flushed with it)",
             kind=pb_utils.MetricFamily.COUNTER)
         self.stage_metrics = {st: self.stage_family.Metric(labels={**labels, "stage": st}) for st in STAGES}
         self.timed = self.timed_family.Metric(labels=labels)
