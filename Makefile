@@ -36,6 +36,7 @@ eval: setup  ## evaluate the trained models and baselines on held-out queries ->
 	$(PY) -m training.evaluate --out reports/eval --model BM25=bm25 --model "MiniLM-L6 zero-shot=minilm" \
 		--model "teacher (cross-encoder)=teacher:$(ARTIFACTS)/teacher" --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		--model "TwinBERT, no augmentation=twin:$(ARTIFACTS)/twin_noaug" --model BiLSTM=bilstm:$(ARTIFACTS)/bilstm \
+		--model "BiLSTM, LSTM in bf16=bilstm-bf16:$(ARTIFACTS)/bilstm" \
 		--model "BiLSTM, no augmentation=bilstm:$(ARTIFACTS)/bilstm_noaug" \
 		--model "teacher re-ranks TwinBERT cos top-100=rerank:teacher:$(ARTIFACTS)/teacher@$(ARTIFACTS)/twin" \
 		--model "BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin" \
@@ -57,7 +58,7 @@ bench-store: build  ## 1M keyword vectors: build time, memory, top-100 latency a
 bench-kernels: setup  ## pool_cross: fused vs eager (GPU if present, else CPU paths) -> reports/bench_kernels_*.{json,md}
 	$(PY) -m benchmarks.bench_kernels --out reports
 
-bench-bilstm: setup  ## BiLSTM student: training module vs its inference form, per pair and per re-rank request -> reports/bench_bilstm.{json,md}
+bench-bilstm: setup  ## BiLSTM student: training module vs its inference form (fp32, and its LSTM in bf16), per pair and per re-rank request -> reports/bench_bilstm.{json,md}
 	$(PY) -m benchmarks.bench_bilstm --checkpoint $(ARTIFACTS)/bilstm --out reports
 
 clean:  ## remove built artifacts (keeps .venv)

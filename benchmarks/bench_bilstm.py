@@ -1,13 +1,14 @@
-"""Benchmark the BiLSTM student's two forms on real pairs: the training module (BiLSTMStudent) against
-its inference form (BiLSTMScorer, what training.evaluate scores and the re-ranker export traces).
+"""Benchmark the BiLSTM student's forms on real pairs: the training module (BiLSTMStudent) against
+its inference form (BiLSTMScorer, what training.evaluate scores and the re-ranker export traces), in
+fp32 and with its LSTM in bf16 (`bilstm-bf16` in training.evaluate; pays on bf16 matrix hardware only).
 
-Two settings, each timed in interleaved blocks (the order of the two forms alternates every round):
+Two settings, each timed in interleaved blocks (the order of the forms reverses every round):
 - `per_pair`: issue 3's measure, held-out dev pairs in batches of 64, two threads, tokenising
   included (ms per pair);
 - `rerank`: the served re-ranker's request, one query's 30 candidates in one batch, one thread
   (ms per request; candidates are titles of the corpus).
-Tokenising alone is timed beside them, and the largest logit difference between the forms on the
-same pairs is reported.
+Tokenising alone is timed beside them, and the largest logit difference of each inference form from
+the student on the same pairs is reported.
 
     python -m benchmarks.bench_bilstm --checkpoint artifacts/bilstm [--out reports]   # make bench-bilstm
 """
@@ -26,6 +27,7 @@ import torch
 
 from training.cli import one_line_errors, positive_int
 from training.data import load_pairs, split_pairs
+from training.precision import cpu_flags, cpu_has_bf16_matmul
 
 
 def _percentile(samples: list[float], q: float) -> float:
@@ -69,7 +71,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from training.bilstm import BiLSTMStudent
     student = BiLSTMStudent.load(args.checkpoint)
-    scorer = student.inference()
+    scorer, scorer_bf16 = student.inference(), student.inference("bf16")
     tok = student.tokenizer()
     splits = split_pairs(load_pairs(args.data))
     rng = random.Random(0)
@@ -78,14 +80,17 @@ def main(argv=None) -> None:
     titles = sorted({p.keyword for p in splits["train"]})
     queries = sorted({p.query for p in splits["dev"]})
     requests = [([q] * 30, rng.sample(titles, 30)) for q in rng.sample(queries, args.batches)]
-    diff = max(float(np.abs(student.score(q, k, 64) - scorer.score(q, k, 64)).max()) for q, k in pairs + requests)
+    diff, diff_bf16 = (max(float(np.abs(student.score(q, k, 64) - s.score(q, k, 64)).max()) for q, k in pairs + requests)
+                       for s in (scorer, scorer_bf16))
 
     forms = {"student": lambda q, k: student.score(q, k, batch_size=64),
              "inference": lambda q, k: scorer.score(q, k, batch_size=64),
+             "inference_bf16": lambda q, k: scorer_bf16.score(q, k, batch_size=64),
              "tokenize_only": lambda q, k: tok(q, k)}
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "config": json.loads(
         (Path(args.checkpoint) / "config.json").read_text()), "host": platform.node(),
-        "torch": torch.__version__, "max_abs_logit_diff": diff}
+        "torch": torch.__version__, "bf16_matmul_hardware": sorted({"amx_bf16", "avx512_bf16"} & cpu_flags()),
+        "max_abs_logit_diff": diff, "max_abs_logit_diff_bf16": diff_bf16}
     torch.set_num_threads(2)
     result["per_pair"] = {"threads": 2, "batch": 64, **summarize(
         interleaved(forms, pairs, args.rounds, 64), "student", "ms_per_pair")}
@@ -96,10 +101,12 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_bilstm.json").write_text(json.dumps(result, indent=2) + "\n")
+    hardware = ", ".join(result["bf16_matmul_hardware"]) if cpu_has_bf16_matmul() else "none (bf16 will not pay)"
     lines = ["# BiLSTM student: training module vs inference form", "",
-             f"Checkpoint `{args.checkpoint}`; largest logit difference between the forms on the timed pairs "
-             f"{diff:.2e}. Interleaved blocks, {args.rounds} rounds over {args.batches} batches; tokenising "
-             "included in `student` and `inference`, alone in `tokenize_only`.", "",
+             f"Checkpoint `{args.checkpoint}`; largest logit difference from the student on the timed pairs: "
+             f"{diff:.2e} (`inference`, fp32), {diff_bf16:.2e} (`inference_bf16`, its LSTM in bf16). "
+             f"bf16 matrix hardware: {hardware}. Interleaved blocks, {args.rounds} rounds over {args.batches} "
+             "batches; tokenising included in every form but `tokenize_only`.", "",
              "| setting | form | median | p99 | speedup vs student |", "|---|---|---|---|---|"]
     for setting, unit in (("per_pair", "ms_per_pair"), ("rerank", "ms")):
         label = ("64 dev pairs a batch, 2 threads (ms per pair)" if setting == "per_pair"

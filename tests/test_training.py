@@ -357,6 +357,27 @@ def test_bilstm_inference_form_scores_as_the_student_and_is_a_snapshot():
                 torch.testing.assert_close(scorer(ids, mask), expected, atol=1e-5, rtol=0)
                 assert (student(ids, mask) - expected).abs().max() > 0.5
 
+
+def test_bilstm_inference_form_in_bf16_runs_its_lstm_in_bf16_and_scores_close_to_fp32():
+    from training.bilstm import BiLSTMConfig, BiLSTMStudent
+    queries = ["cordless drill", "", "milwaukee m18 fuel hammer drill driver kit with two batteries", "fan"]
+    keywords = ["DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit", "Flexzilla 50 ft. Garden Hose",
+                "Hampton Bay 52 in. Ceiling Fan with Light Kit " * 8, "ceiling fan"]
+    torch.manual_seed(0)
+    for interaction in (False, True):
+        for packed in (False, True):
+            student = BiLSTMStudent(BiLSTMConfig(interaction=interaction, packed=packed)).eval()
+            ids, mask = map(torch.from_numpy, student.tokenizer()(queries, keywords))
+            fp32, bf16 = student.inference(), student.inference("bf16")
+            assert bf16.projected.dtype == torch.bfloat16 and bf16.lstm.weight_hh_l0.dtype == torch.bfloat16
+            assert fp32.projected.dtype == torch.float32 and bf16.head[0].weight.dtype == torch.float32
+            with torch.no_grad():
+                got, want = bf16(ids, mask), fp32(ids, mask)
+            assert got.dtype == torch.float32 and 0 < (got - want).abs().max() < 0.05
+            assert bf16.score(queries, keywords).dtype == np.float32
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        student.inference("fp16")
+
 def test_bucketed_batches_cover_each_item_once_and_group_lengths():
     lengths = list(range(1000))
     batches = bucketed_batches(lengths, 10, seed=1, bucket=20)

@@ -79,11 +79,15 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     assert not bilstm.BiLSTMStudent.load(tmp_path / "bilstm_plain").config.interaction
     report = evaluate.evaluate([("BM25", "bm25"), ("teacher", f"teacher:{tmp_path / 'teacher'}"),
                                 ("twin", f"twin:{tmp_path / 'twin'}"), ("bilstm", f"bilstm:{tmp_path / 'bilstm'}"),
+                                ("bilstm-bf16", f"bilstm-bf16:{tmp_path / 'bilstm'}"),
                                 ("rerank", f"rerank:teacher:{tmp_path / 'teacher'}@{tmp_path / 'twin'}"),
                                 ("rerank@1", f"rerank:bilstm:{tmp_path / 'bilstm'}@{tmp_path / 'twin'}@1")],
                                "homedepot:test", tmp_path / "eval", data=str(tiny_data), cache_dir=None)
     rows = {r["model"]: r for r in report["rows"]}
-    assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm", "rerank", "rerank@1"}
+    assert set(rows) == {"BM25", "teacher", "twin (cos)", "twin (res)", "bilstm", "bilstm-bf16", "rerank", "rerank@1"}
+    # the same student with its LSTM in bf16: its own scores, close to fp32's ranking of the pairs
+    assert rows["bilstm-bf16"]["params"] == rows["bilstm"]["params"]
+    assert rows["bilstm-bf16"]["roc_auc"] == pytest.approx(rows["bilstm"]["roc_auc"], abs=0.02)
     assert all(0.0 <= r["roc_auc"] <= 1.0 for k, r in rows.items() if not k.startswith("rerank"))
     # the query encode is timed eager and as served (the traced, optimised export), for both twin rows
     assert all(rows[t]["query_encode_ms"] > 0 and rows[t]["served_query_encode_ms"] > 0 for t in ("twin (cos)", "twin (res)"))

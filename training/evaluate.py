@@ -4,8 +4,8 @@ Models (`--model LABEL=KIND[:PATH]`, repeatable): bm25, minilm (zero-shot pretra
 bi-encoder, mean pooling), teacher:DIR, twin:DIR (reports its cos and res crossings), twin-served:DIR (the same
 twin with its queries encoded as serving runs them, serving.fast_bert at serving's default precision;
 twin-served-fp32:DIR and twin-served-bf16:DIR pick one; keywords stay eager, as the served store's
-vectors are), bilstm:DIR,
-rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR (the cross model re-orders the twin's
+vectors are), bilstm:DIR (the student's inference form, fp32; bilstm-bf16:DIR runs its LSTM in bf16),
+rerank:teacher:DIR@TWIN_DIR or rerank:bilstm[-bf16]:DIR@TWIN_DIR (the cross model re-orders the twin's
 cosine top-100, or with @DEPTH (1..100) appended its top DEPTH as `retrieve_rerank` does: retrieval metrics
 only).
 Datasets: `homedepot[:SPLIT]` (default test), `pairs:FILE` (labelled pairs CSV/TSV), `beir:DIR[:SPLIT]`
@@ -301,11 +301,11 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
         if at and twin.lstrip("-").isdigit():  # rerank:KIND:DIR@TWIN_DIR@DEPTH (an integer last field)
             depth = int(twin)  # RerankModel checks its range
             cross, at, twin = cross.rpartition("@")
-        if not at or cross.split(":")[0] not in ("teacher", "bilstm"):
-            raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm:DIR@TWIN_DIR "
+        if not at or cross.split(":")[0] not in ("teacher", "bilstm", "bilstm-bf16"):
+            raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm[-bf16]:DIR@TWIN_DIR "
                              f"(optionally @DEPTH), got {kind_path!r}")
         return RerankModel(load_model(cross, pairs, rs, precision), TwinModel(twin), depth)
-    if kind in ("twin", "teacher", "bilstm") and not path:
+    if kind in ("twin", "teacher", "bilstm", "bilstm-bf16") and not path:
         raise ValueError(f"{kind} needs a checkpoint directory: {kind}:DIR")
     if kind == "bm25":
         return BM25Model(pairs, rs)
@@ -324,12 +324,13 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
         m = CrossEncoder.load(path)
         m.precision = precision  # the students are timed and scored as served, in fp32
         return PairModel(m, m.config.num_layers, 100)
-    if kind == "bilstm":
+    if kind in ("bilstm", "bilstm-bf16"):
         from training.bilstm import BiLSTMStudent
-        student = BiLSTMStudent.load(path)  # scored and timed in the inference form the re-ranker exports
-        return PairModel(student.inference(), 0, 64, params=sum(p.numel() for p in student.parameters()))
+        student = BiLSTMStudent.load(path)  # scored and timed in its inference form (fp32: as the re-ranker exports it)
+        return PairModel(student.inference("bf16" if kind == "bilstm-bf16" else "fp32"), 0, 64,
+                         params=sum(p.numel() for p in student.parameters()))
     raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, twin-served:DIR, bilstm:DIR, "
-                     "rerank:teacher:DIR@TWIN_DIR[@DEPTH], rerank:bilstm:DIR@TWIN_DIR[@DEPTH])")
+                     "bilstm-bf16:DIR, rerank:teacher:DIR@TWIN_DIR[@DEPTH], rerank:bilstm[-bf16]:DIR@TWIN_DIR[@DEPTH])")
 
 
 def load_dataset(spec: str, data=None, positive_threshold: float | None = None
@@ -496,7 +497,8 @@ def write_report(report: dict, out: Path) -> None:
     lines = [f"# Evaluation: {report['dataset']}", "",
              f"{report['pairs']} labelled pairs; {report['queries']} retrieval queries over {report['corpus']} "
              f"keywords; CPU latency with {report['threads']} threads (teacher: 100 pairs per call, "
-             f"in {report.get('teacher_precision', 'fp32')}; BiLSTM: 64, "
+             f"in {report.get('teacher_precision', 'fp32')}; BiLSTM: 64 pairs of one query and title per call, "
+             "its inference form in fp32, `bilstm-bf16` rows with the LSTM in bf16; "
              "twin: one query crossed with 100 cached keyword vectors; query encode: one query of 16 tokens, "
              "padding included, through the eager student and through the served encoder, its TorchScript "
              "export run as serving runs it (serving.fast_bert at the default precision: bf16 matrix products "

@@ -299,6 +299,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
                   "--model", f"TwinBERT=twin:{a / 'twin'}",
                   "--model", f"TwinBERT, no augmentation=twin:{a / 'twin_noaug'}",
                   "--model", f"BiLSTM=bilstm:{a / 'bilstm'}",
+                  "--model", f"BiLSTM, LSTM in bf16=bilstm-bf16:{a / 'bilstm'}",
                   "--model", f"BiLSTM, no augmentation=bilstm:{a / 'bilstm_noaug'}",
                   "--model", f"teacher re-ranks TwinBERT cos top-100=rerank:teacher:{a / 'teacher'}@{a / 'twin'}",
                   "--model", f"BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}",
