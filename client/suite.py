@@ -239,6 +239,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     print(f"teacher 100 pairs p50 {_pct(t_teacher, 50)} ms vs served twin relevance {_pct(served_rel, 50)} ms "
           f"(x{rows['teacher vs twin, 100 pairs']['twin_speedup']})", flush=True)
     result = {"queries": len(queries), "served_threads_per_model": served_threads, "rows": rows,
+              "reranker_precision": pipe.reranker.precision if pipe.reranker is not None else None,
               "server_stages": stages, "keyword_store_stages": stub}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -248,8 +249,8 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                                                else "re-scored with res") + "); the next row asks for the top 100 "
              "re-scored with res (`candidates` = 100); relevance candidates are each query's cosine top-100. "
              + (f"`retrieve_rerank` asks for the top 10 of the cosine top {rerank_depth} re-ordered by the BiLSTM "
-                f"re-ranker ({pipe.reranker_threads} threads served, and in-process in the `in_process_*` "
-                "baseline). " if pipe.reranker is not None else "")
+                f"re-ranker ({pipe.reranker.precision}, {pipe.reranker_threads} threads served, and in-process in the "
+                "`in_process_*` baseline). " if pipe.reranker is not None else "")
              + "Served = over gRPC "
              "through the real tritonserver (one client); in-process = the same artifacts and code without Triton, "
              f"with {served_threads} intra-op thread(s) as each served model is configured (`in_process_*`, the "

@@ -31,7 +31,8 @@ class InProcessPipeline:
         self.store = KeywordStore(version / "store")
         self.retriever = Retriever(self.store, self.params)
         # the third stage of retrieve_rerank, when the repository has one
-        self.reranker = Reranker(repo / "reranker/1") if (repo / "reranker/1/reranker.pt").is_file() else None
+        self.reranker = (Reranker(repo / "reranker/1", model_parameter(repo, "reranker", "precision", "auto"))
+                         if (repo / "reranker/1/reranker.pt").is_file() else None)
         self.reranker_threads = int(model_parameter(repo, "reranker", "threads", "1")) if self.reranker else 0
 
     def encode(self, queries: list[str]):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from serving.encoder import PAD_MULTIPLE
 from serving.keyword_store import StoreError, latest_version, replace_dir
+from serving.rerank import RERANKER_TRACES
 from training.artifacts import check_output_apart
 
 SOURCE = Path(__file__).resolve().parent.parent / "model_repository"
@@ -34,7 +35,7 @@ EXPORT_FILES = {
                       "pool_cross.json", "export.json"),
 }
 STORE_MODELS = ("keyword_store", "keyword_vectors")  # models whose version dir holds store/
-RERANKER_FILES = ("reranker.pt", "reranker.json", "tokenizer.json")  # from the re-ranker export
+RERANKER_FILES = (*RERANKER_TRACES.values(), "reranker.json", "tokenizer.json")  # from the re-ranker export
 RERANK_MODELS = ("reranker", "retrieve_rerank")  # present only with a re-ranker export
 WARMUP_QUERY = "cordless drill"
 # Longer than query_max_len: the encoder's other trimmed width (serving/encoder.py) is warmed as well.

@@ -70,6 +70,13 @@ def test_reranker_refuses_altered_weights_and_a_changed_max_length(tiny_reranker
     shutil.copy(d / "tokenizer.json", d / "reranker.pt")  # another file in its place
     with pytest.raises(ArtifactError, match="reranker.pt: checksum differs"):
         Reranker(d)
+    Reranker(d, "bf16")  # only the trace a precision loads is read
+    shutil.copy(d / "tokenizer.json", d / "reranker_bf16.pt")
+    with pytest.raises(ArtifactError, match="reranker_bf16.pt: checksum differs"):
+        Reranker(d, "bf16")
+    (d / "reranker_bf16.pt").unlink()  # an export from before the bf16 trace
+    with pytest.raises(FileNotFoundError, match="has no reranker_bf16.pt"):
+        Reranker(d, "bf16")
 
 
 def test_twin_checkpoint_config_and_weights_are_checked(tmp_path):

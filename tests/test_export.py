@@ -92,7 +92,7 @@ def test_reranker_export_scores_real_pairs_as_the_eager_bilstm(tiny_reranker):
     from serving.rerank import Reranker
     from training.bilstm import BiLSTMStudent
     manifest = json.loads((tiny_reranker / "reranker.json").read_text())
-    assert set(manifest["sha256"]) == {"reranker.pt", "tokenizer.json"} and manifest["max_length"] == 48
+    assert set(manifest["sha256"]) == {"reranker.pt", "reranker_bf16.pt", "tokenizer.json"} and manifest["max_length"] == 48
     assert manifest["model_config"]["interaction"] is True
     eager = BiLSTMStudent.load(manifest["checkpoint"])
     reranker = Reranker(tiny_reranker)
@@ -107,6 +107,13 @@ def test_reranker_export_scores_real_pairs_as_the_eager_bilstm(tiny_reranker):
     assert list(top_ids) == list(ids[np.argsort(-s, kind="stable")[:3]]) and list(top_scores) == sorted(s, reverse=True)[:3]
     assert top_texts[0].decode() == titles[int(np.argmax(s))]
     assert reranker.scores("drill", []).shape == (0,)
+    # the bf16 trace: the same pairs within bf16's rounding of the LSTM, the same top candidate here
+    bf16 = Reranker(tiny_reranker, "bf16")
+    assert bf16.precision == "bf16" and reranker.precision == "fp32"
+    s16 = bf16.scores("cordless drill", titles)
+    assert s16.dtype == np.float32 and 0 < np.abs(s16 - s).max() < 0.01 and np.argmax(s16) == np.argmax(s)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Reranker(tiny_reranker, "fp16")
 
 
 def test_reranker_export_refuses_a_missing_checkpoint(tmp_path):
@@ -125,7 +132,8 @@ def test_repository_has_the_rerank_models_only_with_a_reranker(tmp_path, tiny_ex
     without = assemble(tiny_export, store, tmp_path / "plain")
     names = {p.name for p in without.iterdir()}
     assert "retrieve" in names and not names & {"reranker", "retrieve_rerank"}
-    with pytest.raises(FileNotFoundError, match="lacks reranker.pt"):
+    assert (with_reranker / "reranker/1/reranker_bf16.pt").is_file()
+    with pytest.raises(FileNotFoundError, match="lacks reranker.pt, reranker_bf16.pt"):
         assemble(tiny_export, store, tmp_path / "bad", tmp_path)
 
 

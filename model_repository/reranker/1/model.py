@@ -31,7 +31,9 @@ class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"]).get("parameters", {})
         torch.set_num_threads(int(params.get("threads", {}).get("string_value", "1")))
-        self.reranker = Reranker(Path(args["model_repository"]) / args["model_version"])
+        self.reranker = Reranker(Path(args["model_repository"]) / args["model_version"],
+                                 params.get("precision", {}).get("string_value", "auto"))
+        pb_utils.Logger.log_info(f"{args['model_name']}: {self.reranker.precision} trace of the BiLSTM")
         # TorchScript's profiling executor specialises after a few calls: warm it on several batch
         # sizes and lengths, so the first real requests do not pay for it
         title = "DEWALT 20-Volt MAX Lithium-Ion Cordless 1/2 in. Drill Driver Kit with Battery"
