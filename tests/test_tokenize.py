@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece
@@ -61,3 +62,75 @@ def test_fast_batch_encoding_gives_the_ids_and_masks_of_the_full_one():
     full = pairs._tok.encode_batch(list(zip(texts, reversed(texts))))
     ids, mask = pairs(texts, list(reversed(texts)))
     assert ids.tolist() == [e.ids for e in full] and mask.tolist() == [e.attention_mask for e in full]
+
+
+
+
+def test_ascii_fast_path_gives_the_ids_and_masks_of_tokenizers_on_fuzzed_and_edge_text():
+    """The ASCII word-piece path (Python, a cache per word) against `tokenizers` alone: random ASCII text
+    with punctuation, digits, long words, whitespace and control characters, literal special tokens,
+    non-ASCII text (which takes `tokenizers`), in batches that mix them; single texts and pairs."""
+    import random
+    from training.tokenize import PairTokenizer, WordPiece
+    tokenizer_json = minilm_dir() / "tokenizer.json"
+    rng = random.Random(0)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" * 3 + " " * 40 + \
+        "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" + "\t\n\r\x0b\x0c\x00\x7f\x1f"
+    words = ["cordless", "drill", "DEWALT", "20-Volt", "1/2", "in.", "x", "90\u00b0", "caf\u00e9", "[CLS]", "[sep]",
+             "[PAD]", "[MASK]", "##less", "unaffable", "w" * 101, "q" * 100, "\u4e2d\u6587", "naïve", "3/4in"]
+    texts = ["", " ", "\t\n", "a", "[UNK]", "drill [SEP] bit", "ab\x0bcd", "x" * 2000]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(500)]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 30))) for _ in range(500)]
+    for max_len in (16, 32):
+        fast = WordPiece(tokenizer_json, max_len)
+        ref = WordPiece(tokenizer_json, max_len, ascii_fast_path=False)
+        assert fast._ascii is not None and ref._ascii is None  # this file's pipeline is the one it reproduces
+        for s in range(0, len(texts), 64):
+            got, want = fast(texts[s:s + 64]), ref(texts[s:s + 64])
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist(), texts[s:s + 64]
+    pairs = PairTokenizer(tokenizer_json, 48)
+    ref = PairTokenizer(tokenizer_json, 48, ascii_fast_path=False)
+    rng.shuffle(texts)
+    for s in range(0, len(texts) - 64, 64):
+        q, k = texts[s:s + 64], texts[s + 64:s + 128]
+        got, want = pairs(q, k), ref(q, k)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    assert pairs([], [])[0].size == 0
+
+
+def test_pair_truncation_is_tokenizers_longest_first_for_every_pair_of_lengths():
+    from training.tokenize import PairTokenizer, truncate_longest_first
+    pairs = PairTokenizer(minilm_dir() / "tokenizer.json", 48)
+    for n1 in range(0, 71):
+        for n2 in range(0, 71):
+            want = pairs._tok.encode(" ".join(["a"] * n1), " ".join(["b"] * n2)).ids
+            a, b = truncate_longest_first([1037] * n1, [1038] * n2, 45)
+            assert [101, *a, 102, *b, 102] == want, (n1, n2)
+
+
+def test_ascii_word_cache_is_bounded():
+    from training.tokenize import AsciiWordPieces, WordPiece
+    tok = WordPiece(minilm_dir() / "tokenizer.json", 16)
+    pieces = tok._ascii
+    pieces.CACHE_WORDS = 10  # on the instance: the class's bound stays
+    first = pieces(" ".join(f"word{i}" for i in range(50)))
+    assert len(pieces._cache) == 10 and AsciiWordPieces.CACHE_WORDS == 100_000
+    assert pieces(" ".join(f"word{i}" for i in range(50))) == first  # uncached words are split again
+
+
+def test_ascii_fast_path_is_off_for_a_tokenizer_whose_pipeline_it_does_not_reproduce(tmp_path):
+    import json
+    from training.tokenize import PairTokenizer, WordPiece
+    spec = json.loads((minilm_dir() / "tokenizer.json").read_text())
+    spec["normalizer"]["lowercase"] = False  # a cased vocabulary: the path lower-cases, so it stands aside
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    cased = WordPiece(tmp_path / "tokenizer.json", 16)
+    assert cased._ascii is None and PairTokenizer(tmp_path / "tokenizer.json", 48)._ascii is None
+    assert cased(["Drill"])[0].tolist() == WordPiece(tmp_path / "tokenizer.json", 16, ascii_fast_path=False)(["Drill"])[0].tolist()
+    spec["normalizer"]["lowercase"] = True
+    spec["post_processor"]["single"] = spec["post_processor"]["single"][1:]  # no [CLS] in front
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    assert WordPiece(tmp_path / "tokenizer.json", 16)._ascii is None
+    assert WordPiece(minilm_dir() / "tokenizer.json", 16)._ascii is not None
+    with pytest.raises(ValueError, match="max_length of a pair must be at least 3"):
+        PairTokenizer(minilm_dir() / "tokenizer.json", 2)
