@@ -29,7 +29,7 @@ import torch
 
 from training.cli import one_line_errors, positive_int
 from training.data import load_pairs, split_pairs
-from training.precision import cpu_flags, cpu_has_bf16_matmul
+from training.precision import BF16_FLAGS, cpu_flags
 from training.pretrained import minilm_dir
 from training.tokenize import PairTokenizer
 
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
              "tokenize_tokenizers": lambda q, k: plain_tok(q, k)}
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "config": json.loads(
         (Path(args.checkpoint) / "config.json").read_text()), "host": platform.node(),
-        "torch": torch.__version__, "bf16_matmul_hardware": sorted({"amx_bf16", "avx512_bf16"} & cpu_flags()),
+        "torch": torch.__version__, "bf16_matmul_hardware": sorted(BF16_FLAGS & cpu_flags()),
         "max_abs_logit_diff": diff, "max_abs_logit_diff_bf16": diff_bf16}
     torch.set_num_threads(2)
     result["per_pair"] = {"threads": 2, "batch": 64, **summarize(
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_bilstm.json").write_text(json.dumps(result, indent=2) + "\n")
-    hardware = ", ".join(result["bf16_matmul_hardware"]) if cpu_has_bf16_matmul() else "none (bf16 will not pay)"
+    hardware = ", ".join(result["bf16_matmul_hardware"]) or "none (bf16 will not pay)"
     lines = ["# BiLSTM student: training module vs inference form", "",
              f"Checkpoint `{args.checkpoint}`; largest logit difference from the student on the timed pairs: "
              f"{diff:.2e} (`inference`, fp32), {diff_bf16:.2e} (`inference_bf16`, its LSTM in bf16). "

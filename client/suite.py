@@ -132,12 +132,10 @@ def _stage_breakdown(before: dict, after: dict) -> list[dict]:
 def _flushed_stage_sums(call, metrics_url: str) -> dict[str, float]:
     """keyword_store's stage counters (serving.stage_metrics) after one more request, sent once every
     instance may flush again (at most once a second): it adds what earlier calls left pending."""
-    import urllib.request
-    from serving.stage_metrics import stage_sums
+    from serving.stage_metrics import scrape_stage_sums
     time.sleep(1.05)
     call()
-    with urllib.request.urlopen(metrics_url, timeout=5) as r:
-        return stage_sums(r.read().decode())
+    return scrape_stage_sums(metrics_url)
 
 
 def _in_process_stages(pipe, queries: list[str], calls: int) -> dict:

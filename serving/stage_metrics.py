@@ -8,6 +8,8 @@ stage's mean per request.
 """
 from __future__ import annotations
 
+import urllib.request
+
 STAGES = ("execute", "parse", "encode", "compute", "respond")
 STAGE_METRIC = "twinbert_keyword_store_stage_us_total"
 TIMED_METRIC = "twinbert_keyword_store_timed_requests_total"
@@ -25,6 +27,12 @@ def stage_sums(scrape: str) -> dict[str, float]:
         elif line.startswith(TIMED_METRIC + "{"):
             sums["requests"] += float(line.rsplit(" ", 1)[1])
     return sums
+
+
+def scrape_stage_sums(metrics_url: str) -> dict[str, float]:
+    """stage_sums of the server's /metrics at `metrics_url`."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        return stage_sums(r.read().decode())
 
 
 def per_request(before: dict, after: dict) -> dict | None:

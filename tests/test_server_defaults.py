@@ -90,12 +90,8 @@ def test_candidates_counter_adds_up_exactly_in_bulk(server):
 
 
 def test_keyword_store_stage_counters_cover_every_request_and_add_up(server):
-    from serving.stage_metrics import per_request, stage_sums
+    from serving.stage_metrics import per_request, scrape_stage_sums as _stub_stage_sums
     url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-
-    def _stub_stage_sums(url):
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return stage_sums(r.read().decode())
     with TwinBertClient(server.grpc_url) as c:
         time.sleep(1.1)
         c.retrieve("paint", 3)  # flushes whatever earlier tests left pending

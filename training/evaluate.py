@@ -293,6 +293,10 @@ class RerankModel:
         return self.cross.latency_ms_per_pair()
 
 
+# the BiLSTM's model kinds and the precision of the inference form each scores
+BILSTM_KINDS = {"bilstm": "fp32", "bilstm-bf16": "bf16"}
+
+
 def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
     kind, _, path = kind_path.partition(":")
     if kind == "rerank":
@@ -301,11 +305,11 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
         if at and twin.lstrip("-").isdigit():  # rerank:KIND:DIR@TWIN_DIR@DEPTH (an integer last field)
             depth = int(twin)  # RerankModel checks its range
             cross, at, twin = cross.rpartition("@")
-        if not at or cross.split(":")[0] not in ("teacher", "bilstm", "bilstm-bf16"):
+        if not at or cross.split(":")[0] not in ("teacher", *BILSTM_KINDS):
             raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm[-bf16]:DIR@TWIN_DIR "
                              f"(optionally @DEPTH), got {kind_path!r}")
         return RerankModel(load_model(cross, pairs, rs, precision), TwinModel(twin), depth)
-    if kind in ("twin", "teacher", "bilstm", "bilstm-bf16") and not path:
+    if kind in ("twin", "teacher", *BILSTM_KINDS) and not path:
         raise ValueError(f"{kind} needs a checkpoint directory: {kind}:DIR")
     if kind == "bm25":
         return BM25Model(pairs, rs)
@@ -324,10 +328,10 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
         m = CrossEncoder.load(path)
         m.precision = precision  # the students are timed and scored as served, in fp32
         return PairModel(m, m.config.num_layers, 100)
-    if kind in ("bilstm", "bilstm-bf16"):
+    if kind in BILSTM_KINDS:
         from training.bilstm import BiLSTMStudent
         student = BiLSTMStudent.load(path)  # scored and timed in its inference form (fp32: as the re-ranker exports it)
-        return PairModel(student.inference("bf16" if kind == "bilstm-bf16" else "fp32"), 0, 64,
+        return PairModel(student.inference(BILSTM_KINDS[kind]), 0, 64,
                          params=sum(p.numel() for p in student.parameters()))
     raise ValueError(f"unknown model kind {kind!r} (bm25, minilm, teacher:DIR, twin:DIR, twin-served:DIR, bilstm:DIR, "
                      "bilstm-bf16:DIR, rerank:teacher:DIR@TWIN_DIR[@DEPTH], rerank:bilstm[-bf16]:DIR@TWIN_DIR[@DEPTH])")

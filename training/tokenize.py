@@ -35,22 +35,21 @@ class AsciiWordPieces:
 
     CACHE_WORDS = 100_000  # words remembered; beyond, new words are split each time (bounded memory)
 
-    def __init__(self, tokenizer: Tokenizer):
-        spec = json.loads(tokenizer.to_str())
+    def __init__(self, spec: dict):
+        """`spec`: the parsed `tokenizer.json`."""
         norm, pre, model = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}, spec.get("model") or {}
-        self.enabled = (norm.get("type") == "BertNormalizer" and norm.get("lowercase") is True
-                        and norm.get("clean_text") is True and pre.get("type") == "BertPreTokenizer"
-                        and model.get("type") == "WordPiece" and model.get("continuing_subword_prefix") == "##")
-        self.vocab = tokenizer.get_vocab()
+        self.vocab: dict[str, int] = model.get("vocab") or {}
         self.unk = self.vocab.get(model.get("unk_token", "[UNK]"))
         self.max_word = int(model.get("max_input_chars_per_word", 100))
-        self.cls, self.sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        self.cls, self.sep = self.vocab.get("[CLS]"), self.vocab.get("[SEP]")
         # the callers put [CLS] and [SEP] around the pieces and pad with 0, as this post-processor does
         post = spec.get("post_processor") or {}
         templates = [[f"{kind}:{item.get('id')}" for t in post.get(n) or [] for kind, item in t.items()]
                      for n in ("single", "pair")]
-        self.enabled = (self.enabled and None not in (self.unk, self.cls, self.sep)
-                        and tokenizer.token_to_id("[PAD]") == 0
+        self.enabled = (norm.get("type") == "BertNormalizer" and norm.get("lowercase") is True
+                        and norm.get("clean_text") is True and pre.get("type") == "BertPreTokenizer"
+                        and model.get("type") == "WordPiece" and model.get("continuing_subword_prefix") == "##"
+                        and None not in (self.unk, self.cls, self.sep) and self.vocab.get("[PAD]") == 0
                         and templates == [["SpecialToken:[CLS]", "Sequence:A", "SpecialToken:[SEP]"],
                                           ["SpecialToken:[CLS]", "Sequence:A", "SpecialToken:[SEP]",
                                            "Sequence:B", "SpecialToken:[SEP]"]])
@@ -127,10 +126,9 @@ class WordPiece:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
         self.path = Path(tokenizer_json)
         self.max_length = max_length
-        self._tok = Tokenizer.from_file(str(self.path))
+        self._tok, self._ascii = _load(self.path, ascii_fast_path)
         self._tok.enable_truncation(max_length=max_length)
         self._tok.enable_padding(length=max_length, pad_id=self._tok.token_to_id("[PAD]") or 0)
-        self._ascii = _fast_path(self._tok) if ascii_fast_path else None
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts -> (input_ids, attention_mask), both int64 [N, max_length]."""
@@ -170,10 +168,9 @@ class PairTokenizer:
         if max_length < 3:
             raise ValueError(f"max_length of a pair must be at least 3 ([CLS] and two [SEP]), got {max_length}")
         self.max_length = max_length
-        self._tok = Tokenizer.from_file(str(tokenizer_json))
+        self._tok, self._ascii = _load(Path(tokenizer_json), ascii_fast_path)
         self._tok.enable_truncation(max_length=max_length, strategy="longest_first")
         self._tok.enable_padding(pad_id=self._tok.token_to_id("[PAD]") or 0)
-        self._ascii = _fast_path(self._tok) if ascii_fast_path else None
 
     def __call__(self, queries: list[str], keywords: list[str]) -> tuple[np.ndarray, np.ndarray]:
         pairs = [(q[:MAX_CHARS], k[:MAX_CHARS]) for q, k in zip(queries, keywords)]
@@ -194,11 +191,13 @@ class PairTokenizer:
         return _padded(rows, max(map(len, rows), default=0))
 
 
-def _fast_path(tokenizer: Tokenizer) -> AsciiWordPieces | None:
-    """The ASCII fast path for a tokenizer whose pipeline it reproduces, else None (every text then
-    goes to `tokenizers`)."""
-    pieces = AsciiWordPieces(tokenizer)
-    return pieces if pieces.enabled else None
+def _load(path: Path, ascii_fast_path: bool) -> tuple[Tokenizer, AsciiWordPieces | None]:
+    """The `tokenizers` pipeline of a tokenizer.json, and its ASCII fast path when asked for and the
+    file's pipeline is the one it reproduces (else None: every text goes to `tokenizers`). The file is
+    read once for both."""
+    text = path.read_text(encoding="utf-8")
+    pieces = AsciiWordPieces(json.loads(text)) if ascii_fast_path else None
+    return Tokenizer.from_str(text), (pieces if pieces is not None and pieces.enabled else None)
 
 
 def _fill_from_tokenizer(tokenizer: Tokenizer, rows: list, inputs: list) -> None:
