@@ -137,9 +137,7 @@ class WordPiece:
         texts = [t[:MAX_CHARS] for t in texts]
         pieces = [self._ascii(t) for t in texts] if self._ascii else [None] * len(texts)
         if all(p is None for p in pieces):
-            enc = self._tok.encode_batch_fast(texts)
-            return (np.asarray([e.ids for e in enc], dtype=np.int64),
-                    np.asarray([e.attention_mask for e in enc], dtype=np.int64))
+            return _arrays(self._tok.encode_batch_fast(texts))
         cls, sep, keep = self._ascii.cls, self._ascii.sep, self.max_length - 2
         rows = [None if p is None else [cls, *p[:keep], sep] for p in pieces]
         _fill_from_tokenizer(self._tok, rows, texts)
@@ -175,9 +173,7 @@ class PairTokenizer:
     def __call__(self, queries: list[str], keywords: list[str]) -> tuple[np.ndarray, np.ndarray]:
         pairs = [(q[:MAX_CHARS], k[:MAX_CHARS]) for q, k in zip(queries, keywords)]
         if not self._ascii:
-            enc = self._tok.encode_batch_fast(pairs)
-            return (np.asarray([e.ids for e in enc], dtype=np.int64),
-                    np.asarray([e.attention_mask for e in enc], dtype=np.int64))
+            return _arrays(self._tok.encode_batch_fast(pairs))
         cls, sep, budget = self._ascii.cls, self._ascii.sep, self.max_length - 3
         rows = []
         for q, k in pairs:
@@ -189,6 +185,12 @@ class PairTokenizer:
                 rows.append([cls, *a, sep, *b, sep])
         _fill_from_tokenizer(self._tok, rows, pairs)
         return _padded(rows, max(map(len, rows), default=0))
+
+
+def _arrays(encodings) -> tuple[np.ndarray, np.ndarray]:
+    """`tokenizers` encodings (padded alike) as (input_ids, attention_mask), both int64."""
+    return (np.asarray([e.ids for e in encodings], dtype=np.int64),
+            np.asarray([e.attention_mask for e in encodings], dtype=np.int64))
 
 
 def _load(path: Path, ascii_fast_path: bool) -> tuple[Tokenizer, AsciiWordPieces | None]:
