@@ -77,10 +77,17 @@ def cmd_loadtest(args) -> int:
         ids = [k.strip() for k in Path(args.keyword_ids).read_text(encoding="utf-8").split()] if args.keyword_ids else None
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read the loadtest input: {e}") from None
+    out = Path(args.out)
+    try:  # before the sweep: a report that cannot be written would lose its minutes of load
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the report folder {out.parent}: {e}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"cannot write the report under {out.parent}: not writable")
     mode, levels = ("open", args.rate) if args.rate else ("closed", args.concurrency)
     results = sweep(args.url, queries, args.target, levels, mode, args.requests, args.duration, args.top_k, ids,
                     client=args.client, timeout_s=args.timeout)
-    write_load_report(results, Path(args.out), title=f"{args.target}, {mode} loop (project load generator)")
+    write_load_report(results, out, title=f"{args.target}, {mode} loop (project load generator)")
     print(f"loadtest: report {args.out}.md / .json / .csv / .png")
     return 0 if all(r.errors == 0 for r in results) else 1
 
@@ -133,8 +140,11 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ClientError as e:
-        print(f"error ({e.status}): {e}", file=sys.stderr)
+        print(f"error ({e.status}): {e}" if e.status else f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more, as a Unix filter does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit too
+        return 0
     except ValueError as e:  # the request was refused before it was sent (client-side checks)
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,7 +50,12 @@ class Hit(NamedTuple):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 3
+    """Jittered exponential backoff on UNAVAILABLE. The defaults wait about 3.5 s in all (0.05, 0.1, 0.2,
+    ... capped at 1 s, seven waits): long enough for a server restarted by serving.server (1 s after it
+    died, then its models' warm-up) or a replica behind a load balancer coming back, short next to
+    the per-call timeout. The channel tries to reconnect at least every RECONNECT_BACKOFF_MS, so a
+    retry after the server is back finds it (gRPC's own backoff would wait 1 s, then 1.6, 2.6, ...)."""
+    attempts: int = 8
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 1.0
 
@@ -72,10 +77,31 @@ class ClientOptions:
     certificate_chain: str | None = None
 
     def channel_kwargs(self) -> dict:
-        if not self.ssl:
-            return {}
-        return {"ssl": True, "root_certificates": self.root_certificates, "private_key": self.private_key,
-                "certificate_chain": self.certificate_chain}
+        kwargs = {"channel_args": channel_args()}
+        if self.ssl:
+            kwargs.update(ssl=True, root_certificates=self.root_certificates, private_key=self.private_key,
+                          certificate_chain=self.certificate_chain)
+        return kwargs
+
+
+# gRPC reconnects a failed channel after 1 s, then 1.6 s, 2.6 s, ... up to 120 s by default, and fails
+# every call meanwhile with UNAVAILABLE: retries spread over a few seconds would all land in that wait.
+RECONNECT_BACKOFF_MS = (100, 1000)  # initial (and minimum), maximum
+
+
+def channel_args() -> list[tuple]:
+    """tritonclient's own channel options (message sizes, keepalive), plus a quick reconnect."""
+    keepalive = grpcclient.KeepAliveOptions()
+    first, most = RECONNECT_BACKOFF_MS
+    return [("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", first),
+            ("grpc.min_reconnect_backoff_ms", first),
+            ("grpc.max_reconnect_backoff_ms", most)]
 
 
 def _error(e: InferenceServerException) -> ClientError:
@@ -193,8 +219,9 @@ def decode_bytes_tensor(buf: bytes, count: int) -> list[str]:
 
 
 def query_digest(query: bytes) -> int:
-    """What the server answers in QUERY_DIGEST for a query sent as these UTF-8 bytes: the first 8 bytes
-    of its BLAKE2b as a little-endian int64 (serving.requests.query_digest, kept equal by a test)."""
+    """What the server answers in QUERY_DIGEST for a query sent as these UTF-8 bytes: its 8-byte BLAKE2b
+    (`blake2b(query, digest_size=8)`, not the first 8 bytes of the 64-byte digest) as a little-endian
+    int64 (serving.requests.query_digest, kept equal by a test)."""
     return int.from_bytes(hashlib.blake2b(query, digest_size=8).digest(), "little", signed=True)
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import grpc
 import numpy as np
 
-from client.core import AsyncTwinBertClient, ClientError, InvalidRequest
+from client.core import AsyncTwinBertClient, ClientError, InvalidRequest, _int32
 
 CLIENTS = ("wire", "library")
 _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -90,6 +90,7 @@ def serialized_requests(target: str, queries: list[str], top_k: int, keyword_ids
     from tritonclient.grpc import service_pb2
     from tritonclient.utils import serialize_byte_tensor
     _check_target(target, keyword_ids)
+    top_k = _int32(top_k, "top_k")  # numpy would wrap 2**32 + 10 to 10 without a word
     out = []
     for q in queries:
         req = service_pb2.ModelInferRequest(model_name=target)

@@ -41,7 +41,8 @@ def decode_queries(raw: np.ndarray) -> list[str]:
 
 
 def query_digest(query: bytes | str) -> int:
-    """QUERY_DIGEST of one query as sent: the first 8 bytes of its BLAKE2b, a little-endian int64.
+    """QUERY_DIGEST of one query as sent: its 8-byte BLAKE2b (`blake2b(data, digest_size=8)`, which differs
+    from the first 8 bytes of the 64-byte digest), a little-endian int64.
     Every answer of retrieve, relevance and retrieve_rerank carries its query's, and the client checks
     it: tritonserver 2.51's Python backend can hand a request the answer of another one after a stub
     stalled (the README's known issue), and an answer with another query's digest is refused, not

@@ -259,6 +259,43 @@ def test_loadtest_cli_refuses_bad_input_with_exit_2(tmp_path):
     (tmp_path / "q.txt").write_text("drill\n")
     both = run("--queries", str(tmp_path / "q.txt"), "--concurrency", "1", "--rate", "5")
     assert both.returncode == 2 and "not allowed with" in both.stderr
+    (tmp_path / "file").write_text("")  # a file where the report's folder should be: refused before any load
+    nowhere = run("--queries", str(tmp_path / "q.txt"), "--out", str(tmp_path / "file" / "lt"))
+    assert nowhere.returncode == 2 and "report folder" in nowhere.stderr and "Traceback" not in nowhere.stderr
+
+
+def test_wire_requests_refuse_a_top_k_int32_would_wrap():
+    from client.loadtest import serialized_requests
+    with pytest.raises(ValueError, match="out of range"):
+        serialized_requests("retrieve", ["drill"], 2**32 + 10, None)
+
+
+def test_default_retries_reach_a_server_that_comes_back():
+    """A server down when the call starts and listening 1.2 s later (a restart): the default policy
+    and channel get through to it. The server is a real gRPC server with no services, so reaching it
+    shows as UNIMPLEMENTED (after 1.9 s here; 2.7 s with gRPC's own reconnect backoff). The earlier
+    policy, three attempts within 0.2 s, failed with UNAVAILABLE after 0.16 s."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from serving.server import free_port
+    port = free_port()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+
+    def come_back():  # binding listens at once: a call would wait for start() instead of failing
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+    timer = threading.Timer(1.2, come_back)
+    timer.start()
+    try:
+        with TwinBertClient(f"127.0.0.1:{port}", timeout_s=5) as c, pytest.raises(ClientError) as e:
+            c.retrieve("drill", 3)
+        assert "UNIMPLEMENTED" in str(e.value.status)
+    finally:
+        timer.cancel()
+        server.stop(0)
 
 
 def test_threaded_closed_loop_counts_every_request_and_raises_what_a_worker_hit(monkeypatch):
