@@ -260,6 +260,20 @@ def test_dataset_specs_name_what_is_wrong(tmp_path):
         load_dataset(f"beir:{d}")
 
 
+def test_perturbed_queries_never_land_on_held_out_queries():
+    """Dropping or swapping a word can make a train query into a test one; such rows are dropped."""
+    from training.data import Pair, split_of
+    from training.distill_data import perturbed_rows
+    held_out = next(w for w in ("gates", "hose", "drill", "fan", "paint", "tile", "rake") if split_of(w) != "train")
+    query = next(f"{held_out} {w}" for w in ("x", "y", "z", "big", "red", "new") if split_of(f"{held_out} {w}") == "train")
+    train = [Pair(query, str(i), "title", 3.0) for i in range(400)]
+    leaked = sum(perturb(query, random.Random(s))[0] == held_out for s in range(400))
+    assert leaked > 0  # the perturbations do make the held-out query from this train one
+    rows = perturbed_rows(train, 1.0, random.Random(0))
+    assert rows and all(split_of(q) == "train" for q, *_ in rows)
+    assert {r[-1] for r in rows} == {"perturbed"} and all(r[2] == 3.0 for r in rows)
+
+
 def test_perturbations_change_the_query_deterministically():
     q = "cordless drill battery"
     assert token_dropout(q, random.Random(0)) in {"drill battery", "cordless battery", "cordless drill"}
