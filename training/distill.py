@@ -162,25 +162,21 @@ def main(argv=None) -> None:
         ki, km = map(torch.from_numpy, trim_padding(*ktok([r.keyword for r in b])))
         teacher_logit = torch.tensor([r.teacher_logit for r in b])
         target = torch.sigmoid(teacher_logit)
-        kv = model.embed(ki, km, "keyword")
-        states = model.query_encoder(qi, qm)
-        params = model.pool_cross.params()
-        qv, s_cos = pool_cross(states, qm, params, kv.unsqueeze(1), "cos")
-        _, s_res = pool_cross(states, qm, params, kv.unsqueeze(1), "res")
+        qv, kv, s_cos, s_res = net(qi, qm, ki, km)  # through DDP's wrapper under torchrun: gradients synced
         eps = 1e-6
-        loss = F.binary_cross_entropy(s_cos[:, 0].clamp(eps, 1 - eps), target)
+        loss = F.binary_cross_entropy(s_cos.clamp(eps, 1 - eps), target)
         if args.res_loss == "logit-mse":  # / 8: BCE's gradient near p = 0.5, p(1 - p)(z - z_t), without its flat tails
-            loss = loss + F.mse_loss(torch.logit(s_res[:, 0], eps), teacher_logit) / 8
+            loss = loss + F.mse_loss(torch.logit(s_res, eps), teacher_logit) / 8
         else:
-            loss = loss + F.binary_cross_entropy(s_res[:, 0].clamp(eps, 1 - eps), target)
+            loss = loss + F.binary_cross_entropy(s_res.clamp(eps, 1 - eps), target)
         labelled = [i for i, r in enumerate(b) if r.label is not None] if args.label_weight else []
         if labelled:
             y = torch.tensor([relevance_target(b[i].label) for i in labelled])
-            loss = loss + args.label_weight * (F.binary_cross_entropy(s_cos[labelled, 0].clamp(eps, 1 - eps), y) +
-                                               F.binary_cross_entropy(s_res[labelled, 0].clamp(eps, 1 - eps), y))
+            loss = loss + args.label_weight * (F.binary_cross_entropy(s_cos[labelled].clamp(eps, 1 - eps), y) +
+                                               F.binary_cross_entropy(s_res[labelled].clamp(eps, 1 - eps), y))
         if args.listwise_weight:
             loss = loss + args.listwise_weight * listwise_loss([r.query for r in b], teacher_logit,
-                                                               [s_cos[:, 0], s_res[:, 0]])
+                                                               [s_cos, s_res])
         pos = target >= 0.5
         if args.contrastive_weight and pos.sum() >= 2:
             with torch.autocast("cpu", enabled=False):  # logits at scale 20 need more than bf16's 3 digits

@@ -94,6 +94,18 @@ class TwinBERT(nn.Module):
         states = enc(ids, mask)
         return pool_cross(states, mask, self.pool_cross.params())[0]
 
+    def forward(self, q_ids, q_mask, k_ids, k_mask):
+        """Training view of B (query, keyword) pairs: pooled query and keyword vectors and the paired
+        `cos` and `res` scores [B]. A training loss calls the model (under torchrun, its
+        DistributedDataParallel wrapper) rather than embed() and pool_cross() piecemeal: DDP syncs the
+        gradients of a backward pass only when its own forward ran."""
+        kv = self.embed(k_ids, k_mask, "keyword")
+        states = self.query_encoder(q_ids, q_mask)
+        params = self.pool_cross.params()
+        qv, s_cos = pool_cross(states, q_mask, params, kv.unsqueeze(1), "cos")
+        _, s_res = pool_cross(states, q_mask, params, kv.unsqueeze(1), "res")
+        return qv, kv, s_cos[:, 0], s_res[:, 0]
+
     def score(self, q_ids, q_mask, k_ids, k_mask, crossing: str | None = None) -> torch.Tensor:
         """Paired scores [B] for B (query, keyword) pairs."""
         k = self.embed(k_ids, k_mask, "keyword")
