@@ -19,6 +19,7 @@ import pytest
     ("training.distill", ["--distill", "x", "--head-lr", "-1"], "argument --head-lr: must be 0 or a positive number"),
     ("training.bilstm", ["--distill", "x", "--teacher", "t", "--hidden", "0"], "argument --hidden: must be a positive"),
     ("training.distill_data", ["--teacher", "t", "--perturb", "1.5"], "argument --perturb: must be between 0 and 1"),
+    ("training.bilstm", ["--distill", "x", "--teacher", "t", "--freeze-word-embeddings"], "are always frozen"),
     ("training.index", ["--export", "x", "--store", "y", "--hnsw-m", "0"], "argument --hnsw-m: must be a positive"),
     ("training.evaluate", ["--model", "bm25", "--threads", "0"], "argument --threads: must be a positive integer"),
     ("training.pipeline", ["--budget-minutes", "-5"], "argument --budget-minutes: must be 0 or a positive number"),
@@ -60,3 +61,23 @@ def test_a_rebuild_without_data_deletes_nothing(tmp_path):
     with pytest.raises(SystemExit, match=r"^build: no Home Depot data at"):
         build(["--artifacts", str(tmp_path), "--data", str(tmp_path / "nowhere"), "--rebuild"])
     assert (tmp_path / "export" / "export.json").is_file()
+
+
+def test_unreadable_inputs_end_a_training_command_in_one_line(tmp_path):
+    """A file that is not there, a TSV that is not a distillation set or not UTF-8: one line naming it."""
+    from training import distill, distill_data
+    with pytest.raises(SystemExit, match=r"^distill: .*No such file or directory: .*nope.tsv"):
+        distill.main(["--distill", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "t")])
+    with pytest.raises(SystemExit, match=r"^distill_data: .*nope: no teacher checkpoint"):  # before any BM25 work
+        distill_data.main(["--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "d.tsv")])
+    (tmp_path / "other.tsv").write_text("query\tkeyword\nfan\tFan\n")
+    with pytest.raises(SystemExit, match=r"^distill: .*other.tsv: not a distillation set .*missing columns"):
+        distill.main(["--distill", str(tmp_path / "other.tsv"), "--out", str(tmp_path / "t")])
+    (tmp_path / "nan.tsv").write_text("query\tkeyword_id\tkeyword\tlabel\tteacher_logit\tsource\n"
+                                      "fan\t1\tFan\t\tnan\tlabelled\n")
+    with pytest.raises(SystemExit, match=r"^distill: .*nan.tsv:2: teacher_logit must be a finite number"):
+        distill.main(["--distill", str(tmp_path / "nan.tsv"), "--out", str(tmp_path / "t")])
+    (tmp_path / "latin.tsv").write_bytes("query\tkeyword_id\tkeyword\tlabel\tteacher_logit\tsource\n"
+                                         "caf\xe9\t1\tFan\t\t1.0\tlabelled\n".encode("latin-1"))
+    with pytest.raises(SystemExit, match=r"^distill: an input file is not valid UTF-8"):
+        distill.main(["--distill", str(tmp_path / "latin.tsv"), "--out", str(tmp_path / "t")])

@@ -42,6 +42,13 @@ def test_missing_columns_is_a_clear_error(tmp_path):
         load_pairs(tmp_path)
 
 
+@pytest.mark.parametrize("relevance", ["nan", "inf", "1e400", "", "high"])
+def test_a_relevance_that_is_not_a_finite_number_is_refused_by_line(tmp_path, relevance):
+    write_csv(tmp_path / "train.csv", [(1, "Drill", "drill", 3), (2, "Fan", "fan", relevance)])
+    with pytest.raises(DataError, match=f"train.csv:3: bad relevance '{relevance}'"):
+        load_pairs(tmp_path)
+
+
 def test_repair_text_collapses_whitespace_and_maps_mojibake():
     assert repair_text("  MenÛªs   Shaver ") == "Men's Shaver"
 

@@ -1,4 +1,5 @@
 """Training utilities: metrics, data formats, augmentation, and the resumable / distributed loop."""
+import dataclasses
 import json
 import random
 import subprocess
@@ -553,6 +554,57 @@ def test_early_stopping_keeps_the_best_evaluation(tmp_path):
     state = train_loop(torch.nn.Linear(4, 1), cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e),
                        lambda m, b: _toy_loss(m, b, x, y), lambda m: next(scores), lambda m: saved.append(1))
     assert state["stopped_early"] and state["best"] == 0.7 and state["step"] == 10 and len(saved) == 2
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_rerun(tmp_path):
+    x, y = _toy_problem()
+    cfg = LoopConfig(out=str(tmp_path), epochs=10, lr=0.01, eval_every=2, patience=1, save_every=0, threads=1)
+    run = lambda: train_loop(torch.nn.Linear(4, 1), cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e),  # noqa: E731
+                             lambda m, b: _toy_loss(m, b, x, y), lambda m: 0.5, lambda m: None)
+    first = run()
+    assert first["stopped_early"] and first["step"] == 4  # 0.5, then no better: patience 1
+    assert run()["step"] == 4  # the rerun resumes the stopped run and trains no further
+
+
+def test_a_resume_with_other_settings_is_refused_by_name(tmp_path):
+    _crashed(tmp_path)
+    x, y = _toy_problem()
+    cfg = LoopConfig(out=str(tmp_path), epochs=1, lr=0.01, eval_every=0, save_every=3, threads=1)  # lr 0.3 there
+    with pytest.raises(ArtifactError, match=r"other settings \(lr 0.3 there, 0.01 now\).*--no-resume"):
+        train_loop(torch.nn.Linear(4, 1), cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e),
+                   lambda m, b: _toy_loss(m, b, x, y), None, lambda m: None, desc="toy")
+    with pytest.raises(ArtifactError, match=r"steps_per_epoch 8 there, 4 now"):  # other data or batch size
+        train_loop(torch.nn.Linear(4, 1), dataclasses.replace(cfg, lr=0.3),
+                   lambda e: bucketed_batches([0] * 64, 16, seed=e), lambda m, b: _toy_loss(m, b, x, y), None,
+                   lambda m: None, desc="toy")
+    assert _resume_run(tmp_path)["step"] == 8  # its own settings resume
+
+
+def test_a_dev_metric_that_is_not_a_number_stops_the_run_by_name(tmp_path):
+    from training.data import DataError
+    x, y = _toy_problem()
+    cfg = LoopConfig(out=str(tmp_path), epochs=1, lr=0.01, eval_every=2, save_every=0, threads=1)
+    with pytest.raises(DataError, match="dev metric at step 2 is nan"):
+        train_loop(torch.nn.Linear(4, 1), cfg, lambda e: bucketed_batches([0] * 64, 8, seed=e),
+                   lambda m, b: _toy_loss(m, b, x, y), lambda m: float("nan"), lambda m: None, desc="toy")
+
+
+def test_epochs_with_fewer_batches_than_the_first_run_their_full_count(tmp_path):
+    """Grouped batches vary by a few from epoch to epoch; an epoch shorter than epoch 0 wraps round
+    instead of indexing past its end (an IndexError after a whole epoch of training, before)."""
+    x, y = _toy_problem()
+    seen = []
+    cfg = LoopConfig(out=str(tmp_path), epochs=3, lr=0.01, eval_every=0, save_every=0, threads=1)
+    sizes = {0: 8, 1: 6, 2: 10}  # batches per epoch
+
+    def batches(e):
+        return [[(e * 16 + i) % 64] for i in range(sizes[e])]
+
+    def loss(m, b):
+        seen.append(b[0])
+        return _toy_loss(m, b, x, y)
+    state = train_loop(torch.nn.Linear(4, 1), cfg, batches, loss, None, lambda m: None, desc="toy")
+    assert state["step"] == 24 and seen[8:16] == [16, 17, 18, 19, 20, 21, 16, 17]
 
 
 def test_a_shortened_schedule_keeps_the_rate_continuous_and_ends_at_zero():

@@ -178,3 +178,11 @@ def test_distill_under_torchrun_keeps_both_replicas_equal(tiny_data, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"stdout:\n{out.stdout[-1500:]}\nstderr:\n{out.stderr[-3000:]}"
     assert "rank 0 equal after 2 steps" in out.stdout and "rank 1 equal after 2 steps" in out.stdout
+
+
+def test_train_twin_refuses_a_batch_larger_than_its_data(tiny_data, tmp_path):
+    from training import train_twin
+    with pytest.raises(SystemExit, match="fewer than one batch of 4096"):
+        train_twin.main(["--data", str(tiny_data), "--out", str(tmp_path / "t"), "--batch-size", "4096",
+                         "--num-layers", "1"])
+    assert not (tmp_path / "t" / "model.safetensors").exists()

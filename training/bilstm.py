@@ -264,6 +264,8 @@ def main(argv=None) -> None:
                          "exact-match features (test ROC-AUC 0.680 against 0.740 with them)")
     add_loop_args(ap, epochs=2.0, lr=2e-3, batch_size=64, eval_every=500)
     args = ap.parse_args(argv)
+    if args.freeze_word_embeddings:
+        ap.error("--freeze-word-embeddings: the BiLSTM's embeddings (the teacher's) are always frozen")
     if is_main():
         print(f"bilstm: {json.dumps(vars(args))}", flush=True)
     rows = read_rows(args.distill, tuple(args.sources.split(",")))

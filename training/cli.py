@@ -81,7 +81,8 @@ def source_list(known: tuple[str, ...]):
 
 def one_line_errors(prog: str):
     """Decorates a command's main(): a missing data directory or a corrupt artifact (DataError,
-    ArtifactError; their messages name the path) ends the command with one line, not a traceback."""
+    ArtifactError; their messages name the path), a file that cannot be read or written (OSError, which
+    names it) or input that is not UTF-8 ends the command with one line, not a traceback."""
     def wrap(main):
         @functools.wraps(main)
         def run(argv=None):
@@ -90,8 +91,10 @@ def one_line_errors(prog: str):
             except Exception as e:  # noqa: BLE001 - re-raised unless it is one of the two
                 from training.artifacts import ArtifactError
                 from training.data import DataError
-                if isinstance(e, (ArtifactError, DataError)):
+                if isinstance(e, (ArtifactError, DataError, OSError)):
                     raise SystemExit(f"{prog}: {e}") from None
+                if isinstance(e, UnicodeDecodeError):
+                    raise SystemExit(f"{prog}: an input file is not valid UTF-8 ({e})") from None
                 raise
         return run
     return wrap

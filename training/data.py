@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.textfiles import is_number
+
 # Mojibake seen in train.csv -> the character meant (checked against context).
 _MOJIBAKE = {
     "å¡": "°", "è_": "°", "Ûª": "'", "Û÷": "'", "ÛÜ": '"', "ÛÒ": "-",
@@ -83,10 +85,9 @@ def load_pairs(data_dir: str | os.PathLike | None = None) -> list[Pair]:
         if missing:
             raise DataError(f"{path}: missing columns {missing}; found {reader.fieldnames}")
         for lineno, row in enumerate(reader, start=2):
-            try:
-                relevance = float(row["relevance"])
-            except (TypeError, ValueError) as e:
-                raise DataError(f"{path}:{lineno}: bad relevance {row['relevance']!r}") from e
+            if not is_number(row["relevance"] or ""):  # float() alone takes 'nan', 'inf' and '1e400'
+                raise DataError(f"{path}:{lineno}: bad relevance {row['relevance']!r} (a finite number is needed)")
+            relevance = float(row["relevance"])
             query = repair_text(row["search_term"] or "")
             title = repair_text(row["product_title"] or "")
             if not query or not title:

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from training.augment import BM25Index, perturb, title_query
-from training.data import keyword_corpus, load_pairs, normalize_query, split_of, split_pairs
+from training.data import DataError, keyword_corpus, load_pairs, normalize_query, split_of, split_pairs
 from training.precision import add_precision_arg, resolve
 from training.teacher import CrossEncoder
 from training.cli import fraction, nonnegative_int, one_line_errors, positive_int
+from training.textfiles import finite_number
 
 SOURCES = ("labelled", "random", "bm25", "student", "perturbed", "synthetic")
 
@@ -68,6 +69,7 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
           max_queries=0, seed=0, student_depth=100, precision: str | None = None, n_synthetic=0,
           synthetic_bm25=2) -> list[DistillRow]:
     rng = random.Random(seed)
+    teacher = CrossEncoder.load(teacher_dir)  # first: a wrong path fails before minutes of BM25 and embedding
     all_pairs = load_pairs(data)
     corpus = keyword_corpus(all_pairs)
     corpus_ids = list(corpus)
@@ -102,7 +104,6 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
     if n_synthetic:
         rows += synthetic_rows(corpus, bm25, n_synthetic, synthetic_bm25, rng)
     rows += perturbed_rows(train, perturb_frac, rng)
-    teacher = CrossEncoder.load(teacher_dir)
     teacher.precision = resolve(precision)
     logits = teacher.score([r[0] for r in rows], [corpus[r[1]] for r in rows], progress=True)
     return [DistillRow(q, kid, corpus[kid], label, float(s), src) for (q, kid, label, src), s in zip(rows, logits)]
@@ -142,13 +143,16 @@ def synthetic_rows(corpus: dict[str, str], bm25, n: int, n_bm25: int, rng: rando
     return rows
 
 
+TSV_COLUMNS = ("query", "keyword_id", "keyword", "label", "teacher_logit", "source")
+
+
 def write_rows(rows: list[DistillRow], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, delimiter="\t")
-        w.writerow(["query", "keyword_id", "keyword", "label", "teacher_logit", "source"])
+        w.writerow(TSV_COLUMNS)
         for r in rows:
             w.writerow([r.query, r.keyword_id, r.keyword, "" if r.label is None else r.label,
                         f"{r.teacher_logit:.5f}", r.source])
@@ -157,9 +161,22 @@ def write_rows(rows: list[DistillRow], path: str | Path) -> None:
 
 def read_rows(path: str | Path, sources: tuple[str, ...] = SOURCES) -> list[DistillRow]:
     with open(path, newline="", encoding="utf-8") as f:
-        return [DistillRow(r["query"], r["keyword_id"], r["keyword"], float(r["label"]) if r["label"] else None,
-                           float(r["teacher_logit"]), r["source"])
-                for r in csv.DictReader(f, delimiter="\t") if r["source"] in sources]
+        reader = csv.DictReader(f, delimiter="\t")
+        missing = [c for c in TSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: not a distillation set (training.distill_data): missing columns {missing}")
+        rows = []
+        for lineno, r in enumerate(reader, start=2):
+            if r["source"] not in sources:
+                continue
+            try:
+                rows.append(DistillRow(r["query"], r["keyword_id"], r["keyword"],
+                                       finite_number(r["label"], "label", f"{path}:{lineno}") if r["label"] else None,
+                                       finite_number(r["teacher_logit"] or "", "teacher_logit", f"{path}:{lineno}"),
+                                       r["source"]))
+            except ValueError as e:
+                raise DataError(str(e)) from None
+        return rows
 
 
 @one_line_errors("distill_data")

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from training.artifacts import ArtifactError, load_weights, read_json_object, read_tensors, replace_dir
+from training.data import DataError
 from training.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
 from training.precision import add_precision_arg, autocast, resolve
 
@@ -111,6 +112,26 @@ def _checkpoint_to_resume(ckpt: Path) -> Path | None:
         raise ArtifactError(f"{ckpt}: a checkpoint without state.json (incomplete or damaged); pass --no-resume "
                             f"to start over, or delete {ckpt}")
     return None
+
+
+def run_settings(cfg: LoopConfig, steps_per_epoch: int, world: int) -> dict:
+    """What fixes a run's trajectory, kept in its checkpoints: a rerun into the same folder with other
+    values would resume someone else's run. The step count of an epoch stands for the data and the
+    batch size; minute and step caps, threads and evaluation cadence may change between runs."""
+    keys = ("lr", "head_lr", "head_prefix", "weight_decay", "warmup_frac", "seed", "precision",
+            "freeze_word_embeddings", "dropout")
+    return {**{k: getattr(cfg, k) for k in keys}, "steps_per_epoch": steps_per_epoch, "world_size": world}
+
+
+def _check_settings(path: Path, settings: dict) -> None:
+    saved = read_json_object(path / "state.json").get("settings")
+    if not isinstance(saved, dict):  # checkpoints from before settings were kept
+        return
+    differ = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+    if differ:
+        what = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in differ.items())
+        raise ArtifactError(f"{path}: this checkpoint is of a run with other settings ({what}); rerun with its "
+                            f"settings to resume, pass --no-resume to start over, or use another --out")
 
 
 _ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
@@ -207,7 +228,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     steps_per_epoch = len(make_batches(0)) // world
     if steps_per_epoch == 0:
-        raise ValueError("no training batches")
+        raise DataError(f"{desc}: no training batches (fewer rows than one batch per process?)")
     total = math.ceil(steps_per_epoch * cfg.epochs)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
@@ -216,11 +237,13 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=True)
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
+    settings = run_settings(cfg, steps_per_epoch, world)
     state = {"step": 0, "best": -math.inf, "bad_evals": 0, "evals": [], "stopped_early": False,
-             "schedule": linear_schedule(total, cfg.warmup_frac)}
+             "schedule": linear_schedule(total, cfg.warmup_frac), "settings": settings}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(state["schedule"], s))
     resume_from = _checkpoint_to_resume(ckpt) if cfg.resume else None
     if resume_from is not None:
+        _check_settings(resume_from, settings)
         state.update(_load_checkpoint(resume_from, model, opt, sched))
         if is_main():
             print(f"{desc}: resuming at step {state['step']} from {resume_from}", flush=True)
@@ -241,6 +264,9 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
             with torch.no_grad():  # in fp32, as the students serve (the teacher scores in its own precision)
                 metric = evaluate(model)
             model.train()
+            if not math.isfinite(metric):  # e.g. a dev sample of one class: nothing would ever count as best
+                raise DataError(f"{desc}: the dev metric at step {state['step']} is {metric} (a dev sample with "
+                                 "one class, or a diverged model); no model saved")
             state["evals"].append({"step": state["step"], "metric": metric})
             if metric > state["best"]:
                 state["best"], state["bad_evals"] = metric, 0
@@ -254,7 +280,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
         return _broadcast_flag(stop)
 
     model.train()
-    stop = False
+    stop = state["stopped_early"]  # a rerun of a run that stopped early stays stopped
     start_step = state["step"]
     while state["step"] < state["schedule"]["total"] and not stop:
         epoch, offset = divmod(state["step"], steps_per_epoch)
@@ -262,8 +288,10 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
         for i in range(offset, steps_per_epoch):
             if state["step"] >= state["schedule"]["total"]:
                 break
+            # every epoch runs epoch 0's step count, so a step number maps to one (epoch, batch) on resume;
+            # an epoch with fewer batches (grouped batches vary by a few) wraps round to its first ones
             with autocast(cfg.precision):
-                loss = loss_fn(net, batches[i * world + rank]).float()
+                loss = loss_fn(net, batches[(i * world + rank) % len(batches)]).float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.data import POSITIVE_THRESHOLD, load_pairs, normalize_query, split_pairs, write_split
+from training.data import POSITIVE_THRESHOLD, DataError, load_pairs, normalize_query, split_pairs, write_split
 from training.precision import add_precision_arg, autocast, resolve
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece, trim_padding
@@ -87,6 +87,8 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
     precision = resolve(cfg.precision)
     steps_per_epoch = len(positives) // cfg.batch_size
+    if steps_per_epoch == 0:  # else a model would be saved untrained, with a nan loss
+        raise DataError(f"train_twin: {len(positives)} positive pairs, fewer than one batch of {cfg.batch_size}")
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
