@@ -371,7 +371,11 @@ class TwinBertClient:
             models.setdefault(m.name, []).append({"version": m.version, "state": m.state})
         out = {"url": self.options.url, "live": live, "ready": ready, "models": models}
         if metrics_url:
-            out["keyword_store_size"] = store_size_from_metrics(metrics_url)
+            # a version's gauge outlives its unloading (the Python backend keeps a model's metric
+            # families): only the versions the repository index calls READY are served
+            ready_versions = {v["version"] for v in models.get("keyword_store", []) if v["state"] == "READY"}
+            out["keyword_store_size"] = {v: n for v, n in store_size_from_metrics(metrics_url).items()
+                                         if v in ready_versions}
         return out
 
 

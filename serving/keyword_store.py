@@ -382,9 +382,9 @@ class KeywordStore:
             ("encoder_sha256", isinstance(m["encoder_sha256"], str)),
             ("dim", type(m["dim"]) is int and m["dim"] > 0), ("count", type(m["count"]) is int and m["count"] >= 0),
             ("index_params", isinstance(m.get("index_params", {}), dict)),
-            ("vector_dtype", isinstance(m.get("vector_dtype", "float32"), str))) if not ok]
+            ("vector_dtype", m.get("vector_dtype", "float32") in VECTOR_DTYPES)) if not ok]
         if mistyped:
-            raise StoreError(f"{manifest_path}: corrupt manifest ({', '.join(mistyped)} of the wrong type)")
+            raise StoreError(f"{manifest_path}: corrupt manifest ({', '.join(mistyped)} of the wrong type or value)")
         index_type = self.manifest.get("index_type")
         if index_type not in INDEX_TYPES:
             raise StoreError(f"{self.path}: unknown index type {index_type!r} (this server knows {INDEX_TYPES})")
@@ -442,7 +442,7 @@ class KeywordStore:
         if not len(self.ids) == texts_n == len(self._stored) == n or self._stored.shape[1] != dim:
             raise StoreError(f"{self.path}: index, ids, texts and vectors disagree with the manifest")
         if self.index is not None and hasattr(self.index, "hnsw"):
-            self.index.hnsw.efSearch = self.manifest["index_params"].get("efSearch", 128)
+            self.index.hnsw.efSearch = self.manifest.get("index_params", {}).get("efSearch", 128)
 
     def page_in(self) -> int:
         """Read one byte of every page of the memory-mapped data (the index's codes and graph, and

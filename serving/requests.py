@@ -8,6 +8,7 @@ import numpy as np
 import json
 
 from kernels import CROSSINGS
+from training.tokenize import MAX_CHARS
 from serving.keyword_store import MAX_TOP_K
 
 MAX_CANDIDATES = 1000  # K' for res re-scoring
@@ -63,7 +64,8 @@ def check_tokenized(mask: np.ndarray) -> None:
     empty = np.flatnonzero(mask.sum(axis=1) <= 2)
     if empty.size:
         raise BadRequest(f"QUERY row {int(empty[0])} is empty or blank: nothing in it is text the tokenizer keeps "
-                         "(only control, format or combining characters)")
+                         f"(only control, format or combining characters in its first {MAX_CHARS} characters, "
+                         "which are all that is read)")
 
 
 def _one_per_request(raw: np.ndarray, rows: int, name: str) -> int:
@@ -128,20 +130,35 @@ def check_token_inputs(ids: np.ndarray, mask: np.ndarray, vocab_size: int, max_l
     check_mask_rows(mask)
 
 
-def check_mask_rows(mask: np.ndarray) -> None:
+def check_mask_rows(mask) -> None:
     """Every row needs a real token: an all-padding row has nothing to encode or pool, and its answer
-    would be arbitrary."""
-    empty = np.flatnonzero(~np.asarray(mask).astype(bool).any(axis=1)) if mask.ndim == 2 else np.array([])
+    would be arbitrary. `mask`: numpy, or a torch tensor on any device."""
+    if mask is None or mask.ndim != 2:
+        return  # the shape checks name that
+    if hasattr(mask, "bool"):  # torch: one flag back from the device, not the tensor
+        if bool(mask.bool().any(dim=1).all()):
+            return
+        mask = mask.cpu().numpy()
+    empty = np.flatnonzero(~np.asarray(mask).astype(bool).any(axis=1))
     if empty.size:
         raise BadRequest(f"ATTENTION_MASK row {int(empty[0])} has no real token (all 0)")
 
 
+# Token states and pooled vectors are layer-normalised outputs (|x| < 20 or so); a client's 1e38 passed
+# the finiteness check and overflowed in the pooling into NaN scores answered as a success.
+MAX_ABS_VALUE = 1e4
+
+
 def check_finite(values, name: str) -> None:
-    """Client-sent floats (numpy or torch): NaN or infinity would come back as NaN scores, or rank
-    arbitrarily in the search, instead of as an error."""
-    finite = values.isfinite().all() if hasattr(values, "isfinite") else np.isfinite(values).all()
-    if not bool(finite):
-        raise BadRequest(f"{name} holds NaN or infinite values")
+    """Client-sent floats (numpy or torch): NaN, infinity, or values large enough to overflow in the
+    pooling would come back as NaN scores, or rank arbitrarily in the search, instead of as an error."""
+    if hasattr(values, "isfinite"):
+        ok = values.isfinite().all() and values.abs().max() <= MAX_ABS_VALUE if values.numel() else True
+    else:
+        ok = np.isfinite(values).all() and np.abs(values).max() <= MAX_ABS_VALUE if values.size else True
+    if not bool(ok):
+        raise BadRequest(f"{name} holds NaN, infinite or out-of-range values (|x| > {MAX_ABS_VALUE:g}; encoder "
+                         "outputs are layer-normalised)")
 
 
 def _parameters(raw: str | dict | None) -> dict:

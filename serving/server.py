@@ -10,6 +10,7 @@ minute of starting, end it. --no-restart exits instead.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import signal
 import socket
@@ -52,15 +53,20 @@ def backend_dir(cache: Path | None = None) -> Path:
     stub = root / "python_backend_stubs" / pyver / "triton_python_backend_stub"
     if not stub.is_file():
         raise ServerError(f"the Triton Python backend has no stub for Python {pyver} ({stub})")
-    cache = cache or Path(tempfile.gettempdir()) / f"twinbert-backends-{os.getuid()}-{pyver}"
+    # one directory per installation: a server started from another venv re-pointing the links would
+    # have a running server start its next stubs (a rollout's) from that venv
+    where = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    cache = cache or Path(tempfile.gettempdir()) / f"twinbert-backends-{os.getuid()}-{pyver}-{where}"
     py = cache / "python"
     py.mkdir(parents=True, exist_ok=True)
     for src in (root / "backends" / "python" / "libtriton_python.so",
                 root / "backends" / "python" / "triton_python_backend_utils.py", stub):
         dst = py / src.name
         if not dst.exists() or dst.resolve() != src:
-            dst.unlink(missing_ok=True)
-            dst.symlink_to(src)
+            tmp = py / f".{src.name}.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(src)
+            os.replace(tmp, dst)  # atomic: a server starting meanwhile sees the old link or the new one
     return cache
 
 
@@ -191,8 +197,12 @@ class TritonServer:
 
     def _start(self) -> "TritonServer":
         out = open(self.log_file, "w") if self.log_file else None
-        self.process = subprocess.Popen(self.command(), env=server_env(), stdout=out or None,
-                                        stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        try:
+            self.process = subprocess.Popen(self.command(), env=server_env(), stdout=out or None,
+                                            stderr=subprocess.STDOUT if out else None, start_new_session=True)
+        finally:  # the child holds its own copy: each (re)start would leak one descriptor otherwise
+            if out:
+                out.close()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -226,7 +226,8 @@ def test_ids_and_texts_must_be_valid_unicode(tmp_path):
 
 @pytest.mark.parametrize("edit", [lambda m: m.pop("sha256"), lambda m: m.pop("dim"), None,
                                   lambda m: m.update(dim=str(m["dim"])), lambda m: m.update(count=-1),
-                                  lambda m: m.update(sha256=list(m["sha256"])), lambda m: m.update(index_params=3)])
+                                  lambda m: m.update(sha256=list(m["sha256"])), lambda m: m.update(index_params=3),
+                                  lambda m: m.update(vector_dtype="float99")])
 def test_a_manifest_missing_fields_is_a_store_error(tmp_path, edit):
     path, _ = make_store(tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())

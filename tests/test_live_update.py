@@ -80,9 +80,11 @@ def test_add_replace_delete_while_serving_with_no_failed_request(live, tiny_expo
         assert c.retrieve("100 ft rubber hose", 1)[0].keyword == "Gilmour 100 ft. Rubber Garden Hose"
         with pytest.raises(InvalidRequest, match="'p1'"):
             c.relevance("paint", ["p1"])
-        store_versions = c.health()["models"]["keyword_store"]
+        health = c.health(f"http://127.0.0.1:{server.metrics_port}/metrics")
+        store_versions = health["models"]["keyword_store"]
         assert {"version": "2", "state": "READY"} in store_versions
         assert {"version": "1", "state": "READY"} not in store_versions  # the old version is unloaded
+        assert health["keyword_store_size"] == {"2": 6}  # not v1's gauge, which outlives its unloading
     manifest = KeywordStore(latest_version(store)).manifest
     assert manifest["count"] == 6 and manifest["base_version"] == 1
 

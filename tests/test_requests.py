@@ -72,10 +72,27 @@ def test_queries_the_tokenizer_empties_are_refused():
 
 
 def test_an_all_padding_mask_row_is_refused():
+    import torch
+
     from serving.requests import check_mask_rows, check_token_inputs
     with pytest.raises(BadRequest, match="ATTENTION_MASK row 1 has no real token"):
         check_token_inputs(np.array([[101, 102], [0, 0]]), np.array([[1, 1], [0, 0]]), 30522)
     check_mask_rows(np.array([[1, 0], [0, 1]]))
+    with pytest.raises(BadRequest, match="ATTENTION_MASK row 0 has no real token"):  # pool_cross's tensors
+        check_mask_rows(torch.tensor([[0, 0], [1, 0]]))
+    check_mask_rows(torch.tensor([[1, 0], [0, 1]]))
+
+
+def test_token_states_too_large_to_pool_are_refused():
+    """1e38 is finite, and overflowed in the pooling into NaN scores answered as a success."""
+    import torch
+
+    from serving.requests import check_finite
+    for values in (np.full((1, 3, 4), 1e38, np.float32), torch.full((1, 3, 4), 1e38), np.array([[np.nan]])):
+        with pytest.raises(BadRequest, match="NaN, infinite or out-of-range"):
+            check_finite(values, "TOKEN_STATES")
+    check_finite(np.full((1, 3, 4), 30.0, np.float32), "TOKEN_STATES")  # encoder outputs are of this size
+    check_finite(torch.zeros(0, 4), "KEYWORD_VECTORS")
 
 
 def test_depth_without_top_k_and_parameters_of_another_ensemble():

@@ -492,7 +492,7 @@ def test_keyword_store_encodes_the_query_itself_or_takes_the_encoders_states(ser
         _infer_store(client, None, QUERY=text)
     bad = states.copy()
     bad[0, 0, 0] = np.nan
-    with pytest.raises(Exception, match="TOKEN_STATES holds NaN or infinite values"):
+    with pytest.raises(Exception, match="TOKEN_STATES holds NaN, infinite or out-of-range values"):
         _infer_store(client, TOKEN_STATES=bad, ATTENTION_MASK=mask)
     assert client.is_server_ready()
     client.close()
@@ -509,7 +509,7 @@ def test_the_composable_parts_chain_into_the_relevance_answer(server):
     t.set_data_from_numpy(ids)
     vectors = client.infer("keyword_vectors", [t]).as_numpy("KEYWORD_VECTORS")
 
-    def cross(states, vectors):
+    def cross(states, vectors, mask=mask):
         inputs = []
         for name, value, dtype in (("TOKEN_STATES", states, "FP32"), ("ATTENTION_MASK", mask, "INT64"),
                                    ("KEYWORD_VECTORS", vectors, "FP32")):
@@ -520,8 +520,14 @@ def test_the_composable_parts_chain_into_the_relevance_answer(server):
                                atol=1e-5)
     bad = vectors.copy()
     bad[0, 1, 2] = np.inf
-    with pytest.raises(Exception, match="KEYWORD_VECTORS holds NaN or infinite values"):
+    with pytest.raises(Exception, match="KEYWORD_VECTORS holds NaN, infinite or out-of-range values"):
         cross(states, bad)
+    with pytest.raises(Exception, match="TOKEN_STATES holds NaN, infinite or out-of-range"):  # 1e38 overflowed into NaN
+        cross(np.full_like(states, 1e38), vectors)
+    with pytest.raises(Exception, match="ATTENTION_MASK row 0 has no real token"):  # as keyword_store refuses it
+        cross(states, vectors, np.zeros_like(mask))
+    with pytest.raises(Exception, match="TOKEN_STATES holds NaN, infinite or out-of-range"):
+        _infer_store(client, TOKEN_STATES=np.full_like(states, 1e38), ATTENTION_MASK=mask)
     assert client.is_server_ready()
     client.close()
 

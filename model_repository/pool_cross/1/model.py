@@ -10,7 +10,7 @@ from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from kernels import PoolCrossParams, cpu_native, pool_cross
 from serving.model_errors import internal, invalid
-from serving.requests import BadRequest, check_finite, decode_crossing, serving_defaults
+from serving.requests import BadRequest, check_finite, check_mask_rows, decode_crossing, serving_defaults
 
 
 class TritonPythonModel:
@@ -37,9 +37,10 @@ class TritonPythonModel:
                 for name, values in (("TOKEN_STATES", states), ("KEYWORD_VECTORS", keywords)):
                     if values is not None:
                         check_finite(values, name)
+                mask = self._input(request, "ATTENTION_MASK")
+                check_mask_rows(mask)
                 with torch.inference_mode():
-                    pooled, scores = pool_cross(states, self._input(request, "ATTENTION_MASK"), self.params, keywords,
-                                                crossing)
+                    pooled, scores = pool_cross(states, mask, self.params, keywords, crossing)
             except (BadRequest, ValueError, TypeError) as e:
                 responses.append(invalid(e))
                 continue
