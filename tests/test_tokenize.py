@@ -118,6 +118,29 @@ def test_ascii_word_cache_is_bounded():
     assert pieces(" ".join(f"word{i}" for i in range(50))) == first  # uncached words are split again
 
 
+def test_ascii_word_cache_skips_words_too_long_to_be_anything_but_unk():
+    tok = WordPiece(minilm_dir() / "tokenizer.json", 16)
+    pieces = tok._ascii
+    assert pieces("a" * 1000) == [pieces.unk] and "a" * 1000 not in pieces._cache  # a client fills no cache
+    assert pieces("drill") and "drill" in pieces._cache
+
+
+def test_special_token_names_typed_in_text_are_text():
+    """'[PAD]' in a query is the three pieces '[', 'pad', ']', not the padding token: matched as special
+    tokens it came out as [CLS] [PAD] [SEP], a blank query answered as an arbitrary one."""
+    from serving.requests import check_tokenized
+    from training.tokenize import PairTokenizer
+    for fast in (True, False):
+        tok = WordPiece(minilm_dir() / "tokenizer.json", 16, ascii_fast_path=fast)
+        ids, mask = tok(["[PAD]", "[SEP] [CLS]", "caf\u00e9 [pad]"])
+        assert ids[0, :5].tolist() == [101, 1031, 11687, 1033, 102] and mask[0].sum() == 5
+        assert ids[1, :9].tolist() == [101, 1031, 19802, 1033, 1031, 18856, 2015, 1033, 102]
+        assert ids[2, 2:5].tolist() == [1031, 11687, 1033]
+        check_tokenized(mask)  # text, answered
+    pair = PairTokenizer(minilm_dir() / "tokenizer.json", 16)(["[sep]"], ["fan"])[0][0].tolist()
+    assert pair == [101, 1031, 19802, 1033, 102, 5470, 102]  # the pair's own markers are still special
+
+
 def test_ascii_fast_path_is_off_for_a_tokenizer_whose_pipeline_it_does_not_reproduce(tmp_path):
     import json
     from training.tokenize import PairTokenizer, WordPiece

@@ -53,8 +53,9 @@ class AsciiWordPieces:
                         and templates == [["SpecialToken:[CLS]", "Sequence:A", "SpecialToken:[SEP]"],
                                           ["SpecialToken:[CLS]", "Sequence:A", "SpecialToken:[SEP]",
                                            "Sequence:B", "SpecialToken:[SEP]"]])
-        # `tokenizers` matches its added tokens ([CLS], [PAD], ...) in the raw text before splitting it:
-        # text that holds one, in any case, takes `tokenizers`
+        # text that holds an added token's name ([CLS], [PAD], ...), in any case, takes `tokenizers`,
+        # which treats it as plain text too (`encode_special_tokens`, set by _load); kept for a
+        # tokenizer used without _load, which matches them as special tokens
         added = [t["content"] for t in spec.get("added_tokens") or [] if t.get("content")]
         self._added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None
         self._cache: dict[str, list[int]] = {}
@@ -86,8 +87,8 @@ class AsciiWordPieces:
             ids = cache.get(word)
             if ids is None:
                 ids = self._split(word)
-                if len(cache) < self.CACHE_WORDS:
-                    cache[word] = ids
+                if len(cache) < self.CACHE_WORDS and len(word) <= self.max_word:  # a longer one is [UNK]: no
+                    cache[word] = ids                                               # entry of up to 1,024 chars
             out += ids
         return out
 
@@ -199,7 +200,12 @@ def _load(path: Path, ascii_fast_path: bool) -> tuple[Tokenizer, AsciiWordPieces
     read once for both."""
     text = path.read_text(encoding="utf-8")
     pieces = AsciiWordPieces(json.loads(text)) if ascii_fast_path else None
-    return Tokenizer.from_str(text), (pieces if pieces is not None and pieces.enabled else None)
+    tokenizer = Tokenizer.from_str(text)
+    # "[PAD]" or "[SEP] [CLS]" typed in a query (or a title) is text, not markup: matched as special
+    # tokens, "[PAD]" came out as [CLS] [PAD] [SEP], a blank query answered as an arbitrary one. No
+    # query or title of the Home Depot data holds one, so the data's ids do not change.
+    tokenizer.encode_special_tokens = True
+    return tokenizer, (pieces if pieces is not None and pieces.enabled else None)
 
 
 def _fill_from_tokenizer(tokenizer: Tokenizer, rows: list, inputs: list) -> None:
