@@ -240,12 +240,20 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
 
 def warmup_keyword(repo: Path, store_version: Path) -> str:
     """The id keyword_vectors' warm-up sample should name for `store_version`. Every version shares the
-    sample, and loading a model reloads its old versions too, so it is an id of the new store (an
-    update may delete the old sample's) that the serving store also holds, when they share any."""
+    sample, and loading a model reloads its old versions too (their warm-up runs again), so it must be
+    an id of the new store (an update may delete the old sample's) that the serving store also holds.
+    A store that shares no id with the served one is refused here, before anything changes: the swap
+    would fail on the old version's warm-up ("unknown keyword id") and be undone (tested)."""
     serving = set(KeywordStore(served_version(repo, "keyword_vectors") / "store", load_index=False,
                                load_texts=False).ids)
     ids = KeywordStore(store_version, load_index=False, load_texts=False).ids
-    return next((i for i in ids if i in serving), ids[0])
+    shared = next((i for i in ids if i in serving), None)
+    if shared is None:
+        raise RolloutError(f"{store_version} shares no keyword id with the served store, and keyword_vectors' "
+                           "warm-up sample (one id for every loaded version) must be valid for both while they "
+                           "load side by side: publish in two steps (first the new ids with one served id kept, "
+                           "then delete it), or rebuild the repository on the new store and restart the server")
+    return shared
 
 
 def swap_warmups(repo: Path, write):

@@ -68,16 +68,16 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
         entries = {f.name: f for f in current.iterdir() if f.is_file()}
         entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
         files[model] = entries
-    sample = warmup_keyword(repo, store_version)
     warmup = repo / KEYWORD_WARMUP
-
-    def swap_sample():
-        def write():
-            warmup.parent.mkdir(parents=True, exist_ok=True)
-            warmup.write_bytes(keyword_warmup_bytes(sample))
-        return swap_warmups(repo, write)
-
     try:
+        sample = warmup_keyword(repo, store_version)
+
+        def swap_sample():
+            def write():
+                warmup.parent.mkdir(parents=True, exist_ok=True)
+                warmup.write_bytes(keyword_warmup_bytes(sample))
+            return swap_warmups(repo, write)
+
         new = publish_versions(repo, files, url, timeout_s, before_load=swap_sample)
     except RolloutError as e:
         raise StoreError(str(e)) from None

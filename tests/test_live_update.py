@@ -123,6 +123,20 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
     assert publish(repo, build_updated_version(tiny_export, store, delete={second}), server.grpc_url) == 3
 
 
+def test_an_update_that_replaces_every_id_is_refused_before_anything_changes(live, tiny_export):
+    """keyword_vectors' one warm-up id serves every loaded version: with no id shared, the old version's
+    reload failed its warm-up ("unknown keyword id(s): 'n1'") and the swap was undone with that message."""
+    server, store, repo = live
+    version = build_updated_version(tiny_export, store, add={"n1": "Ryobi Impact Driver Bit Set",
+                                                             "n2": "Gilmour Rubber Garden Hose"},
+                                    delete=set(TITLES))
+    with pytest.raises(StoreError, match="shares no keyword id with the served store.*two steps"):
+        publish(repo, version, server.grpc_url)
+    assert not (repo / "keyword_vectors" / "2").exists()
+    with TwinBertClient(server.grpc_url) as c:
+        assert c.relevance("drill", ["d1"])  # the served version as it was
+
+
 class Recorder(Load):
     """Load that keeps what each request answered: (retrieve ids, retrieve scores, relevance scores)."""
 
