@@ -123,8 +123,8 @@ def run_settings(cfg: LoopConfig, steps_per_epoch: int, world: int) -> dict:
     return {**{k: getattr(cfg, k) for k in keys}, "steps_per_epoch": steps_per_epoch, "world_size": world}
 
 
-def _check_settings(path: Path, settings: dict) -> None:
-    saved = read_json_object(path / "state.json").get("settings")
+def _check_settings(path: Path, saved, settings: dict) -> None:
+    """`saved`: the checkpoint's settings (its state.json's), `settings` this run's."""
     if not isinstance(saved, dict):  # checkpoints from before settings were kept
         return
     differ = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
@@ -137,13 +137,15 @@ def _check_settings(path: Path, settings: dict) -> None:
 _ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
 
 
-def _load_checkpoint(path: Path, model, opt, sched) -> dict:
-    """Model, optimizer, schedule and RNG of a checkpoint, each checked first: a damaged one is refused
-    by name (pass --no-resume) instead of training on with wrong state."""
+def _load_checkpoint(path: Path, model, opt, sched, settings: dict) -> dict:
+    """Model, optimizer, schedule and RNG of a checkpoint, each checked first: a damaged one, or one of a
+    run with other `settings`, is refused by name (pass --no-resume) instead of training on with wrong
+    state."""
     def bad(what: str) -> ArtifactError:
         return ArtifactError(f"{path}: {what}; pass --no-resume to start over, or delete {path}")
 
     state = read_json_object(path / "state.json")
+    _check_settings(path, state.get("settings"), settings)
     step, groups, rng = state.get("step"), state.get("param_groups"), state.get("torch_rng")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(groups, list) \
             or not isinstance(state.get("scheduler"), dict) or not isinstance(rng, list):
@@ -243,8 +245,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(state["schedule"], s))
     resume_from = _checkpoint_to_resume(ckpt) if cfg.resume else None
     if resume_from is not None:
-        _check_settings(resume_from, settings)
-        state.update(_load_checkpoint(resume_from, model, opt, sched))
+        state.update(_load_checkpoint(resume_from, model, opt, sched, settings))
         if is_main():
             print(f"{desc}: resuming at step {state['step']} from {resume_from}", flush=True)
     total = state["schedule"]["total"]  # as planned; a minute cap may shorten it (fit_schedule)

@@ -53,11 +53,8 @@ class AsciiWordPieces:
                         and templates == [["SpecialToken:[CLS]", "Sequence:A", "SpecialToken:[SEP]"],
                                           ["SpecialToken:[CLS]", "Sequence:A", "SpecialToken:[SEP]",
                                            "Sequence:B", "SpecialToken:[SEP]"]])
-        # text that holds an added token's name ([CLS], [PAD], ...), in any case, takes `tokenizers`,
-        # which treats it as plain text too (`encode_special_tokens`, set by _load); kept for a
-        # tokenizer used without _load, which matches them as special tokens
-        added = [t["content"] for t in spec.get("added_tokens") or [] if t.get("content")]
-        self._added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None
+        # an added token's name in the text ("[PAD]") is plain text here, as in `tokenizers` once _load
+        # has set its `encode_special_tokens` (the only way the two are built)
         self._cache: dict[str, list[int]] = {}
 
     def _split(self, word: str) -> list[int]:
@@ -79,8 +76,7 @@ class AsciiWordPieces:
         return out
 
     def __call__(self, text: str) -> list[int] | None:
-        if (not self.enabled or not text.isascii() or _ASCII_CONTROL.search(text)
-                or (self._added is not None and self._added.search(text))):
+        if not self.enabled or not text.isascii() or _ASCII_CONTROL.search(text):
             return None
         out, cache = [], self._cache
         for word in _ASCII_WORD.findall(text.lower()):
