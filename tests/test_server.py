@@ -3,6 +3,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -342,11 +343,24 @@ def test_a_bad_request_among_concurrent_ones_fails_alone(server):
     assert isinstance(bad, InvalidRequest)
 
 
-def _store_counts(url):
+def _store_counts(url, at_least=0, timeout_s=10.0):
+    """keyword_store's (inference_count, execution_count) once they settle. Triton records a batch's statistics
+    after its responses are released, so a client can hold its last answer before the count includes it: poll
+    until the counts reach at_least and stay unchanged for 0.3 s (or the timeout passes, and the caller's
+    assertion reports the difference)."""
     client = grpcclient.InferenceServerClient(url)
-    stats = client.get_inference_statistics("keyword_store", as_json=True)["model_stats"]
-    client.close()
-    return (sum(int(m.get("inference_count", 0)) for m in stats), sum(int(m.get("execution_count", 0)) for m in stats))
+    deadline, last, since = time.monotonic() + timeout_s, None, time.monotonic()
+    while True:
+        stats = client.get_inference_statistics("keyword_store", as_json=True)["model_stats"]
+        counts = (sum(int(m.get("inference_count", 0)) for m in stats),
+                  sum(int(m.get("execution_count", 0)) for m in stats))
+        if counts != last:
+            last, since = counts, time.monotonic()
+        settled = counts[0] >= at_least and time.monotonic() - since >= 0.3
+        if settled or time.monotonic() > deadline:
+            client.close()
+            return counts
+        time.sleep(0.05)
 
 
 def test_queries_batched_by_the_store_answer_as_they_do_alone(server):
@@ -364,8 +378,9 @@ def test_queries_batched_by_the_store_answer_as_they_do_alone(server):
             calls = [c.retrieve(q, 5) for q in queries * 3] + [c.relevance(q, ["d1", "h2", "f1"]) for q in queries * 3]
             return await asyncio.gather(*calls)
     answers = asyncio.run(go())
-    inferences, executions = (a - b for a, b in zip(_store_counts(server.grpc_url), before))
-    assert inferences == 2 * 3 * len(queries) and executions < inferences  # some requests shared a batch
+    expected = 2 * 3 * len(queries)
+    inferences, executions = (a - b for a, b in zip(_store_counts(server.grpc_url, before[0] + expected), before))
+    assert inferences == expected and executions < inferences  # some requests shared a batch
     for q, hits in zip(queries * 3, answers[:3 * len(queries)]):
         assert [h.keyword_id for h in hits] == [h.keyword_id for h in alone[q]]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in alone[q]], atol=1e-5)
