@@ -281,21 +281,29 @@ def test_default_retries_reach_a_server_that_comes_back():
     import grpc
 
     from serving.server import free_port
-    port = free_port()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
 
-    def come_back():  # binding listens at once: a call would wait for start() instead of failing
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        server.start()
-    timer = threading.Timer(1.2, come_back)
-    timer.start()
-    try:
-        with TwinBertClient(f"127.0.0.1:{port}", timeout_s=5) as c, pytest.raises(ClientError) as e:
-            c.retrieve("drill", 3)
-        assert "UNIMPLEMENTED" in str(e.value.status)
-    finally:
-        timer.cancel()
-        server.stop(0)
+    def attempt() -> str:
+        port = free_port()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+
+        def come_back():  # binding listens at once: a call would wait for start() instead of failing
+            server.add_insecure_port(f"127.0.0.1:{port}")
+            server.start()
+        timer = threading.Timer(1.2, come_back)
+        timer.start()
+        try:
+            with TwinBertClient(f"127.0.0.1:{port}", timeout_s=5) as c, pytest.raises(ClientError) as e:
+                c.retrieve("drill", 3)
+            return str(e.value.status)
+        finally:
+            timer.cancel()
+            server.stop(0)
+    # a second try only if the first ran out: a stall of the shared host can delay the timer past the
+    # policy's jittered waits; the earlier policy fails both
+    status = attempt()
+    if "UNAVAILABLE" in status:
+        status = attempt()
+    assert "UNIMPLEMENTED" in status
 
 
 def test_threaded_closed_loop_counts_every_request_and_raises_what_a_worker_hit(monkeypatch):

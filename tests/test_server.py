@@ -371,21 +371,27 @@ def test_queries_batched_by_the_store_answer_as_they_do_alone(server):
     with TwinBertClient(server.grpc_url) as c:
         alone = {q: c.retrieve(q, 5) for q in queries}
         alone_rel = {q: c.relevance(q, ["d1", "h2", "f1"]) for q in queries}
-    before = _store_counts(server.grpc_url)
 
     async def go():
         async with AsyncTwinBertClient(server.grpc_url) as c:
             calls = [c.retrieve(q, 5) for q in queries * 3] + [c.relevance(q, ["d1", "h2", "f1"]) for q in queries * 3]
             return await asyncio.gather(*calls)
-    answers = asyncio.run(go())
-    expected = 2 * 3 * len(queries)
-    inferences, executions = (a - b for a, b in zip(_store_counts(server.grpc_url, before[0] + expected), before))
-    assert inferences == expected and executions < inferences  # some requests shared a batch
-    for q, hits in zip(queries * 3, answers[:3 * len(queries)]):
-        assert [h.keyword_id for h in hits] == [h.keyword_id for h in alone[q]]
-        np.testing.assert_allclose([h.score for h in hits], [h.score for h in alone[q]], atol=1e-5)
-    for q, scores in zip(queries * 3, answers[3 * len(queries):]):
-        np.testing.assert_allclose(scores, alone_rel[q], atol=1e-5)
+
+    expected, shared = 2 * 3 * len(queries), False
+    for _ in range(3):  # requests queue together only while both instances are busy: a stalled client may not
+        before = _store_counts(server.grpc_url)
+        answers = asyncio.run(go())
+        inferences, executions = (a - b for a, b in zip(_store_counts(server.grpc_url, before[0] + expected), before))
+        assert inferences == expected
+        for q, hits in zip(queries * 3, answers[:3 * len(queries)]):
+            assert [h.keyword_id for h in hits] == [h.keyword_id for h in alone[q]]
+            np.testing.assert_allclose([h.score for h in hits], [h.score for h in alone[q]], atol=1e-5)
+        for q, scores in zip(queries * 3, answers[3 * len(queries):]):
+            np.testing.assert_allclose(scores, alone_rel[q], atol=1e-5)
+        shared = executions < inferences
+        if shared:
+            break
+    assert shared, "no two requests shared a batch in three bursts of 48"
 
 
 def test_health_and_custom_metrics(server):

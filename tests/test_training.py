@@ -659,9 +659,8 @@ def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
         print(f"rank {{dist.get_rank()}} steps {{state['step']}} loss {{state['final_loss']:.4f}}", flush=True)
         finish_distributed()
     """))
-    from serving.server import free_port
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script)],
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"stdout:\n{out.stdout[-1500:]}\nstderr:\n{out.stderr[-3000:]}"
     assert "rank 0 steps 16" in out.stdout and "rank 1 steps 16" in out.stdout  # 8 batches/epoch / 2 ranks x 4

@@ -150,7 +150,6 @@ def test_distill_under_torchrun_keeps_both_replicas_equal(tiny_data, tmp_path):
     import sys
     import textwrap
 
-    from serving.server import free_port
     TwinBERT(TwinConfig(num_layers=1)).save(tmp_path / "student")
     rows = ["query\tkeyword_id\tkeyword\tlabel\tteacher_logit\tsource"]
     rows += [f"{adj} {p}\t{100001 + i}\tDEWALT {p.title()}\t\t{1.5 - i * 0.2:.2f}\tlabelled"
@@ -173,8 +172,8 @@ def test_distill_under_torchrun_keeps_both_replicas_equal(tiny_data, tmp_path):
                 "--init", {str(tmp_path / "student")!r}, "--out", {str(tmp_path / "twin")!r},
                 "--max-steps", "2", "--eval-every", "0", "--dev-pairs", "10", "--batch-size", "4", "--threads", "1"])
     """))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script)],
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"stdout:\n{out.stdout[-1500:]}\nstderr:\n{out.stderr[-3000:]}"
     assert "rank 0 equal after 2 steps" in out.stdout and "rank 1 equal after 2 steps" in out.stdout
