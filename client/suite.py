@@ -4,7 +4,7 @@
     python -m client.suite bench    [--repository DIR] [--out reports/bench]      # make bench
     python -m client.suite tune     [--repository DIR] [--out reports/tuning]     # batching/placement variants
 
-loadtest: perf_analyzer and the project's asyncio generator, same held-out queries, same closed-loop
+loadtest: perf_analyzer and the project's generator (threads; its open loop on asyncio), same held-out queries, same closed-loop
 concurrency levels, side by side (report: table, JSON, CSV, PNG).
 bench: in one run on the same queries and candidates: served `relevance` for 100 candidates against
 the teacher cross-encoder scoring the same 100 pairs in-process; served `retrieve` top-100 (the
