@@ -51,6 +51,21 @@ def tiny_reranker(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def torchrun():
+    """run(script) -> stdout: `script` under torchrun with two processes (gloo; --standalone, so the
+    rendezvous binds its own free port), asserted to succeed with its output shown if it does not."""
+    import subprocess
+    import sys
+
+    def run(script) -> str:
+        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              str(script)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, f"stdout:\n{out.stdout[-1500:]}\nstderr:\n{out.stderr[-3000:]}"
+        return out.stdout
+    return run
+
+
+@pytest.fixture(scope="session")
 def build_repository():
     """build(export, titles {id: text}, root[, reranker]) -> (store dir, runnable model repository):
     the keyword store (exact `flat` index) under root/store and the repository assembled under

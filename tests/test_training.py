@@ -643,7 +643,7 @@ def test_a_minute_capped_run_anneals_to_zero_by_its_cap(tmp_path, monkeypatch):
     assert lr_factor(state["schedule"], state["step"] - 1) < 0.01
 
 
-def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
+def test_loop_runs_under_torchrun_with_two_processes(tmp_path, torchrun):
     script = tmp_path / "ddp_toy.py"
     script.write_text(textwrap.dedent(f"""
         import torch, torch.distributed as dist
@@ -659,11 +659,8 @@ def test_loop_runs_under_torchrun_with_two_processes(tmp_path):
         print(f"rank {{dist.get_rank()}} steps {{state['step']}} loss {{state['final_loss']:.4f}}", flush=True)
         finish_distributed()
     """))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"stdout:\n{out.stdout[-1500:]}\nstderr:\n{out.stderr[-3000:]}"
-    assert "rank 0 steps 16" in out.stdout and "rank 1 steps 16" in out.stdout  # 8 batches/epoch / 2 ranks x 4
+    stdout = torchrun(script)
+    assert "rank 0 steps 16" in stdout and "rank 1 steps 16" in stdout  # 8 batches/epoch / 2 ranks x 4
 
 
 def test_bm25_scores_and_a_stopword_only_query():

@@ -142,12 +142,10 @@ def test_head_params_res_moves_only_the_res_crossing_at_the_head_rate(tiny_data,
     assert all(k.startswith("pool_cross.") for k in moved["head"])  # the encoder stays at rate 0
 
 
-def test_distill_under_torchrun_keeps_both_replicas_equal(tiny_data, tmp_path):
+def test_distill_under_torchrun_keeps_both_replicas_equal(tiny_data, tmp_path, torchrun):
     """training.distill with two gloo processes: DistributedDataParallel syncs the gradients only when
     the loss runs the model through its wrapper, so after training both ranks must hold the same weights
     (before the loss called the model's parts directly, rank 1 ended 2.5e-4 away from rank 0)."""
-    import subprocess
-    import sys
     import textwrap
 
     TwinBERT(TwinConfig(num_layers=1)).save(tmp_path / "student")
@@ -172,11 +170,8 @@ def test_distill_under_torchrun_keeps_both_replicas_equal(tiny_data, tmp_path):
                 "--init", {str(tmp_path / "student")!r}, "--out", {str(tmp_path / "twin")!r},
                 "--max-steps", "2", "--eval-every", "0", "--dev-pairs", "10", "--batch-size", "4", "--threads", "1"])
     """))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"stdout:\n{out.stdout[-1500:]}\nstderr:\n{out.stderr[-3000:]}"
-    assert "rank 0 equal after 2 steps" in out.stdout and "rank 1 equal after 2 steps" in out.stdout
+    stdout = torchrun(script)
+    assert "rank 0 equal after 2 steps" in stdout and "rank 1 equal after 2 steps" in stdout
 
 
 def test_train_twin_refuses_a_batch_larger_than_its_data(tiny_data, tmp_path):
