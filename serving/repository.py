@@ -104,15 +104,15 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_warmup_files(repo: Path, export_dir: Path, store_version: Path, keyword_id: str | None = None) -> None:
-    """Sample inputs for `model_warmup` (raw little-endian tensors; BYTES as 4-byte length + data).
-    keyword_vectors looks up `keyword_id` (default: the store's first id)."""
+def write_warmup_files(repo: Path, export_dir: Path) -> None:
+    """Sample inputs for `model_warmup` (raw little-endian tensors; BYTES as 4-byte length + data). They
+    name no keyword id: every version of a model shares them, and versions of the store may share no id
+    (keyword_vectors warms up on its own version's ids in `initialize`)."""
     import numpy as np
     length = json.loads((export_dir / "tokenizer_config.json").read_text())["query_max_len"]
     mask = np.zeros(length, dtype="<i8")
     mask[:4] = 1
     short = mask[:PAD_MULTIPLE]  # the width most queries arrive at after the encoder trims padding
-    first_id = (keyword_id or json.loads((store_version / "ids.json").read_text())[0]).encode()
 
     def put(model: str, name: str, data: bytes) -> None:
         path = repo / model / "warmup" / name
@@ -131,16 +131,6 @@ def write_warmup_files(repo: Path, export_dir: Path, store_version: Path, keywor
         put(model, "attention_mask", mask.tobytes())
         put(model, "attention_mask_short", short.tobytes())
     put("keyword_store", "top_k", np.array([10], dtype="<i4").tobytes())
-    put("keyword_vectors", "keyword_ids", keyword_warmup_bytes(first_id.decode()))
-
-
-def keyword_warmup_bytes(keyword_id: str) -> bytes:
-    """keyword_vectors' warm-up sample: one id, which must be in the store version being loaded."""
-    raw = keyword_id.encode()
-    return len(raw).to_bytes(4, "little") + raw
-
-
-KEYWORD_WARMUP = Path("keyword_vectors") / "warmup" / "keyword_ids"
 
 
 def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
@@ -175,7 +165,7 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
     for model in STORE_MODELS:
         for f in store_version.iterdir():
             _place(f, tmp / model / "1" / "store" / f.name)
-    write_warmup_files(tmp, export_dir, store_version)
+    write_warmup_files(tmp, export_dir)
     # warm-up shapes follow the export: a model trained with --proj-dim crosses narrower keyword vectors
     dims = json.loads((export_dir / "pool_cross.json").read_text())
     for cfg in (tmp / m / "config.pbtxt" for m in ("pool_cross", "keyword_store")):

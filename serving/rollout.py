@@ -44,7 +44,7 @@ from pathlib import Path
 
 from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
 from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, numbered_versions, parse_model_config,
-                                pin_ensemble_text, served_version, write_warmup_files)
+                                pin_ensemble_text, served_version)
 from training.artifacts import ArtifactError, verify_checksums
 from training.cli import positive_float
 
@@ -70,8 +70,14 @@ def check_swappable(repo: Path, models) -> dict[str, str]:
     now; a repository assembled before pinning (latest-1 policy, version -1) would swap model by model
     and mix versions. Returns {ensemble: config text} of the ensembles that use the models."""
     for m in models:
-        if parse_model_config((repo / m / "config.pbtxt").read_text()).version_policy.WhichOneof("policy_choice") != "all":
+        config = parse_model_config((repo / m / "config.pbtxt").read_text())
+        if config.version_policy.WhichOneof("policy_choice") != "all":
             raise RolloutError(f"{repo / m}: version_policy must be all {{}} for a swap; re-assemble the repository "
+                               "(python -m serving.build or serving.repository)")
+        if m == "keyword_vectors" and len(config.model_warmup):
+            # earlier builds warmed it up on one keyword id from a file every version shares
+            raise RolloutError(f"{repo / m}: assembled by an earlier build, whose warm-up names a keyword id that "
+                               "every loaded version would have to hold; re-assemble the repository "
                                "(python -m serving.build or serving.repository)")
     affected = {}
     for name, text in ensembles(repo).items():
@@ -87,13 +93,12 @@ def check_swappable(repo: Path, models) -> dict[str, str]:
 
 
 def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], url: str,
-                     timeout_s: float = 120.0, before_load=None) -> dict[str, int]:
+                     timeout_s: float = 120.0) -> dict[str, int]:
     """Add `files[model]` ({path inside the version directory: source file}) as each model's next
     version and swap the ensembles over to them (see the module doc). Returns {model: new version}.
-    `before_load()`, if given, runs once the directories are in place and before anything loads
-    (for shared files such as warm-up samples); it returns an undo callable or None. One swap at a
-    time per repository (a lock file); any failure before the ensembles have all switched puts
-    everything back."""
+    One swap at a time per repository (a lock file); any failure before the ensembles have all
+    switched puts everything back. Files the versions share (configs, warm-up samples) are left as
+    they are: loading a model whose shared files changed reloads its serving versions too."""
     import fcntl
 
     import tritonclient.grpc as grpcclient
@@ -109,7 +114,6 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
         old = {m: numbered_versions(repo / m) for m in files}
         pinned = {name: pin_ensemble_text(text, new) for name, text in affected.items()}  # fails before any change
         client = grpcclient.InferenceServerClient(url)
-        undo_shared = None
 
         def put_back(reason: str) -> RolloutError:
             # ensembles back on the old versions first (those never stopped serving), then drop the new ones
@@ -120,8 +124,6 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     client.load_model(name, client_timeout=timeout_s)
                 except InferenceServerException:
                     pass
-            if undo_shared:
-                undo_shared()
             for m in files:
                 shutil.rmtree(repo / m / f".tmp-{new[m]}", ignore_errors=True)
                 shutil.rmtree(repo / m / str(new[m]), ignore_errors=True)
@@ -140,7 +142,6 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     for rel, src in entries.items():
                         _place(Path(src), tmp / rel)
                     tmp.rename(repo / m / str(new[m]))
-                undo_shared = before_load() if before_load else None
                 for m in files:
                     try:
                         client.load_model(m, client_timeout=timeout_s)
@@ -233,38 +234,7 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
         if m in STORE_MODELS:
             entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
         files[m] = entries
-    sample = warmup_keyword(repo, store_version)
-    return publish_versions(repo, files, url, timeout_s, before_load=lambda: swap_warmups(
-        repo, lambda: write_warmup_files(repo, export_dir, store_version, sample)))
-
-
-def warmup_keyword(repo: Path, store_version: Path) -> str:
-    """The id keyword_vectors' warm-up sample should name for `store_version`. Every version shares the
-    sample, and loading a model reloads its old versions too (their warm-up runs again), so it must be
-    an id of the new store (an update may delete the old sample's) that the serving store also holds.
-    A store that shares no id with the served one is refused here, before anything changes: the swap
-    would fail on the old version's warm-up ("unknown keyword id") and be undone (tested)."""
-    serving = set(KeywordStore(served_version(repo, "keyword_vectors") / "store", load_index=False,
-                               load_texts=False).ids)
-    ids = KeywordStore(store_version, load_index=False, load_texts=False).ids
-    shared = next((i for i in ids if i in serving), None)
-    if shared is None:
-        raise RolloutError(f"{store_version} shares no keyword id with the served store, and keyword_vectors' "
-                           "warm-up sample (one id for every loaded version) must be valid for both while they "
-                           "load side by side: publish in two steps (first the new ids with one served id kept, "
-                           "then delete it), or rebuild the repository on the new store and restart the server")
-    return shared
-
-
-def swap_warmups(repo: Path, write):
-    """Run `write()` (it rewrites shared warm-up samples); returns a callable restoring the old ones."""
-    saved = {p: p.read_bytes() for p in repo.glob("*/warmup/*") if p.is_file()}
-    write()
-
-    def undo():
-        for p, data in saved.items():
-            p.write_bytes(data)
-    return undo
+    return publish_versions(repo, files, url, timeout_s)
 
 
 def main(argv=None) -> None:

@@ -13,6 +13,7 @@
         --repository artifacts/model_repository [--add FILE] [--delete FILE] [--url 127.0.0.1:8001]
 
 --add takes `id,text` CSV or JSONL (an existing id is replaced); --delete a file of ids, one per line.
+A whole catalogue is replaced the same way (--delete every served id, --add the new keywords).
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import numpy as np
 
 from serving.keyword_store import (IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version,
                                    sha256_file, write_version)
-from serving.repository import KEYWORD_WARMUP, STORE_MODELS, keyword_warmup_bytes, served_version
-from serving.rollout import RolloutError, publish_versions, swap_warmups, warmup_keyword
+from serving.repository import STORE_MODELS, served_version
+from serving.rollout import RolloutError, publish_versions
 from training.textfiles import need_file, utf8_lines
 
 
@@ -41,6 +42,8 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
     base = KeywordStore(base_dir, expect_encoder_sha256=encoder_sha, load_index=False)
     base.positions(sorted(delete))  # UnknownKeywordError names the ids that are not in the store
     keep = [i for i, kid in enumerate(base.ids) if kid not in delete and kid not in add]
+    if not keep and not add:
+        raise ValueError(f"the update deletes all {len(base)} keywords and adds none; a store cannot be empty")
     ids = [base.ids[i] for i in keep] + list(add)
     texts = [base.texts[i] for i in keep] + list(add.values())
     # Kept keywords reuse their cached vectors (float16-rounded when the store keeps float16: their
@@ -68,17 +71,8 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
         entries = {f.name: f for f in current.iterdir() if f.is_file()}
         entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
         files[model] = entries
-    warmup = repo / KEYWORD_WARMUP
     try:
-        sample = warmup_keyword(repo, store_version)
-
-        def swap_sample():
-            def write():
-                warmup.parent.mkdir(parents=True, exist_ok=True)
-                warmup.write_bytes(keyword_warmup_bytes(sample))
-            return swap_warmups(repo, write)
-
-        new = publish_versions(repo, files, url, timeout_s, before_load=swap_sample)
+        new = publish_versions(repo, files, url, timeout_s)
     except RolloutError as e:
         raise StoreError(str(e)) from None
     return max(new.values())

@@ -214,6 +214,13 @@ def test_a_swap_refuses_an_unpinned_repository_a_running_swap_and_new_shapes(tmp
     with pytest.raises(RolloutError, match="runs keyword_store version 1, not the newest present .2."):
         check_swappable(repo, ["keyword_store"])
     (repo / "keyword_store" / "2").rmdir()
+    cfg = repo / "keyword_vectors" / "config.pbtxt"
+    original = cfg.read_text()  # an earlier build's warm-up: one id, in a file every version shares
+    cfg.write_text(original + 'model_warmup [ { name: "one_id" batch_size: 1 inputs { key: "KEYWORD_IDS" '
+                   'value: { data_type: TYPE_STRING dims: [ 1 ] input_data_file: "keyword_ids" } } } ]\n')
+    with pytest.raises(RolloutError, match="earlier build.*re-assemble"):
+        check_swappable(repo, ["keyword_store", "keyword_vectors"])
+    cfg.write_text(original)
     with open(repo / ".swap.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(RolloutError, match="another update or rollout is running"):

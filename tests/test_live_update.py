@@ -108,10 +108,13 @@ def test_deleting_an_unknown_id_is_refused(live, tiny_export):
     _, store, _ = live
     with pytest.raises(KeyError, match="'zz'"):
         build_updated_version(tiny_export, store, delete={"zz"})
+    with pytest.raises(ValueError, match="deletes all 6 keywords and adds none"):
+        build_updated_version(tiny_export, store, delete=set(TITLES))
 
 
 def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
-    """keyword_vectors warms up on one id; an update that deletes it must not make its version unloadable."""
+    """keyword_vectors warms up on its version's first ids; an update that deletes them must not make
+    its version unloadable."""
     server, store, repo = live
     first = KeywordStore(latest_version(store)).ids[0]
     assert publish(repo, build_updated_version(tiny_export, store, delete={first}), server.grpc_url) == 2
@@ -123,18 +126,42 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
     assert publish(repo, build_updated_version(tiny_export, store, delete={second}), server.grpc_url) == 3
 
 
-def test_an_update_that_replaces_every_id_is_refused_before_anything_changes(live, tiny_export):
-    """keyword_vectors' one warm-up id serves every loaded version: with no id shared, the old version's
-    reload failed its warm-up ("unknown keyword id(s): 'n1'") and the swap was undone with that message."""
+class RetrieveLoad(Load):
+    """Background `retrieve` requests keeping the ids each answered (relevance would name ids that the
+    swap retires)."""
+
+    def __init__(self, url):
+        super().__init__(url)
+        self.answers = []
+
+    def one(self, c):
+        self.answers.append({h.keyword_id for h in c.retrieve("cordless drill", 3)})
+
+
+def test_an_update_that_replaces_every_id_swaps_under_load(live, tiny_export):
+    """A whole catalogue replaced (no id in common): the new version loads beside the old one and the
+    ensembles switch over with no failed request; each answer comes from one catalogue, old ones first.
+    (An earlier build warmed keyword_vectors up on one id from a file all versions share, so the old
+    version's reload failed on an id of the new catalogue and the swap was refused.)"""
     server, store, repo = live
-    version = build_updated_version(tiny_export, store, add={"n1": "Ryobi Impact Driver Bit Set",
-                                                             "n2": "Gilmour Rubber Garden Hose"},
-                                    delete=set(TITLES))
-    with pytest.raises(StoreError, match="shares no keyword id with the served store.*two steps"):
-        publish(repo, version, server.grpc_url)
-    assert not (repo / "keyword_vectors" / "2").exists()
+    new_titles = {"n1": "Ryobi Impact Driver Bit Set", "n2": "Gilmour Rubber Garden Hose",
+                  "n3": "Makita Cordless Drill Combo Kit", "n4": "Moen Bathroom Sink Faucet"}
+    version = build_updated_version(tiny_export, store, add=new_titles, delete=set(TITLES))
+    with RetrieveLoad(server.grpc_url) as load:
+        load.wait_for(3)
+        assert publish(repo, version, server.grpc_url) == 2
+        load.wait_for(load.ok + 5)
+    assert load.failed == []
+    kinds = ["old" if ids <= set(TITLES) else "new" if ids <= set(new_titles) else "mixed" for ids in load.answers]
+    assert "mixed" not in kinds and kinds[0] == "old" and kinds[-1] == "new"
+    assert kinds == sorted(kinds, key=lambda k: k == "new")  # never back to the old catalogue
     with TwinBertClient(server.grpc_url) as c:
-        assert c.relevance("drill", ["d1"])  # the served version as it was
+        assert len(c.relevance("drill", ["n3", "n1"])) == 2
+        with pytest.raises(InvalidRequest, match="'d1'"):
+            c.relevance("drill", ["d1"])
+        versions = c.health()["models"]["keyword_vectors"]
+        assert {"version": "2", "state": "READY"} in versions and {"version": "1", "state": "READY"} not in versions
+    assert not (repo / "keyword_vectors" / "warmup").exists()  # no shared sample that names an id
 
 
 class Recorder(Load):
