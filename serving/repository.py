@@ -96,6 +96,17 @@ def served_version(repository: str | Path, model: str) -> Path:
     return model_dir / str(numbered[-1])
 
 
+def precompile(version_dir: Path) -> None:
+    """Write the bytecode of a version's Python model before Triton loads it. The Python backend's stub
+    would otherwise write it into the version directory while loading, and Triton takes that change
+    for new files: the next load of the model, or of an ensemble that uses it, loads that version
+    again (whole: its instances start over). The stub runs this interpreter (serving/server.py), so the
+    cache tag matches; it ignores PYTHONDONTWRITEBYTECODE and PYTHONPYCACHEPREFIX (measured)."""
+    import py_compile
+    for f in sorted(version_dir.glob("*.py")):
+        py_compile.compile(str(f), doraise=True)
+
+
 def _place(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -165,6 +176,8 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
     for model in STORE_MODELS:
         for f in store_version.iterdir():
             _place(f, tmp / model / "1" / "store" / f.name)
+    for version_dir in tmp.glob("*/1"):
+        precompile(version_dir)
     write_warmup_files(tmp, export_dir)
     # warm-up shapes follow the export: a model trained with --proj-dim crosses narrower keyword vectors
     dims = json.loads((export_dir / "pool_cross.json").read_text())

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
 from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, numbered_versions, parse_model_config,
-                                pin_ensemble_text, served_version)
+                                pin_ensemble_text, precompile, served_version)
 from training.artifacts import ArtifactError, verify_checksums
 from training.cli import positive_float
 
@@ -141,6 +141,7 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     shutil.rmtree(tmp, ignore_errors=True)
                     for rel, src in entries.items():
                         _place(Path(src), tmp / rel)
+                    precompile(tmp)
                     tmp.rename(repo / m / str(new[m]))
                 for m in files:
                     try:

@@ -193,6 +193,23 @@ def test_repository_pins_ensembles_and_sizes_warmups_for_a_projected_model(tmp_p
         assert steps and all(s.model_version == 1 for s in steps)
 
 
+def test_every_python_model_version_is_assembled_with_its_bytecode(tmp_path, tiny_export, build_repository):
+    """The Python backend's stub would otherwise write model.py's bytecode into the version directory
+    as it loads, and Triton takes that for changed files: the next load of the model, or of an ensemble
+    that uses it, would load that version again (a live update paid for it once per swap)."""
+    import importlib.util
+    from pathlib import Path
+    _, repo = build_repository(tiny_export, {"d1": "DEWALT drill"}, tmp_path)
+    models = sorted(repo.glob("*/1/model.py"))
+    assert {m.parent.parent.name for m in models} >= {"tokenizer", "query_encoder", "pool_cross", "keyword_store",
+                                                       "keyword_vectors"}
+    for source in models:
+        pyc = Path(importlib.util.cache_from_source(str(source))).read_bytes()
+        st = source.stat()  # a timestamp-checked pyc: the source's mtime and size, so the stub accepts it as is
+        assert int.from_bytes(pyc[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF, source
+        assert int.from_bytes(pyc[12:16], "little") == st.st_size & 0xFFFFFFFF, source
+
+
 def test_a_swap_refuses_an_unpinned_repository_a_running_swap_and_new_shapes(tmp_path, tiny_export, build_repository):
     """Checks that run before anything is placed or loaded (no server needed: none is contacted)."""
     import fcntl
