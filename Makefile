@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 ARTIFACTS ?= $(or $(TWINBERT_ARTIFACTS),artifacts)
 
-.PHONY: setup demo build serve test train train-quick eval eval-depth bench bench-bilstm bench-kernels bench-store loadtest clean help
+.PHONY: setup demo build serve test train train-quick eval eval-depth bench bench-bilstm bench-kernels bench-store bench-update loadtest clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -54,6 +54,9 @@ loadtest: build  ## start the server, sweep concurrency with perf_analyzer and t
 
 bench-store: build  ## 1M keyword vectors: build time, memory, top-100 latency and recall, indexing throughput -> reports/bench_store.*; float16 vs float32 cached vectors -> reports/vector_dtype.*
 	$(PY) -m serving.bench_store --artifacts $(ARTIFACTS)
+
+bench-update: build  ## keyword-store updates at full size under retrieve traffic (partial, then the whole catalogue under new ids) -> reports/live_update.{md,json}
+	$(PY) -m client.suite update --export $(ARTIFACTS)/export --store $(ARTIFACTS)/keyword_store
 
 bench-kernels: setup  ## pool_cross: fused vs eager (GPU if present, else CPU paths) -> reports/bench_kernels_*.{json,md}
 	$(PY) -m benchmarks.bench_kernels --out reports

@@ -3,6 +3,7 @@
     python -m client.suite loadtest [--repository DIR] [--out reports/loadtest]   # make loadtest
     python -m client.suite bench    [--repository DIR] [--out reports/bench]      # make bench
     python -m client.suite tune     [--repository DIR] [--out reports/tuning]     # batching/placement variants
+    python -m client.suite update   [--export DIR --store DIR] [--out reports/live_update]  # make bench-update
 
 loadtest: perf_analyzer and the project's generator (threads; its open loop on asyncio), same held-out queries, same closed-loop
 concurrency levels, side by side (report: table, JSON, CSV, PNG).
@@ -11,6 +12,8 @@ the teacher cross-encoder scoring the same 100 pairs in-process; served `retriev
 server's default K', and with the top 100 re-scored by res) and, when the repository has the
 re-ranker, `retrieve_rerank` (top 10 of the cosine top DEPTH) against the same pipeline in-process
 without Triton.
+update: keyword-store updates at the served catalogue's size under `retrieve` traffic (a partial update,
+then the whole catalogue under new ids): build and swap times, failed requests, latency per phase.
 """
 from __future__ import annotations
 
@@ -382,11 +385,132 @@ def tune(repository: Path, out: Path, data=None, duration_s: float = 10.0) -> di
     return {"rows": rows}
 
 
+class _RetrieveTraffic:
+    """One client in a closed loop of `retrieve` top-10 on held-out queries, in a thread: for each
+    request its start (monotonic s), latency (ms), and the ids answered or the error."""
+
+    def __init__(self, url: str, queries: list[str]):
+        import threading
+        self.url, self.queries, self.log = url, queries, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        from client import TwinBertClient
+        with TwinBertClient(self.url) as c:
+            i = 0
+            while not self.stop.is_set():
+                t = time.monotonic()
+                try:
+                    ids = [h.keyword_id for h in c.retrieve(self.queries[i % len(self.queries)], 10)]
+                    self.log.append((t, (time.monotonic() - t) * 1000, ids, None))
+                except Exception as e:  # noqa: BLE001 - every failure is counted and shown
+                    self.log.append((t, (time.monotonic() - t) * 1000, None, repr(e)[:200]))
+                i += 1
+
+    def window(self, t0: float, t1: float) -> dict:
+        rows = [r for r in self.log if t0 <= r[0] < t1]
+        lat = [r[1] for r in rows if r[3] is None]
+        errors = [r[3] for r in rows if r[3] is not None]
+        return {"seconds": round(t1 - t0, 2), "requests": len(rows), "failed": len(errors),
+                "errors": errors[:3], "p50_ms": _pct(lat, 50) if lat else None,
+                "p99_ms": _pct(lat, 99) if lat else None, "max_ms": round(max(lat), 3) if lat else None}
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+
+
+def live_update(export_dir: Path, store: Path, out: Path, data=None, idle_s: float = 10.0,
+                replaced: int = 1000, deleted: int = 500, queries: list[str] | None = None) -> dict:
+    """Keyword-store updates on the running server under `retrieve` traffic, at the served catalogue's
+    size: a partial update (`replaced` titles re-embedded, `deleted` ids dropped), then the whole
+    catalogue replaced by new ids. Per phase: wall time, requests, failures, latency; and whether each
+    answer of the catalogue swap came wholly from one catalogue, the old one never after the new."""
+    import shutil
+
+    from serving.keyword_store import KeywordStore, latest_version
+    from serving.repository import assemble
+    from serving.update_store import build_updated_version, publish
+    work = _work() / "live_update"
+    shutil.rmtree(work, ignore_errors=True)
+    base = latest_version(store)
+    # a private copy of the store (links: versions are written once, never changed) and a fresh
+    # repository on it: the updates add versions to both
+    shutil.copytree(base, work / "store" / base.name, copy_function=os.link)
+    repo = assemble(export_dir, work / "store", work / "repo")
+    served = KeywordStore(base, load_index=False)
+    old_ids, titles = list(served.ids), dict(zip(served.ids, served.texts))
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(old_ids))
+    replace = {old_ids[i]: titles[old_ids[i]] + " (2-pack)" for i in pick[:replaced]}
+    delete = {old_ids[i] for i in pick[replaced:replaced + deleted]}
+    new_catalogue = {f"v2-{i}": titles[i] for i in old_ids}
+    queries = queries or held_out_queries(data, 200)
+    phases, marks = {}, {}
+    with _server(repo, _work() / "live_update_server.log") as server, \
+            _RetrieveTraffic(server.grpc_url, queries) as traffic:
+        def phase(name, fn):
+            t0 = time.monotonic()
+            result = fn()
+            marks[name] = (t0, time.monotonic())
+            print(f"{name}: {marks[name][1] - t0:.1f} s", flush=True)
+            return result
+
+        phase("idle before", lambda: time.sleep(idle_s))
+        v = phase("partial: build", lambda: build_updated_version(export_dir, work / "store", replace, delete,
+                                                                   progress=True))
+        phase("partial: publish", lambda: publish(repo, v, server.grpc_url))
+        phase("idle between", lambda: time.sleep(idle_s))
+        served_now = set(KeywordStore(latest_version(work / "store"), load_index=False, load_texts=False).ids)
+        v = phase("catalogue: build", lambda: build_updated_version(export_dir, work / "store", new_catalogue,
+                                                                     served_now, progress=True))
+        phase("catalogue: publish", lambda: publish(repo, v, server.grpc_url))
+        phase("idle after", lambda: time.sleep(idle_s))
+        traffic.stop.set()
+        traffic.thread.join(60)
+    for name, (t0, t1) in marks.items():
+        phases[name] = traffic.window(t0, t1)
+    old_set, new_set = set(old_ids), set(new_catalogue)
+    t_swap = marks["catalogue: publish"][0]
+    kinds = ["old" if set(ids) <= old_set else "new" if set(ids) <= new_set else "mixed"
+             for t, _, ids, err in traffic.log if err is None and t >= t_swap]
+    swap = {"answers_from_swap_start": len(kinds), "old": kinds.count("old"), "new": kinds.count("new"),
+            "mixed": kinds.count("mixed"), "old_after_new": kinds != sorted(kinds, key=lambda k: k == "new")}
+    result = {"keywords": len(old_ids), "replaced": replaced, "deleted": deleted, "index_type":
+              served.manifest["index_type"], "traffic": f"one client, closed loop, retrieve top-10, {len(queries)} "
+              "held-out test queries", "phases": phases, "catalogue_swap_answers": swap,
+              "failed_total": sum(p["failed"] for p in phases.values())}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Live keyword-store updates under load", "",
+             f"The served catalogue ({len(old_ids):,} keywords, `{result['index_type']}`) on the real server, with "
+             f"{result['traffic']} running throughout. Builds run on the serving host (embedding the changed "
+             "titles and rebuilding the ANN index share the 2 cores with the server); publish = the new version "
+             "loaded beside the old one, the ensembles switched, the old one unloaded (`serving.update_store`). "
+             f"Partial: {replaced:,} titles replaced and {deleted:,} ids deleted. Catalogue: every id deleted and "
+             f"the {len(old_ids):,} titles added under new ids. `python -m client.suite update`.", "",
+             "| phase | seconds | requests | failed | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {p['seconds']} | {p['requests']} | {p['failed']} | {p['p50_ms']} | {p['p99_ms']} | "
+              f"{p['max_ms']} |" for n, p in phases.items()]
+    lines += ["", f"Answers from the start of the catalogue swap: {swap['old']} from the old catalogue, then "
+              f"{swap['new']} from the new one; {swap['mixed']} mixed; an old answer after a new one: "
+              f"{'yes' if swap['old_after_new'] else 'no'}. Failed requests in all: {result['failed_total']}."]
+    out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
+    return result
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("loadtest", "bench", "tune"))
+    ap.add_argument("command", choices=("loadtest", "bench", "tune", "update"))
     ap.add_argument("--repository", default="artifacts/model_repository")
     ap.add_argument("--teacher", default="artifacts/teacher")
+    ap.add_argument("--export", default="artifacts/export", help="update: the served encoder's export")
+    ap.add_argument("--store", default="artifacts/keyword_store", help="update: the served keyword store (copied)")
     ap.add_argument("--data")
     ap.add_argument("--out", default=None)
     ap.add_argument("--levels", type=int_list, default=[1, 2, 4, 8, 16],
@@ -396,6 +520,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rerank-depth", type=positive_int, default=30,
                     help="bench: cosine candidates retrieve_rerank re-orders")
     args = ap.parse_args(argv)
+    if args.command == "update":  # assembles its own repository on a copy of the store
+        live_update(Path(args.export), Path(args.store), Path(args.out or "reports/live_update"), args.data)
+        return
     repo = Path(args.repository)
     if not (repo / "retrieve").is_dir():
         raise SystemExit(f"{repo} is not a built model repository: run `make build` (after `make train` for the "

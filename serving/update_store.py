@@ -30,7 +30,8 @@ from training.textfiles import need_file, utf8_lines
 
 
 def build_updated_version(export_dir: str | Path, store_root: str | Path, add: dict[str, str] | None = None,
-                          delete: set[str] | None = None, spec: IndexSpec | None = None) -> Path:
+                          delete: set[str] | None = None, spec: IndexSpec | None = None,
+                          progress: bool = False) -> Path:
     from training.index import embed_texts, load_keyword_encoder
     add, delete = dict(add or {}), set(delete or ())
     both = sorted(set(add) & delete)
@@ -51,7 +52,7 @@ def build_updated_version(export_dir: str | Path, store_root: str | Path, add: d
     vectors = base.vectors_at(np.asarray(keep, dtype=np.int64))
     if add:
         encoder, tok = load_keyword_encoder(export_dir)
-        vectors = np.concatenate([vectors, embed_texts(encoder, tok, list(add.values()), progress=False)])
+        vectors = np.concatenate([vectors, embed_texts(encoder, tok, list(add.values()), progress=progress)])
     m = base.manifest
     spec = spec or IndexSpec(m["index_type"], **{k: v for k, v in {
         "hnsw_m": m["index_params"].get("M"), "ef_construction": m["index_params"].get("efConstruction"),
@@ -103,7 +104,7 @@ def main(argv=None) -> None:
     try:
         add = dict(zip(*read_corpus(args.add))) if args.add else {}
         delete = read_ids(args.delete) if args.delete else set()
-        version = build_updated_version(args.export, args.store, add, delete)
+        version = build_updated_version(args.export, args.store, add, delete, progress=True)
         triton_version = publish(args.repository, version, args.url)
     except UnknownKeywordError as e:
         raise SystemExit(f"update_store: {args.delete} names ids the store does not hold: {e.ids[:10]}; "

@@ -164,6 +164,26 @@ def test_an_update_that_replaces_every_id_swaps_under_load(live, tiny_export):
     assert not (repo / "keyword_vectors" / "warmup").exists()  # no shared sample that names an id
 
 
+def test_the_update_benchmark_swaps_both_updates_with_no_failed_request(tiny_export, tmp_path, build_repository,
+                                                                         monkeypatch):
+    """`python -m client.suite update` (make bench-update) on a small store: both updates publish under
+    its traffic, and its report counts the answers of each catalogue."""
+    import json
+
+    from client.suite import live_update
+    monkeypatch.setenv("TWINBERT_ARTIFACTS", str(tmp_path / "artifacts"))
+    store, _ = build_repository(tiny_export, TITLES, tmp_path)
+    result = live_update(tiny_export, store, tmp_path / "live_update", idle_s=0.5, replaced=2, deleted=1,
+                         queries=["cordless drill", "garden hose"])
+    assert result["failed_total"] == 0 and result["keywords"] == 6
+    swap = result["catalogue_swap_answers"]
+    assert swap["new"] > 0 and swap["mixed"] == 0 and not swap["old_after_new"]
+    assert all(p["requests"] > 0 for p in result["phases"].values())
+    assert json.loads((tmp_path / "live_update.json").read_text()) == result
+    assert "| catalogue: publish |" in (tmp_path / "live_update.md").read_text()
+    assert len(KeywordStore(latest_version(store))) == 6  # the benchmark updated its own copy
+
+
 class Recorder(Load):
     """Load that keeps what each request answered: (retrieve ids, retrieve scores, relevance scores)."""
 
