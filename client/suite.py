@@ -471,8 +471,6 @@ def live_update(export_dir: Path, store: Path, out: Path, data=None, idle_s: flo
                                                                      served_now, progress=True))
         phase("catalogue: publish", lambda: publish(repo, v, server.grpc_url))
         phase("idle after", lambda: time.sleep(idle_s))
-        traffic.stop.set()
-        traffic.thread.join(60)
     for name, (t0, t1) in marks.items():
         phases[name] = traffic.window(t0, t1)
     old_set, new_set = set(old_ids), set(new_catalogue)
