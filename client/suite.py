@@ -439,9 +439,9 @@ def live_update(export_dir: Path, store: Path, out: Path, data=None, idle_s: flo
     work = _work() / "live_update"
     shutil.rmtree(work, ignore_errors=True)
     base = latest_version(store)
-    # a private copy of the store (links: versions are written once, never changed) and a fresh
-    # repository on it: the updates add versions to both
-    shutil.copytree(base, work / "store" / base.name, copy_function=os.link)
+    # a private copy of the store and a fresh repository on it: the updates add versions to both (a copy,
+    # not links: a link changes the files' ctime, which a server running on them takes for a change)
+    shutil.copytree(base, work / "store" / base.name)
     repo = assemble(export_dir, work / "store", work / "repo")
     served = KeywordStore(base, load_index=False)
     old_ids, titles = list(served.ids), dict(zip(served.ids, served.texts))

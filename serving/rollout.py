@@ -16,9 +16,10 @@ pair a new encoder with the old index: such clients should name the versions the
    that is not loaded, taking the serving one with it):
    Triton swaps an ensemble whole, so a request runs entirely on the old versions or entirely on
    the new ones (a new query encoder never meets the old index);
-3. the old version directories are renamed to `retired-N` (Triton ignores directories that are not
-   numbers; the last retired version stays for rollback) and the models reloaded, which unloads
-   them once their in-flight requests are done.
+3. the old version directories are moved to `<repository>.retired/<model>/<N>` (beside the
+   repository: an entry of the model directory that is not a version number would make Triton load
+   the serving version again; the last retired version stays for rollback) and the models reloaded,
+   which unloads them once their in-flight requests are done.
 
 Any failure before every ensemble has switched (a version that fails to load, an ensemble that fails
 to reload, a file that cannot be placed) puts everything back: the ensembles onto the old versions
@@ -44,7 +45,7 @@ from pathlib import Path
 
 from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
 from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, numbered_versions, parse_model_config,
-                                pin_ensemble_text, precompile, served_version)
+                                pin_ensemble_text, precompile, retired_root, served_version)
 from training.artifacts import ArtifactError, verify_checksums
 from training.cli import positive_float
 
@@ -140,7 +141,13 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     tmp = repo / m / f".tmp-{new[m]}"
                     shutil.rmtree(tmp, ignore_errors=True)
                     for rel, src in entries.items():
-                        _place(Path(src), tmp / rel)
+                        if Path(src).resolve().is_relative_to(repo.resolve()):
+                            # a served version's file is copied: a hard link would change its ctime, and
+                            # Triton takes a version whose files' mtime or ctime moved for a changed one
+                            # and loads it again in the middle of the swap
+                            _place(Path(src), tmp / rel, link=False)
+                        else:
+                            _place(Path(src), tmp / rel)
                     precompile(tmp)
                     tmp.rename(repo / m / str(new[m]))
                 for m in files:
@@ -177,21 +184,24 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
             # which serves correctly; it is reported, not undone)
             failed = []
             for m in files:
-                for v in old[m]:
-                    (repo / m / str(v)).rename(repo / m / f".retiring-{v}")
+                retired = retired_root(repo) / m
+                retired.mkdir(parents=True, exist_ok=True)
+                for v in old[m]:  # out of the model directory (retired_root says why); a move across
+                    shutil.move(repo / m / str(v), retired / f".retiring-{v}")  # file systems copies
                 try:
                     client.load_model(m, client_timeout=timeout_s)
                 except InferenceServerException as e:
                     for v in old[m]:  # keep the directories in step with what is loaded
-                        (repo / m / f".retiring-{v}").rename(repo / m / str(v))
+                        shutil.move(retired / f".retiring-{v}", repo / m / str(v))
                     failed.append(f"{m} ({e.message()})")
                     continue
-                for p in (repo / m).glob("retired-*"):  # keep only the newest retired version, for rollback
-                    shutil.rmtree(p, ignore_errors=True)
+                for p in retired.iterdir():  # keep only the newest retired version, for rollback
+                    if not p.name.startswith(".retiring-"):
+                        shutil.rmtree(p, ignore_errors=True)
                 for v in old[m]:
-                    (repo / m / f".retiring-{v}").rename(repo / m / f"retired-{v}")
+                    (retired / f".retiring-{v}").rename(retired / str(v))
                 for v in old[m][:-1]:
-                    shutil.rmtree(repo / m / f"retired-{v}", ignore_errors=True)
+                    shutil.rmtree(retired / str(v), ignore_errors=True)
             if failed:
                 raise RolloutError(f"the new versions serve, but retiring the old ones failed for {', '.join(failed)}; "
                                    "retry with client.load_model once the cause is fixed")

@@ -248,7 +248,9 @@ def test_a_new_encoder_rolls_out_whole_under_load(live, tiny_export, tmp_path, b
     with TwinBertClient(server.grpc_url) as c:
         health = c.health()["models"]
         assert all({"version": "1", "state": "READY"} not in health[m] for m in versions)
-    assert (repo / "query_encoder" / "retired-1").is_dir() and not (repo / "query_encoder" / "1").exists()
+    retired = repo.with_name(repo.name + ".retired") / "query_encoder"
+    assert sorted(p.name for p in retired.iterdir()) == ["1"] and not (repo / "query_encoder" / "1").exists()
+    assert sorted(p.name for p in (repo / "query_encoder").iterdir()) == ["2", "config.pbtxt", "warmup"]  # nothing more
     assert _expected(InProcessPipeline(repo)) == new or _same(_expected(InProcessPipeline(repo)), new)
 
 
