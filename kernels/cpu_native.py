@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -37,17 +36,37 @@ def load(verbose: bool = False) -> bool:
     if _state["ok"] is None:
         try:
             from torch.utils.cpp_extension import load as build
-            if shutil.which("ninja") is None:  # the venv's ninja, when the venv's bin is not on PATH
-                os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-            build(name="twinbert_pool_cross_cpu", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                  extra_ldflags=["-fopenmp"], build_directory=str(build_directory()), is_python_module=False,
-                  verbose=verbose)
+            path = os.environ.get("PATH", "")
+            # torch runs whichever `ninja` PATH names first. Always the pinned one (requirements.txt):
+            # the build directory is shared by every process of this torch, and a system ninja of another
+            # release (Debian's 1.11 against the pinned 1.13) does not trust the other's build log, so
+            # each process that followed one using the other rebuilt the extension (about 10 s of both
+            # cores; a server's stubs, whose PATH starts with the venv, after any client that had not).
+            os.environ["PATH"] = os.pathsep.join(filter(None, [_ninja_dir(), path]))
+            try:
+                build(name="twinbert_pool_cross_cpu", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                      extra_ldflags=["-fopenmp"], build_directory=str(build_directory()), is_python_module=False,
+                      verbose=verbose)
+            finally:
+                os.environ["PATH"] = path
             _state["ok"] = True
         except Exception as exc:  # no compiler, failed build: the TorchScript path still works
             _state["ok"], _state["error"] = False, f"{type(exc).__name__}: {exc}"
             warnings.warn(f"pool_cross: the C++ CPU path is unavailable ({_state['error'][:300]}); "
                           "using the TorchScript path", RuntimeWarning, stacklevel=2)
     return _state["ok"]
+
+
+def _ninja_dir() -> str | None:
+    """The directory of the project's pinned ninja (the `ninja` package's), else the interpreter's."""
+    try:
+        import ninja
+        if os.path.isfile(os.path.join(ninja.BIN_DIR, "ninja")):
+            return ninja.BIN_DIR
+    except Exception:  # noqa: BLE001 - not installed, or an old package without BIN_DIR
+        pass
+    return os.path.dirname(sys.executable) if os.path.isfile(os.path.join(os.path.dirname(sys.executable), "ninja")) \
+        else None
 
 
 def error() -> str | None:

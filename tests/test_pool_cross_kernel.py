@@ -270,6 +270,26 @@ def test_native_cpu_path_builds_here():
     assert cpu_native.load(), cpu_native.error()
 
 
+def test_native_build_runs_the_pinned_ninja_whatever_path_names_first(tmp_path, monkeypatch):
+    """Another ninja first on PATH (Debian's, in a shell without the venv) must not run: two ninja
+    releases distrust each other's build log, so every process alternating with the server's stubs
+    rebuilt the shared extension (about 10 s of both cores, inside a live update's publish)."""
+    import os
+
+    from kernels import cpu_native
+    called = tmp_path / "other-ninja-ran"
+    fake = tmp_path / "bin" / "ninja"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {called}\nexit 1\n")
+    fake.chmod(0o755)
+    path = f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setitem(cpu_native._state, "ok", None)  # build or load again, in this process
+    assert cpu_native.load(), cpu_native.error()
+    assert not called.exists()
+    assert os.environ["PATH"] == path  # the build's PATH does not leak into the process
+
+
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 @pytest.mark.parametrize("crossing", ["cos", "res"])
 @pytest.mark.parametrize("b,l,h,k", SHAPES)
