@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -111,6 +112,17 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
         except BlockingIOError:
             raise RolloutError(f"{repo}: another update or rollout is running") from None
         affected = check_swappable(repo, files)
+        retired_base = retired_root(repo)
+        try:  # before anything loads: retiring the old versions later must be a rename that cannot fail here
+            retired_base.mkdir(exist_ok=True)
+            if not retired_base.is_dir():
+                raise NotADirectoryError(20, "not a directory")
+        except OSError as e:
+            raise RolloutError(f"cannot keep the retired versions in {retired_base} ({e.strerror or e}); "
+                               "nothing was changed") from None
+        if retired_base.stat().st_dev != repo.resolve().stat().st_dev:
+            raise RolloutError(f"{retired_base} is on another file system than {repo}: retiring a version "
+                               "would copy it; make it a directory on the repository's file system") from None
         new = {m: max(numbered_versions(repo / m)) + 1 for m in files}
         old = {m: numbered_versions(repo / m) for m in files}
         pinned = {name: pin_ensemble_text(text, new) for name, text in affected.items()}  # fails before any change
@@ -149,7 +161,8 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                         else:
                             _place(Path(src), tmp / rel)
                     precompile(tmp)
-                    tmp.rename(repo / m / str(new[m]))
+                for m in files:  # every model's files first, then the renames: a crash while copying
+                    (repo / m / f".tmp-{new[m]}").rename(repo / m / str(new[m]))  # leaves no version behind
                 for m in files:
                     try:
                         client.load_model(m, client_timeout=timeout_s)
@@ -184,19 +197,26 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
             # which serves correctly; it is reported, not undone)
             failed = []
             for m in files:
-                retired = retired_root(repo) / m
-                retired.mkdir(parents=True, exist_ok=True)
-                for v in old[m]:  # out of the model directory (retired_root says why); a move across
-                    shutil.move(repo / m / str(v), retired / f".retiring-{v}")  # file systems copies
+                retired = retired_base / m
+                moved = []
                 try:
+                    retired.mkdir(exist_ok=True)
+                    for v in old[m]:  # out of the model directory (retired_root says why), by rename
+                        os.rename(repo / m / str(v), retired / f".retiring-{v}")
+                        moved.append(v)
                     client.load_model(m, client_timeout=timeout_s)
-                except InferenceServerException as e:
-                    for v in old[m]:  # keep the directories in step with what is loaded
-                        shutil.move(retired / f".retiring-{v}", repo / m / str(v))
-                    failed.append(f"{m} ({e.message()})")
+                except (OSError, InferenceServerException) as e:
+                    try:
+                        for v in moved:  # keep the directories in step with what is loaded
+                            os.rename(retired / f".retiring-{v}", repo / m / str(v))
+                    except OSError:
+                        pass
+                    reason = e.message() if isinstance(e, InferenceServerException) else f"{e.strerror or e}"
+                    failed.append(f"{m} ({reason})")
                     continue
-                for p in retired.iterdir():  # keep only the newest retired version, for rollback
-                    if not p.name.startswith(".retiring-"):
+                mine = {f".retiring-{v}" for v in old[m]}
+                for p in retired.iterdir():  # keep only the newest retired version, for rollback (and drop
+                    if p.name not in mine:    # what a publish cut off mid-way left here)
                         shutil.rmtree(p, ignore_errors=True)
                 for v in old[m]:
                     (retired / f".retiring-{v}").rename(retired / str(v))
@@ -204,7 +224,7 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     shutil.rmtree(retired / str(v), ignore_errors=True)
             if failed:
                 raise RolloutError(f"the new versions serve, but retiring the old ones failed for {', '.join(failed)}; "
-                                   "retry with client.load_model once the cause is fixed")
+                                   "they stay loaded beside the new ones until the next update or rollout retires them")
         finally:
             client.close()
     return new

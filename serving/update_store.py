@@ -109,7 +109,7 @@ def main(argv=None) -> None:
     except UnknownKeywordError as e:
         raise SystemExit(f"update_store: {args.delete} names ids the store does not hold: {e.ids[:10]}; "
                          "nothing changed") from None
-    except (ValueError, OSError, StoreError) as e:  # one line, not a traceback; the store is as it was
+    except (ValueError, OSError, StoreError) as e:  # one line, not a traceback; the message says what serves
         raise SystemExit(f"update_store: {e}") from None
     print(f"update_store: +{len(add)} added/replaced, -{len(delete)} deleted -> store {version}, "
           f"serving as model version {triton_version}")
