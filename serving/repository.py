@@ -1,7 +1,10 @@
 """Assemble a runnable Triton model repository from the committed configs plus built artifacts.
 
 `model_repository/` in the source tree holds configs and model code only; artifacts are placed into
-each model's version directory (hard links when possible, so nothing large is copied). The
+each model's version directory: a keyword store version's files as hard links (held only by that
+version of the two store models, which are retired together), every other file as a copy, since
+Triton reloads a served version whose files' ctime moved, and a shared inode's moves with any link or
+unlink of it elsewhere (a retired version deleted, the same export rolled out again). The
 `reranker` model and the `retrieve_rerank` ensemble are included only with a re-ranker export
 (`--reranker`, from `python -m training.export --reranker`).
 
@@ -182,10 +185,10 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
             src = export_dir / name
             if not src.is_file():
                 raise FileNotFoundError(f"{src} not found; run `python -m training.export` first")
-            _place(src, dst / "1" / name)
+            _place(src, dst / "1" / name, link=False)  # several models hold the same export files
     if reranker_dir is not None:
         for name in RERANKER_FILES:
-            _place(Path(reranker_dir) / name, tmp / "reranker" / "1" / name)
+            _place(Path(reranker_dir) / name, tmp / "reranker" / "1" / name, link=False)
     for model in STORE_MODELS:
         for f in store_version.iterdir():
             _place(f, tmp / model / "1" / "store" / f.name)

@@ -153,13 +153,12 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     tmp = repo / m / f".tmp-{new[m]}"
                     shutil.rmtree(tmp, ignore_errors=True)
                     for rel, src in entries.items():
-                        if Path(src).resolve().is_relative_to(repo.resolve()):
-                            # a served version's file is copied: a hard link would change its ctime, and
-                            # Triton takes a version whose files' mtime or ctime moved for a changed one
-                            # and loads it again in the middle of the swap
-                            _place(Path(src), tmp / rel, link=False)
-                        else:
-                            _place(Path(src), tmp / rel)
+                        # Only a new store version's files are linked (serving/repository.py says why):
+                        # linking a served version's file, or an export's that served versions hold,
+                        # would change its ctime, and Triton takes a version whose files' mtime or
+                        # ctime moved for a changed one and loads it again in the middle of the swap.
+                        inside = Path(src).resolve().is_relative_to(repo.resolve())
+                        _place(Path(src), tmp / rel, link=rel.startswith("store/") and not inside)
                     precompile(tmp)
                 for m in files:  # every model's files first, then the renames: a crash while copying
                     (repo / m / f".tmp-{new[m]}").rename(repo / m / str(new[m]))  # leaves no version behind

@@ -134,6 +134,11 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
     """keyword_vectors warms up on its version's first ids; an update that deletes them must not make
     its version unloadable."""
     server, store, repo = live
+
+    def stamps():  # what Triton compares to decide whether a served version changed
+        return {str(f): (f.stat().st_mtime_ns, f.stat().st_ctime_ns)
+                for m in ("tokenizer", "query_encoder", "pool_cross") for f in (repo / m / "1").rglob("*")}
+    before = stamps()
     first = KeywordStore(latest_version(store)).ids[0]
     assert publish(repo, build_updated_version(tiny_export, store, delete={first}), server.grpc_url) == 2
     with TwinBertClient(server.grpc_url) as c:
@@ -142,6 +147,9 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
         assert {"version": "2", "state": "READY"} in c.health()["models"]["keyword_vectors"]
     second = KeywordStore(latest_version(store)).ids[0]
     assert publish(repo, build_updated_version(tiny_export, store, delete={second}), server.grpc_url) == 3
+    # the second update deleted the retired keyword_store/1, which held the same export files as the
+    # encoder's models: had they shared inodes, their served versions would count as changed
+    assert stamps() == before
 
 
 class RetrieveLoad(Load):
