@@ -139,6 +139,14 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
         return {str(f): (f.stat().st_mtime_ns, f.stat().st_ctime_ns)
                 for m in ("tokenizer", "query_encoder", "pool_cross") for f in (repo / m / "1").rglob("*")}
     before = stamps()
+
+    def initialised():  # model instances started so far, per model (the server log names each)
+        import collections
+        import re
+        log = (repo.parent / "server.log").read_text()
+        return collections.Counter(re.findall(r"ModelInstanceInitialize: (\w+?)_\d+_\d+ ", log))
+    at_start = initialised()
+    assert at_start["keyword_store"] > 0 and at_start["tokenizer"] > 0
     first = KeywordStore(latest_version(store)).ids[0]
     assert publish(repo, build_updated_version(tiny_export, store, delete={first}), server.grpc_url) == 2
     with TwinBertClient(server.grpc_url) as c:
@@ -150,6 +158,8 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
     # the second update deleted the retired keyword_store/1, which held the same export files as the
     # encoder's models: had they shared inodes, their served versions would count as changed
     assert stamps() == before
+    # and each update started only its new versions' instances: nothing that served was loaded again
+    assert initialised() == {m: n * (3 if m in ("keyword_store", "keyword_vectors") else 1) for m, n in at_start.items()}
 
 
 class RetrieveLoad(Load):
