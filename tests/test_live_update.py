@@ -1,4 +1,6 @@
 """Keyword-store live updates on the real server: no failed request while versions swap."""
+import collections
+import re
 import threading
 import time
 
@@ -23,6 +25,14 @@ def live(tiny_export, tmp_path, build_repository):
     with TritonServer(repo, **free_server_ports(),
                       log_file=tmp_path / "server.log") as server:
         yield server, store, repo
+
+
+def _instances_started(repo) -> collections.Counter:
+    """Model instances the `live` server has started so far, per model (its log names each): a served
+    version loaded again would start its instances again, while Triton's 'loading: m:N' lines appear
+    for config-only updates too."""
+    log = (repo.parent / "server.log").read_text()
+    return collections.Counter(re.findall(r"ModelInstanceInitialize: (\w+?)_\d+_\d+ ", log))
 
 
 class Load:
@@ -140,11 +150,8 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
                 for m in ("tokenizer", "query_encoder", "pool_cross") for f in (repo / m / "1").rglob("*")}
     before = stamps()
 
-    def initialised():  # model instances started so far, per model (the server log names each)
-        import collections
-        import re
-        log = (repo.parent / "server.log").read_text()
-        return collections.Counter(re.findall(r"ModelInstanceInitialize: (\w+?)_\d+_\d+ ", log))
+    def initialised():
+        return _instances_started(repo)
     at_start = initialised()
     assert at_start["keyword_store"] > 0 and at_start["tokenizer"] > 0
     first = KeywordStore(latest_version(store)).ids[0]
@@ -270,12 +277,14 @@ def test_a_new_encoder_rolls_out_whole_under_load(live, tiny_export, tmp_path, b
     assert not _same(old, new)  # the two encoders answer differently, so a mix would show
     with pytest.raises(StoreError, match="rebuild the index"):  # the old store with the new encoder
         rollout(repo, export2, store, server.grpc_url)
+    at_start = _instances_started(repo)
     with Recorder(server.grpc_url) as load:
         load.wait_for(3)
         versions = rollout(repo, export2, store2, server.grpc_url)
         load.wait_for(load.ok + 5)
     assert versions == {m: 2 for m in ("tokenizer", "query_encoder", "pool_cross", "keyword_store", "keyword_vectors")}
     assert load.failed == []
+    assert _instances_started(repo) == {m: 2 * n for m, n in at_start.items()}  # the new versions' alone
     # each request by itself (a retrieve and the relevance call after it may straddle the switch)
     for part in ((0, 1), (2,)):
         def which(a, e):
