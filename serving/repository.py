@@ -115,8 +115,9 @@ def precompile(version_dir: Path) -> None:
     again (whole: its instances start over). The stub runs this interpreter (serving/server.py), so the
     cache tag matches; it ignores PYTHONDONTWRITEBYTECODE and PYTHONPYCACHEPREFIX (measured)."""
     import py_compile
-    for f in sorted(version_dir.glob("*.py")):
-        py_compile.compile(str(f), doraise=True)
+    for f in sorted(version_dir.glob("*.py")):  # timestamp-checked, as the stub would write it (py_compile
+        py_compile.compile(str(f), doraise=True,  # makes hash-checked ones when SOURCE_DATE_EPOCH is set)
+                           invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)
 
 
 def _place(src: Path, dst: Path, link: bool = True) -> None:
