@@ -23,8 +23,13 @@ pair a new encoder with the old index: such clients should name the versions the
 
 Any failure before every ensemble has switched (a version that fails to load, an ensemble that fails
 to reload, a file that cannot be placed) puts everything back: the ensembles onto the old versions
-first, then the new versions are dropped; the old versions never stop serving. Refused before
-anything changes: a repository assembled before pinning, and a second swap while one runs (a lock).
+first, then the new versions are dropped; the old versions never stop serving. A swap whose process
+is killed before it has switched or put back leaves a record beside the repository
+(`<repository>.retired/.swap-in-progress.json`: the new versions, the ensembles' configs before it);
+the next update or rollout finishes with it first (`recover`): undone, or, when every ensemble had
+switched, left switched with its old versions retired by the new swap; it says which on stderr.
+Refused before anything changes: a repository assembled before pinning, and a second swap while one
+runs (a lock).
 
 A new encoder (`python -m training.export`, then `python -m training.index` with it) is rolled out
 with every model of the family at once:
@@ -41,7 +46,9 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
@@ -94,6 +101,78 @@ def check_swappable(repo: Path, models) -> dict[str, str]:
     return affected
 
 
+JOURNAL = ".swap-in-progress.json"  # in <repository>.retired: what a swap is changing, until it has switched
+
+
+def _undo(repo: Path, client, before: dict[str, str], new: dict[str, int], timeout_s: float) -> None:
+    """Put the ensembles back on their configs from before a swap (their old versions never stopped
+    serving), then drop the swap's new versions and have the server unload whatever of them loaded."""
+    from tritonclient.utils import InferenceServerException
+    for name, text in before.items():
+        (repo / name / "config.pbtxt").write_text(text)
+    for name in before:
+        try:
+            client.load_model(name, client_timeout=timeout_s)
+        except InferenceServerException:
+            pass
+    for m, v in new.items():
+        shutil.rmtree(repo / m / f".tmp-{v}", ignore_errors=True)
+        shutil.rmtree(repo / m / str(v), ignore_errors=True)
+    for m in new:  # reconcile: unload whatever of the new versions had loaded
+        try:
+            client.load_model(m, client_timeout=timeout_s)
+        except InferenceServerException:
+            pass
+
+
+def _recover(repo: Path, journal: Path, client, timeout_s: float) -> str | None:
+    """Finish with a swap that was cut off (its process killed) before it could put things back or
+    had switched every ensemble: undo it, unless every ensemble already runs its new versions."""
+    if not journal.is_file():
+        return None
+    try:
+        state = json.loads(journal.read_text())
+        new, before = {m: int(v) for m, v in state["new"].items()}, dict(state["ensembles"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RolloutError(f"{journal}: unreadable record of an earlier swap ({e}); check the repository's "
+                           "versions and ensembles by hand, then remove it") from None
+    now = {name: (repo / name / "config.pbtxt").read_text() for name in before}
+    if before and all(now[n] == pin_ensemble_text(t, new) for n, t in before.items()):
+        journal.unlink()  # it had switched: only retiring was left, which this swap does
+        return "an earlier swap was cut off after it had switched; its old versions are retired with this one's"
+    _undo(repo, client, before, new, timeout_s)
+    journal.unlink()
+    return (f"an earlier swap was cut off before it had switched; it was undone (versions "
+            f"{', '.join(f'{m} {v}' for m, v in sorted(new.items()))} dropped)")
+
+
+@contextmanager
+def _swap_lock(repo: Path):
+    """One update or rollout at a time per repository."""
+    import fcntl
+    with open(repo / ".swap.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RolloutError(f"{repo}: another update or rollout is running") from None
+        yield
+
+
+def recover(repository: str | Path, url: str, timeout_s: float = 120.0) -> str | None:
+    """Before a swap reads what serves: finish with an earlier swap that was cut off (see `_recover`),
+    saying what was done on stderr; None when there was none."""
+    import tritonclient.grpc as grpcclient
+    repo = Path(repository)
+    journal = retired_root(repo) / JOURNAL
+    if not journal.is_file():
+        return None
+    with _swap_lock(repo), closing(grpcclient.InferenceServerClient(url)) as client:
+        done = _recover(repo, journal, client, timeout_s)
+    if done:
+        print(f"{repo}: {done}", file=sys.stderr, flush=True)
+    return done
+
+
 def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], url: str,
                      timeout_s: float = 120.0) -> dict[str, int]:
     """Add `files[model]` ({path inside the version directory: source file}) as each model's next
@@ -101,18 +180,15 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
     One swap at a time per repository (a lock file); any failure before the ensembles have all
     switched puts everything back. Files the versions share (configs, warm-up samples) are left as
     they are: loading a model whose shared files changed reloads its serving versions too."""
-    import fcntl
-
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
     repo = Path(repository)
-    with open(repo / ".swap.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RolloutError(f"{repo}: another update or rollout is running") from None
-        affected = check_swappable(repo, files)
+    with _swap_lock(repo), closing(grpcclient.InferenceServerClient(url)) as client:
         retired_base = retired_root(repo)
+        journal = retired_base / JOURNAL
+        if journal.is_file():  # the callers recover() before they read the served versions' files
+            raise RolloutError(f"an earlier swap was cut off ({journal}); serving.rollout.recover() it first")
+        affected = check_swappable(repo, files)
         try:  # before anything loads: retiring the old versions later must be a rename that cannot fail here
             retired_base.mkdir(exist_ok=True)
             if not retired_base.is_dir():
@@ -126,106 +202,93 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
         new = {m: max(numbered_versions(repo / m)) + 1 for m in files}
         old = {m: numbered_versions(repo / m) for m in files}
         pinned = {name: pin_ensemble_text(text, new) for name, text in affected.items()}  # fails before any change
-        client = grpcclient.InferenceServerClient(url)
 
         def put_back(reason: str) -> RolloutError:
-            # ensembles back on the old versions first (those never stopped serving), then drop the new ones
-            for name, text in affected.items():
-                (repo / name / "config.pbtxt").write_text(text)
-            for name in affected:
-                try:
-                    client.load_model(name, client_timeout=timeout_s)
-                except InferenceServerException:
-                    pass
-            for m in files:
-                shutil.rmtree(repo / m / f".tmp-{new[m]}", ignore_errors=True)
-                shutil.rmtree(repo / m / str(new[m]), ignore_errors=True)
-            for m in files:  # reconcile: unload whatever of the new versions had loaded
-                try:
-                    client.load_model(m, client_timeout=timeout_s)
-                except InferenceServerException:
-                    pass
+            _undo(repo, client, affected, new, timeout_s)
+            journal.unlink(missing_ok=True)
             return RolloutError(f"{reason}; the previous versions keep serving")
 
         try:
-            try:
-                for m, entries in files.items():
-                    tmp = repo / m / f".tmp-{new[m]}"
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    for rel, src in entries.items():
-                        # Only a new store version's files are linked (serving/repository.py says why):
-                        # linking a served version's file, or an export's that served versions hold,
-                        # would change its ctime, and Triton takes a version whose files' mtime or
-                        # ctime moved for a changed one and loads it again in the middle of the swap.
-                        inside = Path(src).resolve().is_relative_to(repo.resolve())
-                        _place(Path(src), tmp / rel, link=rel.startswith("store/") and not inside)
-                    precompile(tmp)
-                for m in files:  # every model's files first, then the renames: a crash while copying
-                    (repo / m / f".tmp-{new[m]}").rename(repo / m / str(new[m]))  # leaves no version behind
-                for m in files:
-                    try:
-                        client.load_model(m, client_timeout=timeout_s)
-                    except InferenceServerException as e:
-                        raise RolloutError(f"version {new[m]} of {m} failed to load ({e.message()})") from None
-                deadline = time.monotonic() + timeout_s
-                while not all(client.is_model_ready(m, str(new[m])) for m in files):
-                    if time.monotonic() > deadline:
-                        raise RolloutError(f"the new versions were not ready after {timeout_s:.0f}s")
-                    time.sleep(0.1)
-                for name, text in pinned.items():
-                    # Triton unloads an ensemble whose reload names a composing version that is not
-                    # loaded, and the old one stops serving with it: check every pin first
-                    for s in parse_model_config(text).ensemble_scheduling.step:
-                        version = "" if s.model_version < 0 else str(s.model_version)
-                        if not client.is_model_ready(s.model_name, version):
-                            raise RolloutError(f"ensemble {name} would run {s.model_name} version "
-                                               f"{version or 'latest'}, which is not ready")
-                    path = repo / name / "config.pbtxt"
-                    tmp = path.with_name("config.pbtxt.tmp")
-                    tmp.write_text(text)
-                    tmp.replace(path)
-                    try:
-                        client.load_model(name, client_timeout=timeout_s)
-                    except InferenceServerException as e:
-                        raise RolloutError(f"ensemble {name} failed to reload on the new versions "
-                                           f"({e.message()})") from None
-            except BaseException as e:  # noqa: BLE001 - whatever failed, the old versions must keep serving
-                reason = str(e) if isinstance(e, RolloutError) else f"{type(e).__name__}: {e}"
-                raise put_back(reason) from None
-            # the ensembles serve the new versions: retire the old ones (a failure here leaves both loaded,
-            # which serves correctly; it is reported, not undone)
-            failed = []
+            # what to undo should this process be killed before it has switched (the next swap does)
+            record = journal.with_name(journal.name + ".tmp")
+            record.write_text(json.dumps({"new": new, "ensembles": affected}))
+            record.replace(journal)
+            for m, entries in files.items():
+                tmp = repo / m / f".tmp-{new[m]}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                for rel, src in entries.items():
+                    # Only a new store version's files are linked (serving/repository.py says why):
+                    # linking a served version's file, or an export's that served versions hold,
+                    # would change its ctime, and Triton takes a version whose files' mtime or
+                    # ctime moved for a changed one and loads it again in the middle of the swap.
+                    inside = Path(src).resolve().is_relative_to(repo.resolve())
+                    _place(Path(src), tmp / rel, link=rel.startswith("store/") and not inside)
+                precompile(tmp)
+            for m in files:  # every model's files first, then the renames: a crash while copying
+                (repo / m / f".tmp-{new[m]}").rename(repo / m / str(new[m]))  # leaves no version behind
             for m in files:
-                retired = retired_base / m
-                moved = []
                 try:
-                    retired.mkdir(exist_ok=True)
-                    for v in old[m]:  # out of the model directory (retired_root says why), by rename
-                        os.rename(repo / m / str(v), retired / f".retiring-{v}")
-                        moved.append(v)
                     client.load_model(m, client_timeout=timeout_s)
-                except (OSError, InferenceServerException) as e:
-                    try:
-                        for v in moved:  # keep the directories in step with what is loaded
-                            os.rename(retired / f".retiring-{v}", repo / m / str(v))
-                    except OSError:
-                        pass
-                    reason = e.message() if isinstance(e, InferenceServerException) else f"{e.strerror or e}"
-                    failed.append(f"{m} ({reason})")
-                    continue
-                mine = {f".retiring-{v}" for v in old[m]}
-                for p in retired.iterdir():  # keep only the newest retired version, for rollback (and drop
-                    if p.name not in mine:    # what a publish cut off mid-way left here)
-                        shutil.rmtree(p, ignore_errors=True)
-                for v in old[m]:
-                    (retired / f".retiring-{v}").rename(retired / str(v))
-                for v in old[m][:-1]:
-                    shutil.rmtree(retired / str(v), ignore_errors=True)
-            if failed:
-                raise RolloutError(f"the new versions serve, but retiring the old ones failed for {', '.join(failed)}; "
-                                   "they stay loaded beside the new ones until the next update or rollout retires them")
-        finally:
-            client.close()
+                except InferenceServerException as e:
+                    raise RolloutError(f"version {new[m]} of {m} failed to load ({e.message()})") from None
+            deadline = time.monotonic() + timeout_s
+            while not all(client.is_model_ready(m, str(new[m])) for m in files):
+                if time.monotonic() > deadline:
+                    raise RolloutError(f"the new versions were not ready after {timeout_s:.0f}s")
+                time.sleep(0.1)
+            for name, text in pinned.items():
+                # Triton unloads an ensemble whose reload names a composing version that is not
+                # loaded, and the old one stops serving with it: check every pin first
+                for s in parse_model_config(text).ensemble_scheduling.step:
+                    version = "" if s.model_version < 0 else str(s.model_version)
+                    if not client.is_model_ready(s.model_name, version):
+                        raise RolloutError(f"ensemble {name} would run {s.model_name} version "
+                                           f"{version or 'latest'}, which is not ready")
+                path = repo / name / "config.pbtxt"
+                tmp = path.with_name("config.pbtxt.tmp")
+                tmp.write_text(text)
+                tmp.replace(path)
+                try:
+                    client.load_model(name, client_timeout=timeout_s)
+                except InferenceServerException as e:
+                    raise RolloutError(f"ensemble {name} failed to reload on the new versions "
+                                       f"({e.message()})") from None
+            journal.unlink()  # switched: nothing to undo any more
+        except BaseException as e:  # noqa: BLE001 - whatever failed, the old versions must keep serving
+            reason = str(e) if isinstance(e, RolloutError) else f"{type(e).__name__}: {e}"
+            raise put_back(reason) from None
+        # the ensembles serve the new versions: retire the old ones (a failure here leaves both loaded,
+        # which serves correctly; it is reported, not undone)
+        failed = []
+        for m in files:
+            retired = retired_base / m
+            moved = []
+            try:
+                retired.mkdir(exist_ok=True)
+                for v in old[m]:  # out of the model directory (retired_root says why), by rename
+                    os.rename(repo / m / str(v), retired / f".retiring-{v}")
+                    moved.append(v)
+                client.load_model(m, client_timeout=timeout_s)
+            except (OSError, InferenceServerException) as e:
+                try:
+                    for v in moved:  # keep the directories in step with what is loaded
+                        os.rename(retired / f".retiring-{v}", repo / m / str(v))
+                except OSError:
+                    pass
+                reason = e.message() if isinstance(e, InferenceServerException) else f"{e.strerror or e}"
+                failed.append(f"{m} ({reason})")
+                continue
+            mine = {f".retiring-{v}" for v in old[m]}
+            for p in retired.iterdir():  # keep only the newest retired version, for rollback (and drop
+                if p.name not in mine:    # what a publish cut off mid-way left here)
+                    shutil.rmtree(p, ignore_errors=True)
+            for v in old[m]:
+                (retired / f".retiring-{v}").rename(retired / str(v))
+            for v in old[m][:-1]:
+                shutil.rmtree(retired / str(v), ignore_errors=True)
+        if failed:
+            raise RolloutError(f"the new versions serve, but retiring the old ones failed for {', '.join(failed)}; "
+                               "they stay loaded beside the new ones until the next update or rollout retires them")
     return new
 
 
@@ -242,6 +305,7 @@ def rollout(repository: str | Path, export_dir: str | Path, store: str | Path, u
         raise RolloutError(str(e)) from None
     store_version = store if (store / "manifest.json").is_file() else latest_version(store)
     KeywordStore(store_version, expect_encoder_sha256=sha256_file(export_dir / "export.json"), load_index=False)
+    recover(repo, url, timeout_s)  # an earlier swap cut off would have this read the wrong served files
     # the warm-up samples' shapes live in the configs, which every version shares: a new width or query
     # length needs a re-assembled repository (and a restart), not a swap
     # (keyword_store's served version holds both files: it encodes and crosses for the ensembles)

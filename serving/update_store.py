@@ -25,7 +25,7 @@ import numpy as np
 from serving.keyword_store import (IndexSpec, KeywordStore, StoreError, UnknownKeywordError, latest_version,
                                    sha256_file, write_version)
 from serving.repository import STORE_MODELS, served_version
-from serving.rollout import RolloutError, publish_versions
+from serving.rollout import RolloutError, publish_versions, recover
 from training.textfiles import need_file, utf8_lines
 
 
@@ -66,6 +66,7 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
     over to it (serving/rollout.py); the other files of their versions (the encoder's) carry over."""
     repo, store_version = Path(repository), Path(store_version)
     KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
+    recover(repo, url, timeout_s)  # an earlier swap cut off would have this read the wrong served files
     files = {}
     for model in STORE_MODELS:
         current = served_version(repo, model)

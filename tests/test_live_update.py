@@ -345,3 +345,67 @@ def test_a_rollout_that_fails_mid_switch_puts_everything_back_under_load(live, t
         health = c.health()["models"]
         assert all({"version": "2", "state": "READY"} not in health[m] for m in rollout_module.ENCODER_MODELS)
     assert len(calls) == 2  # both ensembles were pinned: the first had switched when the second failed
+
+
+def test_a_swap_cut_off_mid_switch_is_undone_by_the_next_one_under_load(live, tiny_export, monkeypatch, capsys):
+    """A swap whose process dies after the first ensemble has switched (simulated: the fault of the test
+    above, and an undoing that never runs) leaves one ensemble on the new versions and a record of the
+    swap beside the repository; the next update undoes it first, then swaps, with no failed request."""
+    import serving.rollout as rollout_module
+    from serving.repository import numbered_versions
+    server, store, repo = live
+    before = rollout_module.ensembles(repo)
+    real_pin, calls = rollout_module.pin_ensemble_text, []
+
+    def pin_the_second_to_a_missing_version(text, versions):
+        calls.append(1)
+        return real_pin(text, {m: 99 for m in versions} if len(calls) == 2 else versions)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+    monkeypatch.setattr(rollout_module, "pin_ensemble_text", pin_the_second_to_a_missing_version)
+    monkeypatch.setattr(rollout_module, "_undo", killed)
+    journal = repo.with_name(repo.name + ".retired") / rollout_module.JOURNAL
+    with Load(server.grpc_url) as load:
+        load.wait_for(3)
+        with pytest.raises(Killed):
+            publish(repo, build_updated_version(tiny_export, store, delete={"p1"}), server.grpc_url)
+        assert journal.is_file() and rollout_module.ensembles(repo) != before  # one ensemble had switched
+        assert numbered_versions(repo / "keyword_store") == [1, 2]
+        monkeypatch.undo()
+        load.wait_for(load.ok + 3)
+        assert publish(repo, build_updated_version(tiny_export, store, delete={"t1"}), server.grpc_url) == 2
+        load.wait_for(load.ok + 3)
+    assert "an earlier swap was cut off before it had switched; it was undone" in capsys.readouterr().err
+    assert load.failed == [] and not journal.exists()
+    assert numbered_versions(repo / "keyword_store") == numbered_versions(repo / "keyword_vectors") == [2]
+    with TwinBertClient(server.grpc_url) as c:
+        for dropped in ("p1", "t1"):  # the second update was built on the first one's store version
+            with pytest.raises(InvalidRequest, match=repr(dropped)):
+                c.relevance("drill", [dropped])
+        assert c.retrieve("cordless drill", 1)[0].keyword_id == "d1"
+
+
+def test_a_cut_off_swap_that_had_switched_is_left_switched_and_a_corrupt_record_refused(
+        tiny_export, tmp_path, build_repository):
+    """Cut off after every ensemble switched, only retiring was left (the next swap does it): nothing is
+    undone (no server is reached). A record that cannot be read is refused, not guessed at."""
+    import json
+
+    import serving.rollout as rollout_module
+    _, repo = build_repository(tiny_export, TITLES, tmp_path)
+    journal = repo.with_name(repo.name + ".retired") / rollout_module.JOURNAL
+    journal.parent.mkdir()
+    before, new = rollout_module.ensembles(repo), {"keyword_store": 2, "keyword_vectors": 2}
+    journal.write_text(json.dumps({"new": new, "ensembles": before}))
+    for name, text in before.items():
+        (repo / name / "config.pbtxt").write_text(rollout_module.pin_ensemble_text(text, new))
+    done = rollout_module._recover(repo, journal, None, 1.0)
+    assert "after it had switched" in done and not journal.exists()
+    assert rollout_module.ensembles(repo) == {n: rollout_module.pin_ensemble_text(t, new) for n, t in before.items()}
+    journal.write_text('{"new": ')
+    with pytest.raises(rollout_module.RolloutError, match="unreadable record of an earlier swap"):
+        rollout_module._recover(repo, journal, None, 1.0)
