@@ -36,7 +36,7 @@ def load(verbose: bool = False) -> bool:
     if _state["ok"] is None:
         try:
             from torch.utils.cpp_extension import load as build
-            path = os.environ.get("PATH", "")
+            path = os.environ.get("PATH")
             # torch runs whichever `ninja` PATH names first. Always the pinned one (requirements.txt):
             # the build directory is shared by every process of this torch, and a system ninja of another
             # release (Debian's 1.11 against the pinned 1.13) does not trust the other's build log, so
@@ -48,7 +48,10 @@ def load(verbose: bool = False) -> bool:
                       extra_ldflags=["-fopenmp"], build_directory=str(build_directory()), is_python_module=False,
                       verbose=verbose)
             finally:
-                os.environ["PATH"] = path
+                if path is None:
+                    os.environ.pop("PATH", None)
+                else:
+                    os.environ["PATH"] = path
             _state["ok"] = True
         except Exception as exc:  # no compiler, failed build: the TorchScript path still works
             _state["ok"], _state["error"] = False, f"{type(exc).__name__}: {exc}"

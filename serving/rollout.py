@@ -104,30 +104,79 @@ def check_swappable(repo: Path, models) -> dict[str, str]:
 JOURNAL = ".swap-in-progress.json"  # in <repository>.retired: what a swap is changing, until it has switched
 
 
-def _undo(repo: Path, client, before: dict[str, str], new: dict[str, int], timeout_s: float) -> None:
-    """Put the ensembles back on their configs from before a swap (their old versions never stopped
-    serving), then drop the swap's new versions and have the server unload whatever of them loaded."""
+def _write_config(path: Path, text: str) -> None:
+    """Replace a config whole (a kill mid-write must not leave a truncated one for a restart to read)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _load_all(client, names, timeout_s: float) -> list[str]:
+    """Load (reload, reconcile) each model; the failures, as 'name (reason)'."""
     from tritonclient.utils import InferenceServerException
-    for name, text in before.items():
-        (repo / name / "config.pbtxt").write_text(text)
-    for name in before:
+    failed = []
+    for name in names:
         try:
             client.load_model(name, client_timeout=timeout_s)
-        except InferenceServerException:
-            pass
+        except InferenceServerException as e:
+            failed.append(f"{name} ({e.message()})")
+    return failed
+
+
+def _undo(repo: Path, client, before: dict[str, str], new: dict[str, int], timeout_s: float) -> list[str]:
+    """Put the ensembles back on their configs from before a swap (their old versions never stopped
+    serving), then drop the swap's new versions and have the server unload whatever of them loaded.
+    Returns the loads that failed: until they succeed the server may still run what was dropped."""
+    for name, text in before.items():
+        _write_config(repo / name / "config.pbtxt", text)
+    failed = _load_all(client, before, timeout_s)
     for m, v in new.items():
         shutil.rmtree(repo / m / f".tmp-{v}", ignore_errors=True)
         shutil.rmtree(repo / m / str(v), ignore_errors=True)
-    for m in new:  # reconcile: unload whatever of the new versions had loaded
+    return failed + _load_all(client, new, timeout_s)  # reconcile: unload whatever of them had loaded
+
+
+def _retire(repo: Path, client, old: dict[str, list[int]], timeout_s: float) -> list[str]:
+    """Move each model's `old` version directories out to <repository>.retired/<model>/ (retired_root
+    says why) and reload the model, which unloads them once their requests are done; keep only the
+    newest retired version, for rollback. Returns the models whose retiring failed (those stay loaded,
+    their directories back in place, which serves correctly: the next swap retires them)."""
+    from tritonclient.utils import InferenceServerException
+    failed = []
+    for m, versions in old.items():
+        retired = retired_root(repo) / m
+        moved = []
         try:
+            retired.mkdir(parents=True, exist_ok=True)
+            for v in versions:  # by rename: <repository>.retired is on the repository's file system
+                os.rename(repo / m / str(v), retired / f".retiring-{v}")
+                moved.append(v)
             client.load_model(m, client_timeout=timeout_s)
-        except InferenceServerException:
-            pass
+        except (OSError, InferenceServerException) as e:
+            try:
+                for v in moved:  # keep the directories in step with what is loaded
+                    os.rename(retired / f".retiring-{v}", repo / m / str(v))
+            except OSError:
+                pass
+            reason = e.message() if isinstance(e, InferenceServerException) else f"{e.strerror or e}"
+            failed.append(f"{m} ({reason})")
+            continue
+        mine = {f".retiring-{v}" for v in versions}
+        for p in retired.iterdir():  # the newest retired version only (and none of what a swap cut
+            if p.name not in mine:    # off mid-way left here)
+                shutil.rmtree(p, ignore_errors=True)
+        for v in versions:
+            (retired / f".retiring-{v}").rename(retired / str(v))
+        for v in versions[:-1]:
+            shutil.rmtree(retired / str(v), ignore_errors=True)
+    return failed
 
 
 def _recover(repo: Path, journal: Path, client, timeout_s: float) -> str | None:
     """Finish with a swap that was cut off (its process killed) before it could put things back or
-    had switched every ensemble: undo it, unless every ensemble already runs its new versions."""
+    had switched every ensemble: undo it, or, when every ensemble's config already pins its new
+    versions, reload them (the last may not have been) and retire its old versions. The record is
+    kept until the server has taken every step, so a later call tries again."""
     if not journal.is_file():
         return None
     try:
@@ -136,11 +185,29 @@ def _recover(repo: Path, journal: Path, client, timeout_s: float) -> str | None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise RolloutError(f"{journal}: unreadable record of an earlier swap ({e}); check the repository's "
                            "versions and ensembles by hand, then remove it") from None
+    from tritonclient.utils import InferenceServerException
+    try:
+        live = client.is_server_live()
+    except InferenceServerException:
+        live = False
+    if not live:
+        raise RolloutError(f"an earlier swap was cut off ({journal}), and the server is not reachable to "
+                           "finish with it; nothing was changed") from None
     now = {name: (repo / name / "config.pbtxt").read_text() for name in before}
     if before and all(now[n] == pin_ensemble_text(t, new) for n, t in before.items()):
-        journal.unlink()  # it had switched: only retiring was left, which this swap does
-        return "an earlier swap was cut off after it had switched; its old versions are retired with this one's"
-    _undo(repo, client, before, new, timeout_s)
+        failed = _load_all(client, before, timeout_s)
+        if not failed:
+            failed = _retire(repo, client, {m: [x for x in numbered_versions(repo / m) if x < v]
+                                            for m, v in new.items()}, timeout_s)
+        if failed:
+            raise RolloutError(f"an earlier swap was cut off after it had switched; finishing it failed for "
+                               f"{', '.join(failed)} (its record is kept: the next update retries)")
+        journal.unlink()
+        return "an earlier swap was cut off after it had switched; it was finished (its old versions retired)"
+    failed = _undo(repo, client, before, new, timeout_s)
+    if failed:
+        raise RolloutError(f"an earlier swap was cut off before it had switched; undoing it failed for "
+                           f"{', '.join(failed)} (its record is kept: the next update retries)")
     journal.unlink()
     return (f"an earlier swap was cut off before it had switched; it was undone (versions "
             f"{', '.join(f'{m} {v}' for m, v in sorted(new.items()))} dropped)")
@@ -204,7 +271,10 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
         pinned = {name: pin_ensemble_text(text, new) for name, text in affected.items()}  # fails before any change
 
         def put_back(reason: str) -> RolloutError:
-            _undo(repo, client, affected, new, timeout_s)
+            failed = _undo(repo, client, affected, new, timeout_s)
+            if failed:  # the record stays: the next update finishes the undoing
+                return RolloutError(f"{reason}; putting the previous versions back failed for {', '.join(failed)} "
+                                    "(the next update or rollout finishes it)")
             journal.unlink(missing_ok=True)
             return RolloutError(f"{reason}; the previous versions keep serving")
 
@@ -244,10 +314,7 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     if not client.is_model_ready(s.model_name, version):
                         raise RolloutError(f"ensemble {name} would run {s.model_name} version "
                                            f"{version or 'latest'}, which is not ready")
-                path = repo / name / "config.pbtxt"
-                tmp = path.with_name("config.pbtxt.tmp")
-                tmp.write_text(text)
-                tmp.replace(path)
+                _write_config(repo / name / "config.pbtxt", text)
                 try:
                     client.load_model(name, client_timeout=timeout_s)
                 except InferenceServerException as e:
@@ -259,33 +326,7 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
             raise put_back(reason) from None
         # the ensembles serve the new versions: retire the old ones (a failure here leaves both loaded,
         # which serves correctly; it is reported, not undone)
-        failed = []
-        for m in files:
-            retired = retired_base / m
-            moved = []
-            try:
-                retired.mkdir(exist_ok=True)
-                for v in old[m]:  # out of the model directory (retired_root says why), by rename
-                    os.rename(repo / m / str(v), retired / f".retiring-{v}")
-                    moved.append(v)
-                client.load_model(m, client_timeout=timeout_s)
-            except (OSError, InferenceServerException) as e:
-                try:
-                    for v in moved:  # keep the directories in step with what is loaded
-                        os.rename(retired / f".retiring-{v}", repo / m / str(v))
-                except OSError:
-                    pass
-                reason = e.message() if isinstance(e, InferenceServerException) else f"{e.strerror or e}"
-                failed.append(f"{m} ({reason})")
-                continue
-            mine = {f".retiring-{v}" for v in old[m]}
-            for p in retired.iterdir():  # keep only the newest retired version, for rollback (and drop
-                if p.name not in mine:    # what a publish cut off mid-way left here)
-                    shutil.rmtree(p, ignore_errors=True)
-            for v in old[m]:
-                (retired / f".retiring-{v}").rename(retired / str(v))
-            for v in old[m][:-1]:
-                shutil.rmtree(retired / str(v), ignore_errors=True)
+        failed = _retire(repo, client, old, timeout_s)
         if failed:
             raise RolloutError(f"the new versions serve, but retiring the old ones failed for {', '.join(failed)}; "
                                "they stay loaded beside the new ones until the next update or rollout retires them")

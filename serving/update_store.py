@@ -66,14 +66,14 @@ def publish(repository: str | Path, store_version: str | Path, url: str, timeout
     over to it (serving/rollout.py); the other files of their versions (the encoder's) carry over."""
     repo, store_version = Path(repository), Path(store_version)
     KeywordStore(store_version, load_index=False)  # refuse a corrupt version before touching the server
-    recover(repo, url, timeout_s)  # an earlier swap cut off would have this read the wrong served files
-    files = {}
-    for model in STORE_MODELS:
-        current = served_version(repo, model)
-        entries = {f.name: f for f in current.iterdir() if f.is_file()}
-        entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
-        files[model] = entries
     try:
+        recover(repo, url, timeout_s)  # an earlier swap cut off would have this read the wrong served files
+        files = {}
+        for model in STORE_MODELS:
+            current = served_version(repo, model)
+            entries = {f.name: f for f in current.iterdir() if f.is_file()}
+            entries.update({f"store/{f.name}": f for f in store_version.iterdir()})
+            files[model] = entries
         new = publish_versions(repo, files, url, timeout_s)
     except RolloutError as e:
         raise StoreError(str(e)) from None

@@ -389,23 +389,58 @@ def test_a_swap_cut_off_mid_switch_is_undone_by_the_next_one_under_load(live, ti
         assert c.retrieve("cordless drill", 1)[0].keyword_id == "d1"
 
 
-def test_a_cut_off_swap_that_had_switched_is_left_switched_and_a_corrupt_record_refused(
+def test_a_swap_cut_off_after_switching_is_finished_under_load(live, monkeypatch):
+    """Cut off after the last ensemble's config was pinned but before the server reloaded it (one
+    ensemble still on the old versions), with the old versions not retired: recovery reloads the
+    ensembles and retires the old versions, not undoing the swap, and no request fails."""
+    import json
+    import shutil
+
+    import tritonclient.grpc as grpcclient
+
+    import serving.rollout as rollout_module
+    from serving.repository import numbered_versions
+    server, store, repo = live
+    before, new = rollout_module.ensembles(repo), {"keyword_store": 2, "keyword_vectors": 2}
+    journal = repo.with_name(repo.name + ".retired") / rollout_module.JOURNAL
+    journal.parent.mkdir()
+    journal.write_text(json.dumps({"new": new, "ensembles": before}))
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    for m in new:  # the new versions (the old ones' files: answers stay the same) placed and loaded
+        shutil.copytree(repo / m / "1", repo / m / "2")
+        client.load_model(m)
+    names = sorted(before)
+    for name in names:
+        (repo / name / "config.pbtxt").write_text(rollout_module.pin_ensemble_text(before[name], new))
+    for name in names[:-1]:  # the process died before reloading the last
+        client.load_model(name)
+    with Load(server.grpc_url) as load:
+        load.wait_for(3)
+        assert "it was finished" in rollout_module.recover(repo, server.grpc_url)
+        load.wait_for(load.ok + 3)
+    assert load.failed == [] and not journal.exists()
+    for m in new:
+        assert numbered_versions(repo / m) == [2] and (journal.parent / m / "1").is_dir()  # retired
+        assert client.is_model_ready(m, "2") and not client.is_model_ready(m, "1")
+    client.close()
+    assert rollout_module.ensembles(repo) == {n: rollout_module.pin_ensemble_text(t, new) for n, t in before.items()}
+
+
+def test_a_cut_off_swap_is_left_as_it_is_while_the_server_is_unreachable_and_a_corrupt_record_refused(
         tiny_export, tmp_path, build_repository):
-    """Cut off after every ensemble switched, only retiring was left (the next swap does it): nothing is
-    undone (no server is reached). A record that cannot be read is refused, not guessed at."""
     import json
 
     import serving.rollout as rollout_module
     _, repo = build_repository(tiny_export, TITLES, tmp_path)
     journal = repo.with_name(repo.name + ".retired") / rollout_module.JOURNAL
     journal.parent.mkdir()
-    before, new = rollout_module.ensembles(repo), {"keyword_store": 2, "keyword_vectors": 2}
-    journal.write_text(json.dumps({"new": new, "ensembles": before}))
-    for name, text in before.items():
-        (repo / name / "config.pbtxt").write_text(rollout_module.pin_ensemble_text(text, new))
-    done = rollout_module._recover(repo, journal, None, 1.0)
-    assert "after it had switched" in done and not journal.exists()
-    assert rollout_module.ensembles(repo) == {n: rollout_module.pin_ensemble_text(t, new) for n, t in before.items()}
+    before = rollout_module.ensembles(repo)
+    journal.write_text(json.dumps({"new": {"keyword_store": 2}, "ensembles": before}))
+    with pytest.raises(rollout_module.RolloutError, match="server is not reachable.*nothing was changed"):
+        rollout_module.recover(repo, "127.0.0.1:9", timeout_s=2.0)
+    assert journal.is_file() and rollout_module.ensembles(repo) == before
+    with pytest.raises(StoreError, match="server is not reachable"):  # update_store's one-line error
+        publish(repo, latest_version(tmp_path / "store"), "127.0.0.1:9")
     journal.write_text('{"new": ')
     with pytest.raises(rollout_module.RolloutError, match="unreadable record of an earlier swap"):
-        rollout_module._recover(repo, journal, None, 1.0)
+        rollout_module.recover(repo, "127.0.0.1:9")
