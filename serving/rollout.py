@@ -27,7 +27,8 @@ first, then the new versions are dropped; the old versions never stop serving. A
 is killed before it has switched or put back leaves a record beside the repository
 (`<repository>.retired/.swap-in-progress.json`: the new versions, the ensembles' configs before it);
 the next update or rollout finishes with it first (`recover`): undone, or, when every ensemble had
-switched, left switched with its old versions retired by the new swap; it says which on stderr.
+switched, finished (the ensembles reloaded, its old versions retired); it says which on stderr, and
+keeps the record until the server has taken every step.
 Refused before anything changes: a repository assembled before pinning, and a second swap while one
 runs (a lock).
 
