@@ -150,9 +150,7 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
                 for m in ("tokenizer", "query_encoder", "pool_cross") for f in (repo / m / "1").rglob("*")}
     before = stamps()
 
-    def initialised():
-        return _instances_started(repo)
-    at_start = initialised()
+    at_start = _instances_started(repo)
     assert at_start["keyword_store"] > 0 and at_start["tokenizer"] > 0
     first = KeywordStore(latest_version(store)).ids[0]
     assert publish(repo, build_updated_version(tiny_export, store, delete={first}), server.grpc_url) == 2
@@ -166,7 +164,7 @@ def test_deleting_the_warm_up_keyword_still_loads(live, tiny_export):
     # encoder's models: had they shared inodes, their served versions would count as changed
     assert stamps() == before
     # and each update started only its new versions' instances: nothing that served was loaded again
-    assert initialised() == {m: n * (3 if m in ("keyword_store", "keyword_vectors") else 1) for m, n in at_start.items()}
+    assert _instances_started(repo) == {m: n * (3 if m in ("keyword_store", "keyword_vectors") else 1) for m, n in at_start.items()}
 
 
 class RetrieveLoad(Load):
@@ -301,6 +299,19 @@ def test_a_new_encoder_rolls_out_whole_under_load(live, tiny_export, tmp_path, b
     assert _expected(InProcessPipeline(repo)) == new or _same(_expected(InProcessPipeline(repo)), new)
 
 
+def _fail_the_second_ensemble_pin(monkeypatch) -> list:
+    """Wrap pin_ensemble_text so that the second ensemble a swap pins names a version that does not
+    exist (99): the first has switched when the second cannot. Returns the list of calls."""
+    import serving.rollout as rollout_module
+    real_pin, calls = rollout_module.pin_ensemble_text, []
+
+    def pin_the_second_to_a_missing_version(text, versions):
+        calls.append(1)
+        return real_pin(text, {m: 99 for m in versions} if len(calls) == 2 else versions)
+    monkeypatch.setattr(rollout_module, "pin_ensemble_text", pin_the_second_to_a_missing_version)
+    return calls
+
+
 def test_a_rollout_that_fails_mid_switch_puts_everything_back_under_load(live, tiny_export, tmp_path, build_repository,
                                                                          monkeypatch):
     """The first ensemble has switched to the new versions when the second cannot (its pinned config
@@ -317,13 +328,7 @@ def test_a_rollout_that_fails_mid_switch_puts_everything_back_under_load(live, t
     export2, store2, repo2 = _new_encoder(tmp_path, build_repository, 11)
     before = {name: text for name, text in rollout_module.ensembles(repo).items()}
     assert len(before) >= 2  # retrieve and relevance: the second one fails after the first switched
-    real_pin, calls = rollout_module.pin_ensemble_text, []
-
-    def pin_the_second_to_a_missing_version(text, versions):
-        calls.append(1)
-        pinned = real_pin(text, versions)
-        return real_pin(text, {m: 99 for m in versions}) if len(calls) == 2 else pinned
-    monkeypatch.setattr(rollout_module, "pin_ensemble_text", pin_the_second_to_a_missing_version)
+    calls = _fail_the_second_ensemble_pin(monkeypatch)
     old, new = _expected(InProcessPipeline(repo)), _expected(InProcessPipeline(repo2))
     with Recorder(server.grpc_url) as load:
         load.wait_for(3)
@@ -355,18 +360,13 @@ def test_a_swap_cut_off_mid_switch_is_undone_by_the_next_one_under_load(live, ti
     from serving.repository import numbered_versions
     server, store, repo = live
     before = rollout_module.ensembles(repo)
-    real_pin, calls = rollout_module.pin_ensemble_text, []
-
-    def pin_the_second_to_a_missing_version(text, versions):
-        calls.append(1)
-        return real_pin(text, {m: 99 for m in versions} if len(calls) == 2 else versions)
 
     class Killed(BaseException):
         pass
 
     def killed(*args, **kwargs):
         raise Killed
-    monkeypatch.setattr(rollout_module, "pin_ensemble_text", pin_the_second_to_a_missing_version)
+    _fail_the_second_ensemble_pin(monkeypatch)
     monkeypatch.setattr(rollout_module, "_undo", killed)
     journal = repo.with_name(repo.name + ".retired") / rollout_module.JOURNAL
     with Load(server.grpc_url) as load:
