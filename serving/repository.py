@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from serving.encoder import PAD_MULTIPLE
@@ -80,6 +81,28 @@ def warmup_dims_text(text: str, hidden: int, dim: int) -> str:
 def numbered_versions(model_dir: Path) -> list[int]:
     """A model's version directories (Triton loads only numbered ones; a swap's .tmp-N is not)."""
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+class RepositoryBusy(OSError):
+    """Another process is changing the repository (an update, a rollout or an assembly)."""
+
+
+@contextmanager
+def repository_lock(repository: str | Path):
+    """One writer at a time per repository: a store update, a rollout or a re-assembly. The lock file
+    is `<repository>.lock`, beside the repository: inside it, an assembly (which replaces the directory
+    whole) would drop the lock a running swap holds, and a swap would lock a directory no longer served."""
+    import fcntl
+    repository = Path(repository).resolve()
+    path = repository.with_name(repository.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RepositoryBusy(f"{repository}: another update, rollout or assembly is running "
+                                 f"(it holds {path})") from None
+        yield
 
 
 def retired_root(repository: str | Path) -> Path:
@@ -174,6 +197,12 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
                                     "`python -m training.export --reranker CKPT --reranker-out DIR`")
     store = Path(store)
     store_version = store if (store / "manifest.json").is_file() else latest_version(store)
+    with repository_lock(out):
+        _assemble(export_dir, store_version, out, reranker_dir)
+    return out
+
+
+def _assemble(export_dir: Path, store_version: Path, out: Path, reranker_dir) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for model_dir in sorted(p for p in SOURCE.iterdir() if (p / "config.pbtxt").is_file()):
@@ -207,7 +236,6 @@ def assemble(export_dir: str | Path, store: str | Path, out: str | Path,
             cfg.write_text(pin_ensemble_text(cfg.read_text(), {s.model_name: 1 for s in config.ensemble_scheduling.step}))
     replace_dir(tmp, out)
     shutil.rmtree(retired_root(out), ignore_errors=True)  # the replaced repository's versions
-    return out
 
 
 def main(argv=None) -> None:

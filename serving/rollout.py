@@ -29,8 +29,8 @@ is killed before it has switched or put back leaves a record beside the reposito
 the next update or rollout finishes with it first (`recover`): undone, or, when every ensemble had
 switched, finished (the ensembles reloaded, its old versions retired); it says which on stderr, and
 keeps the record until the server has taken every step.
-Refused before anything changes: a repository assembled before pinning, and a second swap while one
-runs (a lock).
+Refused before anything changes: a repository assembled before pinning, and a second swap or a
+re-assembly while one runs (`<repository>.lock`, beside the repository).
 
 A new encoder (`python -m training.export`, then `python -m training.index` with it) is rolled out
 with every model of the family at once:
@@ -54,7 +54,8 @@ from pathlib import Path
 
 from serving.keyword_store import KeywordStore, StoreError, latest_version, sha256_file
 from serving.repository import (EXPORT_FILES, STORE_MODELS, _place, numbered_versions, parse_model_config,
-                                pin_ensemble_text, precompile, retired_root, served_version)
+                                pin_ensemble_text, precompile, repository_lock, RepositoryBusy, retired_root,
+                                served_version)
 from training.artifacts import ArtifactError, verify_checksums
 from training.cli import positive_float
 
@@ -216,14 +217,12 @@ def _recover(repo: Path, journal: Path, client, timeout_s: float) -> str | None:
 
 @contextmanager
 def _swap_lock(repo: Path):
-    """One update or rollout at a time per repository."""
-    import fcntl
-    with open(repo / ".swap.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RolloutError(f"{repo}: another update or rollout is running") from None
-        yield
+    """One update, rollout or assembly at a time per repository (`repository_lock`)."""
+    try:
+        with repository_lock(repo):
+            yield
+    except RepositoryBusy as e:
+        raise RolloutError(str(e)) from None
 
 
 def recover(repository: str | Path, url: str, timeout_s: float = 120.0) -> str | None:

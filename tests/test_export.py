@@ -210,10 +210,11 @@ def test_every_python_model_version_is_assembled_with_its_bytecode(tmp_path, tin
         assert int.from_bytes(pyc[12:16], "little") == st.st_size & 0xFFFFFFFF, source
 
 
-def test_a_swap_refuses_an_unpinned_repository_a_running_swap_and_new_shapes(tmp_path, tiny_export, build_repository):
+def test_a_swap_refuses_an_unpinned_repository_a_running_swap_or_assembly_and_new_shapes(tmp_path, tiny_export, build_repository):
     """Checks that run before anything is placed or loaded (no server needed: none is contacted)."""
     import fcntl
 
+    from serving.repository import RepositoryBusy, assemble
     from serving.rollout import RolloutError, check_swappable, publish_versions, rollout
     from training.export import export
     from training.twin import TwinConfig
@@ -238,10 +239,16 @@ def test_a_swap_refuses_an_unpinned_repository_a_running_swap_and_new_shapes(tmp
     with pytest.raises(RolloutError, match="earlier build.*re-assemble"):
         check_swappable(repo, ["keyword_store", "keyword_vectors"])
     cfg.write_text(original)
-    with open(repo / ".swap.lock", "w") as held:
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    with open(repo.with_name(repo.name + ".lock"), "a") as held:  # beside the repository, not in it
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(RolloutError, match="another update or rollout is running"):
+        with pytest.raises(RolloutError, match="another update, rollout or assembly is running"):
             publish_versions(repo, {"keyword_store": {}}, "127.0.0.1:1")
+        # re-assembling would replace the directory under a running swap
+        with pytest.raises(RepositoryBusy, match="another update, rollout or assembly is running"):
+            assemble(tiny_export, store, repo)
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
+    assert not (repo / ".swap.lock").exists()
     torch.manual_seed(0)
     TwinBERT(TwinConfig(num_layers=1, proj_dim=64)).save(tmp_path / "narrow")
     narrow = export(tmp_path / "narrow", tmp_path / "narrow_export")
