@@ -85,3 +85,4 @@ def test_real_data_split_when_available():
     splits = split_pairs(pairs)
     queries = {n: {normalize_query(p.query) for p in rows} for n, rows in splits.items()}
     assert not (queries["train"] & queries["test"]) and not (queries["dev"] & queries["test"])
+    assert not (queries["train"] & queries["dev"])

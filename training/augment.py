@@ -92,9 +92,14 @@ class BM25Index:
     def _tokens(self, queries: list[str]):
         return self._bm25s.tokenize(queries, stopwords="en", show_progress=False)
 
+    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's top k (k capped at the corpus size) as positions in `ids` and their scores."""
+        docs, scores = self.retriever.retrieve(self._tokens(queries), k=min(k, len(self.ids)), show_progress=False,
+                                               n_threads=1)
+        return np.asarray(docs, dtype=np.int64), np.asarray(scores)
+
     def top_k(self, queries: list[str], k: int) -> list[list[str]]:
-        docs, _ = self.retriever.retrieve(self._tokens(queries), k=min(k, len(self.ids)), show_progress=False,
-                                          n_threads=1)
+        docs, _ = self.search(queries, k)
         return [[self.ids[int(d)] for d in row] for row in docs]
 
     def scores(self, query: str) -> np.ndarray:

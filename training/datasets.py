@@ -168,6 +168,7 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
         queries[i] = o["text"]
     qrels: dict[str, dict[str, float]] = {}
     seen: dict[tuple[str, str], tuple[int, float]] = {}
+    first = True
     for n, line in enumerate(utf8_lines(path), 1):
         row = line.rstrip("\r\n").split("\t")
         if not any(c.strip() for c in row):
@@ -175,8 +176,10 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
         if len(row) != 3:
             raise ValueError(f"{path}:{n}: want 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
         qid, did, score = (c.strip() for c in row)
-        if n == 1 and not is_number(score):  # the header line
+        if first and not is_number(score):  # the header: the first row that is not blank
+            first = False
             continue
+        first = False
         gain = finite_number(score, "score", f"{path}:{n}")
         if not qid or not did:
             raise ValueError(f"{path}:{n}: blank {'query' if not qid else 'corpus'} id")
