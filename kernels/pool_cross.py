@@ -4,7 +4,8 @@ Formulas (ARCHITECTURE.md): over real tokens only, a_i = softmax_i(v . t_i + b),
 e = sum_i a_i t_i, optionally e <- tanh(W e + c_p).
   cos: s = sigmoid(w * cos(q, k) + b0)
   res: x = max(q, k); y = relu(W2 relu(W1 x) + x); s = sigmoid(u . y + c)
-A row with no real token pools to the zero vector (defined, never NaN).
+A row with no real token (or none at all, L = 0) pools to the zero vector before the projection,
+so to tanh(c_p) with one (defined, never NaN).
 """
 from __future__ import annotations
 
@@ -82,16 +83,8 @@ class PoolCrossParams:
                  and getattr(params, f.name).dtype != torch.float32]
         if wrong:
             raise ArtifactError(f"{where}: {wrong} are not float32")
-        if params.pool_v.dim() != 1 or (params.proj_w is not None and params.proj_w.dim() != 2):
-            raise ArtifactError(f"{where}: pool_v must be a vector and proj_w a matrix")
-        h, d = params.pool_v.shape[0], params.dim
-        if (params.proj_w is not None and (
-                tuple(params.proj_w.shape) != (d, h) or tuple(params.proj_b.shape) != (d,))) \
-                or any(getattr(params, n).numel() != 1 for n in ("pool_b", "cos_w", "cos_b")):
-            shapes = {name: tuple(t.shape) for name, t in state.items()}
-            raise ArtifactError(f"{where}: want pool_v [H], proj_w [D, H], proj_b [D] and scalar pool_b, cos_w, "
-                                f"cos_b; got {shapes}")
         try:
+            _check_pool(params)
             _check_res(params)
         except ValueError as e:
             raise ArtifactError(f"{where}: {e}") from None
@@ -118,8 +111,11 @@ def attention_pool_ref(token_states: torch.Tensor, mask: torch.Tensor,
     real = mask.to(torch.bool)
     logits = t @ params.pool_v.to(compute) + params.pool_b.to(compute)
     logits = logits.masked_fill(~real, float("-inf"))
-    row_max = logits.amax(dim=1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    if logits.shape[1] == 0:  # no token at all (amax has nothing to reduce): pools like an all-padding row
+        row_max = logits.new_zeros((logits.shape[0], 1))
+    else:
+        row_max = logits.amax(dim=1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     w = torch.exp(logits - row_max) * real
     w = w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(compute).tiny)
     # padding states are left out, not weighted by 0: a NaN or inf there must not reach e (0 * NaN)
@@ -172,6 +168,7 @@ def _check(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossPara
     b, l, h = token_states.shape
     if mask.shape != (b, l):
         raise ValueError(f"mask must be [B, L] = {(b, l)}, got {tuple(mask.shape)}")
+    _check_pool(params)
     if params.hidden != h:
         raise ValueError(f"pooling parameters expect H = {params.hidden}, token_states have H = {h}")
     if crossing not in CROSSINGS:
@@ -190,6 +187,22 @@ def _check(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossPara
             _check_res(params)
     if len(devices) > 1:
         raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+
+
+def _check_pool(params: PoolCrossParams) -> None:
+    """pool_v [H], the optional projection proj_w [D, H] with proj_b [D], and one element in each of
+    pool_b, cos_w and cos_b: the Triton path reads D bias values and a [D, H] weight tile through
+    their pointers, past the end of a shorter tensor, and the C++ path reads the scalars as such."""
+    v, w, b = params.pool_v, params.proj_w, params.proj_b
+    wrong = v.dim() != 1 or any(t is not None and t.numel() != 1
+                                for t in (params.pool_b, params.cos_w, params.cos_b))
+    if w is not None:
+        wrong = wrong or w.dim() != 2 or w.shape[1] != v.shape[0] or (b is not None and tuple(b.shape) != (w.shape[0],))
+    if wrong:
+        shapes = {f.name: tuple(getattr(params, f.name).shape) for f in fields(params)
+                  if getattr(params, f.name) is not None and not f.name.startswith("res_")}
+        raise ValueError(f"pooling parameters must be pool_v [H], proj_w [D, H], proj_b [D] and scalar pool_b, "
+                         f"cos_w, cos_b; got {shapes}")
 
 
 def _check_res(params: PoolCrossParams) -> None:

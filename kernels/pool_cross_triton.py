@@ -10,6 +10,7 @@ Layers: `_pool_cross_fwd_kernel` -> `pool_cross_triton` (checked launcher) -> `P
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -198,20 +199,23 @@ def pool_cross_triton(token_states: torch.Tensor, mask: torch.Tensor, params: Po
     # with keyword tiles of BLOCK_D lanes, so the two must agree also when H < 16
     block_h = max(triton.next_power_of_2(hidden), 16)
     block_l = max(triton.next_power_of_2(length), 1)
-    _pool_cross_fwd_kernel[(bsz,)](
-        token_states, mask, _f32(params.pool_v, pooled), proj_w, proj_b, kw,
-        w1, w2, _f32(params.res_u, pooled), _scalars(params, dev), pooled, scores,
-        length, hidden, dim, n_k, n_r,
-        *token_states.stride(), *mask.stride(),
-        *(proj_w.stride() if has_proj else (0, 0)),
-        stride_kb, stride_kk, stride_kd,
-        *(w1.stride() if code == _RES else (0, 0)), *(w2.stride() if code == _RES else (0, 0)),
-        pooled.stride(0), scores.stride(0) if n_k else 0,
-        BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_HC=min(block_h, 32),
-        BLOCK_D=max(triton.next_power_of_2(dim), 16), BLOCK_K=16 if code == _RES else 64,
-        BLOCK_R=32, HAS_PROJ=has_proj, CROSSING=code,
-        num_warps=8 if block_l * block_h >= 8192 else 4,
-    )
+    # Triton launches on the current CUDA device, not the tensors': an instance placed on cuda:1
+    # (instance_group gives one per GPU) would otherwise run on device 0's stream with device-1 pointers
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        _pool_cross_fwd_kernel[(bsz,)](
+            token_states, mask, _f32(params.pool_v, pooled), proj_w, proj_b, kw,
+            w1, w2, _f32(params.res_u, pooled), _scalars(params, dev), pooled, scores,
+            length, hidden, dim, n_k, n_r,
+            *token_states.stride(), *mask.stride(),
+            *(proj_w.stride() if has_proj else (0, 0)),
+            stride_kb, stride_kk, stride_kd,
+            *(w1.stride() if code == _RES else (0, 0)), *(w2.stride() if code == _RES else (0, 0)),
+            pooled.stride(0), scores.stride(0) if n_k else 0,
+            BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_HC=min(block_h, 32),
+            BLOCK_D=max(triton.next_power_of_2(dim), 16), BLOCK_K=16 if code == _RES else 64,
+            BLOCK_R=32, HAS_PROJ=has_proj, CROSSING=code,
+            num_warps=8 if block_l * block_h >= 8192 else 4,
+        )
     return pooled, scores
 
 

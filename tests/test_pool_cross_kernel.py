@@ -252,6 +252,36 @@ def test_bad_arguments_are_clear_errors():
     no_c.res_c = None
     with pytest.raises(ValueError, match="needs res_w1, res_w2, res_u and res_c"):
         pool_cross(ts, mask, no_c, torch.randn(2, 3, 32, device=DEVICE), "res")
+    # the projection and the scalars: the Triton path reads D bias values and a [D, H] tile through pointers
+    for name, bad in (("proj_b", torch.randn(1)), ("proj_b", torch.randn(16)), ("proj_w", torch.randn(24, 16)),
+                      ("pool_b", torch.randn(2)), ("cos_w", torch.randn(3))):
+        p = make_params(32, 24, proj=True)
+        setattr(p, name, bad.to(DEVICE))
+        with pytest.raises(ValueError, match=r"pooling parameters must be pool_v \[H\], proj_w \[D, H\]"):
+            pool_cross(ts, mask, p.to(DEVICE), torch.randn(2, 3, p.dim, device=DEVICE))
+
+
+@pytest.mark.parametrize("backend", ["ref", "cpu"])
+def test_no_token_at_all_pools_to_zero_on_every_cpu_backend(backend):
+    """L = 0 (TOKEN_STATES' dims are [-1, -1] in the served config): every path pools like an all-padding row."""
+    params = make_params(8, 8)
+    q, s = pool_cross(torch.randn(2, 0, 8), torch.ones(2, 0), params, torch.randn(3, 8), "cos", backend=backend)
+    assert torch.equal(q, torch.zeros(2, 8)) and torch.allclose(s, torch.sigmoid(params.cos_b).expand(2, 3))
+
+
+def test_native_op_refuses_res_parameters_it_would_read_past():
+    """The registered op is callable without pool_cross()'s checks (torch.ops.twinbert.pool_cross_out)."""
+    params = make_params(32, 32)
+    ts, mask, kw = torch.randn(2, 4, 32), make_mask(2, 4), torch.randn(2, 3, 32)
+    for name, bad in (("res_u", params.res_u[:20]), ("res_w1", torch.randn(48, 20)), ("res_w2", torch.randn(32, 40))):
+        p = make_params(32, 32)
+        setattr(p, name, bad)
+        with pytest.raises(RuntimeError, match=r"res parameters must be res_w1 \[R, D\]"):
+            run_native(ts, mask, p, kw, "res")
+    p = make_params(32, 24, proj=True)
+    p.proj_b = torch.randn(16)
+    with pytest.raises(RuntimeError, match=r"proj_b must be \[D = 24\]"):
+        run_native(ts, mask, p, torch.randn(2, 3, 24), "cos")
 
 
 # The C++ CPU path (kernels/csrc/pool_cross_cpu.cpp): the default for CPU tensors without autograd.

@@ -193,7 +193,9 @@ void pool_cross_out(const at::Tensor& token_states, const at::Tensor& mask, cons
   const at::Tensor t = f32(token_states), m = f32(mask), v = f32(pool_v);
   const int64_t B = t.size(0), L = t.size(1), H = t.size(2);
   TORCH_CHECK(v.numel() == H, "pool_v must have H = ", H, " elements");
+  TORCH_CHECK(!proj_w || (proj_w->dim() == 2 && proj_w->size(1) == H), "proj_w must be [D, H = ", H, "]");
   const int64_t D = proj_w ? proj_w->size(0) : H;
+  TORCH_CHECK(!proj_w || !proj_b || (proj_b->dim() == 1 && proj_b->size(0) == D), "proj_b must be [D = ", D, "]");
   TORCH_CHECK(q_out.scalar_type() == at::kFloat && q_out.is_contiguous() && q_out.size(0) == B && q_out.size(1) == D,
               "q_out must be a contiguous float32 [B, D] tensor");
   TORCH_CHECK(s_out.scalar_type() == at::kFloat && s_out.is_contiguous() && s_out.dim() == 2 && s_out.size(0) == B,
@@ -217,6 +219,10 @@ void pool_cross_out(const at::Tensor& token_states, const at::Tensor& mask, cons
     cross_cos(q_out, k, scalar(cos_w), scalar(cos_b), s_out);
   } else {
     TORCH_CHECK(res_w1 && res_w2 && res_u, "res crossing needs res_w1, res_w2 and res_u");
+    // read through raw pointers below: a short res_u or a narrower W would be read past its end
+    TORCH_CHECK(res_w1->dim() == 2 && res_w1->size(1) == D && res_w2->dim() == 2 && res_w2->size(0) == D &&
+                    res_w2->size(1) == res_w1->size(0) && res_u->numel() == D,
+                "res parameters must be res_w1 [R, D], res_w2 [D, R] and res_u [D] with D = ", D);
     cross_res(q_out, k, f32(*res_w1), f32(*res_w2), f32(*res_u), scalar(res_c), s_out);
   }
 }
