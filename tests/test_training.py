@@ -741,7 +741,6 @@ def test_every_model_ranks_ids_of_one_text_in_corpus_order(tmp_path):
     Depot test queries); every model now breaks equal scores by corpus position."""
     import numpy as np
     from training import evaluate
-    from training.datasets import RetrievalSet
     kv = np.random.default_rng(0).standard_normal((5000, 8)).astype(np.float32)
     for p in (40, 2000, 4999):
         kv[p] = kv[7]
@@ -759,7 +758,6 @@ def test_every_model_ranks_ids_of_one_text_in_corpus_order(tmp_path):
 
 def test_bm25_lists_hold_top_ids_when_labelled_pairs_add_texts_the_corpus_lacks():
     from training import evaluate
-    from training.datasets import LabelledPairs, RetrievalSet
     corpus = {f"d{i}": f"drill model {i}" for i in range(150)}
     rs = RetrievalSet(corpus, {"q": "drill"}, {"q": {"d3": 1.0}})
     pairs = LabelledPairs(["q"] * 20, ["drill" + "!" * i for i in range(20)], [1.0] * 20)  # shorter: BM25 ranks them first
