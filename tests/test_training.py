@@ -737,7 +737,7 @@ def test_evaluate_on_a_small_beir_corpus_with_duplicate_texts(tmp_path):
 
 def test_every_model_ranks_ids_of_one_text_in_corpus_order(tmp_path):
     """Ids that share a text score alike. BM25 listed them first id first and FAISS last id first, so a
-    judged first copy counted for BM25 and against the bi-encoders (about 0.004 of nDCG@10 on the Home
+    judged first copy counted for BM25 and against the bi-encoders (up to 0.004 of nDCG@10 on the Home
     Depot test queries); every model now breaks equal scores by corpus position."""
     import numpy as np
     from training import evaluate
