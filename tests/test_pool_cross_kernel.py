@@ -126,6 +126,25 @@ def test_projection_and_shared_keywords(crossing):
     torch.testing.assert_close(scores.double(), ref_scores, **TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("crossing", ["cos", "res"])
+def test_projection_with_half_inputs_and_an_int32_mask(crossing, dtype):
+    """The projection under fp16/bf16 token states and keywords, and a mask of int32 (the other tests
+    give int64 or bool), through the Triton kernel and, on CPU, the C++ op."""
+    params = make_params(40, 24, r=16, proj=True)
+    ts, mask = torch.randn(4, 6, 40, device=DEVICE).to(dtype), make_mask(4, 6, all_pad_row=True).to(torch.int32)
+    kw = torch.randn(4, 5, 24, device=DEVICE).to(dtype)
+    want = reference64(ts, mask, params, kw, crossing)
+    got = {"triton": run_kernel(ts, mask, params, kw, crossing)}
+    if DEVICE == "cpu":
+        from kernels import cpu_native
+        assert cpu_native.load(), cpu_native.error()
+        got["native"] = run_native(ts, mask, params, kw, crossing)
+    for name, pair in got.items():
+        for g, w in zip(pair, want):
+            torch.testing.assert_close(g.double(), w, **TOLERANCE[dtype], msg=name)
+
+
 def test_all_padding_row_pools_to_zero_without_nan():
     params = make_params(32, 32)
     ts, mask = torch.randn(4, 5, 32, device=DEVICE), make_mask(4, 5, all_pad_row=True)
