@@ -106,8 +106,8 @@ def check_swappable(repo: Path, models) -> dict[str, str]:
 JOURNAL = ".swap-in-progress.json"  # in <repository>.retired: what a swap is changing, until it has switched
 
 
-def _write_config(path: Path, text: str) -> None:
-    """Replace a config whole (a kill mid-write must not leave a truncated one for a restart to read)."""
+def _write_whole(path: Path, text: str) -> None:
+    """Replace a file whole (a kill mid-write must not leave a truncated config or record to read)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -130,7 +130,7 @@ def _undo(repo: Path, client, before: dict[str, str], new: dict[str, int], timeo
     serving), then drop the swap's new versions and have the server unload whatever of them loaded.
     Returns the loads that failed: until they succeed the server may still run what was dropped."""
     for name, text in before.items():
-        _write_config(repo / name / "config.pbtxt", text)
+        _write_whole(repo / name / "config.pbtxt", text)
     failed = _load_all(client, before, timeout_s)
     for m, v in new.items():
         shutil.rmtree(repo / m / f".tmp-{v}", ignore_errors=True)
@@ -280,9 +280,7 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
 
         try:
             # what to undo should this process be killed before it has switched (the next swap does)
-            record = journal.with_name(journal.name + ".tmp")
-            record.write_text(json.dumps({"new": new, "ensembles": affected}))
-            record.replace(journal)
+            _write_whole(journal, json.dumps({"new": new, "ensembles": affected}))
             for m, entries in files.items():
                 tmp = repo / m / f".tmp-{new[m]}"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +312,7 @@ def publish_versions(repository: str | Path, files: dict[str, dict[str, Path]], 
                     if not client.is_model_ready(s.model_name, version):
                         raise RolloutError(f"ensemble {name} would run {s.model_name} version "
                                            f"{version or 'latest'}, which is not ready")
-                _write_config(repo / name / "config.pbtxt", text)
+                _write_whole(repo / name / "config.pbtxt", text)
                 try:
                     client.load_model(name, client_timeout=timeout_s)
                 except InferenceServerException as e:

@@ -746,9 +746,8 @@ def test_every_model_ranks_ids_of_one_text_in_corpus_order(tmp_path):
         kv[p] = kv[7]
     assert list(evaluate._rank(kv[7][None], kv, 10)[0, :4]) == [7, 40, 2000, 4999]
     assert list(evaluate._rank(kv[7][None], kv, 2)[0]) == [7, 40]  # a tie group cut at k keeps its first ids
-    d = _tiny_beir(tmp_path / "beir")  # d1 and d4 share "cordless drill"
-    rs = RetrievalSet({"d1": "cordless drill", "d2": "ceiling fan", "d3": "garden hose", "d4": "cordless drill"},
-                      {"q1": "cordless drill"}, {"q1": {"d4": 1.0}})
+    d = _tiny_beir(tmp_path / "beir")  # d1 and d4 share "cordless drill"; q1 is judged relevant to d4
+    rs = read_beir(d)
     assert evaluate.BM25Model(None, rs).rankings(rs)[""]["q1"][:2] == ["d1", "d4"]
     assert evaluate.MiniLMModel().rankings(rs)[""]["q1"][:2] == ["d1", "d4"]
     report = evaluate.evaluate([("BM25", "bm25"), ("MiniLM", "minilm")], f"beir:{d}", tmp_path / "r", cache_dir=None)

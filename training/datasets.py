@@ -176,10 +176,9 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
         if len(row) != 3:
             raise ValueError(f"{path}:{n}: want 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
         qid, did, score = (c.strip() for c in row)
-        if first and not is_number(score):  # the header: the first row that is not blank
-            first = False
+        header, first = first and not is_number(score), False  # the header: the first row not blank
+        if header:
             continue
-        first = False
         gain = finite_number(score, "score", f"{path}:{n}")
         if not qid or not did:
             raise ValueError(f"{path}:{n}: blank {'query' if not qid else 'corpus'} id")
