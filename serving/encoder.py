@@ -10,9 +10,10 @@ pooling weight, so the real tokens' states are unchanged (to float rounding).
 
 The TorchScript file is loaded with `torch.jit.optimize_for_inference` (oneDNN-prepacked weights):
 1.3-1.7x faster for one query and about even at batches of 16 on this CPU (measured with 1 and 2
-threads; results equal to the plain file within 2e-6). On AMX-BF16 hosts `QueryEncoder` runs
-serving.fast_bert's re-assembly of the same weights with bf16 matrix products instead (1.5-1.8x faster
-again for one query; the `precision` argument, the models' `encoder_precision` parameter). The file
+threads; results equal to the plain file within 2e-6). On hosts with bf16 matrix hardware (AMX-BF16
+or AVX512-BF16) `QueryEncoder` runs serving.fast_bert's re-assembly of the same weights with bf16
+matrix products instead (for one query 1.5-1.8x faster again on the AMX host, 2x on the EPYC host; the
+`precision` argument, the models' `encoder_precision` parameter). The file
 itself stays plain TorchScript, loadable by Triton's PyTorch backend.
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ def encoder_forward(plain: torch.jit.ScriptModule, shape: dict | None, precision
         return optimized(plain), "torchscript"
     resolved = resolve_serving(precision)
     if precision == "auto" and resolved == "fp32":
-        return optimized(plain), "torchscript (auto: no AMX-BF16 on this CPU)"
+        return optimized(plain), "torchscript (auto: no bf16 matrix hardware on this CPU)"
     if shape is None:
         why = ("export.json predates the encoder shape (export format 3); `make build` re-exports and "
                "re-indexes (the store names the export it was built from)")
@@ -88,8 +89,8 @@ class QueryEncoder:
 
     `precision` picks the forward pass: `fp32` or `bf16` run serving.fast_bert's re-assembled FastBert,
     checked against the file when it loads; `torchscript` runs the file through
-    torch.jit.optimize_for_inference; `auto` is `bf16` on AMX-BF16 hosts, where it was measured, and
-    `torchscript` elsewhere (FastBert in fp32 measured no faster than the optimised file). Exports that
+    torch.jit.optimize_for_inference; `auto` is `bf16` where the CPU has AMX-BF16 or AVX512-BF16 (measured
+    on both) and `torchscript` elsewhere (FastBert in fp32 measured no faster than the optimised file). Exports that
     predate the encoder shape in export.json (format 3) and a fast path that fails its check run the
     optimised file too. `self.path` says which runs, and why when it fell back."""
 

@@ -13,8 +13,8 @@ pair, as `training.evaluate` scores them.
 `precision` picks the export's trace: fp32 (`reranker.pt`), or bf16 (`reranker_bf16.pt`, its LSTM in
 bf16: logits within 0.0071 of fp32's on the Home Depot dev pairs, the same test ROC-AUC; on an AMX
 host a served `retrieve_rerank` request took 1.13x less time, interleaved with fp32). `auto` (the
-`reranker` model's `precision` parameter as shipped) is bf16 where the CPU has AMX-BF16 tiles, as for
-the query encoder (training.precision.resolve_serving).
+`reranker` model's `precision` parameter as shipped) is bf16 where the CPU has AMX-BF16 or AVX512-BF16,
+as for the query encoder (training.precision.resolve_serving).
 """
 from __future__ import annotations
 

@@ -72,8 +72,9 @@ def test_query_encoder_serves_the_asked_path(encoder_dir, precision, path, atol)
 
 def test_auto_follows_the_cpu(encoder_dir, monkeypatch):
     import training.precision as precision
-    for amx, path in ((True, "fast bf16"), (False, "torchscript (auto")):
-        monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda amx=amx: amx)
+    for flags, path in (({"amx_bf16", "avx512_bf16"}, "fast bf16"), ({"avx512_bf16"}, "fast bf16"),
+                        ({"avx512f"}, "torchscript (auto")):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: frozenset(flags))
         assert QueryEncoder(encoder_dir).path.startswith(path)
 
 
@@ -130,8 +131,9 @@ def test_the_export_names_the_encoder_shape(tiny_export):
         "heads": 12, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}
 
 
-@pytest.mark.parametrize("flags, want", [({"amx_bf16", "avx512_bf16"}, "bf16"), ({"avx512_bf16"}, "fp32"), (set(), "fp32")])
-def test_serving_auto_is_bf16_only_with_amx(monkeypatch, flags, want):
+@pytest.mark.parametrize("flags, want", [({"amx_bf16", "avx512_bf16"}, "bf16"), ({"avx512_bf16"}, "bf16"),
+                                         ({"avx512f", "avx2"}, "fp32"), (set(), "fp32")])
+def test_serving_auto_is_bf16_with_bf16_matmul_hardware(monkeypatch, flags, want):
     import training.precision as precision
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     assert precision.resolve_serving("auto") == want

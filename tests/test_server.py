@@ -54,9 +54,9 @@ def test_served_models_run_the_cpp_pool_cross_path(server):
 
 
 def test_served_encoders_run_the_path_auto_picks_for_this_cpu(server):
-    from training.precision import cpu_has_amx_bf16
+    from training.precision import cpu_has_bf16_matmul
     log = server.log_file.read_text(errors="replace")
-    want = "fast bf16 (" if cpu_has_amx_bf16() else "torchscript (auto: no AMX-BF16 on this CPU)"
+    want = "fast bf16 (" if cpu_has_bf16_matmul() else "torchscript (auto: no bf16 matrix hardware on this CPU)"
     for model in ("keyword_store", "query_encoder"):
         assert f"{model}: query encoder: {want}" in log, model
 

@@ -523,7 +523,7 @@ def write_report(report: dict, out: Path) -> None:
              "twin: one query crossed with 100 cached keyword vectors; query encode: one query of 16 tokens, "
              "padding included, through the eager student and through the served encoder, its TorchScript "
              "export run as serving runs it (serving.fast_bert at the default precision: bf16 matrix products "
-             "on AMX-BF16 hosts), timed in alternating blocks; `twin-served` rows encode queries as serving "
+             "on AMX-BF16 and AVX512-BF16 hosts), timed in alternating blocks; `twin-served` rows encode queries as serving "
              "does). Retrieval for TwinBERT (res) re-ranks "
              "its cos top-100; cross models (teacher, BiLSTM) do not retrieve over the corpus, and a "
              "'re-ranks' row re-orders TwinBERT's cos top-100 (or the top N its name gives) with one.", "",

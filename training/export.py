@@ -13,7 +13,7 @@ Both TorchScript files are checked against eager on shapes other than the traced
 With --reranker, a BiLSTM student checkpoint is exported too, into its own directory (the keyword
 store names the twin export it was built from, so the twin export stays untouched):
   reranker.pt             TorchScript: ([CLS] query [SEP] keyword [SEP] ids, mask) int64 [B, L] -> logits fp32 [B]
-  reranker_bf16.pt        the same with its LSTM in bf16 (what serving runs on AMX-BF16 hosts; logits fp32)
+  reranker_bf16.pt        the same with its LSTM in bf16 (what serving runs on bf16 hosts; logits fp32)
   reranker.json           max_length, source checkpoint and checksums
   tokenizer.json          the pair tokenizer's WordPiece vocabulary
 

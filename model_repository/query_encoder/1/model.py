@@ -1,5 +1,5 @@
 """Triton Python model: query text (or ids + mask) -> TOKEN_STATES, TOKEN_MASK via the exported encoder
-(serving/encoder.py: bf16 matrix products on AMX-BF16 hosts, the `encoder_precision` parameter).
+(serving/encoder.py: bf16 matrix products on AMX-BF16 and AVX512-BF16 hosts, the `encoder_precision` parameter).
 
 Each request sends either QUERY (strings, tokenised here with the export's WordPiece, so the
 ensembles need no separate tokenizer hop) or INPUT_IDS + ATTENTION_MASK (ids from the `tokenizer`
