@@ -7,6 +7,7 @@ every load and store. Runs on CPU tensors under TRITON_INTERPRET=1 (tests), on C
 
 Layers: `_pool_cross_fwd_kernel` -> `pool_cross_triton` (checked launcher) -> `PoolCrossFunction`
 (autograd: backward recomputes through the PyTorch reference, so training can use the op).
+`warm_up` compiles, before serving, every kernel variant requests can need (SHAPE_INTS below).
 """
 from __future__ import annotations
 
@@ -40,7 +41,17 @@ def _load_tokens(t_row, offs_l, offs_h, l_ok, h_ok, stride_tl, stride_th):
                    mask=l_ok[:, None] & h_ok[None, :], other=0.0).to(tl.float32)
 
 
-@triton.jit
+# The integer arguments that change with a request's shape: its length L, its number of keywords K, and
+# the batch strides derived from them. By default Triton compiles one kernel per value class of each
+# integer argument (1, a multiple of 16, any other), so a served model would compile again (about a
+# second on a GPU) on the first request whose L or K fell in a class not seen yet, K = 100 and K = 64
+# alike. Left unspecialised, a (BLOCK_L, crossing, dtypes) combination compiles once, and `warm_up`
+# compiles every combination a model can meet before its first request. The strides along H and D stay
+# specialised: they are 1 for contiguous tensors, which is what lets the loads vectorise.
+SHAPE_INTS = ("L", "K", "stride_tb", "stride_mb", "stride_kb", "stride_sb")
+
+
+@triton.jit(do_not_specialize=SHAPE_INTS)
 def _pool_cross_fwd_kernel(
     T, M, V, W, WB, KW, W1, W2, U, SCAL, Q, S,
     L, H, D, K, R,
@@ -165,8 +176,7 @@ def pool_cross_triton(token_states: torch.Tensor, mask: torch.Tensor, params: Po
     if not token_states.is_cuda and not interpreter_active():
         raise RuntimeError("the Triton kernel needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
     dev = token_states.device
-    bsz, length, hidden = token_states.shape
-    dim = params.dim
+    bsz, dim = token_states.shape[0], params.dim
     has_keywords = keywords is not None and keywords.shape[-2] > 0
     code = _CROSSING_CODE[crossing] if has_keywords else _NO_CROSS
     n_k = keywords.shape[-2] if has_keywords else 0
@@ -182,6 +192,25 @@ def pool_cross_triton(token_states: torch.Tensor, mask: torch.Tensor, params: Po
             raise ValueError(f"out must be contiguous fp32 buffers of shapes {(bsz, dim)} and {(bsz, n_k)}")
     if bsz == 0:
         return pooled, scores
+    args, kwargs = _launch_args(token_states, mask, params, keywords if has_keywords else None, code, pooled, scores)
+    # Triton launches on the current CUDA device, not the tensors': an instance placed on cuda:1
+    # (instance_group gives one per GPU) would otherwise run on device 0's stream with device-1 pointers
+    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+        _pool_cross_fwd_kernel[(bsz,)](*args, **kwargs)
+    return pooled, scores
+
+
+def _launch_args(token_states: torch.Tensor, mask: torch.Tensor, params: PoolCrossParams,
+                 keywords: torch.Tensor | None, code: int, pooled: torch.Tensor, scores: torch.Tensor
+                 ) -> tuple[tuple, dict]:
+    """The kernel's positional arguments and its constexpr / launch options for one launch (`keywords`
+    None unless crossed; `code` the crossing's code). Kept apart from the launch so that tests can compute
+    Triton's cache key for any request shape without a GPU (tests/test_pool_cross_kernel.py)."""
+    dev = token_states.device
+    _, length, hidden = token_states.shape
+    dim = params.dim
+    has_keywords = keywords is not None
+    n_k = keywords.shape[-2] if has_keywords else 0
     kw = keywords if has_keywords else pooled
     if has_keywords and kw.dim() == 3:
         stride_kb, stride_kk, stride_kd = kw.stride()
@@ -199,24 +228,45 @@ def pool_cross_triton(token_states: torch.Tensor, mask: torch.Tensor, params: Po
     # with keyword tiles of BLOCK_D lanes, so the two must agree also when H < 16
     block_h = max(triton.next_power_of_2(hidden), 16)
     block_l = max(triton.next_power_of_2(length), 1)
-    # Triton launches on the current CUDA device, not the tensors': an instance placed on cuda:1
-    # (instance_group gives one per GPU) would otherwise run on device 0's stream with device-1 pointers
-    with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
-        _pool_cross_fwd_kernel[(bsz,)](
-            token_states, mask, _f32(params.pool_v, pooled), proj_w, proj_b, kw,
+    args = (token_states, mask, _f32(params.pool_v, pooled), proj_w, proj_b, kw,
             w1, w2, _f32(params.res_u, pooled), _scalars(params, dev), pooled, scores,
             length, hidden, dim, n_k, n_r,
             *token_states.stride(), *mask.stride(),
             *(proj_w.stride() if has_proj else (0, 0)),
             stride_kb, stride_kk, stride_kd,
             *(w1.stride() if code == _RES else (0, 0)), *(w2.stride() if code == _RES else (0, 0)),
-            pooled.stride(0), scores.stride(0) if n_k else 0,
-            BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_HC=min(block_h, 32),
-            BLOCK_D=max(triton.next_power_of_2(dim), 16), BLOCK_K=16 if code == _RES else 64,
-            BLOCK_R=32, HAS_PROJ=has_proj, CROSSING=code,
-            num_warps=8 if block_l * block_h >= 8192 else 4,
-        )
-    return pooled, scores
+            pooled.stride(0), scores.stride(0) if n_k else 0)
+    kwargs = dict(BLOCK_L=block_l, BLOCK_H=block_h, BLOCK_HC=min(block_h, 32),
+                  BLOCK_D=max(triton.next_power_of_2(dim), 16), BLOCK_K=16 if code == _RES else 64,
+                  BLOCK_R=32, HAS_PROJ=has_proj, CROSSING=code,
+                  num_warps=8 if block_l * block_h >= 8192 else 4)
+    return args, kwargs
+
+
+def warm_up_shapes(max_length: int, crossings: tuple[str, ...]) -> list[tuple[int, str | None]]:
+    """(length, crossing) of one launch per kernel variant that requests of 1..`max_length` tokens can
+    need: one length per BLOCK_L bucket (powers of two), pooling alone and each crossing. With
+    SHAPE_INTS unspecialised, neither the number of keywords nor the batch size adds a variant."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1; got {max_length}")
+    lengths = [1 << i for i in range(max(triton.next_power_of_2(max_length), 1).bit_length())]
+    return [(n, c) for n in lengths for c in (None, *crossings)]
+
+
+def warm_up(params: PoolCrossParams, device: torch.device, max_length: int, crossings: tuple[str, ...],
+            dtype: torch.dtype = torch.float32, mask_dtype: torch.dtype = torch.int64) -> int:
+    """Compile, by running once, every kernel variant that requests of up to `max_length` tokens (any
+    number of keywords, any batch size) with these dtypes and crossings need; returns the launches.
+    A served GPU instance calls it while loading (model_repository/pool_cross), so no user request
+    waits for Triton's compiler. Longer requests compile their bucket on first use."""
+    launches = 0
+    for length, crossing in warm_up_shapes(max_length, crossings):
+        states = torch.zeros(1, length, params.hidden, device=device, dtype=dtype)
+        mask = torch.ones(1, length, device=device, dtype=mask_dtype)
+        keywords = None if crossing is None else torch.zeros(1, 2, params.dim, device=device, dtype=dtype)
+        pool_cross_triton(states, mask, params, keywords, crossing or "cos")
+        launches += 1
+    return launches
 
 
 class PoolCrossFunction(torch.autograd.Function):

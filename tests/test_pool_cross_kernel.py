@@ -386,3 +386,86 @@ def test_native_op_refuses_bad_outputs_and_keywords():
         _native_out(ts, mask, params, torch.randn(2, 5, 32), "cos", torch.empty(2, 32), torch.empty(2, 4))
     with pytest.raises(RuntimeError, match="keywords"):
         _native_out(ts, mask, params, torch.randn(2, 5, 16), "res", torch.empty(2, 32), torch.empty(2, 5))
+
+
+class _Recorder:
+    """Stands in for the kernel: records each launch's arguments instead of running it."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((args, kwargs))
+
+
+def _triton_cache_keys(kernel_fn, launches, do_not_specialize):
+    """Triton's own compile-cache key of each launch, for a GPU target, computed without a GPU: launches
+    with one key share one compiled kernel, a new key compiles."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction, compute_cache_key, create_function_from_signature
+    kernel = JITFunction(kernel_fn, do_not_specialize=do_not_specialize)
+    binder = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
+    keys = set()
+    for args, kwargs in launches:
+        _, specialization, options = binder(*args, **kwargs)
+        keys.add(compute_cache_key({}, specialization, options))
+    return keys
+
+
+def _request_launches(params, monkeypatch, max_length):
+    """The launches of requests of every length up to max_length, several numbers of keywords (per query
+    and shared), batch sizes and crossings, as the served pool_cross model makes them (fp32, int64 mask)."""
+    import kernels.pool_cross_triton as m
+    rec = _Recorder()
+    monkeypatch.setattr(m, "_pool_cross_fwd_kernel", rec)
+    for length in range(1, max_length + 1):
+        for b in (1, 3, 4):
+            ts = torch.zeros(b, length, params.hidden, device=DEVICE)
+            mask = torch.ones(b, length, dtype=torch.long, device=DEVICE)
+            m.pool_cross_triton(ts, mask, params, None)
+            for k in (0, 1, 2, 16, 30, 64, 100, 200):
+                for crossing in ("cos", "res"):
+                    m.pool_cross_triton(ts, mask, params, torch.zeros(b, k, params.dim, device=DEVICE), crossing)
+                    m.pool_cross_triton(ts, mask, params, torch.zeros(k, params.dim, device=DEVICE), crossing)
+    return rec.launches
+
+
+def _unspecialised(kernel):
+    """The kernel's do_not_specialize, as the JIT (GPU) or the interpreter (CPU tests) keeps it."""
+    if hasattr(kernel, "kwargs"):
+        return tuple(kernel.kwargs.get("do_not_specialize") or ())
+    return tuple(kernel.do_not_specialize)
+
+
+def test_after_warm_up_no_request_shape_compiles_the_kernel_again(monkeypatch):
+    import kernels.pool_cross_triton as m
+    fn, dns, params = m._pool_cross_fwd_kernel.fn, _unspecialised(m._pool_cross_fwd_kernel), make_params(32, 32)
+    requests = _request_launches(params, monkeypatch, 16)
+    rec = _Recorder()
+    monkeypatch.setattr(m, "_pool_cross_fwd_kernel", rec)
+    assert m.warm_up(params, torch.device(DEVICE), 16, ("cos", "res")) == len(rec.launches) == 15  # 5 buckets x 3
+    warm = _triton_cache_keys(fn, rec.launches, dns)
+    assert _triton_cache_keys(fn, requests, dns) <= warm and len(warm) == 15
+    # with Triton's default specialisation the same requests need kernels the warm-up never compiled
+    assert len(_triton_cache_keys(fn, requests, ()) - _triton_cache_keys(fn, rec.launches, ())) > 0
+
+
+def test_the_kernel_leaves_the_shape_integers_unspecialised():
+    import kernels.pool_cross_triton as m
+    kernel = m._pool_cross_fwd_kernel
+    assert set(_unspecialised(kernel)) == set(m.SHAPE_INTS) and set(m.SHAPE_INTS) <= set(kernel.arg_names)
+
+
+@pytest.mark.parametrize("max_length, lengths", [(1, [1]), (8, [1, 2, 4, 8]), (9, [1, 2, 4, 8, 16]), (16, [1, 2, 4, 8, 16])])
+def test_warm_up_covers_every_length_bucket(max_length, lengths):
+    from kernels.pool_cross_triton import warm_up_shapes
+    shapes = warm_up_shapes(max_length, ("cos",))
+    assert sorted({n for n, _ in shapes}) == lengths and {c for _, c in shapes} == {None, "cos"}
+    with pytest.raises(ValueError, match="max_length"):
+        warm_up_shapes(0, ("cos",))
+
+
+def test_warm_up_runs_the_kernel():
+    from kernels.pool_cross_triton import warm_up
+    assert warm_up(make_params(16, 16, r=8), torch.device(DEVICE), 2, ("cos", "res")) == 6

@@ -11,6 +11,15 @@ from torch.utils.dlpack import from_dlpack, to_dlpack
 from kernels import PoolCrossParams, cpu_native, pool_cross
 from serving.model_errors import internal, invalid
 from serving.requests import BadRequest, check_finite, check_mask_rows, decode_crossing, serving_defaults
+from training.artifacts import read_json_object
+
+
+def _query_max_len(version_dir: Path, default: int = 16) -> int:
+    """The export's query length (export.json's model_config), the longest the ensembles send here."""
+    made = version_dir / "export.json"
+    config = read_json_object(made).get("model_config") if made.is_file() else None
+    length = config.get("query_max_len") if isinstance(config, dict) else None
+    return length if isinstance(length, int) and not isinstance(length, bool) and length >= 1 else default
 
 
 class TritonPythonModel:
@@ -23,6 +32,13 @@ class TritonPythonModel:
         _, self.default_crossing = serving_defaults(self.config)
         if self.device.type == "cpu":  # build or load the C++ path now, not in the first request
             pb_utils.Logger.log_info(f"{args['model_name']}: pool_cross CPU path: {cpu_native.describe()}")
+        else:  # compile every variant of the Triton kernel now, not in the first requests of each shape
+            from kernels.pool_cross_triton import warm_up  # triton itself only where it runs
+            length = _query_max_len(Path(args["model_repository"]) / args["model_version"])
+            crossings = ("cos", "res") if self.params.res_w1 is not None else ("cos",)  # what requests can ask
+            launches = warm_up(self.params, self.device, length, crossings)
+            pb_utils.Logger.log_info(f"{args['model_name']}: Triton kernel compiled for {launches} shape classes "
+                                     f"(queries of 1..{length} tokens, pooling alone and {' and '.join(crossings)})")
 
     def _input(self, request, name):
         tensor = pb_utils.get_input_tensor_by_name(request, name)
