@@ -11,7 +11,10 @@ bench: in one run on the same queries and candidates: served `relevance` for 100
 the teacher cross-encoder scoring the same 100 pairs in-process; served `retrieve` top-100 (the
 server's default K', and with the top 100 re-scored by res) and, when the repository has the
 re-ranker, `retrieve_rerank` (top 10 of the cosine top DEPTH) against the same pipeline in-process
-without Triton.
+without Triton; then the serving floor: `null_store` (client/floor_repository, served beside the
+repository), a model with retrieve's inputs and outputs that does no work, alone and behind a one-step
+ensemble, against keyword_store, retrieve and the in-process pipeline in interleaved blocks, which bounds
+how low served / in-process can go.
 update: keyword-store updates at the served catalogue's size under `retrieve` traffic (a partial update,
 then the whole catalogue under new ids): build and swap times, failed requests, latency per phase.
 """
@@ -159,6 +162,56 @@ def _in_process_stages(pipe, queries: list[str], calls: int) -> dict:
     return {"requests": calls, **{f"{st}_us": round(sums[st] / calls * 1e6) for st in STAGES}}
 
 
+# A null model with retrieve's inputs and outputs (client/floor_repository): bench serves it beside the
+# repository to measure what serving costs before any model works.
+FLOOR_REPOSITORY = Path(__file__).resolve().parent / "floor_repository"
+
+
+def library_retrieve(c, model: str, k: int):
+    """call(query) -> hits: TwinBertClient.retrieve's request, decoding and QUERY_DIGEST check (server
+    default K'), sent to `model`, any model with retrieve's inputs and outputs."""
+    import tritonclient.grpc as grpcclient
+
+    from client.core import _hits, _retrieve_inputs
+
+    def call(q):
+        inputs, outputs, sent = _retrieve_inputs(grpcclient, [q], k)
+        return _hits(c._infer(model, inputs, outputs, None), sent)[0]
+    return call
+
+
+def _floor_paths(c, pipe, k: int) -> list[tuple[str, object]]:
+    """(name, call(query)) of the serving-floor comparison: the null model alone and behind retrieve's
+    one-step ensemble, keyword_store alone and behind it, and the same work in-process."""
+    return [("null_store (no model work)", library_retrieve(c, "null_store", k)),
+            ("null_retrieve (its one-step ensemble)", library_retrieve(c, "null_retrieve", k)),
+            ("keyword_store (the model, no ensemble)", library_retrieve(c, "keyword_store", k)),
+            ("retrieve (the served ensemble)", library_retrieve(c, "retrieve", k)),
+            ("in-process (same code, no Triton)", lambda q: pipe.retrieve(q, k))]
+
+
+def serving_floor(c, pipe, args, repeats: int, threads: int, k: int = 100) -> dict:
+    """p50 / p99 of each floor path (top-`k`) over interleaved blocks, and what they imply for the ratio
+    served / in-process: its floor is (in-process + null_retrieve) / in-process, whatever the models do.
+    The server must serve FLOOR_REPOSITORY beside the repository."""
+    import torch
+    torch.set_num_threads(threads)
+    paths = _floor_paths(c, pipe, k)
+    samples = {name: [] for name, _ in paths}
+    for _ in range(5):  # interleave: drift on a shared machine hits every path alike
+        for name, call in paths:
+            samples[name] += _time_calls(call, args, max(repeats // 5, 1))
+    torch.set_num_threads(2)
+    p50 = {name: statistics.median(v) for name, v in samples.items()}
+    local, null, served = (p50[paths[i][0]] for i in (4, 1, 3))
+    return {"paths": {name: {"p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99), "calls": len(v)}
+                      for name, v in samples.items()},
+            "served_minus_in_process_ms": round(served - local, 3),
+            "null_retrieve_ms": round(null, 3),
+            "ratio_served": round(served / local, 3),
+            "ratio_floor": round((local + null) / local, 3)}
+
+
 def served_encoder_threads(repository: Path) -> int:
     """The intra-op threads the served query encoder runs with: keyword_store's "threads" parameter
     (retrieve and relevance encode the query in keyword_store)."""
@@ -183,7 +236,8 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     # The same 100 candidates for every path: the cosine top-100 of each query.
     candidates = {q: [i.decode() for i in pipe.retrieve(q, 100, 0)[0][0]] for q in queries}
     rows, stages, stub = {}, {}, {}
-    with _server(repository, _work() / "bench_server.log") as server, TwinBertClient(server.grpc_url) as c:
+    with _server(repository, _work() / "bench_server.log", extra_args=[f"--model-repository={FLOOR_REPOSITORY}"]
+                 ) as server, TwinBertClient(server.grpc_url) as c:
         metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         for q in queries[:5]:  # warm both paths
             c.retrieve(q, 100), c.retrieve(q, 100, 100), c.relevance(q, candidates[q])
@@ -224,6 +278,10 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                   f"in-process p50 {rows[name]['in_process_p50_ms']} ms (x{rows[name]['served_over_in_process']}), "
                   f"with 2 threads {rows[name]['in_process_2_threads_p50_ms']} ms "
                   f"(x{rows[name]['served_over_in_process_2_threads']})", flush=True)
+        floor = serving_floor(c, pipe, args, repeats, served_threads)
+        print(f"serving floor: null_retrieve p50 {floor['null_retrieve_ms']} ms; served retrieve costs "
+              f"{floor['served_minus_in_process_ms']} ms over in-process (x{floor['ratio_served']}); the ratio "
+              f"cannot go below x{floor['ratio_floor']} with this in-process time", flush=True)
         # the first path's stages in-process, as keyword_store's counters split them (means, like theirs)
         torch.set_num_threads(served_threads)
         stub["retrieve top-100, in-process"] = _in_process_stages(pipe, queries, repeats)
@@ -241,7 +299,7 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
           f"(x{rows['teacher vs twin, 100 pairs']['twin_speedup']})", flush=True)
     result = {"queries": len(queries), "served_threads_per_model": served_threads, "rows": rows,
               "reranker_precision": pipe.reranker.precision if pipe.reranker is not None else None,
-              "server_stages": stages, "keyword_store_stages": stub}
+              "server_stages": stages, "keyword_store_stages": stub, "serving_floor": floor}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_name(out.name + ".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# End-to-end benchmark (one run, same queries and candidates)", "",
@@ -284,6 +342,19 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
             lines.append(f"| {name} | {st['requests']} | {st['execute_us']} | {st['parse_us']} | {st['encode_us']} | "
                          f"{st['compute_us']} | {st['respond_us']} |")
     lines.append("")
+    lines += ["## The serving floor", "",
+              "`retrieve` top-100 with the served default K' through the client library, beside the same calls to "
+              "`null_store` (client/floor_repository: retrieve's inputs and outputs, a fixed answer of 100 hits, no "
+              "model work) alone and behind `null_retrieve`, retrieve's one-step ensemble over it, and to "
+              "keyword_store without the ensemble; interleaved blocks, one client, p50 / p99 in ms. "
+              "null_retrieve is what a served request costs before any model works (gRPC both ways, Triton's core, "
+              "the ensemble hop, the round trip to a Python-backend stub, the library's encoding and checks), so "
+              "served / in-process cannot go below (in-process + null_retrieve) / in-process.", "",
+              "| path | p50 | p99 | calls |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['p50_ms']} | {r['p99_ms']} | {r['calls']} |" for name, r in floor["paths"].items()]
+    lines += ["", f"Served minus in-process: {floor['served_minus_in_process_ms']} ms (ratio "
+              f"{floor['ratio_served']}); the floor alone: {floor['null_retrieve_ms']} ms, a ratio of at least "
+              f"{floor['ratio_floor']} at this in-process time.", ""]
     out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
     return result
 
