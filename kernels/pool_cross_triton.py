@@ -42,13 +42,15 @@ def _load_tokens(t_row, offs_l, offs_h, l_ok, h_ok, stride_tl, stride_th):
 
 
 # The integer arguments that change with a request's shape: its length L, its number of keywords K, and
-# the batch strides derived from them. By default Triton compiles one kernel per value class of each
-# integer argument (1, a multiple of 16, any other), so a served model would compile again (about a
-# second on a GPU) on the first request whose L or K fell in a class not seen yet, K = 100 and K = 64
-# alike. Left unspecialised, a (BLOCK_L, crossing, dtypes) combination compiles once, and `warm_up`
-# compiles every combination a model can meet before its first request. The strides along H and D stay
-# specialised: they are 1 for contiguous tensors, which is what lets the loads vectorise.
-SHAPE_INTS = ("L", "K", "stride_tb", "stride_mb", "stride_kb", "stride_sb")
+# the mask's and scores' batch strides (L and K again). By default Triton compiles one kernel per value
+# class of each integer argument (1, a multiple of 16, any other), so a served model would compile again
+# (about a second on a GPU) on the first request whose L or K fell in a class not seen yet, K = 100 and
+# K = 64 alike. Left unspecialised, a (BLOCK_L, crossing, dtypes) combination compiles once, and
+# `warm_up` compiles every combination a model can meet before its first request. The other strides stay
+# specialised: along H and D they are 1 for contiguous tensors, and the batch strides of the token states
+# and keywords (L * H, K * D, or 0) are multiples of 16 whenever H and D are; that is what tells the
+# compiler each row's token and keyword tiles are aligned, so their loads vectorise.
+SHAPE_INTS = ("L", "K", "stride_mb", "stride_sb")
 
 
 @triton.jit(do_not_specialize=SHAPE_INTS)

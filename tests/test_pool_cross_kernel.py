@@ -440,7 +440,7 @@ def _unspecialised(kernel):
 
 def test_after_warm_up_no_request_shape_compiles_the_kernel_again(monkeypatch):
     import kernels.pool_cross_triton as m
-    fn, dns, params = m._pool_cross_fwd_kernel.fn, _unspecialised(m._pool_cross_fwd_kernel), make_params(32, 32)
+    fn, dns, params = m._pool_cross_fwd_kernel.fn, _unspecialised(m._pool_cross_fwd_kernel), make_params(384, 384)
     requests = _request_launches(params, monkeypatch, 16)
     rec = _Recorder()
     monkeypatch.setattr(m, "_pool_cross_fwd_kernel", rec)

@@ -15,7 +15,8 @@ from training.artifacts import read_json_object
 
 
 def _query_max_len(version_dir: Path, default: int = 16) -> int:
-    """The export's query length (export.json's model_config), the longest the ensembles send here."""
+    """The export's query length (export.json's model_config): query_encoder truncates to it, so its
+    token states are never longer. A client's own longer states compile their length bucket on first use."""
     made = version_dir / "export.json"
     config = read_json_object(made).get("model_config") if made.is_file() else None
     length = config.get("query_max_len") if isinstance(config, dict) else None
