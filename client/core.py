@@ -343,9 +343,15 @@ class TwinBertClient:
         queries = _texts(queries, "queries")
         if not queries:
             return []
-        model = _retrieve_model(rerank_depth, candidates)
-        inputs, outputs, sent = _retrieve_inputs(grpcclient, queries, k, rerank_depth)
-        return _hits(self._infer(model, inputs, outputs, _retrieve_params(candidates)), sent)
+        return self._retrieve_from(_retrieve_model(rerank_depth, candidates), queries, k, rerank_depth,
+                                   _retrieve_params(candidates))
+
+    def _retrieve_from(self, model: str, queries: list[str], k: int, depth: int | None = None,
+                       parameters: dict | None = None) -> list[list[Hit]]:
+        """retrieve's request, decoding and QUERY_DIGEST check, sent to `model`: any model with
+        retrieve's inputs and outputs (make bench's floor sends it to a null model too)."""
+        inputs, outputs, sent = _retrieve_inputs(grpcclient, queries, k, depth)
+        return _hits(self._infer(model, inputs, outputs, parameters), sent)
 
     def relevance(self, query: str, keyword_ids: list[str], crossing: str | None = None) -> list[float]:
         return self.relevance_batch([query], [keyword_ids], crossing)[0]

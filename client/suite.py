@@ -167,27 +167,24 @@ def _in_process_stages(pipe, queries: list[str], calls: int) -> dict:
 FLOOR_REPOSITORY = Path(__file__).resolve().parent / "floor_repository"
 
 
+FLOOR_NULL, FLOOR_SERVED, FLOOR_LOCAL = ("null_retrieve (its one-step ensemble)", "retrieve (the served ensemble)",
+                                         "in-process (same code, no Triton)")
+
+
 def library_retrieve(c, model: str, k: int):
-    """call(query) -> hits: TwinBertClient.retrieve's request, decoding and QUERY_DIGEST check (server
-    default K'), sent to `model`, any model with retrieve's inputs and outputs."""
-    import tritonclient.grpc as grpcclient
-
-    from client.core import _hits, _retrieve_inputs
-
-    def call(q):
-        inputs, outputs, sent = _retrieve_inputs(grpcclient, [q], k)
-        return _hits(c._infer(model, inputs, outputs, None), sent)[0]
-    return call
+    """call(query) -> hits: TwinBertClient.retrieve (server default K') sent to `model`, any model with
+    retrieve's inputs and outputs."""
+    return lambda q: c._retrieve_from(model, [q], k)[0]
 
 
-def _floor_paths(c, pipe, k: int) -> list[tuple[str, object]]:
-    """(name, call(query)) of the serving-floor comparison: the null model alone and behind retrieve's
+def _floor_paths(c, pipe, k: int) -> dict[str, object]:
+    """{name: call(query)} of the serving-floor comparison: the null model alone and behind retrieve's
     one-step ensemble, keyword_store alone and behind it, and the same work in-process."""
-    return [("null_store (no model work)", library_retrieve(c, "null_store", k)),
-            ("null_retrieve (its one-step ensemble)", library_retrieve(c, "null_retrieve", k)),
-            ("keyword_store (the model, no ensemble)", library_retrieve(c, "keyword_store", k)),
-            ("retrieve (the served ensemble)", library_retrieve(c, "retrieve", k)),
-            ("in-process (same code, no Triton)", lambda q: pipe.retrieve(q, k))]
+    return {"null_store (no model work)": library_retrieve(c, "null_store", k),
+            FLOOR_NULL: library_retrieve(c, "null_retrieve", k),
+            "keyword_store (the model, no ensemble)": library_retrieve(c, "keyword_store", k),
+            FLOOR_SERVED: library_retrieve(c, "retrieve", k),
+            FLOOR_LOCAL: lambda q: pipe.retrieve(q, k)}
 
 
 def serving_floor(c, pipe, args, repeats: int, threads: int, k: int = 100) -> dict:
@@ -200,15 +197,14 @@ def serving_floor(c, pipe, args, repeats: int, threads: int, k: int = 100) -> di
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     paths = _floor_paths(c, pipe, k)
-    samples = {name: [] for name, _ in paths}
+    samples = {name: [] for name in paths}
     try:
         for _ in range(5):  # interleave: drift on a shared machine hits every path alike
-            for name, call in paths:
+            for name, call in paths.items():
                 samples[name] += _time_calls(call, args, max(repeats // 5, 1))
     finally:
         torch.set_num_threads(before)
-    p50 = {name: statistics.median(v) for name, v in samples.items()}
-    local, null, served = (p50[paths[i][0]] for i in (4, 1, 3))
+    local, null, served = (statistics.median(samples[name]) for name in (FLOOR_LOCAL, FLOOR_NULL, FLOOR_SERVED))
     return {"paths": {name: {"p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99), "calls": len(v)}
                       for name, v in samples.items()},
             "served_minus_in_process_ms": round(served - local, 3),
