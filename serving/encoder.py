@@ -129,10 +129,25 @@ class QueryEncoder:
 
     def encode_many(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """Several requests' (ids, mask) in one forward pass: rows padded to the widest (the padding is
-        masked out, so real tokens' states do not change), states cut back to each request's width."""
+        masked out, so real tokens' states do not change), states cut back to each request's width.
+        One request goes through as it is (copied only if read-only, as tensors handed over by Triton
+        can be): one 8-token query in-process took 1.27-1.31 ms that way against 1.43-1.50 through np.pad and
+        np.concatenate, as every request went before (ad-hoc probe, medians of 1,000, 2026-12-06; in the
+        served stub the difference stayed within the run-to-run spread)."""
+        if len(parts) == 1:
+            ids, mask = parts[0]
+            if not (ids.flags.writeable and mask.flags.writeable):  # torch.from_numpy wants writeable arrays
+                ids, mask = np.array(ids), np.array(mask)
+            return [self(ids, mask)]
         width = max(ids.shape[1] for ids, _ in parts)
-        pad = lambda a: np.pad(a, ((0, 0), (0, width - a.shape[1])))  # noqa: E731
-        states = self(np.concatenate([pad(ids) for ids, _ in parts]), np.concatenate([pad(m) for _, m in parts]))
+        rows = sum(len(ids) for ids, _ in parts)
+        all_ids, all_mask = np.zeros((rows, width), np.int64), np.zeros((rows, width), np.int64)
+        start = 0
+        for ids, mask in parts:
+            all_ids[start:start + len(ids), :ids.shape[1]] = ids
+            all_mask[start:start + len(ids), :ids.shape[1]] = mask
+            start += len(ids)
+        states = self(all_ids, all_mask)
         out, start = [], 0
         for ids, _ in parts:
             out.append(states[start:start + len(ids), :ids.shape[1]])

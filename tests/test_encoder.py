@@ -62,3 +62,15 @@ def test_requests_of_different_widths_share_one_forward_pass(encoder_dir):
         alone = enc(ids, mask)
         real = mask.astype(bool)
         np.testing.assert_allclose(states[real], alone[real], atol=1e-5)
+
+
+def test_one_request_is_encoded_as_it_is_and_read_only_arrays_are_copied(encoder_dir):
+    enc = QueryEncoder(encoder_dir)
+    ids, mask = enc.tokenize(["cordless drill"])
+    alone = enc(ids, mask)
+    ids.flags.writeable = mask.flags.writeable = False  # as arrays handed over by Triton can be
+    (states,) = enc.encode_many([(ids, mask)])
+    assert states.shape == alone.shape
+    np.testing.assert_allclose(states, alone, atol=1e-6)
+    padded = enc.encode_many([(ids, mask), enc.tokenize(["milwaukee m18 fuel brushless hammer drill kit"])])
+    np.testing.assert_allclose(padded[0][mask.astype(bool)], alone[mask.astype(bool)], atol=1e-5)
