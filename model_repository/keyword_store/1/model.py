@@ -24,6 +24,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 from kernels import PoolCrossParams, cpu_native
+from serving import bytes_tensors
 from serving.encoder import QueryEncoder
 from serving.keyword_store import KeywordStore, UnknownKeywordError, sha256_file
 from serving.model_errors import internal, invalid
@@ -53,6 +54,9 @@ def _nothing_counted() -> dict:
 
 class TritonPythonModel:
     def initialize(self, args):
+        # 100 ids and 100 texts per retrieve answer: the backend's own BYTES serialiser is slow
+        # (serving/bytes_tensors.py)
+        bytes_tensors.install(pb_utils)
         faiss.omp_set_num_threads(1)  # single queries: OpenMP start-up costs more than it saves
         config = json.loads(args["model_config"])
         torch.set_num_threads(int(config.get("parameters", {}).get("threads", {}).get("string_value", "1")))
