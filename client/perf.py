@@ -54,3 +54,40 @@ def run_perf_analyzer(url: str, model: str, input_data: Path, concurrency: int, 
             "requests": None, "errors": 0, "throughput_rps": round(float(row["Inferences/Second"]), 2),
             "p50_ms": us("p50 latency"), "p90_ms": us("p90 latency"), "p99_ms": us("p99 latency"),
             "p999_ms": None, "mean_ms": us("Avg latency") if "Avg latency" in row else None}
+
+
+def profile_latencies(path: Path) -> list[float]:
+    """Per-request latencies in ms from perf_analyzer's --profile-export-file (each request's last
+    response timestamp less its send timestamp, nanoseconds in the file), in the order sent."""
+    # the export holds each response's outputs as they came, raw bytes included: not always UTF-8
+    data = json.loads(Path(path).read_bytes().decode("utf-8", "replace"))
+    out = []
+    for experiment in data.get("experiments", []):
+        for request in experiment.get("requests", []):
+            answered = request.get("response_timestamps") or []
+            if not answered:
+                raise RuntimeError(f"{path}: perf_analyzer recorded a request without a response")
+            out.append((request["timestamp"], (answered[-1] - request["timestamp"]) / 1e6))
+    if not out:
+        raise RuntimeError(f"{path}: perf_analyzer's profile export holds no requests")
+    return [latency for _, latency in sorted(out)]
+
+
+def perf_analyzer_latencies(url: str, model: str, input_data: Path, requests: int, export: Path,
+                            timeout_s: float = 300) -> list[float]:
+    """Latencies in ms of `requests` requests sent one at a time by perf_analyzer (its C++ gRPC client,
+    requests built once from `input_data`, answers not decoded), one per request, in the order sent
+    (the first one opens perf_analyzer's connection)."""
+    export = Path(export)
+    export.parent.mkdir(parents=True, exist_ok=True)
+    export.unlink(missing_ok=True)  # perf_analyzer refuses to write over a file
+    cmd = [perf_analyzer_path(), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
+           "--concurrency-range", "1:1", "--request-count", str(requests), "--profile-export-file", str(export)]
+    out = subprocess.run(cmd, env=perf_env(), capture_output=True, text=True, timeout=timeout_s)
+    if out.returncode != 0:
+        # its usage text follows the reason: the reason comes first
+        raise RuntimeError(f"perf_analyzer failed ({out.returncode}): {(out.stderr or out.stdout)[:2000]}")
+    latencies = profile_latencies(export)
+    if len(latencies) != requests:
+        raise RuntimeError(f"perf_analyzer answered {len(latencies)} of {requests} requests")
+    return latencies

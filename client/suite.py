@@ -187,30 +187,92 @@ def _floor_paths(c, pipe, k: int) -> dict[str, object]:
             FLOOR_LOCAL: lambda q: pipe.retrieve(q, k)}
 
 
-def serving_floor(c, pipe, args, repeats: int, threads: int, k: int = 100) -> dict:
+# The same `retrieve` requests through leaner clients than the library (which decodes 100 ids and texts
+# into typed hits in Python, work the in-process baseline does not do): what the serving path itself costs.
+FLOOR_WIRE = "retrieve, wire client (request built once, answer not decoded)"
+FLOOR_PA_NULL, FLOOR_PA = "null_retrieve, perf_analyzer (C++ client)", "retrieve, perf_analyzer (C++ client)"
+
+
+def _floor_blocks(url: str, queries: list[str], k: int, perf_input: Path | None, export: Path | None
+                  ) -> dict[str, object]:
+    """{name: block(n) -> n latencies in ms} of the lean-client paths: the project's wire client (one
+    blocking gRPC call at a time, requests serialised once, as `loadtest --client wire`), and, given
+    perf_analyzer's input-data file, perf_analyzer at concurrency 1 against null_retrieve and retrieve."""
+    from client.loadtest import closed_loop_threads, serialized_requests
+    from client.perf import perf_analyzer_latencies
+    payloads = serialized_requests("retrieve", queries, k, None)
+
+    # Each block opens its own connection (perf_analyzer is a process per block): one untimed request
+    # first, so that connecting is not counted as a request's latency.
+    def wire(n: int) -> list[float]:
+        latencies, errors, examples, _ = closed_loop_threads(url, "retrieve", payloads, 1, n, 3600.0, 1, 30.0)
+        if errors or len(latencies) != n:
+            raise RuntimeError(f"wire client: {errors} of {n} requests failed ({examples[:1]})")
+        return latencies
+
+    blocks = {FLOOR_WIRE: wire}
+    if perf_input is not None:
+        blocks[FLOOR_PA_NULL] = lambda n: perf_analyzer_latencies(url, "null_retrieve", perf_input, n + 1, export)[1:]
+        blocks[FLOOR_PA] = lambda n: perf_analyzer_latencies(url, "retrieve", perf_input, n + 1, export)[1:]
+    return blocks
+
+
+def serving_floor(c, pipe, args, repeats: int, threads: int, k: int = 100, url: str | None = None,
+                  perf_input: Path | None = None) -> dict:
     """p50 / p99 of each floor path (top-`k`) over interleaved blocks, and what they imply for the ratio
     served / in-process, measured again here in the same blocks (`ratio_served`): with a served model
     doing the in-process work and nothing more, it would be about (in-process + null_retrieve) /
     in-process (`ratio_floor`, from medians). The server must serve FLOOR_REPOSITORY beside the
-    repository."""
+    repository. Given the server's `url`, the same requests also go through the wire client
+    (`ratio_served_wire`), and given `perf_input` (perf_analyzer's input-data file for the queries of
+    `args`), through perf_analyzer to null_retrieve and retrieve (`ratio_served_perf_analyzer`,
+    `ratio_floor_perf_analyzer`)."""
     import torch
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     paths = _floor_paths(c, pipe, k)
-    samples = {name: [] for name in paths}
+    blocks = (_floor_blocks(url, [a[0] for a in args], k, perf_input,
+                            perf_input.with_name("perf_floor_export.json") if perf_input else None) if url else {})
+    samples = {name: [] for name in [*paths, *blocks]}
+    per_block = max(repeats // 5, 1)
     try:
         for _ in range(5):  # interleave: drift on a shared machine hits every path alike
             for name, call in paths.items():
-                samples[name] += _time_calls(call, args, max(repeats // 5, 1))
+                samples[name] += _time_calls(call, args, per_block)
+            for name, block in blocks.items():
+                samples[name] += block(per_block)
     finally:
         torch.set_num_threads(before)
-    local, null, served = (statistics.median(samples[name]) for name in (FLOOR_LOCAL, FLOOR_NULL, FLOOR_SERVED))
-    return {"paths": {name: {"p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99), "calls": len(v)}
-                      for name, v in samples.items()},
-            "served_minus_in_process_ms": round(served - local, 3),
-            "null_retrieve_ms": round(null, 3),
-            "ratio_served": round(served / local, 3),
-            "ratio_floor": round((local + null) / local, 3)}
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    local, null, served = median[FLOOR_LOCAL], median[FLOOR_NULL], median[FLOOR_SERVED]
+    out = {"paths": {name: {"p50_ms": _pct(v, 50), "p99_ms": _pct(v, 99), "calls": len(v)}
+                     for name, v in samples.items()},
+           "served_minus_in_process_ms": round(served - local, 3),
+           "null_retrieve_ms": round(null, 3),
+           "ratio_served": round(served / local, 3),
+           "ratio_floor": round((local + null) / local, 3)}
+    if FLOOR_WIRE in median:
+        out["ratio_served_wire"] = round(median[FLOOR_WIRE] / local, 3)
+    if FLOOR_PA in median:
+        out["ratio_served_perf_analyzer"] = round(median[FLOOR_PA] / local, 3)
+        out["ratio_floor_perf_analyzer"] = round((local + median[FLOOR_PA_NULL]) / local, 3)
+    return out
+
+
+def _perf_floor_input(url: str, queries: list[str], k: int = 100) -> Path | None:
+    """perf_analyzer's input-data file for the floor's queries, once a short run shows perf_analyzer
+    works here; None (its rows left out, and said so) where it cannot run."""
+    import subprocess
+
+    from client.perf import perf_analyzer_latencies, write_input_data
+    path = write_input_data(_work() / "perf_floor_input.json", queries, top_k=k)
+    try:
+        perf_analyzer_latencies(url, "retrieve", path, 5, _work() / "perf_floor_export.json")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        print(f"bench: perf_analyzer cannot run here ({str(e)[:300]}); the floor's perf_analyzer rows are left "
+              "out (`make setup` installs it and the libraries it needs)", flush=True)
+        return None
+    return path
 
 
 def served_encoder_threads(repository: Path) -> int:
@@ -279,10 +341,13 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
                   f"in-process p50 {rows[name]['in_process_p50_ms']} ms (x{rows[name]['served_over_in_process']}), "
                   f"with 2 threads {rows[name]['in_process_2_threads_p50_ms']} ms "
                   f"(x{rows[name]['served_over_in_process_2_threads']})", flush=True)
-        floor = serving_floor(c, pipe, args, repeats, served_threads)
+        floor = serving_floor(c, pipe, args, repeats, served_threads, url=server.grpc_url,
+                              perf_input=_perf_floor_input(server.grpc_url, queries))
         print(f"serving floor: null_retrieve p50 {floor['null_retrieve_ms']} ms; served retrieve costs "
               f"{floor['served_minus_in_process_ms']} ms over in-process (x{floor['ratio_served']}); a model "
-              f"doing only the in-process work would be served at about x{floor['ratio_floor']}", flush=True)
+              f"doing only the in-process work would be served at about x{floor['ratio_floor']}; wire client "
+              f"x{floor['ratio_served_wire']}, perf_analyzer x{floor.get('ratio_served_perf_analyzer', '-')} "
+              f"(floor x{floor.get('ratio_floor_perf_analyzer', '-')})", flush=True)
         # the first path's stages in-process, as keyword_store's counters split them (means, like theirs)
         torch.set_num_threads(served_threads)
         stub["retrieve top-100, in-process"] = _in_process_stages(pipe, queries, repeats)
@@ -358,6 +423,16 @@ def bench(repository: Path, out: Path, teacher_dir: Path, data=None, n_queries: 
     lines += ["", f"Served minus in-process: {floor['served_minus_in_process_ms']} ms (ratio "
               f"{floor['ratio_served']}); the floor alone: {floor['null_retrieve_ms']} ms, a ratio of about "
               f"{floor['ratio_floor']} at this in-process time with no serving cost but the floor.", ""]
+    if "ratio_served_wire" in floor:
+        lines += ["The client library decodes each answer's 100 ids and texts into typed hits in Python, work the "
+                  "in-process baseline (which returns the encoded arrays) does not do. The `wire client` rows send "
+                  "the same `retrieve` requests built once and leave the answers undecoded (`loadtest --client "
+                  "wire`), and the `perf_analyzer` rows send them with Triton's C++ client at concurrency 1: what "
+                  "the serving path costs with the least client work. Served over in-process: wire client "
+                  f"{floor['ratio_served_wire']}"
+                  + (f", perf_analyzer {floor['ratio_served_perf_analyzer']}; perf_analyzer's floor "
+                     f"(null_retrieve) alone: {floor['ratio_floor_perf_analyzer']}."
+                     if "ratio_served_perf_analyzer" in floor else "; perf_analyzer could not run here."), ""]
     out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
     return result
 

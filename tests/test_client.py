@@ -342,3 +342,28 @@ def test_threaded_closed_loop_counts_every_request_and_raises_what_a_worker_hit(
     stop.set()
     channel = Channel()
     assert lt.closed_loop_threads("x:1", "retrieve", [b"a"], 2, 100, 30.0, 0, 1.0, stop)[0] == []
+
+
+def test_perf_analyzer_profile_export_gives_one_latency_per_request(tmp_path):
+    from client.perf import profile_latencies
+    # as perf_analyzer 2.51 writes it: nanosecond timestamps, the answers' raw bytes (not always UTF-8)
+    requests = [{"timestamp": 1_000_000_000, "request_inputs": {"QUERY": "drill"},
+                 "response_timestamps": [1_003_250_000], "response_outputs": "\udcff"},
+                {"timestamp": 2_000_000_000, "request_inputs": {"QUERY": "hose"},
+                 "response_timestamps": [2_001_000_000, 2_002_500_000]}]
+    doc = {"experiments": [{"experiment": {"mode": "concurrency", "value": 1}, "requests": requests,
+                            "window_boundaries": [0, 1]}], "version": "2.51.0"}
+    path = tmp_path / "export.json"
+    path.write_bytes(json.dumps(doc).replace('"\\udcff"', '"\xff"').encode("latin-1"))
+    assert profile_latencies(path) == pytest.approx([3.25, 2.5])
+    requests.reverse()  # listed in another order: still returned in the order sent
+    path.write_text(json.dumps(doc))
+    assert profile_latencies(path) == pytest.approx([3.25, 2.5])
+    requests.reverse()
+    requests[1]["response_timestamps"] = []
+    path.write_text(json.dumps(doc))
+    with pytest.raises(RuntimeError, match="without a response"):
+        profile_latencies(path)
+    path.write_text(json.dumps({"experiments": []}))
+    with pytest.raises(RuntimeError, match="holds no requests"):
+        profile_latencies(path)

@@ -117,11 +117,14 @@ def test_keyword_store_stage_counters_cover_every_request_and_add_up(server):
     assert all(p > 0 for p in parts) and abs(local["execute_us"] - sum(parts)) <= 3
 
 
-def test_the_serving_floor_answers_like_retrieve_and_bounds_the_ratio(server):
+def test_the_serving_floor_answers_like_retrieve_and_bounds_the_ratio(server, tmp_path):
     """make bench's floor: null_store answers retrieve's request shape (hits the library decodes and
     checks) with no model work, and the comparison times every path on the same queries."""
+    from client.perf import write_input_data
     from client.suite import library_retrieve, serving_floor
     from serving.pipeline import InProcessPipeline
+    pipe = InProcessPipeline(server.repository, threads=1)  # sets the process's threads to 1
+    torch.set_num_threads(2)
     threads = torch.get_num_threads()
     with TwinBertClient(server.grpc_url) as c:
         for model in ("null_store", "null_retrieve"):
@@ -130,9 +133,17 @@ def test_the_serving_floor_answers_like_retrieve_and_bounds_the_ratio(server):
             assert all(h.keyword for h in hits)
         with pytest.raises(InvalidRequest, match="TOP_K must be between 1 and 1000"):
             library_retrieve(c, "null_retrieve", 1001)("drill")
-        floor = serving_floor(c, InProcessPipeline(server.repository, threads=1), [("drill",), ("hose",)],
-                              repeats=10, threads=1, k=3)
-    assert [r["calls"] for r in floor["paths"].values()] == [10] * 5
-    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in floor["paths"].values())
-    assert floor["ratio_floor"] > 1 and floor["null_retrieve_ms"] > 0
-    assert torch.get_num_threads() == threads  # restored
+        floor = serving_floor(c, pipe, [("drill",), ("hose",)], repeats=10, threads=1, k=3)
+        assert [r["calls"] for r in floor["paths"].values()] == [10] * 5
+        assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in floor["paths"].values())
+        assert floor["ratio_floor"] > 1 and floor["null_retrieve_ms"] > 0
+        assert "ratio_served_wire" not in floor and "ratio_served_perf_analyzer" not in floor
+        assert torch.get_num_threads() == threads  # restored
+        # the lean clients: the wire client and perf_analyzer (real, as make bench runs it) on the same queries
+        perf_input = write_input_data(tmp_path / "perf_input.json", ["drill", "hose"], top_k=3)
+        lean = serving_floor(c, pipe, [("drill",), ("hose",)], repeats=10, threads=1, k=3, url=server.grpc_url,
+                             perf_input=perf_input)
+    assert [r["calls"] for r in lean["paths"].values()] == [10] * 8
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in lean["paths"].values())
+    assert lean["ratio_served_wire"] > 0 and lean["ratio_served_perf_analyzer"] > 0
+    assert lean["ratio_floor_perf_analyzer"] > 1
