@@ -36,17 +36,26 @@ def write_input_data(path: Path, queries: list[str], top_k: int) -> Path:
     return path
 
 
+def _perf_analyzer(url: str, model: str, input_data: Path, concurrency: int, options: list[str],
+                   timeout_s: float) -> None:
+    """One perf_analyzer run over gRPC with `input_data` at `concurrency`; RuntimeError if it fails."""
+    cmd = [perf_analyzer_path(), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
+           "--concurrency-range", f"{concurrency}:{concurrency}", *options]
+    out = subprocess.run(cmd, env=perf_env(), capture_output=True, text=True, timeout=timeout_s)
+    if out.returncode != 0:
+        # a refused option comes first (its usage text follows it), a failed run's reason last
+        text = out.stderr or out.stdout
+        raise RuntimeError(f"perf_analyzer failed ({out.returncode}): "
+                           + (text if len(text) <= 2000 else f"{text[:1000]} ... {text[-1000:]}"))
+
+
 def run_perf_analyzer(url: str, model: str, input_data: Path, concurrency: int, out_csv: Path,
                       window_requests: int = 300, timeout_s: float = 300) -> dict:
     # Count-based windows with a loose stability bound: on a shared 2-core machine time windows
     # rarely agree within perf_analyzer's default 10%.
-    cmd = [perf_analyzer_path(), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
-           "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-mode", "count_windows",
-           "--measurement-request-count", str(window_requests), "--stability-percentage", "50",
-           "--max-trials", "10", "-f", str(out_csv)]
-    out = subprocess.run(cmd, env=perf_env(), capture_output=True, text=True, timeout=timeout_s)
-    if out.returncode != 0:
-        raise RuntimeError(f"perf_analyzer failed ({out.returncode}): {out.stderr[-2000:] or out.stdout[-2000:]}")
+    _perf_analyzer(url, model, input_data, concurrency,
+                   ["--measurement-mode", "count_windows", "--measurement-request-count", str(window_requests),
+                    "--stability-percentage", "50", "--max-trials", "10", "-f", str(out_csv)], timeout_s)
     with open(out_csv) as f:
         row = next(csv.DictReader(f))
     us = lambda k: round(float(row[k]) / 1000, 3)  # noqa: E731  (perf_analyzer reports microseconds)
@@ -81,12 +90,8 @@ def perf_analyzer_latencies(url: str, model: str, input_data: Path, requests: in
     export = Path(export)
     export.parent.mkdir(parents=True, exist_ok=True)
     export.unlink(missing_ok=True)  # perf_analyzer refuses to write over a file
-    cmd = [perf_analyzer_path(), "-m", model, "-u", url, "-i", "grpc", "--input-data", str(input_data),
-           "--concurrency-range", "1:1", "--request-count", str(requests), "--profile-export-file", str(export)]
-    out = subprocess.run(cmd, env=perf_env(), capture_output=True, text=True, timeout=timeout_s)
-    if out.returncode != 0:
-        # its usage text follows the reason: the reason comes first
-        raise RuntimeError(f"perf_analyzer failed ({out.returncode}): {(out.stderr or out.stdout)[:2000]}")
+    _perf_analyzer(url, model, input_data, 1, ["--request-count", str(requests), "--profile-export-file", str(export)],
+                   timeout_s)
     latencies = profile_latencies(export)
     if len(latencies) != requests:
         raise RuntimeError(f"perf_analyzer answered {len(latencies)} of {requests} requests")

@@ -191,10 +191,10 @@ def _floor_paths(c, pipe, k: int) -> dict[str, object]:
 # into typed hits in Python, work the in-process baseline does not do): what the serving path itself costs.
 FLOOR_WIRE = "retrieve, wire client (request built once, answer not decoded)"
 FLOOR_PA_NULL, FLOOR_PA = "null_retrieve, perf_analyzer (C++ client)", "retrieve, perf_analyzer (C++ client)"
+PERF_FLOOR_EXPORT = "perf_floor_export.json"  # perf_analyzer's profile export, beside its input-data file
 
 
-def _floor_blocks(url: str, queries: list[str], k: int, perf_input: Path | None, export: Path | None
-                  ) -> dict[str, object]:
+def _floor_blocks(url: str, queries: list[str], k: int, perf_input: Path | None) -> dict[str, object]:
     """{name: block(n) -> n latencies in ms} of the lean-client paths: the project's wire client (one
     blocking gRPC call at a time, requests serialised once, as `loadtest --client wire`), and, given
     perf_analyzer's input-data file, perf_analyzer at concurrency 1 against null_retrieve and retrieve."""
@@ -212,6 +212,7 @@ def _floor_blocks(url: str, queries: list[str], k: int, perf_input: Path | None,
 
     blocks = {FLOOR_WIRE: wire}
     if perf_input is not None:
+        export = perf_input.with_name(PERF_FLOOR_EXPORT)
         blocks[FLOOR_PA_NULL] = lambda n: perf_analyzer_latencies(url, "null_retrieve", perf_input, n + 1, export)[1:]
         blocks[FLOOR_PA] = lambda n: perf_analyzer_latencies(url, "retrieve", perf_input, n + 1, export)[1:]
     return blocks
@@ -231,8 +232,7 @@ def serving_floor(c, pipe, args, repeats: int, threads: int, k: int = 100, url: 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     paths = _floor_paths(c, pipe, k)
-    blocks = (_floor_blocks(url, [a[0] for a in args], k, perf_input,
-                            perf_input.with_name("perf_floor_export.json") if perf_input else None) if url else {})
+    blocks = _floor_blocks(url, [a[0] for a in args], k, perf_input) if url else {}
     samples = {name: [] for name in [*paths, *blocks]}
     per_block = max(repeats // 5, 1)
     try:
@@ -267,7 +267,7 @@ def _perf_floor_input(url: str, queries: list[str], k: int = 100) -> Path | None
     from client.perf import perf_analyzer_latencies, write_input_data
     path = write_input_data(_work() / "perf_floor_input.json", queries, top_k=k)
     try:
-        perf_analyzer_latencies(url, "retrieve", path, 5, _work() / "perf_floor_export.json")
+        perf_analyzer_latencies(url, "retrieve", path, 5, path.with_name(PERF_FLOOR_EXPORT))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         print(f"bench: perf_analyzer cannot run here ({str(e)[:300]}); the floor's perf_analyzer rows are left "
               "out (`make setup` installs it and the libraries it needs)", flush=True)

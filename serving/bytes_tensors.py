@@ -29,7 +29,7 @@ def serialize_byte_tensor(tensor: np.ndarray):
     if tensor.dtype != np.object_ and tensor.dtype.type != np.bytes_:
         return None
     parts = []
-    for item in np.ascontiguousarray(tensor).ravel().tolist():
+    for item in tensor.ravel().tolist():  # ravel reads in C order, whatever the strides
         if type(item) is not bytes:
             item = str(item).encode("utf-8")
         parts.append(_LENGTH(len(item)))

@@ -124,21 +124,21 @@ class QueryEncoder:
 
     @torch.inference_mode()
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Token states [B, L, H] fp32."""
+        """Token states [B, L, H] fp32. Read-only arrays (Triton can hand them over) are copied first:
+        torch.from_numpy wants writeable ones."""
+        if not (ids.flags.writeable and mask.flags.writeable):
+            ids, mask = np.array(ids), np.array(mask)
         return self.encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
 
     def encode_many(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """Several requests' (ids, mask) in one forward pass: rows padded to the widest (the padding is
         masked out, so real tokens' states do not change), states cut back to each request's width.
-        One request goes through as it is (copied only if read-only, as tensors handed over by Triton
-        can be): one 8-token query in-process took 1.27-1.31 ms that way against 1.43-1.50 through np.pad and
-        np.concatenate, as every request went before (ad-hoc probe, medians of 1,000, 2026-12-06; in the
-        served stub the difference stayed within the run-to-run spread)."""
+        One request goes through as it is: one 8-token query in-process took 1.27-1.31 ms that way
+        against 1.43-1.50 through np.pad and np.concatenate, as every request went before (ad-hoc probe,
+        medians of 1,000, 2026-12-06; in the served stub the difference stayed within the run-to-run
+        spread)."""
         if len(parts) == 1:
-            ids, mask = parts[0]
-            if not (ids.flags.writeable and mask.flags.writeable):  # torch.from_numpy wants writeable arrays
-                ids, mask = np.array(ids), np.array(mask)
-            return [self(ids, mask)]
+            return [self(*parts[0])]
         width = max(ids.shape[1] for ids, _ in parts)
         rows = sum(len(ids) for ids, _ in parts)
         all_ids, all_mask = np.zeros((rows, width), np.int64), np.zeros((rows, width), np.int64)
