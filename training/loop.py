@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from training.artifacts import ArtifactError, load_weights, read_json_object, read_tensors, replace_dir
 from training.data import DataError
-from training.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+from training.cli import dropout_rate, nonnegative_float, nonnegative_int, positive_float, positive_int
 from training.precision import add_precision_arg, autocast, resolve
 
 
@@ -73,12 +73,26 @@ def _broadcast_int(value: int) -> int:
     return int(t.item())
 
 
-def _broadcast_flag(flag: bool) -> bool:
+def broadcast_flag(flag: bool) -> bool:
     return bool(_broadcast_int(int(flag)))
+
+
+def _rng_states() -> list[list[int]]:
+    """Every rank's torch RNG state, in rank order (each rank draws its own dropout masks)."""
+    mine = torch.get_rng_state().tolist()
+    if not dist.is_initialized():
+        return [mine]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, mine)
+    return states
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      sched, state: dict) -> None:
+    """Called on every rank (each gives its RNG state); rank 0 writes."""
+    rngs = _rng_states()
+    if not is_main():
+        return
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -95,7 +109,7 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimi
         save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({
         **state, "param_groups": opt_state["param_groups"], "scheduler": sched.state_dict(),
-        "torch_rng": torch.get_rng_state().tolist()}) + "\n")
+        "torch_rng": rngs[0], "torch_rng_by_rank": rngs}) + "\n")
     replace_dir(tmp, path)  # the previous checkpoint stays whole until this one is in place
 
 
@@ -170,7 +184,12 @@ def _load_checkpoint(path: Path, model, opt, sched, settings: dict) -> dict:
     try:
         opt.load_state_dict(opt_state)
         sched.load_state_dict(state.pop("scheduler"))
-        torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+        by_rank = state.pop("torch_rng_by_rank", None)  # checkpoints before it kept rank 0's alone
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        rng = state.pop("torch_rng")
+        if isinstance(by_rank, list) and len(by_rank) > rank:
+            rng = by_rank[rank]
+        torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
     except (ValueError, RuntimeError, KeyError, TypeError) as e:  # e.g. a run with other parameter groups
         raise bad(f"does not fit this run ({e})") from None
     state.pop("param_groups")
@@ -278,7 +297,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
             stop = state["bad_evals"] >= cfg.patience
         elif is_main():
             save_best(model)
-        return _broadcast_flag(stop)
+        return broadcast_flag(stop)
 
     model.train()
     stop = state["stopped_early"]  # a rerun of a run that stopped early stays stopped
@@ -313,10 +332,10 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
                 if fit < state["schedule"]["total"]:
                     state["schedule"] = fit_schedule(state["schedule"], state["step"], fit)
                     bar.total = state["schedule"]["total"]
-            if cfg.save_every and state["step"] % cfg.save_every == 0 and is_main():
+            if cfg.save_every and state["step"] % cfg.save_every == 0:
                 _save_checkpoint(ckpt, model, opt, sched, state)
             over_time = bool(cfg.max_minutes) and time.monotonic() - start > cfg.max_minutes * 60
-            if _broadcast_flag(over_time):
+            if broadcast_flag(over_time):
                 bar.write(f"{desc}: stopping at the {cfg.max_minutes:g}-minute cap (step {state['step']})")
                 stop = True
             if stop:
@@ -324,8 +343,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
     bar.close()
     if not state["stopped_early"]:
         run_eval()
-    if is_main():
-        _save_checkpoint(ckpt, model, opt, sched, state)
+    _save_checkpoint(ckpt, model, opt, sched, state)
     state["train_minutes"] = round((time.monotonic() - start) / 60, 2)
     state["final_loss"] = sum(losses[-50:]) / max(1, len(losses[-50:]))
     return state
@@ -381,15 +399,15 @@ def add_loop_args(ap, *, epochs: float, lr: float, batch_size: int, eval_every: 
     ap.add_argument("--max-minutes", type=nonnegative_float, default=0.0, help="wall-clock cap; 0 = none")
     ap.add_argument("--batch-size", type=positive_int, default=batch_size)
     ap.add_argument("--lr", type=nonnegative_float, default=lr,
-                    help="peak learning rate (0 freezes all but a --head-lr group)")
+                    help="peak learning rate (0 freezes the model; distill trains its --head-lr group alone then)")
     ap.add_argument("--dev-pairs", type=positive_int, default=2000, help="dev pairs scored at each evaluation")
     ap.add_argument("--eval-every", type=nonnegative_int, default=eval_every, help="steps; 0 = only at the end")
     ap.add_argument("--patience", type=positive_int, default=3, help="evaluations without improvement before stopping")
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    ap.add_argument("--dropout", type=nonnegative_float, default=None,
-                    help="dropout rate of every dropout layer while training (default: %(default)s; None = the model's own)")
+    ap.add_argument("--dropout", type=dropout_rate, default=None,
+                    help="dropout rate of every dropout layer while training, in [0, 1) (default: the model's own)")
     ap.add_argument("--freeze-word-embeddings", action="store_true",
                     help="do not train the pretrained token-embedding table (faster steps)")
     add_precision_arg(ap)

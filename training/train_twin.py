@@ -4,6 +4,10 @@ In-batch negatives (InfoNCE over cosine), relevant pairs (relevance >= 2.5) of t
 only. The full teacher distillation is `training.distill`; this is the few-minute real model.
 
     python -m training.train_twin --out artifacts/model --minutes 4
+    torchrun --nproc_per_node 2 -m training.train_twin --out artifacts/model --minutes 4
+
+Under torchrun each process takes its own batch of every step (so a step sees world x --batch-size
+pairs) and the gradients are averaged over the processes (gloo); rank 0 writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.data import POSITIVE_THRESHOLD, DataError, load_pairs, normalize_query, split_pairs, write_split
+from training.loop import broadcast_flag, dist_info, finish_distributed, is_main
 from training.precision import add_precision_arg, autocast, resolve
 from training.pretrained import minilm_dir
 from training.tokenize import WordPiece, trim_padding
@@ -72,13 +78,14 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, same: torch.Tensor, scale
 
 
 def train(cfg: TrainConfig) -> Path:
-    print(f"train_twin: {json.dumps(asdict(cfg))}", flush=True)
-    torch.manual_seed(cfg.seed)
+    rank, world = dist_info()
+    if is_main():
+        print(f"train_twin: {json.dumps(asdict(cfg))}" + (f", {world} processes" if world > 1 else ""), flush=True)
+    torch.manual_seed(cfg.seed)  # the same on every rank: the same initial weights and batch order
     random.seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(max(1, cfg.threads // world))
     splits = split_pairs(load_pairs(cfg.data))
     out = Path(cfg.out)
-    write_split(splits, out / "split.json")
     positives = [p for p in splits["train"] if p.relevance >= POSITIVE_THRESHOLD]
     model_cfg = TwinConfig(num_layers=cfg.num_layers, proj_dim=cfg.proj_dim)
     model = TwinBERT(model_cfg).train()
@@ -86,22 +93,28 @@ def train(cfg: TrainConfig) -> Path:
     ktok = WordPiece(minilm_dir() / "tokenizer.json", model_cfg.keyword_max_len)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
     precision = resolve(cfg.precision)
-    steps_per_epoch = len(positives) // cfg.batch_size
+    steps_per_epoch = len(positives) // (cfg.batch_size * world)
     if steps_per_epoch == 0:  # else a model would be saved untrained, with a nan loss
-        raise DataError(f"train_twin: {len(positives)} positive pairs, fewer than one batch of {cfg.batch_size}")
+        raise DataError(f"train_twin: {len(positives)} positive pairs, fewer than one batch of {cfg.batch_size}"
+                        + (f" for each of {world} processes" if world > 1 else ""))
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
     deadline = time.monotonic() + cfg.minutes * 60
+
+    def out_of_time() -> bool:  # rank 0's clock decides, so every rank runs the same steps
+        return broadcast_flag(time.monotonic() >= deadline)
+
     step, losses = 0, []
-    bar = tqdm(total=total, desc="train twin", unit="step")
-    while step < total and time.monotonic() < deadline:
+    bar = tqdm(total=total, desc="train twin", unit="step", disable=not is_main())
+    while step < total and not out_of_time():
         random.shuffle(positives)
         for i in range(steps_per_epoch):
-            if step >= total or time.monotonic() >= deadline:
+            if step >= total or out_of_time():
                 break
-            batch = positives[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            first = (i * world + rank) * cfg.batch_size  # this rank's batch of the step
+            batch = positives[first:first + cfg.batch_size]
             qids, qmask = map(torch.from_numpy, trim_padding(*qtok([p.query for p in batch])))
             kids, kmask = map(torch.from_numpy, trim_padding(*ktok([p.keyword for p in batch])))
             qkey = [normalize_query(p.query) for p in batch]
@@ -113,6 +126,8 @@ def train(cfg: TrainConfig) -> Path:
             loss = contrastive_loss(q, k, same, cfg.scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                average_gradients(model, world)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -121,16 +136,34 @@ def train(cfg: TrainConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     bar.close()
-    model.eval().save(out)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    print(f"train_twin: {step} steps ({precision}), {step * cfg.batch_size} pairs, final loss "
-          f"{np.mean(losses[-50:]):.4f}, saved to {out}", flush=True)
+    model.eval()
+    if is_main():
+        model.save(out)
+        write_split(splits, out / "split.json")
+        (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "world_size": world}, indent=2) + "\n")
+        print(f"train_twin: {step} steps ({precision}), {step * cfg.batch_size * world} pairs, final loss "
+              f"{np.mean(losses[-50:]):.4f}, saved to {out}", flush=True)
     return out
+
+
+def average_gradients(model: torch.nn.Module, world: int) -> None:
+    """The mean of every rank's gradients, in one all-reduce of them flattened together."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 @one_line_errors("train_twin")
 def main(argv=None) -> None:
-    train(parse_args(argv))
+    try:
+        train(parse_args(argv))
+    finally:
+        finish_distributed()
 
 
 if __name__ == "__main__":
