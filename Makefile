@@ -33,7 +33,7 @@ train-quick: setup  ## every pipeline step on small budgets, into $(ARTIFACTS)/q
 	$(PY) -m training.pipeline --profile quick --artifacts $(ARTIFACTS)/quick --reports reports
 
 eval: setup  ## evaluate the trained models and baselines on held-out queries -> reports/eval.{md,json}
-	$(PY) -m training.evaluate --out reports/eval --model BM25=bm25 --model "MiniLM-L6 zero-shot=minilm" \
+	$(PY) -m training.evaluate --out reports/eval --cache-dir $(ARTIFACTS)/cache --model BM25=bm25 --model "MiniLM-L6 zero-shot=minilm" \
 		--model "teacher (cross-encoder)=teacher:$(ARTIFACTS)/teacher" --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		--model "TwinBERT, no augmentation=twin:$(ARTIFACTS)/twin_noaug" --model BiLSTM=bilstm:$(ARTIFACTS)/bilstm \
 		--model "BiLSTM, LSTM in bf16=bilstm-bf16:$(ARTIFACTS)/bilstm" \
@@ -43,7 +43,7 @@ eval: setup  ## evaluate the trained models and baselines on held-out queries ->
 		--model "BiLSTM re-ranks TwinBERT cos top-30 (retrieve_rerank, DEPTH 30)=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin@30"
 
 eval-depth: setup  ## how deep retrieve_rerank should read: BiLSTM re-ranking the cos top 10..100 on the dev queries -> reports/rerank_depth_dev.{md,json}
-	$(PY) -m training.evaluate --dataset homedepot:dev --out reports/rerank_depth_dev --model TwinBERT=twin:$(ARTIFACTS)/twin \
+	$(PY) -m training.evaluate --dataset homedepot:dev --out reports/rerank_depth_dev --cache-dir $(ARTIFACTS)/cache --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		$(foreach d,10 20 30 50 100,--model "BiLSTM re-ranks the cos top-$(d)=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin@$(d)")
 
 bench: build  ## served relevance vs teacher; served retrieve and retrieve_rerank vs in-process, one run -> reports/bench.{md,json}

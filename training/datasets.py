@@ -1,13 +1,14 @@
 """Evaluation datasets in two generic formats, plus the Home Depot adapter.
 
-Labelled pairs (CSV or TSV with a header): `query,keyword,label` and optionally `keyword_id`.
+Labelled pairs (CSV or TSV with a header): `query,keyword,label`; other columns are ignored.
   `label` is a graded or binary relevance; `training.evaluate --positive-threshold` says what counts
   as relevant (default 2.5, Home Depot's scale). UTF-8, with or without a byte-order mark.
   CSV fields follow RFC 4180 quoting; TSV (.tsv/.tab) fields are taken as they are, except one quoted
   whole as a CSV writer quotes it (`"1/2"" pipe"` is `1/2" pipe`).
 BEIR layout (a directory): `corpus.jsonl` ({"_id", "title"?, "text"}), `queries.jsonl` ({"_id", "text"}),
   `qrels/<split>.tsv` (header `query-id corpus-id score`, optional). Score > 0 is relevant; the score is
-  the gain. Ids are strings or integers, each once.
+  the gain. Ids are strings or integers, each once. Where the qrels also judge documents not relevant
+  (score 0), the judged pairs are labelled pairs too, so cross models (teacher, BiLSTM) are scored on them.
 
 Home Depot: judged pairs of one split; retrieval over all distinct titles, a query's relevant items
 being its judged titles with relevance >= 2.5 and gain relevance - 1.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -140,6 +142,18 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
     are strings or integers (a qrels id `7` finds `"_id": 7`), each id once; qrels scores are finite
     numbers. Qrels rows of queries that queries.jsonl lacks, or that name documents corpus.jsonl lacks,
     are counted in a warning."""
+    return read_beir_judged(directory, split)[0]
+
+
+# a BEIR score above 0 is relevant: LabelledPairs counts a label >= this as relevant
+BEIR_POSITIVE = math.ulp(0.0)
+
+
+def read_beir_judged(directory: str | Path, split: str = "test") -> tuple[RetrievalSet, LabelledPairs | None]:
+    """read_beir's retrieval set, and every judged (query, document) pair of the qrels whose query and
+    document are in the files, as labelled pairs with the score as label (relevant above 0) for the pair
+    metrics (ROC-AUC, PR-AUC, Spearman). None when the qrels judge no document not relevant (score 0 or
+    below, as most BEIR sets do): ROC-AUC needs both."""
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such directory (a BEIR layout: corpus.jsonl, queries.jsonl, qrels/)")
@@ -201,12 +215,18 @@ def read_beir(directory: str | Path, split: str = "test") -> RetrievalSet:
     if missing:  # they stay judged (recall counts them), but no model can retrieve them
         warnings.warn(f"{path}: {len(missing)} relevant corpus id(s) are not in corpus.jsonl, e.g. "
                       f"{sorted(missing)[:3]}; they count against recall", stacklevel=2)
+    all_queries = queries
     queries = {q: t for q, t in queries.items() if q in qrels}
     if not queries:
         raise ValueError(f"{d}: no query in queries.jsonl has a relevant judgement in qrels/{path.name}")
     if all(did not in corpus for q in queries for did in qrels[q]):
         raise ValueError(f"{d}: none of the relevant documents of qrels/{path.name} is in corpus.jsonl")
-    return RetrievalSet(corpus, queries, {q: qrels[q] for q in queries})
+    judged = [(q, did, gain) for (q, did), (_, gain) in seen.items() if q in all_queries and did in corpus]
+    pairs = None
+    if any(gain <= 0 for *_, gain in judged):
+        pairs = LabelledPairs([all_queries[q] for q, _, _ in judged], [corpus[did] for _, did, _ in judged],
+                              [gain for *_, gain in judged], BEIR_POSITIVE)
+    return RetrievalSet(corpus, queries, {q: qrels[q] for q in queries}), pairs
 
 
 def write_beir(rs: RetrievalSet, directory: str | Path, split: str = "test") -> None:

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.data import SPLITS, DataError
-from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir, read_labelled_pairs
+from training.data import SPLITS, DataError, load_pairs, normalize_query, split_manifest, split_pairs
+from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir_judged, read_labelled_pairs
 from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_mean_diff, pair_metrics,
                               per_query_retrieval, retrieval_metrics)
 from training.precision import add_precision_arg, resolve
@@ -155,7 +155,8 @@ class MiniLMModel(BiEncoderModel):
                     "keyword": WordPiece(minilm_dir() / "tokenizer.json", 32)}
         self.layers = 6
         self.params = sum(p.numel() for p in self.encoder.parameters())
-        self.fingerprint = "minilm-l6-mean"
+        # the weights themselves: another TWINBERT_PRETRAINED must not reuse these cached corpus vectors
+        self.fingerprint = "mean:" + hashlib.sha256((minilm_dir() / "model.safetensors").read_bytes()).hexdigest()
 
     @torch.inference_mode()
     def encode(self, texts, side, progress=False):
@@ -314,17 +315,60 @@ class RerankModel:
 BILSTM_KINDS = {"bilstm": "fp32", "bilstm-bf16": "bf16"}
 
 
+def _rerank_parts(kind_path: str) -> tuple[str, str, int]:
+    """rerank:KIND:DIR@TWIN_DIR[@DEPTH] -> (KIND:DIR, TWIN_DIR, DEPTH)."""
+    cross, at, twin = kind_path.partition(":")[2].rpartition("@")
+    depth = TOP
+    if at and twin.lstrip("-").isdigit():  # rerank:KIND:DIR@TWIN_DIR@DEPTH (an integer last field)
+        depth = int(twin)  # RerankModel checks its range
+        cross, at, twin = cross.rpartition("@")
+    if not at or cross.split(":")[0] not in ("teacher", *BILSTM_KINDS):
+        raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm[-bf16]:DIR@TWIN_DIR "
+                         f"(optionally @DEPTH), got {kind_path!r}")
+    return cross, twin, depth
+
+
+def checkpoint_dirs(kind_path: str) -> list[Path]:
+    """The checkpoint directories a model spec reads (none for bm25 and minilm)."""
+    kind, _, path = kind_path.partition(":")
+    if kind == "rerank":
+        cross, twin, _ = _rerank_parts(kind_path)
+        return checkpoint_dirs(cross) + [Path(twin)]
+    return [Path(path)] if path else []
+
+
+def split_record(data, split: str) -> dict:
+    """The Home Depot split a report evaluates on: the seed, how queries are bucketed, and the split's
+    pair and query counts with the checksum of its query list (training.data.split_manifest)."""
+    manifest = split_manifest(split_pairs(load_pairs(data)))
+    return {"name": split, "seed": manifest["seed"], "method": manifest["method"], **manifest["splits"][split]}
+
+
+def check_split(label: str, spec: str, record: dict) -> None:
+    """Refuse a model whose checkpoint records another split: the queries held out from it are not the
+    ones evaluated on, so some of them may be among those it trained on. Checkpoints without split.json
+    (older ones) are let through."""
+    for d in checkpoint_dirs(spec):
+        f = d / "split.json"
+        if not f.is_file():
+            continue
+        try:
+            recorded = json.loads(f.read_text())
+            seed, checksum = recorded["seed"], recorded["splits"][record["name"]]["queries_sha256"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{label}: {f} is not a split record ({type(e).__name__}: {e})") from None
+        if (seed, checksum) != (record["seed"], record["queries_sha256"]):
+            raise ValueError(
+                f"{label}: {d} was trained on another split of the data ({f}: seed {seed}, {record['name']} "
+                f"queries sha256 {str(checksum)[:12]}; this data: seed {record['seed']}, "
+                f"{record['queries_sha256'][:12]}), so its held-out queries are not these; retrain it on this "
+                "data or evaluate it on the data it was trained on")
+
+
 def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
     kind, _, path = kind_path.partition(":")
     if kind == "rerank":
-        cross, at, twin = path.rpartition("@")
-        depth = TOP
-        if at and twin.lstrip("-").isdigit():  # rerank:KIND:DIR@TWIN_DIR@DEPTH (an integer last field)
-            depth = int(twin)  # RerankModel checks its range
-            cross, at, twin = cross.rpartition("@")
-        if not at or cross.split(":")[0] not in ("teacher", *BILSTM_KINDS):
-            raise ValueError(f"rerank needs rerank:teacher:DIR@TWIN_DIR or rerank:bilstm[-bf16]:DIR@TWIN_DIR "
-                             f"(optionally @DEPTH), got {kind_path!r}")
+        cross, twin, depth = _rerank_parts(kind_path)
         return RerankModel(load_model(cross, pairs, rs, precision), TwinModel(twin), depth)
     if kind in ("twin", "teacher", *BILSTM_KINDS) and not path:
         raise ValueError(f"{kind} needs a checkpoint directory: {kind}:DIR")
@@ -366,6 +410,8 @@ def load_dataset(spec: str, data=None, positive_threshold: float | None = None
     if kind == "pairs":
         if not arg:
             raise ValueError("pairs:FILE needs a file")
+        print(f"evaluate: {spec}: labelled pairs without a corpus: pair metrics only, no retrieval metrics",
+              flush=True)
         if positive_threshold is None:
             return read_labelled_pairs(arg), None
         return read_labelled_pairs(arg, positive_threshold), None
@@ -375,7 +421,12 @@ def load_dataset(spec: str, data=None, positive_threshold: float | None = None
         directory, _, split = arg.rpartition(":")
         if Path(arg).is_dir() or not directory or not split or "/" in split:  # no split given: test
             directory, split = arg, "test"
-        return None, read_beir(directory, split)
+        rs, judged = read_beir_judged(directory, split)
+        if judged is None:
+            print(f"evaluate: {spec}: its qrels judge no document not relevant (score 0), so there are no "
+                  "labelled pairs: retrieval metrics only, and cross models (teacher, BiLSTM) get no row values",
+                  flush=True)
+        return judged, rs
     raise ValueError(f"unknown dataset {spec!r} (homedepot[:split], pairs:FILE, beir:DIR[:split])")
 
 
@@ -389,11 +440,11 @@ def _first_queries(pairs: LabelledPairs, rs: RetrievalSet | None, n: int
             return pairs, rs
         keep = list(rs.queries)[:n]
         rs = RetrievalSet(rs.corpus, {q: rs.queries[q] for q in keep}, {q: rs.qrels[q] for q in keep})
-        wanted = {rs.queries[q] for q in keep}
+        wanted = {normalize_query(rs.queries[q]) for q in keep}
     else:
-        wanted = set(list(dict.fromkeys(pairs.queries))[:n])
-    if pairs is not None:
-        idx = [i for i, q in enumerate(pairs.queries) if q in wanted]
+        wanted = set(list(dict.fromkeys(map(normalize_query, pairs.queries)))[:n])
+    if pairs is not None:  # by normalised text: a query's case and spacing variants are one query (its split key)
+        idx = [i for i, q in enumerate(pairs.queries) if normalize_query(q) in wanted]
         pairs = LabelledPairs([pairs.queries[i] for i in idx], [pairs.keywords[i] for i in idx],
                               [pairs.labels[i] for i in idx], pairs.positive_threshold)
     return pairs, rs
@@ -410,6 +461,11 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
         if name is not None and name not in labels:
             raise ValueError(f"{flag} {name!r} is not one of the models: {labels}")
     pairs, rs = load_dataset(dataset, data, positive_threshold)
+    kind, _, split = dataset.partition(":")
+    record = split_record(data, split or "test") if kind == "homedepot" else None
+    if record:
+        for label, spec in models:
+            check_split(label, spec, record)
     if max_queries:
         pairs, rs = _first_queries(pairs, rs, max_queries)
     if pairs is not None and len(set(pairs.binary)) < 2:
@@ -454,6 +510,8 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
     report = {"dataset": dataset, "pairs": len(pairs) if pairs else 0,
               "queries": len(rs.queries) if rs else 0, "corpus": len(rs.corpus) if rs else 0,
               "threads": torch.get_num_threads(), "teacher_precision": precision, "rows": rows}
+    if record:
+        report["split"] = record
     if bootstrap:
         t = time.perf_counter()
         report["comparison"] = compare(rows, origin, per_query, pair_scores, pairs, bootstrap, baseline, reference)
@@ -528,6 +586,12 @@ def write_report(report: dict, out: Path) -> None:
              "its cos top-100; cross models (teacher, BiLSTM) do not retrieve over the corpus, and a "
              "'re-ranks' row re-orders TwinBERT's cos top-100 (or the top N its name gives) with one.", "",
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    if report.get("split"):
+        sp = report["split"]
+        lines[2:2] = [f"Split: the {sp['name']} queries of the split by query (seed {sp['seed']}): {sp['pairs']} "
+                      f"labelled pairs of {sp['queries']} queries, query list sha256 {sp['queries_sha256'][:16]}; "
+                      "every model whose checkpoint records its split (split.json) was checked to hold these "
+                      "queries out.", ""]
     for r in report["rows"]:
         lines.append("| " + " | ".join(cell(fmt(r.get(k))) for k, _ in cols) + " |")
     cmp = report.get("comparison")
@@ -566,6 +630,9 @@ def main(argv=None) -> None:
     ap.add_argument("--dataset", default="homedepot:test")
     ap.add_argument("--data", help="Home Depot directory (default: $TWINBERT_DATA)")
     ap.add_argument("--out", default="reports/eval", help="report path without suffix (.md and .json)")
+    ap.add_argument("--cache-dir", default="artifacts/cache",
+                    help="where bi-encoders' corpus vectors are kept between runs, keyed by the corpus and the "
+                         "model's weights; '' = no cache")
     ap.add_argument("--max-queries", type=nonnegative_int, default=0,
                     help="evaluate on the first N retrieval queries (those with a relevant keyword) and the labelled "
                          "pairs of those queries (for pairs:FILE, the first N distinct queries); 0 = all")
@@ -588,7 +655,8 @@ def main(argv=None) -> None:
     if args.max_queries < 0:
         ap.error("--max-queries must be 0 (all) or a number of queries")
     try:
-        evaluate(models, args.dataset, args.out, args.data, max_queries=args.max_queries, bootstrap=args.bootstrap,
+        evaluate(models, args.dataset, args.out, args.data, cache_dir=args.cache_dir or None,
+                 max_queries=args.max_queries, bootstrap=args.bootstrap,
                  baseline=args.baseline, reference=args.reference, positive_threshold=args.positive_threshold,
                  precision=args.precision)
     except (ValueError, OSError, DataError) as e:  # bad flags or data: one line, not a traceback
