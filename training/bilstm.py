@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from training.artifacts import load_weights, read_config, read_tensors
-from training.data import load_pairs, split_pairs
+from training.data import load_pairs, split_pairs, write_split
 from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
@@ -275,7 +275,8 @@ def main(argv=None) -> None:
                                        hidden=args.hidden, interaction=args.interaction, packed=True), emb)
     del teacher
     tok = model.tokenizer()
-    dev = dev_sample(split_pairs(load_pairs(args.data))["dev"], args.dev_pairs, args.seed)
+    splits = split_pairs(load_pairs(args.data))
+    dev = dev_sample(splits["dev"], args.dev_pairs, args.seed)
     lengths = [len(r.query) + len(r.keyword) for r in rows]
 
     def loss_fn(net, batch):
@@ -296,6 +297,7 @@ def main(argv=None) -> None:
     state = train_loop(model, loop_config(args), lambda e: bucketed_batches(lengths, args.batch_size, args.seed * 1000 + e),
                        loss_fn, evaluate, lambda m: m.save(args.out), desc="bilstm")
     if is_main():
+        write_split(splits, Path(args.out) / "split.json")
         (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources}, indent=2) + "\n")
         print(f"bilstm: {state['step']} steps in {state['train_minutes']} min, best dev ROC-AUC "
               f"{state['best']:.4f} -> {args.out}", flush=True)

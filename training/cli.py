@@ -40,6 +40,7 @@ positive_float = _checked(_float, lambda v: v > 0, "a positive number")
 nonnegative_float = _checked(_float, lambda v: v >= 0, "0 or a positive number")
 finite_float = _checked(_float, lambda v: True, "a finite number")
 fraction = _checked(_float, lambda v: 0 <= v <= 1, "between 0 and 1")
+dropout_rate = _checked(_float, lambda v: 0 <= v < 1, "at least 0 and below 1")
 port = _checked(_int, lambda v: 1 <= v <= 65535, "a port between 1 and 65535")
 
 

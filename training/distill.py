@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import pool_cross
-from training.data import load_pairs, normalize_query, split_pairs
+from training.data import load_pairs, normalize_query, split_pairs, write_split
 from training.distill_data import SOURCES, read_rows
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
@@ -134,7 +134,6 @@ def main(argv=None) -> None:
         ap.error("--listwise-weight needs --group-size of at least 2")
     if is_main():
         print(f"distill: {json.dumps(vars(args))}", flush=True)
-    rows = read_rows(args.distill, tuple(args.sources.split(",")))
     if args.init:
         model = TwinBERT.load(args.init).train()
         model.config.crossing = "res"
@@ -142,13 +141,18 @@ def main(argv=None) -> None:
         if args.separate_encoders:  # a shared checkpoint's towers part here and train apart
             model.untie()
         if args.proj_dim and args.proj_dim != model.config.proj_dim:
+            if model.config.proj_dim:
+                ap.error(f"--proj-dim {args.proj_dim}: {args.init} already projects to {model.config.proj_dim} "
+                         "dims; leave --proj-dim out to keep its projection")
             model.add_projection(args.proj_dim)
     else:
         model = TwinBERT(TwinConfig(num_layers=args.num_layers or 2, proj_dim=args.proj_dim, crossing="res",
                                     shared_encoders=not args.separate_encoders, trained_crossings=("cos", "res")))
+    rows = read_rows(args.distill, tuple(args.sources.split(",")))
     qtok = WordPiece(minilm_dir() / "tokenizer.json", model.config.query_max_len)
     ktok = WordPiece(minilm_dir() / "tokenizer.json", model.config.keyword_max_len)
-    dev = dev_sample(split_pairs(load_pairs(args.data))["dev"], args.dev_pairs, args.seed)
+    splits = split_pairs(load_pairs(args.data))
+    dev = dev_sample(splits["dev"], args.dev_pairs, args.seed)
     lengths = [len(r.keyword) for r in rows]
 
     def make_batches(epoch):
@@ -197,6 +201,7 @@ def main(argv=None) -> None:
     cfg = dataclasses.replace(loop_config(args), head_lr=args.head_lr, head_prefix=head_prefix)
     state = train_loop(model, cfg, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
     if is_main():
+        write_split(splits, Path(args.out) / "split.json")
         (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources,
                                                                        "pairs": len(rows)}, indent=2) + "\n")
         print(f"distill: {state['step']} steps in {state['train_minutes']} min on {len(rows)} pairs, best dev "

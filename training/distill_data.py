@@ -193,9 +193,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--random", type=nonnegative_int, default=1, help="random titles per train query")
     ap.add_argument("--bm25", type=nonnegative_int, default=1, help="BM25 hard negatives per train query")
-    ap.add_argument("--student-negatives", type=nonnegative_int, default=1,
-                    help="unjudged titles per train query from the student's top list: the top one plus a "
-                         "random sample of the rest")
+    ap.add_argument("--student-negatives", type=nonnegative_int, default=None,
+                    help="unjudged titles per train query from the --student's top list: the top one plus a "
+                         "random sample of the rest (default: 1 with --student, 0 without)")
     ap.add_argument("--student-depth", type=positive_int, default=100, help="how deep the student's top list goes")
     ap.add_argument("--perturb", type=fraction, default=0.3, help="fraction of labelled pairs with a perturbed copy")
     ap.add_argument("--synthetic", type=nonnegative_int, default=0,
@@ -206,6 +206,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     add_precision_arg(ap)
     args = ap.parse_args(argv)
+    if args.student_negatives and not args.student:
+        ap.error("--student-negatives needs --student, the checkpoint whose top lists they come from")
+    if args.student_negatives is None:
+        args.student_negatives = 1 if args.student else 0
+        if not args.student:
+            print("distill_data: no --student, so no student top-K negatives", flush=True)
     torch.set_num_threads(args.threads)
     rows = build(args.teacher, args.student, args.data, args.random, args.bm25, args.student_negatives,
                  args.perturb, args.max_queries, args.seed, args.student_depth, args.precision, args.synthetic,

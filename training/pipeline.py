@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from training.precision import add_precision_arg, cpu_has_amx_bf16
-from training.cli import nonnegative_float
+from training.cli import nonnegative_float, one_line_errors
+from training.data import find_train_csv
 
 PROFILES = {
     "quick": dict(student_steps=100, teacher=["--max-steps", "150", "--eval-every", "75", "--dev-pairs", "300"],
@@ -234,6 +235,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
     from training import bilstm, distill, distill_data, evaluate, teacher
     from training.precision import resolve
     from training.train_twin import TrainConfig, train
+    find_train_csv(data)  # no data: say so now, not after the steps before the first one that reads it
     precision = resolve(precision)
     variant, p, nominal = settings(profile, precision)
     budget = p.get("budget_minutes") if budget_minutes is None else budget_minutes
@@ -294,6 +296,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
     suffix = "" if profile == "full" else f"_{profile}"
     step("evaluation", False, lambda: evaluate.main(
         common + ["--out", str(reports / f"eval{suffix}"), "--max-queries", str(p["eval_queries"]),
+                  "--cache-dir", str(a / "cache"),
                   "--model", "BM25=bm25", "--model", "MiniLM-L6 zero-shot=minilm",
                   "--model", f"teacher (cross-encoder)=teacher:{a / 'teacher'}",
                   "--model", f"TwinBERT=twin:{a / 'twin'}",
@@ -322,6 +325,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
     print(f"\npipeline ({profile}): {summary['total_minutes']} min; report {reports / f'eval{suffix}.md'}", flush=True)
 
 
+@one_line_errors("pipeline")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
