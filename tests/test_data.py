@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from training.data import (DataError, keyword_corpus, load_pairs, normalize_query, repair_text, split_of,
-                           split_pairs)
+from training.data import (DataError, keyword_corpus, load_pairs, normalize_query, repair_text, split_manifest,
+                           split_of, split_pairs)
 
 HEADER = '"id","product_uid","product_title","search_term","relevance"\n'
 
@@ -86,3 +86,9 @@ def test_real_data_split_when_available():
     queries = {n: {normalize_query(p.query) for p in rows} for n, rows in splits.items()}
     assert not (queries["train"] & queries["test"]) and not (queries["dev"] & queries["test"])
     assert not (queries["train"] & queries["dev"])
+    # the held-out queries every report is measured on: a change to the split would move these
+    manifest = split_manifest(splits)
+    assert manifest["seed"] == 13
+    assert {n: (m["pairs"], m["queries"], m["queries_sha256"][:16]) for n, m in manifest["splits"].items()} == {
+        "train": (58994, 9426, "c4393a23f019fcde"), "dev": (7345, 1174, "960f0b6a269efca6"),
+        "test": (7728, 1193, "5cb4a9236352d56d")}

@@ -211,6 +211,9 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     """run() wiring: every capped step of the full profile gets --max-minutes from the deadline
     (the steps themselves are replaced by recorders; each one's own tests cover it)."""
     from training import bilstm, distill, distill_data, evaluate, pipeline, teacher, train_twin
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("unread: run() only checks the data is there\n")
+    monkeypatch.setenv("TWINBERT_DATA", str(tmp_path / "data"))
     calls = []
 
     def recorder(name):
@@ -286,3 +289,14 @@ def test_a_slow_teacher_on_an_amx_host_gets_the_small_distillation_set(tmp_path,
     assert teacher_slowness(tmp_path) is None
     assert distill_set_args("FULL_BF16", FULL_BF16, tmp_path)[0] == FULL_BF16["distill_data"]
     assert teacher_slowness(tmp_path / "missing") is None
+
+
+def test_the_pipeline_without_data_stops_at_once_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "training.pipeline", "--artifacts", str(tmp_path / "a"),
+                          "--reports", str(tmp_path / "r"), "--data", str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"pipeline: no Home Depot data at {tmp_path / 'nowhere'}")
+    assert not (tmp_path / "a").exists()  # no step ran

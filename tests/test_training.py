@@ -665,6 +665,46 @@ def test_loop_runs_under_torchrun_with_two_processes(tmp_path, torchrun):
     assert "rank 0 steps 16" in stdout and "rank 1 steps 16" in stdout  # 8 batches/epoch / 2 ranks x 4
 
 
+def test_a_two_process_run_with_dropout_resumes_to_the_same_weights(tmp_path, torchrun):
+    """Each rank draws its own dropout masks (its batches differ in size here, as length buckets do), so
+    a checkpoint keeps every rank's RNG state: a crashed two-process run resumes to the weights of one
+    that ran straight through (with rank 0's state on both ranks it ended elsewhere)."""
+    script = tmp_path / "ddp_resume.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch, torch.distributed as dist
+        from training.loop import LoopConfig, finish_distributed, train_loop
+        torch.manual_seed(0)
+        x = torch.randn(96, 4); y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+        batches = [list(range(i, i + (8 if n % 2 == 0 else 4))) for n, i in enumerate(range(0, 96, 12))] * 2
+        class Crash(Exception):
+            pass
+        def run(out, crash_at=None):
+            torch.manual_seed(1)
+            model = torch.nn.Sequential(torch.nn.Dropout(0.3), torch.nn.Linear(4, 1))
+            calls = {{"n": 0}}
+            def loss(m, b):
+                calls["n"] += 1
+                if calls["n"] == crash_at:
+                    raise Crash()
+                return ((m(x[b]).squeeze(-1) - y[b]) ** 2).mean()
+            cfg = LoopConfig(out=out, epochs=3, lr=0.05, eval_every=0, save_every=5, threads=2)
+            train_loop(model, cfg, lambda e: batches, loss, None, lambda m: None)
+            return model
+        straight = run({str(tmp_path / 'a')!r})
+        try:
+            run({str(tmp_path / 'b')!r}, crash_at=13)
+        except Crash:
+            pass
+        resumed = run({str(tmp_path / 'b')!r})
+        w = resumed[1].weight.detach()
+        assert torch.equal(w, straight[1].weight.detach()), f"rank {{dist.get_rank()}}: {{w}} vs {{straight[1].weight}}"
+        print(f"rank {{dist.get_rank()}} resumed equal", flush=True)
+        finish_distributed()
+    """))
+    stdout = torchrun(script)
+    assert "rank 0 resumed equal" in stdout and "rank 1 resumed equal" in stdout
+
+
 def test_bm25_scores_and_a_stopword_only_query():
     from training.augment import BM25Index
     bm25 = BM25Index(["d", "f"], ["DEWALT cordless drill", "Hampton Bay ceiling fan"])
@@ -735,6 +775,27 @@ def test_evaluate_on_a_small_beir_corpus_with_duplicate_texts(tmp_path):
         evaluate.evaluate([("X", "bm25"), ("X", "minilm")], f"beir:{d}", tmp_path / "x", cache_dir=None)
 
 
+
+def test_beir_qrels_that_judge_documents_not_relevant_are_labelled_pairs_too(tmp_path, capsys):
+    """Score-0 judgements make the qrels labelled pairs (relevant above 0), so pair metrics, and the cross
+    models that have only those, get values on a BEIR set; qrels of relevant documents alone give none."""
+    from training import evaluate
+    from training.datasets import read_beir_judged
+    d = _tiny_beir(tmp_path / "beir")
+    assert read_beir_judged(d)[1] is None
+    evaluate.evaluate([("BM25", "bm25")], f"beir:{d}", tmp_path / "r", cache_dir=None)
+    assert "qrels judge no document not relevant" in capsys.readouterr().out
+    with open(d / "qrels" / "test.tsv", "a") as f:
+        f.write("q1\td2\t0\nq2\td3\t0\nq2\td1\t0\nq2\tgone\t0\n")  # the unknown document is not a pair
+    rs, pairs = read_beir_judged(d)
+    assert rs.qrels == {"q1": {"d4": 1.0}, "q2": {"d2": 1.0}}  # retrieval is as before
+    assert sorted(zip(pairs.queries, pairs.keywords, pairs.labels, pairs.binary)) == [
+        ("cordless drill", "ceiling fan", 0.0, 0), ("cordless drill", "cordless drill", 1.0, 1),
+        ("fan", "ceiling fan", 1.0, 1), ("fan", "cordless drill", 0.0, 0), ("fan", "garden hose", 0.0, 0)]
+    report = evaluate.evaluate([("BM25", "bm25")], f"beir:{d}", tmp_path / "r", cache_dir=None)
+    assert report["pairs"] == 5 and report["rows"][0]["roc_auc"] == 1.0 and "ndcg@10" in report["rows"][0]
+
+
 def test_every_model_ranks_ids_of_one_text_in_corpus_order(tmp_path):
     """Ids that share a text score alike. BM25 listed them first id first and FAISS last id first, so a
     judged first copy counted for BM25 and against the bi-encoders (up to 0.004 of nDCG@10 on the Home
@@ -768,14 +829,14 @@ def test_evaluate_labelled_pairs_threshold_max_queries_and_reference(tmp_path):
     from training import evaluate
     p = tmp_path / "p.csv"
     p.write_text("query,keyword,label\n" + "".join(f"q{i},cordless drill q{i},{i % 2}\n" for i in range(8))
-                 + "q0,ceiling fan,0\n")
+                 + "q0,ceiling fan,0\n" + " Q0 ,corded drill,1\n")  # a case and spacing variant of q0
     with pytest.raises(ValueError, match="every labelled pair is not relevant at the positive threshold 2.5, so "
                                          "ROC-AUC is undefined; set --positive-threshold"):
         evaluate.evaluate([("BM25", "bm25")], f"pairs:{p}", tmp_path / "r")
     report = evaluate.evaluate([("BM25", "bm25")], f"pairs:{p}", tmp_path / "r", positive_threshold=1)
-    assert report["pairs"] == 9 and "comparison" in report
+    assert report["pairs"] == 10 and "comparison" in report
     few = evaluate.evaluate([("BM25", "bm25")], f"pairs:{p}", tmp_path / "r", positive_threshold=1, max_queries=2)
-    assert few["pairs"] == 3  # q0 (two pairs) and q1
+    assert few["pairs"] == 4  # q0 (three pairs, its variant among them) and q1
     with pytest.raises(ValueError, match="--reference 'BM25' has no ROC-AUC"):
         evaluate.evaluate([("BM25", "bm25")], f"beir:{_tiny_beir(tmp_path / 'b')}", tmp_path / "x",
                           reference="BM25")
@@ -868,3 +929,25 @@ def test_dropout_zero_makes_a_training_forward_pass_deterministic():
         assert torch.equal(model.embed(ids, mask), model.embed(ids, mask))
     with pytest.raises(ValueError, match="dropout must be in"):
         set_dropout(model, 1.0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_students_and_teacher_start_from_the_pretrained_lower_layers(layers):
+    """Issue 3, deliverable 4: a student of N layers is MiniLM-L6's embeddings and first N layers as
+    pretrained, for both towers; the teacher's encoder is the same code at 6 layers."""
+    from training.pretrained import minilm_dir
+    from training.teacher import CrossEncoder, CrossEncoderConfig
+    from training.twin import TwinBERT, TwinConfig
+    pretrained = load_file(str(minilm_dir() / "model.safetensors"))
+    model = TwinBERT(TwinConfig(num_layers=layers))
+    teacher = CrossEncoder(CrossEncoderConfig(num_layers=6))
+    for name, bert in (("query", model.query_encoder.bert), ("keyword", model.keyword_encoder.bert),
+                       ("teacher", teacher.encoder.bert)):
+        state = bert.state_dict()
+        taken = {k for k in pretrained if not k.startswith(("pooler.", "embeddings.position_ids"))  # no pooler is built
+                 and (not k.startswith("encoder.layer.") or int(k.split(".")[2]) < len(bert.encoder.layer))}
+        assert set(state) <= set(pretrained), name
+        assert taken == {k for k in state if k in pretrained}, name
+        for k in taken:
+            assert torch.equal(state[k], pretrained[k]), f"{name}: {k}"
+    assert len(model.query_encoder.bert.encoder.layer) == layers

@@ -37,6 +37,7 @@ def tiny_data(tmp_path_factory):
 
 
 def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsys):
+    import torch
     d = ["--data", str(tiny_data)]
     small = ["--max-steps", "3", "--eval-every", "2", "--dev-pairs", "20", "--batch-size", "8"]
     teacher.main(d + ["--out", str(tmp_path / "teacher"), "--num-layers", "1"] + small)
@@ -45,6 +46,10 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     distill_data.main(d + ["--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "student"),
                            "--out", str(tmp_path / "distill.tsv"), "--student-negatives", "3", "--synthetic", "40"])
     rows = [line.split("\t") for line in (tmp_path / "distill.tsv").read_text().splitlines()[1:]]
+    with pytest.raises(SystemExit) as exit_:  # student negatives without a student would silently be none
+        distill_data.main(d + ["--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "x.tsv"),
+                               "--student-negatives", "2"])
+    assert exit_.value.code == 2 and "--student-negatives needs --student" in capsys.readouterr().err
     assert {r[-1].strip() for r in rows} == {"labelled", "random", "bm25", "student", "perturbed", "synthetic"}
     synthetic = {}
     for r in rows:
@@ -67,10 +72,27 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     assert json.loads((tmp_path / "twin_listwise" / "train_summary.json").read_text())["step"] == 3
     # a projection put on the initialising checkpoint is kept, and loads with the student
     assert TwinBERT.load(tmp_path / "twin_listwise").config.proj_dim == 32
+    # --separate-encoders parts a shared checkpoint's towers, which then train apart
+    distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
+                      "--out", str(tmp_path / "twin_separate"), "--separate-encoders"] + small)
+    separate = TwinBERT.load(tmp_path / "twin_separate")
+    assert not separate.config.shared_encoders and separate.query_encoder is not separate.keyword_encoder
+    q_state, k_state = separate.query_encoder.state_dict(), separate.keyword_encoder.state_dict()
+    assert any(not torch.equal(q_state[k], k_state[k]) for k in q_state)
     with pytest.raises(SystemExit) as exit_:  # a listwise term needs lists
         distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--out", str(tmp_path / "x"),
                           "--listwise-weight", "1"])
     assert exit_.value.code == 2 and "needs --group-size of at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a checkpoint's projection is not replaced by another size
+        distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "twin_listwise"),
+                          "--out", str(tmp_path / "x"), "--proj-dim", "16"] + small)
+    assert exit_.value.code == 2 and "already projects to 32 dims" in capsys.readouterr().err
+    for command, given in ((distill, ["--distill", "x"]), (bilstm, ["--distill", "x", "--teacher", "x"]),
+                           (teacher, [])):  # a dropout rate of 1 would zero every activation
+        with pytest.raises(SystemExit) as exit_:
+            command.main(d + given + ["--out", str(tmp_path / "x"), "--dropout", "1"])
+        assert exit_.value.code == 2 and "at least 0 and below 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
                      "--out", str(tmp_path / "bilstm")] + small)
     assert bilstm.BiLSTMStudent.load(tmp_path / "bilstm").config.interaction  # the default
@@ -116,6 +138,22 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     assert "## Against the baselines" in (tmp_path / "eval.md").read_text()
     with pytest.raises(ValueError, match="--baseline 'nope'"):
         evaluate.evaluate([("BM25", "bm25")], "homedepot:test", tmp_path / "x", data=str(tiny_data), baseline="nope")
+    # every trained model records the split it held out, and the report names the split it evaluated on
+    recorded = {n: json.loads((tmp_path / n / "split.json").read_text()) for n in ("teacher", "twin", "bilstm")}
+    assert len({json.dumps(r, sort_keys=True) for r in recorded.values()}) == 1
+    assert report["split"] == {"name": "test", "seed": recorded["teacher"]["seed"],
+                               "method": recorded["teacher"]["method"], **recorded["teacher"]["splits"]["test"]}
+    assert f"query list sha256 {report['split']['queries_sha256'][:16]}" in (tmp_path / "eval.md").read_text()
+    # a model trained on another split is refused, not scored on queries it may have trained on
+    other = dict(recorded["bilstm"], seed=recorded["bilstm"]["seed"] + 1)
+    (tmp_path / "bilstm" / "split.json").write_text(json.dumps(other))
+    for spec in (f"bilstm:{tmp_path / 'bilstm'}", f"rerank:bilstm:{tmp_path / 'bilstm'}@{tmp_path / 'twin'}@3"):
+        with pytest.raises(ValueError, match=r"x: .*bilstm was trained on another split of the data"):
+            evaluate.evaluate([("x", spec)], "homedepot:test", tmp_path / "x", data=str(tiny_data), cache_dir=None)
+    (tmp_path / "twin" / "split.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"twin: .*split.json is not a split record"):
+        evaluate.evaluate([("twin", f"twin:{tmp_path / 'twin'}")], "homedepot:test", tmp_path / "x",
+                          data=str(tiny_data), cache_dir=None)
 
 
 def test_head_params_res_moves_only_the_res_crossing_at_the_head_rate(tiny_data, tmp_path):
@@ -180,3 +218,40 @@ def test_train_twin_refuses_a_batch_larger_than_its_data(tiny_data, tmp_path):
         train_twin.main(["--data", str(tiny_data), "--out", str(tmp_path / "t"), "--batch-size", "4096",
                          "--num-layers", "1"])
     assert not (tmp_path / "t" / "model.safetensors").exists()
+
+
+def test_train_twin_under_torchrun_averages_gradients_and_rank_0_saves(tiny_data, tmp_path, torchrun):
+    """training.train_twin with two gloo processes: each takes its own batch of a step, the gradients are
+    averaged, so both ranks end with the same weights, different from one process's; rank 0 writes."""
+    import textwrap
+
+    import torch
+
+    script = tmp_path / "ddp_twin.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch, torch.distributed as dist
+        import training.train_twin as t
+        made = []
+        class Recorded(t.TwinBERT):
+            def __init__(self, *a, **k):
+                super().__init__(*a, **k)
+                made.append(self)
+        t.TwinBERT = Recorded
+        t.train(t.parse_args(["--data", {str(tiny_data)!r}, "--out", {str(tmp_path / "twin")!r}, "--max-steps", "2",
+                              "--batch-size", "4", "--num-layers", "1", "--threads", "2", "--precision", "fp32"]))
+        for name, w in made[0].state_dict().items():
+            other = w.clone(); dist.broadcast(other, 0)
+            assert torch.equal(w, other), f"rank {{dist.get_rank()}}: {{name}} differs from rank 0"
+        print(f"rank {{dist.get_rank()}} equal", flush=True)
+        t.finish_distributed()
+    """))
+    stdout = torchrun(script)
+    assert "rank 0 equal" in stdout and "rank 1 equal" in stdout
+    assert stdout.count("train_twin: 2 steps") == 1 and "16 pairs" in stdout  # 2 steps x 2 ranks x 4
+    assert json.loads((tmp_path / "twin" / "train_config.json").read_text())["world_size"] == 2
+    assert (tmp_path / "twin" / "split.json").is_file()
+    from training import train_twin
+    train_twin.main(["--data", str(tiny_data), "--out", str(tmp_path / "one"), "--max-steps", "2", "--batch-size", "4",
+                     "--num-layers", "1", "--precision", "fp32"])
+    two, one = TwinBERT.load(tmp_path / "twin").state_dict(), TwinBERT.load(tmp_path / "one").state_dict()
+    assert any(not torch.equal(two[k], one[k]) for k in one)  # the second rank's batches moved the weights
