@@ -152,8 +152,8 @@ BEIR_POSITIVE = math.ulp(0.0)
 def read_beir_judged(directory: str | Path, split: str = "test") -> tuple[RetrievalSet, LabelledPairs | None]:
     """read_beir's retrieval set, and every judged (query, document) pair of the qrels whose query and
     document are in the files, as labelled pairs with the score as label (relevant above 0) for the pair
-    metrics (ROC-AUC, PR-AUC, Spearman). None when the qrels judge no document not relevant (score 0 or
-    below, as most BEIR sets do): ROC-AUC needs both."""
+    metrics (ROC-AUC, PR-AUC, Spearman). None unless they hold both classes: most BEIR sets judge no
+    document not relevant (score 0 or below), and ROC-AUC needs both."""
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such directory (a BEIR layout: corpus.jsonl, queries.jsonl, qrels/)")
@@ -223,7 +223,7 @@ def read_beir_judged(directory: str | Path, split: str = "test") -> tuple[Retrie
         raise ValueError(f"{d}: none of the relevant documents of qrels/{path.name} is in corpus.jsonl")
     judged = [(q, did, gain) for (q, did), (_, gain) in seen.items() if q in all_queries and did in corpus]
     pairs = None
-    if any(gain <= 0 for *_, gain in judged):
+    if any(gain <= 0 for *_, gain in judged) and any(gain > 0 for *_, gain in judged):
         pairs = LabelledPairs([all_queries[q] for q, _, _ in judged], [corpus[did] for _, did, _ in judged],
                               [gain for *_, gain in judged], BEIR_POSITIVE)
     return RetrievalSet(corpus, queries, {q: qrels[q] for q in queries}), pairs
