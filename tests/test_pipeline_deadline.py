@@ -270,6 +270,24 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     assert "--synthetic" not in dd and "--bm25" not in dd
     summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
     assert summary["variant"] == "FULL_BF16" and summary["distill_set"].startswith("fp32 profile's")
+    # the quick profile (the demo's): no deadline, each step its own few steps, the eval on 200 queries
+    monkeypatch.setattr(teacher, "main", recorder("teacher"))
+    calls.clear()
+    pipeline.run("quick", tmp_path / "q", tmp_path / "r", None, force=False, precision="fp32")
+    quick = PROFILES["quick"]
+    by_name = {}
+    for name, argv in calls:
+        by_name.setdefault(name, []).append(argv)
+    assert by_name["quick"][0].max_steps == quick["student_steps"]
+    for name, args in (("teacher", quick["teacher"]), ("distill_data", quick["distill_data"]),
+                       ("bilstm", quick["bilstm"])):
+        assert by_name[name][0][-len(args):] == args and "--max-minutes" not in by_name[name][0], name
+    assert [argv[-len(p):] for argv, p in zip(by_name["distill"], (quick["twin"], quick["twin_pass2"], quick["ablation_twin"]))] \
+        == [quick["twin"], quick["twin_pass2"], quick["ablation_twin"]]
+    ev = by_name["evaluate"][0]
+    assert ev[ev.index("--max-queries") + 1] == "200" and ev[ev.index("--out") + 1] == str(tmp_path / "r" / "eval_quick")
+    assert ev[ev.index("--cache-dir") + 1] == str(tmp_path / "q" / "cache")
+    assert __import__("json").loads((tmp_path / "r" / "train_quick.json").read_text())["profile"] == "quick"
 
 
 @pytest.mark.parametrize("steps, minutes, small", [
