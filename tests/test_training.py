@@ -483,12 +483,30 @@ def test_a_damaged_checkpoint_is_refused_not_trained_over(tmp_path):
     (lambda c: (c / "state.json").write_text(json.dumps({k: v for k, v in json.loads(
         (c / "state.json").read_text()).items() if k != "step"})), "state.json lacks a step"),
     (lambda c: (c / "model.safetensors").write_bytes(b""), "model.safetensors: not a readable safetensors"),
+    (lambda c: _edit_state(c, lambda s: s["torch_rng_by_rank"].append([300] * len(s["torch_rng_by_rank"][0]))),
+     "lacks .* torch_rng_by_rank"),  # a damaged entry of another rank stops this one too
+    (lambda c: _edit_state(c, lambda s: s.pop("torch_rng_by_rank")), "lacks .* torch_rng_by_rank"),
 ])
 def test_a_resume_refuses_damaged_state_by_name(tmp_path, damage, message):
     ckpt = _crashed(tmp_path)
     damage(ckpt)
     with pytest.raises(ArtifactError, match=message):
         _resume_run(tmp_path)
+
+
+def _edit_state(ckpt, change):
+    state = json.loads((ckpt / "state.json").read_text())
+    change(state)
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+def test_a_checkpoint_from_before_every_ranks_rng_was_kept_still_resumes(tmp_path):
+    straight, _ = _toy_run(tmp_path / "straight", epochs=1, save_every=3)
+    ckpt = _crashed(tmp_path)
+    _edit_state(ckpt, lambda s: s.update(torch_rng=s.pop("torch_rng_by_rank")[0]))  # the old layout
+    resumed, state = _toy_run(tmp_path, epochs=1, save_every=3)
+    assert state["step"] == 8
+    torch.testing.assert_close(resumed.weight, straight.weight)
 
 
 def test_a_crash_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp_path, capsys):
@@ -794,6 +812,12 @@ def test_beir_qrels_that_judge_documents_not_relevant_are_labelled_pairs_too(tmp
         ("fan", "ceiling fan", 1.0, 1), ("fan", "cordless drill", 0.0, 0), ("fan", "garden hose", 0.0, 0)]
     report = evaluate.evaluate([("BM25", "bm25")], f"beir:{d}", tmp_path / "r", cache_dir=None)
     assert report["pairs"] == 5 and report["rows"][0]["roc_auc"] == 1.0 and "ndcg@10" in report["rows"][0]
+    # the first query's judgements alone are all relevant: retrieval metrics only, not an error
+    (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td4\t1\nq2\td2\t1\nq2\td3\t0\n")
+    capsys.readouterr()
+    report = evaluate.evaluate([("BM25", "bm25")], f"beir:{d}", tmp_path / "r", cache_dir=None, max_queries=1)
+    assert report["pairs"] == 0 and "roc_auc" not in report["rows"][0] and report["queries"] == 1
+    assert "the judged pairs of these queries are of one class" in capsys.readouterr().out
 
 
 def test_every_model_ranks_ids_of_one_text_in_corpus_order(tmp_path):

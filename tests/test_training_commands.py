@@ -243,10 +243,16 @@ def test_train_twin_under_torchrun_averages_gradients_and_rank_0_saves(tiny_data
             other = w.clone(); dist.broadcast(other, 0)
             assert torch.equal(w, other), f"rank {{dist.get_rank()}}: {{name}} differs from rank 0"
         print(f"rank {{dist.get_rank()}} equal", flush=True)
+        probe = torch.nn.Linear(2, 1)  # the mean, not the sum: rank r's gradients are all r + 1
+        for p in probe.parameters():
+            p.grad = torch.full_like(p, dist.get_rank() + 1.0)
+        t.average_gradients(probe, 2)
+        assert all(torch.equal(p.grad, torch.full_like(p, 1.5)) for p in probe.parameters())
+        print(f"rank {{dist.get_rank()}} mean", flush=True)
         t.finish_distributed()
     """))
     stdout = torchrun(script)
-    assert "rank 0 equal" in stdout and "rank 1 equal" in stdout
+    assert "rank 0 equal" in stdout and "rank 1 equal" in stdout and "rank 1 mean" in stdout
     assert stdout.count("train_twin: 2 steps") == 1 and "16 pairs" in stdout  # 2 steps x 2 ranks x 4
     assert json.loads((tmp_path / "twin" / "train_config.json").read_text())["world_size"] == 2
     assert (tmp_path / "twin" / "split.json").is_file()

@@ -294,10 +294,11 @@ def main(argv=None) -> None:
         s = m.score([p.query for p in dev], [p.keyword for p in dev])
         return dev_roc_auc(s, dev)
 
+    if is_main():  # first: a run stopped midway leaves a best model that must say which queries it held out
+        write_split(splits, Path(args.out) / "split.json")
     state = train_loop(model, loop_config(args), lambda e: bucketed_batches(lengths, args.batch_size, args.seed * 1000 + e),
                        loss_fn, evaluate, lambda m: m.save(args.out), desc="bilstm")
     if is_main():
-        write_split(splits, Path(args.out) / "split.json")
         (Path(args.out) / "train_summary.json").write_text(json.dumps({**state, "sources": args.sources}, indent=2) + "\n")
         print(f"bilstm: {state['step']} steps in {state['train_minutes']} min, best dev ROC-AUC "
               f"{state['best']:.4f} -> {args.out}", flush=True)

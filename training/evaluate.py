@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.artifacts import sha256_file
 from training.data import SPLITS, DataError, load_pairs, normalize_query, split_manifest, split_pairs
 from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir_judged, read_labelled_pairs
 from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_mean_diff, pair_metrics,
@@ -156,7 +157,7 @@ class MiniLMModel(BiEncoderModel):
         self.layers = 6
         self.params = sum(p.numel() for p in self.encoder.parameters())
         # the weights themselves: another TWINBERT_PRETRAINED must not reuse these cached corpus vectors
-        self.fingerprint = "mean:" + hashlib.sha256((minilm_dir() / "model.safetensors").read_bytes()).hexdigest()
+        self.fingerprint = "mean:" + sha256_file(minilm_dir() / "model.safetensors")
 
     @torch.inference_mode()
     def encode(self, texts, side, progress=False):
@@ -201,7 +202,7 @@ class TwinModel(BiEncoderModel):
             self.model.query_encoder, query_path = served_query_encoder(
                 self.eager_query_encoder, self.model.config.query_max_len, query_precision)
             print(f"evaluate: {path}: queries through the served encoder: {query_path}", flush=True)
-        self.fingerprint = hashlib.sha256(Path(path, "model.safetensors").read_bytes()).hexdigest()
+        self.fingerprint = sha256_file(Path(path, "model.safetensors"))
         c = self.model.config
         self.tok = {"query": WordPiece(minilm_dir() / "tokenizer.json", c.query_max_len),
                     "keyword": WordPiece(minilm_dir() / "tokenizer.json", c.keyword_max_len)}
@@ -351,6 +352,7 @@ def check_split(label: str, spec: str, record: dict) -> None:
     for d in checkpoint_dirs(spec):
         f = d / "split.json"
         if not f.is_file():
+            print(f"evaluate: {label}: {d} records no split (no split.json), so it cannot be checked", flush=True)
             continue
         try:
             recorded = json.loads(f.read_text())
@@ -468,6 +470,12 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
             check_split(label, spec, record)
     if max_queries:
         pairs, rs = _first_queries(pairs, rs, max_queries)
+        if record:
+            record["evaluated_queries"] = max_queries
+    if kind == "beir" and pairs is not None and len(set(pairs.binary)) < 2:  # e.g. the first N queries' judgements
+        print(f"evaluate: {dataset}: the judged pairs of these queries are of one class: retrieval metrics only",
+              flush=True)
+        pairs = None
     if pairs is not None and len(set(pairs.binary)) < 2:
         raise ValueError(f"{dataset}: every labelled pair is {'relevant' if pairs.binary[0] else 'not relevant'} "
                          f"at the positive threshold {pairs.positive_threshold:g}, so ROC-AUC is undefined"
@@ -588,10 +596,12 @@ def write_report(report: dict, out: Path) -> None:
              "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     if report.get("split"):
         sp = report["split"]
+        subset = (f" (of them, the first {sp['evaluated_queries']} retrieval queries and their pairs are "
+                  "evaluated here)" if sp.get("evaluated_queries") else "")
         lines[2:2] = [f"Split: the {sp['name']} queries of the split by query (seed {sp['seed']}): {sp['pairs']} "
-                      f"labelled pairs of {sp['queries']} queries, query list sha256 {sp['queries_sha256'][:16]}; "
-                      "every model whose checkpoint records its split (split.json) was checked to hold these "
-                      "queries out.", ""]
+                      f"labelled pairs of {sp['queries']} queries, query list sha256 {sp['queries_sha256'][:16]}"
+                      f"{subset}; every model whose checkpoint records its split (split.json) was checked to hold "
+                      "these queries out.", ""]
     for r in report["rows"]:
         lines.append("| " + " | ".join(cell(fmt(r.get(k))) for k, _ in cols) + " |")
     cmp = report.get("comparison")
@@ -635,7 +645,8 @@ def main(argv=None) -> None:
                          "model's weights; '' = no cache")
     ap.add_argument("--max-queries", type=nonnegative_int, default=0,
                     help="evaluate on the first N retrieval queries (those with a relevant keyword) and the labelled "
-                         "pairs of those queries (for pairs:FILE, the first N distinct queries); 0 = all")
+                         "pairs of those queries (for pairs:FILE, the first N distinct queries); a query's case and "
+                         "spacing variants are one query; 0 = all")
     ap.add_argument("--positive-threshold", type=finite_float,
                     help="pairs:FILE only: a label at or above it counts as relevant (default 2.5)")
     ap.add_argument("--threads", type=positive_int, default=2)
@@ -655,7 +666,7 @@ def main(argv=None) -> None:
     if args.max_queries < 0:
         ap.error("--max-queries must be 0 (all) or a number of queries")
     try:
-        evaluate(models, args.dataset, args.out, args.data, cache_dir=args.cache_dir or None,
+        evaluate(models, args.dataset, args.out, args.data, cache_dir=args.cache_dir,
                  max_queries=args.max_queries, bootstrap=args.bootstrap,
                  baseline=args.baseline, reference=args.reference, positive_threshold=args.positive_threshold,
                  precision=args.precision)

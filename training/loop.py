@@ -87,6 +87,14 @@ def _rng_states() -> list[list[int]]:
     return states
 
 
+def _rng_states_ok(rngs) -> bool:
+    """Checked on every rank before any is used, so that a damaged entry stops all ranks alike (one rank
+    failing alone would leave the others waiting in a collective)."""
+    size = torch.get_rng_state().numel()
+    return isinstance(rngs, list) and bool(rngs) and all(
+        isinstance(r, list) and len(r) == size and all(isinstance(b, int) and 0 <= b < 256 for b in r) for r in rngs)
+
+
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      sched, state: dict) -> None:
     """Called on every rank (each gives its RNG state); rank 0 writes."""
@@ -109,7 +117,7 @@ def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimi
         save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({
         **state, "param_groups": opt_state["param_groups"], "scheduler": sched.state_dict(),
-        "torch_rng": rngs[0], "torch_rng_by_rank": rngs}) + "\n")
+        "torch_rng_by_rank": rngs}) + "\n")
     replace_dir(tmp, path)  # the previous checkpoint stays whole until this one is in place
 
 
@@ -160,10 +168,13 @@ def _load_checkpoint(path: Path, model, opt, sched, settings: dict) -> dict:
 
     state = read_json_object(path / "state.json")
     _check_settings(path, state.get("settings"), settings)
-    step, groups, rng = state.get("step"), state.get("param_groups"), state.get("torch_rng")
+    step, groups = state.get("step"), state.get("param_groups")
+    rngs = state.pop("torch_rng_by_rank", None)
+    if rngs is None and "torch_rng" in state:  # checkpoints before every rank's state was kept: rank 0's
+        rngs = [state.pop("torch_rng")]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(groups, list) \
-            or not isinstance(state.get("scheduler"), dict) or not isinstance(rng, list):
-        raise bad("state.json lacks a step, param_groups, scheduler or torch_rng")
+            or not isinstance(state.get("scheduler"), dict) or not _rng_states_ok(rngs):
+        raise bad("state.json lacks a step, param_groups, scheduler or torch_rng_by_rank")
     load_weights(model, read_tensors(path / "model.safetensors"), path / "model.safetensors")
     params = [p for g in opt.param_groups for p in g["params"]]
     opt_state = {"state": {}, "param_groups": groups}
@@ -184,12 +195,8 @@ def _load_checkpoint(path: Path, model, opt, sched, settings: dict) -> dict:
     try:
         opt.load_state_dict(opt_state)
         sched.load_state_dict(state.pop("scheduler"))
-        by_rank = state.pop("torch_rng_by_rank", None)  # checkpoints before it kept rank 0's alone
         rank = dist.get_rank() if dist.is_initialized() else 0
-        rng = state.pop("torch_rng")
-        if isinstance(by_rank, list) and len(by_rank) > rank:
-            rng = by_rank[rank]
-        torch.set_rng_state(torch.tensor(rng, dtype=torch.uint8))
+        torch.set_rng_state(torch.tensor(rngs[rank if rank < len(rngs) else 0], dtype=torch.uint8))
     except (ValueError, RuntimeError, KeyError, TypeError) as e:  # e.g. a run with other parameter groups
         raise bad(f"does not fit this run ({e})") from None
     state.pop("param_groups")

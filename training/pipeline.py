@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 from training.precision import add_precision_arg, cpu_has_amx_bf16
-from training.cli import nonnegative_float, one_line_errors
-from training.data import find_train_csv
+from training.cli import nonnegative_float
+from training.data import DataError, find_train_csv
 
 PROFILES = {
     "quick": dict(student_steps=100, teacher=["--max-steps", "150", "--eval-every", "75", "--dev-pairs", "300"],
@@ -325,7 +325,6 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
     print(f"\npipeline ({profile}): {summary['total_minutes']} min; report {reports / f'eval{suffix}.md'}", flush=True)
 
 
-@one_line_errors("pipeline")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
@@ -341,7 +340,10 @@ def main(argv=None) -> None:
     import torch
     torch.set_num_threads(2)
     artifacts = Path(args.artifacts or ("artifacts" if args.profile == "full" else "artifacts/quick"))
-    run(args.profile, artifacts, Path(args.reports), args.data, args.force, args.budget_minutes, args.precision)
+    try:
+        run(args.profile, artifacts, Path(args.reports), args.data, args.force, args.budget_minutes, args.precision)
+    except DataError as e:  # no data, or data a step cannot use: one line (other errors keep their traceback)
+        raise SystemExit(f"pipeline: {e}") from None
 
 
 if __name__ == "__main__":

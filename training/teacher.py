@@ -142,9 +142,10 @@ def main(argv=None) -> None:
         scores = m.score([p.query for p in dev], [p.keyword for p in dev])
         return dev_roc_auc(scores, dev)
 
+    if is_main():  # first: a run stopped midway leaves a best model that must say which queries it held out
+        write_split(splits, Path(args.out) / "split.json")
     state = train_loop(model, loop, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="teacher")
     if is_main():
-        write_split(splits, Path(args.out) / "split.json")
         (Path(args.out) / "train_summary.json").write_text(json.dumps(state, indent=2) + "\n")
         print(f"teacher: {state['step']} steps in {state['train_minutes']} min, best dev ROC-AUC "
               f"{state['best']:.4f}, saved to {args.out}", flush=True)

@@ -6,8 +6,9 @@ only. The full teacher distillation is `training.distill`; this is the few-minut
     python -m training.train_twin --out artifacts/model --minutes 4
     torchrun --nproc_per_node 2 -m training.train_twin --out artifacts/model --minutes 4
 
-Under torchrun each process takes its own batch of every step (so a step sees world x --batch-size
-pairs) and the gradients are averaged over the processes (gloo); rank 0 writes the checkpoint.
+Under torchrun each process takes its own batch of every step and the gradients are averaged over the
+processes (gloo), so a step's update comes from world x --batch-size pairs; the in-batch negatives stay
+those of each process's own batch, and the learning rate is not scaled. Rank 0 writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -86,9 +87,15 @@ def train(cfg: TrainConfig) -> Path:
     torch.set_num_threads(max(1, cfg.threads // world))
     splits = split_pairs(load_pairs(cfg.data))
     out = Path(cfg.out)
+    if is_main():
+        write_split(splits, out / "split.json")
     positives = [p for p in splits["train"] if p.relevance >= POSITIVE_THRESHOLD]
     model_cfg = TwinConfig(num_layers=cfg.num_layers, proj_dim=cfg.proj_dim)
     model = TwinBERT(model_cfg).train()
+    if world > 1:  # rank 0's initial weights everywhere; then each rank its own dropout masks
+        for p in model.state_dict().values():
+            dist.broadcast(p, 0)
+        torch.manual_seed(cfg.seed + rank)
     qtok = WordPiece(minilm_dir() / "tokenizer.json", model_cfg.query_max_len)
     ktok = WordPiece(minilm_dir() / "tokenizer.json", model_cfg.keyword_max_len)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, fused=True)
@@ -106,12 +113,13 @@ def train(cfg: TrainConfig) -> Path:
     def out_of_time() -> bool:  # rank 0's clock decides, so every rank runs the same steps
         return broadcast_flag(time.monotonic() >= deadline)
 
-    step, losses = 0, []
+    step, losses, stop = 0, [], False
     bar = tqdm(total=total, desc="train twin", unit="step", disable=not is_main())
-    while step < total and not out_of_time():
-        random.shuffle(positives)
+    while not stop:
+        random.shuffle(positives)  # Python's generator, seeded alike on every rank: one order for all
         for i in range(steps_per_epoch):
             if step >= total or out_of_time():
+                stop = True
                 break
             first = (i * world + rank) * cfg.batch_size  # this rank's batch of the step
             batch = positives[first:first + cfg.batch_size]
@@ -139,7 +147,6 @@ def train(cfg: TrainConfig) -> Path:
     model.eval()
     if is_main():
         model.save(out)
-        write_split(splits, out / "split.json")
         (out / "train_config.json").write_text(json.dumps({**asdict(cfg), "world_size": world}, indent=2) + "\n")
         print(f"train_twin: {step} steps ({precision}), {step * cfg.batch_size * world} pairs, final loss "
               f"{np.mean(losses[-50:]):.4f}, saved to {out}", flush=True)
@@ -147,7 +154,9 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def average_gradients(model: torch.nn.Module, world: int) -> None:
-    """The mean of every rank's gradients, in one all-reduce of them flattened together."""
+    """The mean of every rank's gradients, in one all-reduce of them flattened together. (Not
+    DistributedDataParallel: its hooks sync only through the wrapper's forward, and the loss here runs
+    the model's `embed` twice.)"""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
