@@ -141,7 +141,8 @@ class QueryEncoder:
             return [self(*parts[0])]
         width = max(ids.shape[1] for ids, _ in parts)
         rows = sum(len(ids) for ids, _ in parts)
-        all_ids, all_mask = np.zeros((rows, width), np.int64), np.zeros((rows, width), np.int64)
+        all_ids = np.zeros((rows, width), parts[0][0].dtype)  # the requests' dtypes, as np.concatenate kept them
+        all_mask = np.zeros((rows, width), parts[0][1].dtype)
         start = 0
         for ids, mask in parts:
             all_ids[start:start + len(ids), :ids.shape[1]] = ids

@@ -294,7 +294,7 @@ def main(argv=None) -> None:
         s = m.score([p.query for p in dev], [p.keyword for p in dev])
         return dev_roc_auc(s, dev)
 
-    if is_main():  # first: a run stopped midway leaves a best model that must say which queries it held out
+    if is_main():  # before training (write_split says why)
         write_split(splits, Path(args.out) / "split.json")
     state = train_loop(model, loop_config(args), lambda e: bucketed_batches(lengths, args.batch_size, args.seed * 1000 + e),
                        loss_fn, evaluate, lambda m: m.save(args.out), desc="bilstm")

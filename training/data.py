@@ -142,6 +142,8 @@ def split_manifest(splits: dict[str, list[Pair]], seed: int = DEFAULT_SPLIT_SEED
 
 
 def write_split(splits: dict[str, list[Pair]], path: str | os.PathLike, seed: int = DEFAULT_SPLIT_SEED) -> None:
+    """split.json beside a checkpoint. Training commands write it before they train: a run stopped midway
+    leaves a best model, which must say which queries it held out (training.evaluate checks it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(split_manifest(splits, seed), indent=2) + "\n")

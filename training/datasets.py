@@ -24,7 +24,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.data import POSITIVE_THRESHOLD, Pair, keyword_corpus, load_pairs, normalize_query, split_pairs
+from training.data import (POSITIVE_THRESHOLD, Pair, keyword_corpus, load_pairs, normalize_query, split_manifest,
+                           split_pairs)
 from training.textfiles import csv_records, finite_number, is_number, jsonl_objects, need_file, utf8_lines
 
 
@@ -68,9 +69,18 @@ def retrieval_from_homedepot(all_pairs: list[Pair], split: list[Pair]) -> Retrie
 
 
 def load_homedepot(data_dir=None, split: str = "test") -> tuple[LabelledPairs, RetrievalSet]:
+    return load_homedepot_recorded(data_dir, split)[:2]
+
+
+def load_homedepot_recorded(data_dir=None, split: str = "test") -> tuple[LabelledPairs, RetrievalSet, dict]:
+    """load_homedepot's pairs and retrieval set, and the record of the split they come from: its seed,
+    how queries are bucketed, and its pair and query counts with the checksum of its query list
+    (training.data.split_manifest), from the one read of the data."""
     all_pairs = load_pairs(data_dir)
-    rows = split_pairs(all_pairs)[split]
-    return pairs_from_homedepot(rows), retrieval_from_homedepot(all_pairs, rows)
+    splits = split_pairs(all_pairs)
+    manifest = split_manifest(splits)
+    record = {"name": split, "seed": manifest["seed"], "method": manifest["method"], **manifest["splits"][split]}
+    return pairs_from_homedepot(splits[split]), retrieval_from_homedepot(all_pairs, splits[split]), record
 
 
 _QUOTED_WHOLE = re.compile(r'"((?:[^"]|"")*)"')

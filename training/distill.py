@@ -199,7 +199,7 @@ def main(argv=None) -> None:
 
     head_prefix = {"head": "pool_cross.", "res": "pool_cross.res_"}[args.head_params]
     cfg = dataclasses.replace(loop_config(args), head_lr=args.head_lr, head_prefix=head_prefix)
-    if is_main():  # first: a run stopped midway leaves a best model that must say which queries it held out
+    if is_main():  # before training (write_split says why)
         write_split(splits, Path(args.out) / "split.json")
     state = train_loop(model, cfg, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="distill twin")
     if is_main():

@@ -35,8 +35,9 @@ import torch
 from tqdm import tqdm
 
 from training.artifacts import sha256_file
-from training.data import SPLITS, DataError, load_pairs, normalize_query, split_manifest, split_pairs
-from training.datasets import LabelledPairs, RetrievalSet, load_homedepot, read_beir_judged, read_labelled_pairs
+from training.data import SPLITS, DataError, normalize_query
+from training.datasets import (LabelledPairs, RetrievalSet, load_homedepot_recorded, read_beir_judged,
+                               read_labelled_pairs)
 from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_mean_diff, pair_metrics,
                               per_query_retrieval, retrieval_metrics)
 from training.precision import add_precision_arg, resolve
@@ -338,13 +339,6 @@ def checkpoint_dirs(kind_path: str) -> list[Path]:
     return [Path(path)] if path else []
 
 
-def split_record(data, split: str) -> dict:
-    """The Home Depot split a report evaluates on: the seed, how queries are bucketed, and the split's
-    pair and query counts with the checksum of its query list (training.data.split_manifest)."""
-    manifest = split_manifest(split_pairs(load_pairs(data)))
-    return {"name": split, "seed": manifest["seed"], "method": manifest["method"], **manifest["splits"][split]}
-
-
 def check_split(label: str, spec: str, record: dict) -> None:
     """Refuse a model whose checkpoint records another split: the queries held out from it are not the
     ones evaluated on, so some of them may be among those it trained on. Checkpoints without split.json
@@ -401,22 +395,24 @@ def load_model(kind_path: str, pairs, rs, precision: str = "fp32"):
 
 
 def load_dataset(spec: str, data=None, positive_threshold: float | None = None
-                 ) -> tuple[LabelledPairs | None, RetrievalSet | None]:
+                 ) -> tuple[LabelledPairs | None, RetrievalSet | None, dict | None]:
+    """(labelled pairs, retrieval set, the Home Depot split's record) of a dataset spec; None for what
+    it does not have."""
     kind, _, arg = spec.partition(":")
     if positive_threshold is not None and kind != "pairs":
         raise ValueError(f"a positive threshold applies to pairs:FILE only (Home Depot's is fixed at 2.5), got {spec!r}")
     if kind == "homedepot":
         if (arg or "test") not in SPLITS:
             raise ValueError(f"unknown split {arg!r} ({', '.join(SPLITS)})")
-        return load_homedepot(data, arg or "test")
+        return load_homedepot_recorded(data, arg or "test")
     if kind == "pairs":
         if not arg:
             raise ValueError("pairs:FILE needs a file")
         print(f"evaluate: {spec}: labelled pairs without a corpus: pair metrics only, no retrieval metrics",
               flush=True)
         if positive_threshold is None:
-            return read_labelled_pairs(arg), None
-        return read_labelled_pairs(arg, positive_threshold), None
+            return read_labelled_pairs(arg), None, None
+        return read_labelled_pairs(arg, positive_threshold), None, None
     if kind == "beir":
         if not arg:
             raise ValueError("beir:DIR needs a directory")
@@ -428,7 +424,7 @@ def load_dataset(spec: str, data=None, positive_threshold: float | None = None
             print(f"evaluate: {spec}: its qrels judge no document not relevant (score 0), so there are no "
                   "labelled pairs: retrieval metrics only, and cross models (teacher, BiLSTM) get no row values",
                   flush=True)
-        return judged, rs
+        return judged, rs, None
     raise ValueError(f"unknown dataset {spec!r} (homedepot[:split], pairs:FILE, beir:DIR[:split])")
 
 
@@ -462,9 +458,8 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
     for name, flag in ((baseline, "--baseline"), (reference, "--reference")):
         if name is not None and name not in labels:
             raise ValueError(f"{flag} {name!r} is not one of the models: {labels}")
-    pairs, rs = load_dataset(dataset, data, positive_threshold)
-    kind, _, split = dataset.partition(":")
-    record = split_record(data, split or "test") if kind == "homedepot" else None
+    pairs, rs, record = load_dataset(dataset, data, positive_threshold)
+    kind = dataset.partition(":")[0]
     if record:
         for label, spec in models:
             check_split(label, spec, record)

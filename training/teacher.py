@@ -142,7 +142,7 @@ def main(argv=None) -> None:
         scores = m.score([p.query for p in dev], [p.keyword for p in dev])
         return dev_roc_auc(scores, dev)
 
-    if is_main():  # first: a run stopped midway leaves a best model that must say which queries it held out
+    if is_main():  # before training (write_split says why)
         write_split(splits, Path(args.out) / "split.json")
     state = train_loop(model, loop, make_batches, loss_fn, evaluate, lambda m: m.save(args.out), desc="teacher")
     if is_main():
