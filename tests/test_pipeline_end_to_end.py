@@ -5,7 +5,7 @@ the same `pipeline.run("quick", ...)` with a few steps per model on the first 2,
 each step reads what the one before it wrote: the quick student, the teacher, the teacher-scored
 distillation set (with its negatives and perturbed queries), both TwinBERT passes and the BiLSTM (each
 with its no-augmentation ablation), and the evaluation of all of them beside BM25 and zero-shot MiniLM.
-Its step counts and arguments are those of test_pipeline_deadline's wiring test."""
+The quick profile's own step counts are checked by test_pipeline_deadline's wiring test."""
 from __future__ import annotations
 
 import csv
@@ -40,21 +40,25 @@ def data_slice(tmp_path_factory):
 
 def test_every_pipeline_step_runs_for_real_and_reads_the_one_before(data_slice, tmp_path, monkeypatch):
     from training import evaluate, pipeline
+    from training.data import load_pairs
     few = ["--max-steps", "4", "--eval-every", "2", "--dev-pairs", "40"]
     monkeypatch.setitem(pipeline.PROFILES, "quick", dict(
         pipeline.PROFILES["quick"], student_steps=4, teacher=few, distill_data=["--max-queries", "40"],
         twin=few, twin_pass2=["--max-steps", "3", "--eval-every", "0", "--dev-pairs", "40", "--seed", "1"],
         bilstm=few, ablation_twin=few, ablation_bilstm=few, eval_queries=30))
-    monkeypatch.delenv("TWINBERT_DATA", raising=False)
+    # a step that ignored --data would read this (empty) directory and fail, not the whole data set
+    (tmp_path / "no_data").mkdir()
+    monkeypatch.setenv("TWINBERT_DATA", str(tmp_path / "no_data"))
     artifacts, reports = tmp_path / "a", tmp_path / "r"
-    pipeline.run("quick", artifacts, reports, str(data_slice), force=False)
+    pipeline.run("quick", artifacts, reports, str(data_slice), force=False, precision="fp32")
 
     for name in MODELS:
         assert (artifacts / name / "model.safetensors").is_file(), name
     # one split, written beside every model trained on it (the quick student's included)
     splits = {name: (artifacts / name / "split.json").read_text() for name in MODELS}
     assert len(set(splits.values())) == 1, splits.keys()
-    assert json.loads(splits["twin"])["splits"]["test"]["queries"] > 0
+    split = json.loads(splits["twin"])["splits"]
+    assert sum(m["pairs"] for m in split.values()) == len(load_pairs(data_slice)) <= ROWS
 
     with open(artifacts / "distill.tsv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
@@ -63,6 +67,7 @@ def test_every_pipeline_step_runs_for_real_and_reads_the_one_before(data_slice, 
     assert all(math.isfinite(float(r["teacher_logit"])) for r in rows)
 
     report = json.loads((reports / "eval_quick.json").read_text())
+    assert 0 < report["pairs"] <= split["test"]["pairs"] and 0 < report["queries"] <= 30  # eval_queries
     by_model = {r["model"]: r for r in report["rows"]}
     for label in ("BM25", "MiniLM-L6 zero-shot", "TwinBERT (cos)", "TwinBERT (res)", "TwinBERT, no augmentation (cos)"):
         assert 0 <= by_model[label]["ndcg@10"] <= 1 and 0 <= by_model[label]["recall@100"] <= 1, label
@@ -74,11 +79,12 @@ def test_every_pipeline_step_runs_for_real_and_reads_the_one_before(data_slice, 
         assert 0 <= by_model[label]["ndcg@10"] <= 1, label
     assert (reports / "eval_quick.md").read_text().startswith("# Evaluation: homedepot:test")
     summary = json.loads((reports / "train_quick.json").read_text())
-    assert summary["skipped"] == []
+    assert summary["skipped"] == [] and summary["precision"] == "fp32"
     # each TwinBERT pass read the whole set, the ablation its labelled rows alone
     assert summary["twin_pass1"]["pairs"] == summary["twin"]["pairs"] == len(rows)
     assert summary["twin_noaug"]["pairs"] == sum(r["source"] == "labelled" for r in rows)
-    assert all(summary[name]["step"] >= 1 for name in MODELS[1:]), summary
+    assert summary["teacher"]["step"] == summary["bilstm"]["step"] == 4  # their --max-steps
+    assert 1 <= summary["twin"]["step"] <= 3 and all(1 <= summary[n]["step"] <= 4 for n in MODELS[2:]), summary
 
     # a second run reuses every model and rebuilds only the report
     calls = []

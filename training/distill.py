@@ -109,8 +109,8 @@ def main(argv=None) -> None:
                     help="weight of BCE on the human label, where a pair has one (both crossings)")
     # 40, not train_twin's 20: on the whole dev split (same teacher, set and seeds, 2026-12-06) both passes at
     # 40 took cos nDCG@10 from 0.3298 to 0.3363, the second pass alone at 40 to 0.3368 and the first pass
-    # alone from 0.3161 to 0.3211, with cos ROC-AUC +0.004-0.006 and res and recall@100 level; at 60 the
-    # second pass gave 0.3307 (docs/experiments.md)
+    # alone from 0.3161 to 0.3211, with cos ROC-AUC +0.004-0.006 and, after the second pass, res and
+    # recall@100 level; at 60 the second pass gave 0.3307 (docs/experiments.md)
     ap.add_argument("--scale", type=positive_float, default=40.0,
                     help="inverse temperature of the InfoNCE term")
     ap.add_argument("--group-size", type=nonnegative_int, default=0,
