@@ -1,5 +1,3 @@
-import os
-
 import pytest
 
 from training.data import (DataError, keyword_corpus, load_pairs, normalize_query, repair_text, split_manifest,
@@ -72,12 +70,7 @@ def test_split_keeps_every_query_in_one_split_with_expected_fractions():
     assert sum(len(r) for r in splits.values()) == 9000
 
 
-def test_real_data_split_when_available():
-    from training.data import default_data_dir
-    if not (default_data_dir() / "train.csv").is_file():
-        if os.environ.get("TWINBERT_DATA"):  # pointed at data that is not there: a failure, not a skip
-            pytest.fail(f"TWINBERT_DATA={os.environ['TWINBERT_DATA']} holds no train.csv")
-        pytest.skip("Home Depot data not present (set TWINBERT_DATA)")
+def test_real_data_split_when_available(home_depot_csv):
     pairs = load_pairs()
     assert len(pairs) == 74067
     assert len(keyword_corpus(pairs)) == 54667

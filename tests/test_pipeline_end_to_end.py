@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 
 import pytest
 
@@ -20,15 +19,9 @@ MODELS = ("model", "teacher", "twin_pass1", "twin", "twin_noaug", "bilstm", "bil
 
 
 @pytest.fixture(scope="module")
-def data_slice(tmp_path_factory):
-    from training.data import default_data_dir
-    src = default_data_dir() / "train.csv"
-    if not src.is_file():
-        if os.environ.get("TWINBERT_DATA"):  # pointed at data that is not there: a failure, not a skip
-            pytest.fail(f"TWINBERT_DATA={os.environ['TWINBERT_DATA']} holds no train.csv")
-        pytest.skip("Home Depot data not present (set TWINBERT_DATA)")
+def data_slice(home_depot_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("slice")
-    with open(src, newline="", encoding="latin-1") as f, \
+    with open(home_depot_csv, newline="", encoding="latin-1") as f, \
             open(out / "train.csv", "w", newline="", encoding="latin-1") as g:
         reader, writer = csv.reader(f), csv.writer(g, quoting=csv.QUOTE_ALL)
         for i, row in enumerate(reader):
