@@ -261,3 +261,41 @@ def test_train_twin_under_torchrun_averages_gradients_and_rank_0_saves(tiny_data
                      "--num-layers", "1", "--precision", "fp32"])
     two, one = TwinBERT.load(tmp_path / "twin").state_dict(), TwinBERT.load(tmp_path / "one").state_dict()
     assert any(not torch.equal(two[k], one[k]) for k in one)  # the second rank's batches moved the weights
+
+
+def test_born_again_teacher_trains_on_soft_targets_and_refuses_held_out_queries(tiny_data, tmp_path, capsys):
+    """--soft-targets: a row's target is the scoring teacher's probability, mixed with the label where there is
+    one; a set holding a dev or test query is refused before any training, and --label-mix needs the set."""
+    import math
+
+    from training.data import DataError, load_pairs, split_pairs
+    d = ["--data", str(tiny_data)]
+    queries = [f"{adj} {p}" for p in PRODUCTS for adj in ("best", "cheap", "white", "large", "small", "new")]
+    train_q = [q for q in queries if split_of(q) == "train"]
+    held_q = next(q for q in queries if split_of(q) != "train")
+    header = "query\tkeyword_id\tkeyword\tlabel\tteacher_logit\tsource"
+    rows = [f"{train_q[0]}\t100001\tDEWALT Cordless Drill\t3.0\t0.0\tlabelled",
+            f"{train_q[1]}\t100002\tBEHR Interior Paint\t\t-2.0\tbm25"]
+    rows += [f"{q}\t{100003 + i}\tPhilips Led Bulb\t1.0\t1.0\tperturbed" for i, q in enumerate(train_q[2:10])]
+    (tmp_path / "set.tsv").write_text("\n".join([header] + rows) + "\n")
+    splits = split_pairs(load_pairs(tiny_data))
+    pairs = teacher.soft_target_pairs(tmp_path / "set.tsv", splits, 0.5)
+    assert len(pairs) == 10
+    assert pairs[0] == (train_q[0], "DEWALT Cordless Drill", 0.5 * 1.0 + 0.5 * 0.5)
+    assert pairs[1][2] == pytest.approx(1 / (1 + math.exp(2.0)))  # no label: the teacher's probability alone
+    assert pairs[2][2] == pytest.approx(0.5 * 0.0 + 0.5 / (1 + math.exp(-1.0)))
+    assert teacher.soft_target_pairs(tmp_path / "set.tsv", splits, 1.0)[0][2] == 1.0
+
+    (tmp_path / "leak.tsv").write_text("\n".join([header] + rows + [f"{held_q}\t100099\tBEMIS Toilet Seat\t\t0.5\tbm25"]) + "\n")
+    with pytest.raises(DataError, match="held-out"):
+        teacher.soft_target_pairs(tmp_path / "leak.tsv", splits, 0.5)
+    with pytest.raises(SystemExit) as exit_:
+        teacher.main(d + ["--out", str(tmp_path / "t"), "--label-mix", "0.3"])
+    assert exit_.value.code == 2 and "--label-mix needs --soft-targets" in capsys.readouterr().err
+
+    small = ["--max-steps", "3", "--epochs", "3", "--eval-every", "0", "--dev-pairs", "10", "--batch-size", "4",
+             "--num-layers", "1"]
+    teacher.main(d + ["--out", str(tmp_path / "t2"), "--soft-targets", str(tmp_path / "set.tsv"),
+                      "--label-mix", "0.3"] + small)
+    assert json.loads((tmp_path / "t2" / "train_summary.json").read_text())["step"] == 3
+    assert teacher.CrossEncoder.load(tmp_path / "t2").score(["best drill"], ["DEWALT Cordless Drill"]).shape == (1,)

@@ -2,9 +2,11 @@
 
 Mean-pooled final states -> linear -> logit; BCE on (relevance - 1) / 2, plus sampled random
 titles as negatives (target 0) so the teacher also scores unjudged pairs sensibly; dev ROC-AUC
-early stopping.
+early stopping. `--soft-targets SET` trains a second-generation ("born-again") teacher on a set the first
+one scored (training.distill_data), its probability mixed with the human label where a row has one.
 
     python -m training.teacher --out artifacts/teacher [--epochs 1] [--max-minutes 30]
+    python -m training.teacher --out artifacts/teacher2 --soft-targets artifacts/distill.tsv
     torchrun --nproc_per_node 2 -m training.teacher --out artifacts/teacher
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.artifacts import load_weights, read_config, read_tensors
-from training.data import keyword_corpus, load_pairs, split_pairs, write_split
+from training.data import DataError, keyword_corpus, load_pairs, normalize_query, split_pairs, write_split
 from training.loop import add_loop_args, bucketed_batches, finish_distributed, is_main, loop_config, train_loop
 from training.metrics import dev_roc_auc
 from training.precision import autocast
@@ -32,6 +35,7 @@ from training.pretrained import minilm_dir
 from training.tokenize import PairTokenizer
 from training.twin import Encoder
 from training.cli import fraction, layer_count, one_line_errors, positive_int
+from training.textfiles import need_file
 
 
 @dataclass
@@ -103,6 +107,26 @@ def dev_sample(pairs, n: int, seed: int = 0):
     return rng.sample(pairs, min(n, len(pairs)))
 
 
+def soft_target_pairs(path, splits: dict, label_mix: float) -> list[tuple[str, str, float]]:
+    """(query, keyword, target) from a teacher-scored distillation set: the scoring teacher's probability,
+    mixed with (relevance - 1) / 2 at `label_mix` where the row has a human label. A row whose query is a
+    dev or test query is refused: the teacher would see held-out queries."""
+    from training.distill_data import read_rows  # distill_data imports this module
+
+    held_out = {normalize_query(p.query) for name in ("dev", "test") for p in splits[name]}
+    out = []
+    for r in read_rows(need_file(path)):
+        if normalize_query(r.query) in held_out:
+            raise DataError(f"{path}: query {r.query!r} is a held-out (dev/test) query; a teacher trained on it "
+                            "would be scored on queries it has seen")
+        p = 1.0 / (1.0 + math.exp(-r.teacher_logit))
+        out.append((r.query, r.keyword,
+                    p if r.label is None else label_mix * relevance_target(r.label) + (1 - label_mix) * p))
+    if not out:
+        raise DataError(f"{path}: no rows")
+    return out
+
+
 @one_line_errors("teacher")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,18 +135,29 @@ def main(argv=None) -> None:
     ap.add_argument("--num-layers", type=layer_count, default=6, help="transformer layers taken from MiniLM-L6")
     ap.add_argument("--random-negatives", type=fraction, default=0.2,
                     help="random-title pairs added, as a fraction of the labelled pairs (0-1)")
+    ap.add_argument("--soft-targets", metavar="TSV",
+                    help="self-distillation ('born-again'): train on a teacher-scored set from "
+                         "training.distill_data instead of the judged pairs and random titles; a row's target is "
+                         "the scoring teacher's probability, mixed with the human label where it has one")
+    ap.add_argument("--label-mix", type=fraction, default=None,
+                    help="with --soft-targets: the human label's weight in a labelled row's target (default 0.5)")
     add_loop_args(ap, epochs=1.0, lr=5e-5, batch_size=32, eval_every=500)
     args = ap.parse_args(argv)
+    if args.label_mix is not None and not args.soft_targets:
+        ap.error("--label-mix needs --soft-targets")
     loop = loop_config(args)
     if is_main():
         print(f"teacher: {json.dumps(vars(args))}", flush=True)
     all_pairs = load_pairs(args.data)
     splits = split_pairs(all_pairs)
     titles = list(keyword_corpus(all_pairs).values())
-    train = [(p.query, p.keyword, relevance_target(p.relevance)) for p in splits["train"]]
-    rng = random.Random(args.seed)
-    train += [(p.query, rng.choice(titles), 0.0)
-              for p in rng.sample(splits["train"], int(args.random_negatives * len(splits["train"])))]
+    if args.soft_targets:
+        train = soft_target_pairs(args.soft_targets, splits, 0.5 if args.label_mix is None else args.label_mix)
+    else:
+        train = [(p.query, p.keyword, relevance_target(p.relevance)) for p in splits["train"]]
+        rng = random.Random(args.seed)
+        train += [(p.query, rng.choice(titles), 0.0)
+                  for p in rng.sample(splits["train"], int(args.random_negatives * len(splits["train"])))]
     dev = dev_sample(splits["dev"], args.dev_pairs, args.seed)
     model = CrossEncoder(CrossEncoderConfig(num_layers=args.num_layers, max_length=args.max_length))
     model.precision = loop.precision  # dev scoring as the distillation set will score
