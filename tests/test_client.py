@@ -367,3 +367,32 @@ def test_perf_analyzer_profile_export_gives_one_latency_per_request(tmp_path):
     path.write_text(json.dumps({"experiments": []}))
     with pytest.raises(RuntimeError, match="holds no requests"):
         profile_latencies(path)
+
+
+def test_perf_analyzer_latencies_runs_a_hung_perf_analyzer_again(tmp_path, monkeypatch, capsys):
+    """A perf_analyzer run that does not finish in time is killed and run once more; a second hang is a
+    clear error, not a 300 s stall per call."""
+    from client import perf
+    calls = []
+
+    def fake(url, model, input_data, concurrency, options, timeout_s):
+        calls.append(timeout_s)
+        export = tmp_path / "e.json"
+        assert options[options.index("--profile-export-file") + 1] == str(export)
+        assert not export.exists()  # a stale export of the killed run would be refused by perf_analyzer
+        if len(calls) == 1 or hang_always:
+            export.write_text("partial")
+            raise subprocess.TimeoutExpired("perf_analyzer", timeout_s)
+        reqs = [{"timestamp": i * 10**9, "response_timestamps": [i * 10**9 + 10**6]} for i in range(1, 4)]
+        export.write_text(json.dumps({"experiments": [{"requests": reqs}]}))
+
+    monkeypatch.setattr(perf, "_perf_analyzer", fake)
+    hang_always = False
+    assert perf.perf_analyzer_latencies("x:1", "null_retrieve", tmp_path / "in.json", 3, tmp_path / "e.json",
+                                        timeout_s=5) == pytest.approx([1.0, 1.0, 1.0])
+    assert calls == [5, 5] and "running it again" in capsys.readouterr().err
+    hang_always, calls[:] = True, []
+    with pytest.raises(RuntimeError, match="did not finish 3 requests to null_retrieve within 5 s, 2 times"):
+        perf.perf_analyzer_latencies("x:1", "null_retrieve", tmp_path / "in.json", 3, tmp_path / "e.json",
+                                     timeout_s=5)
+    assert len(calls) == 2
