@@ -119,7 +119,7 @@ def soft_target_pairs(path, splits: dict, label_mix: float) -> list[tuple[str, s
         if normalize_query(r.query) in held_out:
             raise DataError(f"{path}: query {r.query!r} is a held-out (dev/test) query; a teacher trained on it "
                             "would be scored on queries it has seen")
-        p = 1.0 / (1.0 + math.exp(-r.teacher_logit))
+        p = 0.5 * (1.0 + math.tanh(r.teacher_logit / 2))  # the sigmoid, without exp's overflow at large |logit|
         out.append((r.query, r.keyword,
                     p if r.label is None else label_mix * relevance_target(r.label) + (1 - label_mix) * p))
     if not out:
@@ -150,10 +150,10 @@ def main(argv=None) -> None:
         print(f"teacher: {json.dumps(vars(args))}", flush=True)
     all_pairs = load_pairs(args.data)
     splits = split_pairs(all_pairs)
-    titles = list(keyword_corpus(all_pairs).values())
     if args.soft_targets:
         train = soft_target_pairs(args.soft_targets, splits, 0.5 if args.label_mix is None else args.label_mix)
     else:
+        titles = list(keyword_corpus(all_pairs).values())
         train = [(p.query, p.keyword, relevance_target(p.relevance)) for p in splits["train"]]
         rng = random.Random(args.seed)
         train += [(p.query, rng.choice(titles), 0.0)
