@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 ARTIFACTS ?= $(or $(TWINBERT_ARTIFACTS),artifacts)
 
-.PHONY: setup demo build serve test train train-quick eval eval-depth bench bench-bilstm bench-kernels bench-store bench-update loadtest clean help
+.PHONY: setup demo build serve test train train-quick eval eval-depth agreement bench bench-bilstm bench-kernels bench-store bench-update loadtest clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -45,6 +45,11 @@ eval: setup  ## evaluate the trained models and baselines on held-out queries ->
 eval-depth: setup  ## how deep retrieve_rerank should read: BiLSTM re-ranking the cos top 10..100 on the dev queries -> reports/rerank_depth_dev.{md,json}
 	$(PY) -m training.evaluate --dataset homedepot:dev --out reports/rerank_depth_dev --cache-dir $(ARTIFACTS)/cache --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		$(foreach d,10 20 30 50 100,--model "BiLSTM re-ranks the cos top-$(d)=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin@$(d)")
+
+agreement: setup  ## how far the human grades agree with themselves (pairs graded twice), the teacher and students beside them, and ROC-AUC split into between- and within-query, on the dev and test queries -> reports/agreement.{md,json}
+	$(PY) -m training.agreement --out reports/agreement --model BM25=bm25 --model "MiniLM-L6 zero-shot=minilm" \
+		--model "teacher (cross-encoder)=teacher:$(ARTIFACTS)/teacher" --model TwinBERT=twin:$(ARTIFACTS)/twin \
+		--model BiLSTM=bilstm:$(ARTIFACTS)/bilstm
 
 bench: build  ## served relevance vs teacher; served retrieve and retrieve_rerank vs in-process, one run -> reports/bench.{md,json}
 	$(PY) -m client.suite bench --repository $(ARTIFACTS)/model_repository --teacher $(ARTIFACTS)/teacher
