@@ -42,9 +42,13 @@ def test_query_levels_split_ranking_into_between_and_within_queries():
     within = np.array([10.0, 9.0, 1.0, 2.0, 20.0, 19.0])
     r = agreement.query_levels(labels, labels >= 2.5, queries, {"within": within})
     assert (r["pairs"], r["queries"], r["queries_with_both_classes"]) == (6, 3, 1)
-    means = np.array([2.835, 2.835, 1.835, 1.835, 1.0, 1.0])
-    assert r["between_query_share"] == pytest.approx(1 - np.mean((labels - means) ** 2) / labels.var())
-    assert r["query_mean_grade_roc_auc"] > 0.9
+    # one-way ANOVA by hand: 3 queries of 2 grades, query means 2.835, 1.835, 1.0
+    msb = 2 * np.sum((np.array([2.835, 1.835, 1.0]) - labels.mean()) ** 2) / 2
+    msw = (2 * 0.165 ** 2 + 2 * 0.835 ** 2) / 3
+    assert r["query_icc"] == pytest.approx((msb - msw) / (msb + msw))
+    # each pair's other grade: positives 2.67, 3, 1 against negatives 2.67, 1, 1 (ties count half)
+    assert r["pairs_with_other_grades"] == 6
+    assert r["other_grades_roc_auc"] == pytest.approx((2.5 + 3 + 1) / 9)
     m = r["models"]["within"]
     assert m["within_query_roc_auc"] == 1.0 and m["query_mean_roc_auc"] < 0.5
 
@@ -85,4 +89,4 @@ def test_on_the_home_depot_split_the_pooled_view_holds_dev_and_test(home_depot_c
     assert both["queries"]["pairs"] == dev["queries"]["pairs"] + test["queries"]["pairs"]
     for d in (dev, test, both):
         assert 0.5 < d["repeated"]["repeat_roc_auc"] < 0.9   # the grades agree with themselves, far from fully
-        assert 0.2 < d["queries"]["between_query_share"] < 0.8
+        assert 0.2 < d["queries"]["query_icc"] < 0.8

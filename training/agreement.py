@@ -9,10 +9,11 @@ Two views of the labelled pairs of one or more datasets, with any pair-scoring m
    grades (its score of the pair as the score) is set beside it, with a bootstrap interval of the
    difference that resamples the repeated pairs whole. A model that predicts a grade as well as a second
    human grade does is at the labels' own reliability, whatever its ROC-AUC over all pairs.
-2. Between and within queries. The share of the grades' variance that lies between queries; the ROC-AUC
-   of each query's mean grade (from the labels: a reference no model can see) and, per model, its
-   ROC-AUC, the ROC-AUC of its per-query mean score alone, and its mean ROC-AUC within queries (over the
-   queries that have both classes). ROC-AUC over all pairs mixes the two.
+2. Between and within queries. The share of a grade's variance that is its query's (the intra-class
+   correlation); the ROC-AUC of the mean of a pair's other grades of its query as its score (from the
+   labels: a reference no model can see) and, per model, its ROC-AUC, the ROC-AUC of its per-query mean
+   score alone, and its mean ROC-AUC within queries (over the queries that have both classes). ROC-AUC
+   over all pairs mixes the two.
 
     python -m training.agreement --out reports/agreement --model "teacher=teacher:artifacts/teacher"
 
@@ -95,21 +96,37 @@ def repeat_agreement(labels: np.ndarray, binary: np.ndarray, groups: list[np.nda
     return out
 
 
+def query_icc(labels: np.ndarray, q: np.ndarray) -> float | None:
+    """The share of a grade's variance that is its query's: the intra-class correlation, one-way ANOVA
+    estimate for groups of unequal size (None with fewer than two queries or no query of two grades)."""
+    counts = np.bincount(q)
+    n, g = len(labels), len(counts)
+    if g < 2 or n <= g:
+        return None
+    means = np.bincount(q, labels) / counts
+    msb = float(np.sum(counts * (means - labels.mean()) ** 2)) / (g - 1)
+    msw = float(np.sum((labels - means[q]) ** 2)) / (n - g)
+    k0 = (n - float(np.sum(counts ** 2)) / n) / (g - 1)
+    return (msb - msw) / (msb + (k0 - 1) * msw) if msb + (k0 - 1) * msw > 0 else None
+
+
 def query_levels(labels: np.ndarray, binary: np.ndarray, queries: list[str],
                  model_scores: dict[str, np.ndarray]) -> dict:
-    """Between-query share of the grades' variance, the ROC-AUC of each query's mean grade, and per
-    model: ROC-AUC, that of its per-query mean score alone, and its mean ROC-AUC within queries."""
+    """The share of the grades' variance that is the query's, the ROC-AUC of the mean of each pair's
+    other grades of its query (pairs whose query has another), and per model: ROC-AUC, that of its
+    per-query mean score alone, and its mean ROC-AUC within queries."""
     ids: dict[str, int] = {}
     q = np.array([ids.setdefault(normalize_query(x), len(ids)) for x in queries])
     counts = np.bincount(q)
-    mean_grade = np.bincount(q, labels) / counts
-    within = float(np.mean((labels - mean_grade[q]) ** 2))
+    others = counts[q] > 1
+    other_mean = (np.bincount(q, labels)[q] - labels)[others] / (counts[q] - 1)[others]
     y = binary.astype(bool)
     both = [np.flatnonzero(q == j) for j in range(len(counts))]
     both = [idx for idx in both if 0 < y[idx].sum() < len(idx)]
     out: dict = {"pairs": len(labels), "queries": len(counts), "queries_with_both_classes": len(both),
-                 "between_query_share": 1 - within / float(labels.var()) if labels.var() > 0 else 0.0,
-                 "query_mean_grade_roc_auc": rank_auc(y, mean_grade[q]), "models": {}}
+                 "query_icc": query_icc(labels, q), "pairs_with_other_grades": int(others.sum()),
+                 "other_grades_roc_auc": rank_auc(y[others], other_mean) if 0 < y[others].sum() < others.sum()
+                 else None, "models": {}}
     for name, s in model_scores.items():
         mean_score = np.bincount(q, s) / counts
         out["models"][name] = {
@@ -198,15 +215,16 @@ def write_report(report: dict, out: Path) -> None:
                 iv = f" [{r['low']:+.3f}, {r['high']:+.3f}]" if "low" in r else ""
                 lines.append(f"| {cell(name)} | {cell(model)} | {f(r['roc_auc'])} | {r['minus_repeat']:+.3f}{iv} |")
     lines += ["", "## Between and within queries", "",
-              "The share of the grades' variance between queries, and the ROC-AUC of each query's mean grade "
-              "(from the labels); per model its ROC-AUC, that of its per-query mean score alone, and its mean "
-              "ROC-AUC within the queries that have both classes.", "",
-              "| dataset | pairs | queries | with both classes | between-query share of variance "
-              "| ROC-AUC of the query's mean grade |", "|---|---|---|---|---|---|"]
+              "The share of a grade's variance that is its query's (intra-class correlation), and the ROC-AUC of "
+              "the mean of the query's other grades as a pair's score (from the labels, over the pairs whose "
+              "query has other grades: a reference no model can see); per model its ROC-AUC, that of its "
+              "per-query mean score alone, and its mean ROC-AUC within the queries that have both classes.", "",
+              "| dataset | pairs | queries | with both classes | query's share of variance "
+              "| ROC-AUC of the query's other grades |", "|---|---|---|---|---|---|"]
     for name, d in report["datasets"].items():
         q = d["queries"]
         lines.append(f"| {cell(name)} | {q['pairs']} | {q['queries']} | {q['queries_with_both_classes']} "
-                     f"| {f(q['between_query_share'])} | {f(q['query_mean_grade_roc_auc'])} |")
+                     f"| {f(q['query_icc'])} | {f(q['other_grades_roc_auc'])} |")
     if report["models"]:
         lines += ["", "| dataset | model | ROC-AUC | its query mean alone | within queries |", "|---|---|---|---|---|"]
         for name, d in report["datasets"].items():
