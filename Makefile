@@ -46,7 +46,7 @@ eval-depth: setup  ## how deep retrieve_rerank should read: BiLSTM re-ranking th
 	$(PY) -m training.evaluate --dataset homedepot:dev --out reports/rerank_depth_dev --cache-dir $(ARTIFACTS)/cache --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		$(foreach d,10 20 30 50 100,--model "BiLSTM re-ranks the cos top-$(d)=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin@$(d)")
 
-agreement: setup  ## how far the human grades agree with themselves (pairs graded twice), the teacher and students beside them, and ROC-AUC split into between- and within-query, on the dev and test queries -> reports/agreement.{md,json}
+agreement: setup  ## how far the human grades agree with themselves (pairs graded more than once), the teacher and students beside them, and ROC-AUC split into between- and within-query, on the dev and test queries -> reports/agreement.{md,json}
 	$(PY) -m training.agreement --out reports/agreement --model BM25=bm25 --model "MiniLM-L6 zero-shot=minilm" \
 		--model "teacher (cross-encoder)=teacher:$(ARTIFACTS)/teacher" --model TwinBERT=twin:$(ARTIFACTS)/twin \
 		--model BiLSTM=bilstm:$(ARTIFACTS)/bilstm

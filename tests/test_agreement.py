@@ -8,31 +8,43 @@ from training import agreement
 from training.datasets import LabelledPairs, write_labelled_pairs
 
 
-def test_repeat_grades_that_agree_score_one_and_those_that_disagree_zero():
+def test_repeat_grades_that_agree_score_one_and_a_pair_s_own_disagreement_counts_as_a_tie():
     labels = np.array([3.0, 3.0, 1.0, 1.0])
-    groups = [np.array([0, 1]), np.array([2, 3])]
+    rows, groups = np.arange(4), np.array([0, 0, 1, 1])
     models = {"perfect": np.array([0.9, 0.9, 0.1, 0.1]), "constant": np.zeros(4)}
-    r = agreement.repeat_agreement(labels, labels >= 2.5, groups, models, resamples=200)
-    assert (r["groups"], r["grades"], r["ordered_pairs"]) == (2, 4, 4)
-    assert r["repeat_roc_auc"] == 1.0 and r["same_class"] == 1.0
+    r = agreement.repeat_agreement(labels, labels >= 2.5, rows, groups, models, resamples=200)
+    assert (r["groups"], r["grades"]) == (2, 4)
+    assert r["repeat_roc_auc"] == 1.0 and r["same_class"] == 1.0 and r["grade_correlation"] == 1.0
     assert r["models"]["perfect"]["roc_auc"] == 1.0 and r["models"]["perfect"]["minus_repeat"] == 0.0
     assert r["models"]["constant"]["roc_auc"] == 0.5
-    assert r["models"]["constant"]["low"] <= -0.5 <= r["models"]["constant"]["high"]
-    # each (query, keyword) graded once high and once low: a repeat grade predicts the opposite class
+    assert r["models"]["constant"]["low"] == pytest.approx(-0.5) == r["models"]["constant"]["high"]
+    # each pair graded once high and once low: across pairs the other grade ranks backwards (0 of 2), and
+    # the two comparisons inside a pair are ties for every score, not losses for the repeat grade
     labels = np.array([3.0, 1.0, 3.0, 1.0])
-    r = agreement.repeat_agreement(labels, labels >= 2.5, groups, models, resamples=0)
-    assert r["repeat_roc_auc"] == 0.0 and r["same_class"] == 0.0
+    r = agreement.repeat_agreement(labels, labels >= 2.5, rows, groups, models, resamples=0)
+    assert r["repeat_roc_auc"] == pytest.approx(1 / 4) and r["same_class"] == 0.0
     assert r["models"]["perfect"]["roc_auc"] == 0.5 and "low" not in r["models"]["perfect"]
-    # nothing graded twice, or only one class among the repeated grades: no ROC-AUC, said so
-    assert "undefined" in agreement.repeat_agreement(labels, labels >= 2.5, [], models)["note"]
-    labels = np.array([3.0, 3.0, 1.0, 3.0])
-    assert "undefined" in agreement.repeat_agreement(labels, labels >= 2.5, groups[:1], models)["note"]
+    # nothing graded twice, or nothing to compare across two pairs: no ROC-AUC, said so
+    assert "undefined" in agreement.repeat_agreement(labels, labels >= 2.5, rows[:0], groups[:0], models)["note"]
+    assert "undefined" in agreement.repeat_agreement(labels, labels >= 2.5, rows[:2], groups[:2], models)["note"]
 
 
-def test_repeat_groups_join_case_and_spacing_variants_only():
-    pairs = LabelledPairs(["Drill  bit", "drill bit", "drill bit", "drill"],
-                          ["DEWALT Bit Set", "dewalt bit  set", "DEWALT Bit Sets", "DEWALT Bit Set"], [3, 1, 2, 2])
-    assert [list(g) for g in agreement.repeat_groups(pairs)] == [[0, 1]]
+def test_a_grade_is_scored_by_the_mean_of_its_pair_s_other_grades_whatever_the_group_size():
+    # pair 0 graded 3, 3, 1; pair 1 graded 1, 2.67. Other grades' means: 2, 2, 3 | 2.67, 1. Across pairs
+    # every comparison is lost (positives 2, 2 below 2.67; 1 below 3); the 3 inside pairs are ties
+    labels = np.array([3.0, 3.0, 1.0, 1.0, 2.67])
+    groups = np.array([0, 0, 0, 1, 1])
+    r = agreement.repeat_agreement(labels, labels >= 2.5, np.arange(5), groups, {}, resamples=0)
+    assert r["repeat_roc_auc"] == pytest.approx(1.5 / 6)
+
+
+def test_a_resample_keeps_a_group_drawn_twice_one_group():
+    y, s, groups = np.array([1, 0, 1, 0]), np.array([1.0, 3.0, 1.0, 3.0]), np.array([0, 0, 1, 1])
+    assert agreement.auc_across_groups(y, s, groups) == pytest.approx(1 / 4)
+    # group 0 twice: its copies compare only among themselves, so nothing crosses two groups
+    assert agreement.auc_across_groups(y, s, groups, draw=np.array([0, 0])) is None
+    # group 0 twice and group 1: 4 losses across groups, 5 comparisons inside (2 x 2 copies + 1), of 9
+    assert agreement.auc_across_groups(y, s, groups, draw=np.array([0, 0, 1])) == pytest.approx(2.5 / 9)
 
 
 def test_query_levels_split_ranking_into_between_and_within_queries():
@@ -46,9 +58,14 @@ def test_query_levels_split_ranking_into_between_and_within_queries():
     msb = 2 * np.sum((np.array([2.835, 1.835, 1.0]) - labels.mean()) ** 2) / 2
     msw = (2 * 0.165 ** 2 + 2 * 0.835 ** 2) / 3
     assert r["query_icc"] == pytest.approx((msb - msw) / (msb + msw))
-    # each pair's other grade: positives 2.67, 3, 1 against negatives 2.67, 1, 1 (ties count half)
+    # each pair's other grade: positives 2.67, 3, 1 against negatives 2.67, 1, 1; the one comparison
+    # inside a query (b: 1 against 2.67) is a tie; of the 8 across queries 5 are won and 3 tied
     assert r["pairs_with_other_grades"] == 6
-    assert r["other_grades_roc_auc"] == pytest.approx((2.5 + 3 + 1) / 9)
+    assert r["other_grades_roc_auc"] == pytest.approx((5 + 3 * 0.5 + 0.5) / 9)
+    # unequal query sizes: equal means, so all variance is within; the ANOVA estimate is -1 / (k0 - 1),
+    # k0 = (5 - (9 + 4) / 5) / 1 = 2.4 (an equal-size formula would take k = 2.5)
+    icc = agreement.query_icc(np.array([3.0, 2.0, 1.0, 1.0, 3.0]), np.array([0, 0, 0, 1, 1]))
+    assert icc == pytest.approx(-1 / 1.4)
     m = r["models"]["within"]
     assert m["within_query_roc_auc"] == 1.0 and m["query_mean_roc_auc"] < 0.5
 
@@ -60,6 +77,8 @@ def test_the_command_writes_both_views_for_a_pairs_file_and_refuses_bad_flags(tm
             ("ceiling fan", "Drill Bits", 1.33)]
     f = tmp_path / "pairs.tsv"
     write_labelled_pairs(LabelledPairs(*map(list, zip(*rows))), f)
+    one_class = tmp_path / "one_class.tsv"
+    write_labelled_pairs(LabelledPairs(["drill", "drill"], ["DEWALT Drill", "dewalt drill"], [3.0, 2.67]), one_class)
     agreement.main(["--dataset", f"pairs:{f}", "--model", "BM25=bm25", "--out", str(tmp_path / "ag"),
                     "--bootstrap", "50"])
     report = json.loads((tmp_path / "ag.json").read_text())
@@ -71,7 +90,10 @@ def test_the_command_writes_both_views_for_a_pairs_file_and_refuses_bad_flags(tm
     assert "## Repeated judgements" in md and "| BM25 |" in md
     for argv, message in ((["--model", "x=bm25", "--model", "x=minilm"], "distinct"),
                           (["--dataset", f"pairs:{f}", "--dataset", f"pairs:{f}"], "named twice"),
-                          (["--model", "x=teacher"], "needs a checkpoint")):
+                          (["--model", "x=teacher"], "needs a checkpoint"),
+                          (["--model", f"x=teacher:{tmp_path / 'none'}"], "no teacher checkpoint"),
+                          (["--dataset", f"pairs:{one_class}"], "ROC-AUC is undefined"),
+                          (["--dataset", "homedepot", "--dataset", "homedepot:test"], "named twice")):
         with pytest.raises(SystemExit, match=message):
             agreement.main((["--dataset", f"pairs:{f}"] if "--dataset" not in argv else []) + argv
                            + ["--out", str(tmp_path / "bad")])

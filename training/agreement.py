@@ -3,12 +3,13 @@
 Two views of the labelled pairs of one or more datasets, with any pair-scoring models beside them:
 
 1. Repeated judgements. A (query, keyword) pair graded more than once (on Home Depot: one search term
-   graded against two product ids with the same title; text compared case-folded) shows how well one
-   human grade predicts another: the ROC-AUC of a repeat grade as the score for a grade's binary label,
-   over every ordered pair of two grades of one (query, keyword). Each model's ROC-AUC on the same
-   grades (its score of the pair as the score) is set beside it, with a bootstrap interval of the
-   difference that resamples the repeated pairs whole. A model that predicts a grade as well as a second
-   human grade does is at the labels' own reliability, whatever its ROC-AUC over all pairs.
+   graded against two or more product ids with the same title; text compared case-folded) shows how well
+   the grades predict themselves: the ROC-AUC of the mean of a pair's other grades as each grade's score.
+   Each model's ROC-AUC on the same grades (its score of the pair as the score) is set beside it, with a
+   bootstrap interval of the difference that resamples the repeated pairs whole. Comparisons of two
+   grades of one pair count as ties for every score (the other grades would rank a pair's own
+   disagreement backwards by construction). A model that predicts a grade as well as the pair's other
+   human grades do is at the labels' own reliability, whatever its ROC-AUC over all pairs.
 2. Between and within queries. The share of a grade's variance that is its query's (the intra-class
    correlation); the ROC-AUC of the mean of a pair's other grades of its query as its score (from the
    labels: a reference no model can see) and, per model, its ROC-AUC, the ROC-AUC of its per-query mean
@@ -33,7 +34,6 @@ import torch
 
 from training.cli import finite_float, nonnegative_int, positive_int
 from training.data import DataError, normalize_query
-from training.datasets import LabelledPairs
 from training.evaluate import check_split, load_dataset, load_model
 from training.metrics import rank_auc
 from training.precision import add_precision_arg, resolve
@@ -41,57 +41,90 @@ from training.precision import add_precision_arg, resolve
 DEFAULT_DATASETS = ("homedepot:dev", "homedepot:test")
 
 
-def repeat_groups(pairs: LabelledPairs) -> list[np.ndarray]:
-    """Row indices of each (query, keyword) graded more than once; a query's case and spacing variants
-    are one query, a keyword's case and spacing variants one keyword."""
-    by: dict[tuple[str, str], list[int]] = {}
-    for i, (q, k) in enumerate(zip(pairs.queries, pairs.keywords)):
-        by.setdefault((normalize_query(q), " ".join(k.casefold().split())), []).append(i)
-    return [np.array(v) for v in by.values() if len(v) > 1]
+def group_ids(keys) -> np.ndarray:
+    """Each row's group number, in order of first appearance."""
+    ids: dict = {}
+    return np.array([ids.setdefault(k, len(ids)) for k in keys], dtype=np.int64)
 
 
-def _ordered(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(graded row, other row, group) of every ordered pair of two rows of one group."""
-    graded, other, group = [], [], []
-    for j, idx in enumerate(groups):
-        for a in idx:
-            for b in idx:
-                if a != b:
-                    graded.append(a), other.append(b), group.append(j)
-    return np.array(graded, int), np.array(other, int), np.array(group, int)
+def repeat_rows(queries: list[str], keywords: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, their group) of the (query, keyword) pairs graded more than once; a query's case and
+    spacing variants are one query, a keyword's case and spacing variants one keyword."""
+    g = group_ids((normalize_query(q), " ".join(k.casefold().split())) for q, k in zip(queries, keywords))
+    rows = np.flatnonzero(np.bincount(g)[g] > 1)
+    return rows, group_ids(g[rows])
 
 
-def _interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+def others_mean(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows whose group has another row, the mean of the other rows' labels for each of them)."""
+    counts, totals = np.bincount(groups), np.bincount(groups, labels)
+    has = counts[groups] > 1
+    return has, (totals[groups] - labels)[has] / (counts[groups] - 1)[has]
 
 
-def repeat_agreement(labels: np.ndarray, binary: np.ndarray, groups: list[np.ndarray],
+def _within(y: np.ndarray, s: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: its positive-negative comparisons, and the positives' wins among them (ties half)."""
+    pos = np.bincount(groups, y)
+    pairs = pos * (np.bincount(groups) - pos)
+    wins = np.zeros(len(pairs))
+    for j in np.flatnonzero(pairs):
+        idx = np.flatnonzero(groups == j)
+        wins[j] = rank_auc(y[idx], s[idx]) * pairs[j]
+    return pairs, wins
+
+
+def auc_across_groups(y: np.ndarray, s: np.ndarray, groups: np.ndarray, draw: np.ndarray | None = None
+                      ) -> float | None:
+    """ROC-AUC with every positive-negative comparison inside one group counted as a tie: a score that
+    is a group's other rows' grades would otherwise rank each group's own disagreements backwards. None
+    when no comparison crosses groups. `draw` (group numbers, repeats allowed) scores a bootstrap
+    resample of whole groups, a group drawn m times holding m x m copies of its own comparisons."""
+    y = np.asarray(y, dtype=np.float64)
+    pairs, wins = _within(y, s, groups)
+    if draw is None:
+        sel, mult = np.arange(len(y)), np.ones(len(pairs))
+    else:
+        sel = np.concatenate([np.flatnonzero(groups == j) for j in draw])
+        mult = np.bincount(draw, minlength=len(pairs)).astype(np.float64)
+    n_pos = y[sel].sum()
+    total = n_pos * (len(sel) - n_pos)
+    inside = float(np.sum(mult ** 2 * pairs))
+    if total - inside <= 0:
+        return None
+    all_wins = rank_auc(y[sel] > 0, s[sel]) * total
+    return float((all_wins - np.sum(mult ** 2 * wins) + 0.5 * inside) / total)
+
+
+def repeat_agreement(labels: np.ndarray, binary: np.ndarray, rows: np.ndarray, groups: np.ndarray,
                      model_scores: dict[str, np.ndarray], resamples: int = 1000, seed: int = 0) -> dict:
-    """A repeat grade's ROC-AUC, and each model's on the same grades with the bootstrap interval of
-    its difference from the repeat grade's (`resamples` 0: no interval)."""
-    graded, other, group = _ordered(groups)
-    out: dict = {"groups": len(groups), "grades": int(sum(len(g) for g in groups)), "ordered_pairs": len(graded)}
-    y = binary[graded].astype(bool)
-    if not len(y) or y.all() or not y.any():
-        out["note"] = "no repeated grades of both classes: ROC-AUC is undefined"
+    """On the grades of pairs graded more than once: the ROC-AUC of the mean of a pair's other grades as
+    a grade's score, and each model's on the same grades with the bootstrap interval (whole pairs
+    resampled) of its difference from it; comparisons of two grades of one pair count as ties for both.
+    `resamples` 0: no interval."""
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    out: dict = {"groups": n_groups, "grades": len(rows)}
+    y = binary[rows].astype(np.float64)
+    _, repeat = others_mean(labels[rows], groups)
+    if not len(rows) or auc_across_groups(y, repeat, groups) is None:
+        out["note"] = "no repeated grades of both classes across two pairs: ROC-AUC is undefined"
         return out
-    repeat = labels[other]
-    out["grade_correlation"] = float(np.corrcoef(labels[graded], repeat)[0, 1])
-    out["same_class"] = float(np.mean(binary[graded] == binary[other]))
-    out["repeat_roc_auc"] = rank_auc(y, repeat)
-    blocks = [np.flatnonzero(group == j) for j in range(len(groups))]
+    a, b = np.array([(i, j) for g in range(n_groups) for i in np.flatnonzero(groups == g)
+                     for j in np.flatnonzero(groups == g) if i != j]).T
+    out["grade_correlation"] = float(np.corrcoef(labels[rows][a], labels[rows][b])[0, 1])
+    out["same_class"] = float(np.mean(y[a] == y[b]))
+    out["repeat_roc_auc"] = auc_across_groups(y, repeat, groups)
     rng = np.random.default_rng(seed)
-    resampled = [np.concatenate([blocks[j] for j in rng.integers(0, len(blocks), len(blocks))])
-                 for _ in range(resamples)]
-    resampled = [s for s in resampled if 0 < y[s].sum() < len(s)]
+    draws = [rng.integers(0, n_groups, n_groups) for _ in range(resamples)]
+    repeat_draws = [auc_across_groups(y, repeat, groups, d) for d in draws]
     out["models"] = {}
     for name, scores in model_scores.items():
-        s = scores[graded]
-        row = {"roc_auc": rank_auc(y, s)}
+        s = scores[rows]
+        row = {"roc_auc": auc_across_groups(y, s, groups)}
         row["minus_repeat"] = row["roc_auc"] - out["repeat_roc_auc"]
-        if resampled:
-            row["low"], row["high"] = _interval([rank_auc(y[i], s[i]) - rank_auc(y[i], repeat[i]) for i in resampled])
+        diffs = [m - r for m, r in ((auc_across_groups(y, s, groups, d), r) for d, r in zip(draws, repeat_draws))
+                 if m is not None and r is not None]
+        if diffs:
+            row["low"], row["high"] = (float(v) for v in np.quantile(diffs, [0.025, 0.975]))
         out["models"][name] = row
     return out
 
@@ -112,34 +145,35 @@ def query_icc(labels: np.ndarray, q: np.ndarray) -> float | None:
 
 def query_levels(labels: np.ndarray, binary: np.ndarray, queries: list[str],
                  model_scores: dict[str, np.ndarray]) -> dict:
-    """The share of the grades' variance that is the query's, the ROC-AUC of the mean of each pair's
-    other grades of its query (pairs whose query has another), and per model: ROC-AUC, that of its
-    per-query mean score alone, and its mean ROC-AUC within queries."""
-    ids: dict[str, int] = {}
-    q = np.array([ids.setdefault(normalize_query(x), len(ids)) for x in queries])
+    """The share of the grades' variance that is the query's; the ROC-AUC of the mean of a pair's other
+    grades of its query as its score (pairs whose query has another; comparisons inside a query count
+    as ties, since it can only rank across queries); per model: ROC-AUC, that of its per-query mean
+    score alone, and its mean ROC-AUC within queries."""
+    q = group_ids(map(normalize_query, queries))
     counts = np.bincount(q)
-    others = counts[q] > 1
-    other_mean = (np.bincount(q, labels)[q] - labels)[others] / (counts[q] - 1)[others]
-    y = binary.astype(bool)
-    both = [np.flatnonzero(q == j) for j in range(len(counts))]
-    both = [idx for idx in both if 0 < y[idx].sum() < len(idx)]
+    y = binary.astype(np.float64)
+    has, other_mean = others_mean(labels, q)
+    both = [idx for idx in (np.flatnonzero(q == j) for j in range(len(counts))) if 0 < y[idx].sum() < len(idx)]
     out: dict = {"pairs": len(labels), "queries": len(counts), "queries_with_both_classes": len(both),
-                 "query_icc": query_icc(labels, q), "pairs_with_other_grades": int(others.sum()),
-                 "other_grades_roc_auc": rank_auc(y[others], other_mean) if 0 < y[others].sum() < others.sum()
-                 else None, "models": {}}
+                 "query_icc": query_icc(labels, q), "pairs_with_other_grades": int(has.sum()),
+                 "other_grades_roc_auc": auc_across_groups(y[has], other_mean, group_ids(q[has])), "models": {}}
     for name, s in model_scores.items():
         mean_score = np.bincount(q, s) / counts
         out["models"][name] = {
-            "roc_auc": rank_auc(y, s), "query_mean_roc_auc": rank_auc(y, mean_score[q]),
-            "within_query_roc_auc": float(np.mean([rank_auc(y[i], s[i]) for i in both])) if both else None}
+            "roc_auc": rank_auc(y > 0, s), "query_mean_roc_auc": rank_auc(y > 0, mean_score[q]),
+            "within_query_roc_auc": float(np.mean([rank_auc(y[i] > 0, s[i]) for i in both])) if both else None}
     return out
 
 
 def analyse(labels: np.ndarray, binary: np.ndarray, queries: list[str], keywords: list[str],
             model_scores: dict[str, np.ndarray], resamples: int) -> dict:
-    pairs = LabelledPairs(queries, keywords, list(labels))
-    return {"repeated": repeat_agreement(labels, binary, repeat_groups(pairs), model_scores, resamples),
+    rows, groups = repeat_rows(queries, keywords)
+    return {"repeated": repeat_agreement(labels, binary, rows, groups, model_scores, resamples),
             "queries": query_levels(labels, binary, queries, model_scores)}
+
+
+def _canonical(spec: str) -> str:
+    return "homedepot:test" if spec == "homedepot" else spec  # one dataset, one name
 
 
 def agreement(datasets: list[str], models: list[tuple[str, str]], out: str | Path, data=None,
@@ -147,24 +181,36 @@ def agreement(datasets: list[str], models: list[tuple[str, str]], out: str | Pat
     labels_seen = [label for label, _ in models]
     if len(set(labels_seen)) != len(labels_seen):
         raise ValueError(f"model labels must be distinct, got {labels_seen}")
+    datasets = [_canonical(d) for d in datasets]
     if len(set(datasets)) != len(datasets):
         raise ValueError(f"a dataset is named twice: {datasets}")
     precision = resolve(precision)
-    report: dict = {"datasets": {}, "models": [label for label, _ in models], "resamples": resamples}
-    pooled: dict = {"labels": [], "binary": [], "queries": [], "keywords": [], "scores": {}}
-    for d, spec in enumerate(datasets):
+    loaded = []
+    for spec in datasets:  # every dataset read and every split checked before any model scores
         pairs, rs, record = load_dataset(spec, data, positive_threshold)
         if pairs is None:
             raise ValueError(f"{spec}: no labelled pairs, so there are no grades to compare")
+        if len(set(pairs.binary)) < 2:
+            raise ValueError(f"{spec}: every labelled pair is {'relevant' if pairs.binary[0] else 'not relevant'} "
+                             f"at the positive threshold {pairs.positive_threshold:g}, so ROC-AUC is undefined")
         if record:
             for label, model_spec in models:
                 check_split(label, model_spec, record)
+        loaded.append((spec, pairs, rs, record))
+    report: dict = {"datasets": {}, "models": labels_seen, "resamples": resamples}
+    pooled: dict = {"labels": [], "binary": [], "queries": [], "keywords": [], "scores": {}}
+    for d, (spec, pairs, rs, record) in enumerate(loaded):
+        scorers = [(label, load_model(model_spec, pairs, rs, precision)) for label, model_spec in models]
         scores: dict[str, np.ndarray] = {}
-        for label, model_spec in models:
+        for label, m in scorers:
             t = time.perf_counter()
-            m = load_model(model_spec, pairs, rs, precision)
             for variant, s in m.pair_scores(pairs).items():
-                scores[label + (f" ({variant})" if variant else "")] = np.asarray(s, dtype=np.float64)
+                name = label + (f" ({variant})" if variant else "")
+                if name in scores:
+                    raise ValueError(f"two score columns are named {name!r}; rename a model")
+                scores[name] = np.asarray(s, dtype=np.float64)
+                if not np.isfinite(scores[name]).all():
+                    raise ValueError(f"{name}: scores on {spec} that are not finite numbers")
             print(f"agreement: {spec}: {label} scored {len(pairs)} pairs in {time.perf_counter() - t:.0f}s", flush=True)
         labels, binary = np.asarray(pairs.labels, dtype=np.float64), np.asarray(pairs.binary, dtype=np.int64)
         report["datasets"][spec] = analyse(labels, binary, pairs.queries, pairs.keywords, scores, resamples)
@@ -194,21 +240,22 @@ def write_report(report: dict, out: Path) -> None:
         return text.replace("|", "\\|")
 
     lines = [f"# Label agreement: {', '.join(k for k in report['datasets'] if ' + ' not in k)}", "",
-             "How well one human grade predicts another, and where ROC-AUC comes from (positive iff the grade "
+             "How well the human grades predict themselves, and where ROC-AUC comes from (positive iff the grade "
              "is at the positive threshold or above). Written by `python -m training.agreement`; what each "
              "column means is in its docstring.", "",
              "## Repeated judgements", "",
-             "A (query, keyword) graded more than once: the ROC-AUC of a repeat grade as the score for a grade's "
-             "label, over every ordered pair of two grades of one (query, keyword), and each model's ROC-AUC on the "
-             f"same grades. Intervals: 95%, bootstrap over the repeated pairs ({report['resamples']} resamples).", "",
+             "A (query, keyword) graded more than once: the ROC-AUC of the mean of the pair's other grades as "
+             "each grade's score, and each model's ROC-AUC on the same grades; two grades of one pair compared "
+             "count as a tie for every score. Grade correlation and same side: over every two grades of one "
+             f"pair. Intervals: 95%, bootstrap over the repeated pairs ({report['resamples']} resamples).", "",
              "| dataset | repeated pairs | grades | grade correlation | same side of the threshold "
-             "| ROC-AUC of a repeat grade |", "|---|---|---|---|---|---|"]
+             "| ROC-AUC of the other grades |", "|---|---|---|---|---|---|"]
     for name, d in report["datasets"].items():
         r = d["repeated"]
         lines.append(f"| {cell(name)} | {r['groups']} | {r['grades']} | {f(r.get('grade_correlation'))} "
                      f"| {f(r.get('same_class'))} | {f(r.get('repeat_roc_auc'))} |")
     if report["models"]:
-        lines += ["", "| dataset | model | ROC-AUC on the repeated grades | minus a repeat grade's |",
+        lines += ["", "| dataset | model | ROC-AUC on the repeated grades | minus the other grades' |",
                   "|---|---|---|---|"]
         for name, d in report["datasets"].items():
             for model, r in d["repeated"].get("models", {}).items():
