@@ -62,29 +62,33 @@ def others_mean(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.
     return has, (totals[groups] - labels)[has] / (counts[groups] - 1)[has]
 
 
-def _within(y: np.ndarray, s: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _blocks(groups: np.ndarray) -> list[np.ndarray]:
+    """Row indices of each group 0..max, from one sort rather than a scan of every row per group."""
+    if not len(groups):
+        return []
+    order = np.argsort(groups, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(groups))[:-1])
+
+
+def _within(y: np.ndarray, s: np.ndarray, blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per group: its positive-negative comparisons, and the positives' wins among them (ties half)."""
-    pos = np.bincount(groups, y)
-    pairs = pos * (np.bincount(groups) - pos)
-    wins = np.zeros(len(pairs))
-    for j in np.flatnonzero(pairs):
-        idx = np.flatnonzero(groups == j)
-        wins[j] = rank_auc(y[idx], s[idx]) * pairs[j]
+    pairs, wins = np.zeros(len(blocks)), np.zeros(len(blocks))
+    for j, idx in enumerate(blocks):
+        pos = y[idx].sum()
+        pairs[j] = pos * (len(idx) - pos)
+        if pairs[j]:
+            wins[j] = rank_auc(y[idx] > 0, s[idx]) * pairs[j]
     return pairs, wins
 
 
-def auc_across_groups(y: np.ndarray, s: np.ndarray, groups: np.ndarray, draw: np.ndarray | None = None
-                      ) -> float | None:
-    """ROC-AUC with every positive-negative comparison inside one group counted as a tie: a score that
-    is a group's other rows' grades would otherwise rank each group's own disagreements backwards. None
-    when no comparison crosses groups. `draw` (group numbers, repeats allowed) scores a bootstrap
-    resample of whole groups, a group drawn m times holding m x m copies of its own comparisons."""
-    y = np.asarray(y, dtype=np.float64)
-    pairs, wins = _within(y, s, groups)
+def _auc_across(y: np.ndarray, s: np.ndarray, blocks: list[np.ndarray], within: tuple[np.ndarray, np.ndarray],
+                draw: np.ndarray | None = None) -> float | None:
+    """auc_across_groups from the groups' blocks and `_within` counts, which no resample changes."""
+    pairs, wins = within
     if draw is None:
         sel, mult = np.arange(len(y)), np.ones(len(pairs))
     else:
-        sel = np.concatenate([np.flatnonzero(groups == j) for j in draw])
+        sel = np.concatenate([blocks[j] for j in draw])
         mult = np.bincount(draw, minlength=len(pairs)).astype(np.float64)
     n_pos = y[sel].sum()
     total = n_pos * (len(sel) - n_pos)
@@ -95,33 +99,45 @@ def auc_across_groups(y: np.ndarray, s: np.ndarray, groups: np.ndarray, draw: np
     return float((all_wins - np.sum(mult ** 2 * wins) + 0.5 * inside) / total)
 
 
+def auc_across_groups(y: np.ndarray, s: np.ndarray, groups: np.ndarray, draw: np.ndarray | None = None
+                      ) -> float | None:
+    """ROC-AUC with every positive-negative comparison inside one group counted as a tie: a score that
+    is a group's other rows' grades would otherwise rank each group's own disagreements backwards. None
+    when no comparison crosses groups. `draw` (group numbers, repeats allowed) scores a bootstrap
+    resample of whole groups, a group drawn m times holding m x m copies of its own comparisons."""
+    y, blocks = np.asarray(y, dtype=np.float64), _blocks(np.asarray(groups))
+    return _auc_across(y, s, blocks, _within(y, s, blocks), draw)
+
+
 def repeat_agreement(labels: np.ndarray, binary: np.ndarray, rows: np.ndarray, groups: np.ndarray,
                      model_scores: dict[str, np.ndarray], resamples: int = 1000, seed: int = 0) -> dict:
     """On the grades of pairs graded more than once: the ROC-AUC of the mean of a pair's other grades as
     a grade's score, and each model's on the same grades with the bootstrap interval (whole pairs
     resampled) of its difference from it; comparisons of two grades of one pair count as ties for both.
     `resamples` 0: no interval."""
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    out: dict = {"groups": n_groups, "grades": len(rows)}
+    blocks = _blocks(groups)
+    out: dict = {"groups": len(blocks), "grades": len(rows)}
     y = binary[rows].astype(np.float64)
     _, repeat = others_mean(labels[rows], groups)
-    if not len(rows) or auc_across_groups(y, repeat, groups) is None:
+    repeat_within = _within(y, repeat, blocks)
+    repeat_auc = _auc_across(y, repeat, blocks, repeat_within) if len(rows) else None
+    if repeat_auc is None:
         out["note"] = "no repeated grades of both classes across two pairs: ROC-AUC is undefined"
         return out
-    a, b = np.array([(i, j) for g in range(n_groups) for i in np.flatnonzero(groups == g)
-                     for j in np.flatnonzero(groups == g) if i != j]).T
+    a, b = np.array([(i, j) for idx in blocks for i in idx for j in idx if i != j]).T
     out["grade_correlation"] = float(np.corrcoef(labels[rows][a], labels[rows][b])[0, 1])
     out["same_class"] = float(np.mean(y[a] == y[b]))
-    out["repeat_roc_auc"] = auc_across_groups(y, repeat, groups)
+    out["repeat_roc_auc"] = repeat_auc
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, n_groups, n_groups) for _ in range(resamples)]
-    repeat_draws = [auc_across_groups(y, repeat, groups, d) for d in draws]
+    draws = [rng.integers(0, len(blocks), len(blocks)) for _ in range(resamples)]
+    repeat_draws = [_auc_across(y, repeat, blocks, repeat_within, d) for d in draws]
     out["models"] = {}
     for name, scores in model_scores.items():
         s = scores[rows]
-        row = {"roc_auc": auc_across_groups(y, s, groups)}
-        row["minus_repeat"] = row["roc_auc"] - out["repeat_roc_auc"]
-        diffs = [m - r for m, r in ((auc_across_groups(y, s, groups, d), r) for d, r in zip(draws, repeat_draws))
+        within = _within(y, s, blocks)
+        row = {"roc_auc": _auc_across(y, s, blocks, within)}
+        row["minus_repeat"] = row["roc_auc"] - repeat_auc
+        diffs = [m - r for m, r in ((_auc_across(y, s, blocks, within, d), r) for d, r in zip(draws, repeat_draws))
                  if m is not None and r is not None]
         if diffs:
             row["low"], row["high"] = (float(v) for v in np.quantile(diffs, [0.025, 0.975]))
@@ -153,7 +169,7 @@ def query_levels(labels: np.ndarray, binary: np.ndarray, queries: list[str],
     counts = np.bincount(q)
     y = binary.astype(np.float64)
     has, other_mean = others_mean(labels, q)
-    both = [idx for idx in (np.flatnonzero(q == j) for j in range(len(counts))) if 0 < y[idx].sum() < len(idx)]
+    both = [idx for idx in _blocks(q) if 0 < y[idx].sum() < len(idx)]
     out: dict = {"pairs": len(labels), "queries": len(counts), "queries_with_both_classes": len(both),
                  "query_icc": query_icc(labels, q), "pairs_with_other_grades": int(has.sum()),
                  "other_grades_roc_auc": auc_across_groups(y[has], other_mean, group_ids(q[has])), "models": {}}
@@ -239,7 +255,12 @@ def write_report(report: dict, out: Path) -> None:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
-    lines = [f"# Label agreement: {', '.join(k for k in report['datasets'] if ' + ' not in k)}", "",
+    def table(head: str, rows: list[list]) -> list[str]:
+        cols = head.split(" | ")
+        return ["", f"| {head} |", "|" + "---|" * len(cols)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+    sets = report["datasets"]
+    lines = [f"# Label agreement: {', '.join(k for k in sets if ' + ' not in k)}", "",
              "How well the human grades predict themselves, and where ROC-AUC comes from (positive iff the grade "
              "is at the positive threshold or above). Written by `python -m training.agreement`; what each "
              "column means is in its docstring.", "",
@@ -247,37 +268,29 @@ def write_report(report: dict, out: Path) -> None:
              "A (query, keyword) graded more than once: the ROC-AUC of the mean of the pair's other grades as "
              "each grade's score, and each model's ROC-AUC on the same grades; two grades of one pair compared "
              "count as a tie for every score. Grade correlation and same side: over every two grades of one "
-             f"pair. Intervals: 95%, bootstrap over the repeated pairs ({report['resamples']} resamples).", "",
-             "| dataset | repeated pairs | grades | grade correlation | same side of the threshold "
-             "| ROC-AUC of the other grades |", "|---|---|---|---|---|---|"]
-    for name, d in report["datasets"].items():
-        r = d["repeated"]
-        lines.append(f"| {cell(name)} | {r['groups']} | {r['grades']} | {f(r.get('grade_correlation'))} "
-                     f"| {f(r.get('same_class'))} | {f(r.get('repeat_roc_auc'))} |")
+             f"pair. Intervals: 95%, bootstrap over the repeated pairs ({report['resamples']} resamples)."]
+    lines += table("dataset | repeated pairs | grades | grade correlation | same side of the threshold "
+                   "| ROC-AUC of the other grades",
+                   [[cell(n), r["groups"], r["grades"], f(r.get("grade_correlation")), f(r.get("same_class")),
+                     f(r.get("repeat_roc_auc"))] for n, r in ((n, d["repeated"]) for n, d in sets.items())])
     if report["models"]:
-        lines += ["", "| dataset | model | ROC-AUC on the repeated grades | minus the other grades' |",
-                  "|---|---|---|---|"]
-        for name, d in report["datasets"].items():
-            for model, r in d["repeated"].get("models", {}).items():
-                iv = f" [{r['low']:+.3f}, {r['high']:+.3f}]" if "low" in r else ""
-                lines.append(f"| {cell(name)} | {cell(model)} | {f(r['roc_auc'])} | {r['minus_repeat']:+.3f}{iv} |")
+        lines += table("dataset | model | ROC-AUC on the repeated grades | minus the other grades'",
+                       [[cell(n), cell(m), f(r["roc_auc"]), f"{r['minus_repeat']:+.3f}"
+                         + (f" [{r['low']:+.3f}, {r['high']:+.3f}]" if "low" in r else "")]
+                        for n, d in sets.items() for m, r in d["repeated"].get("models", {}).items()])
     lines += ["", "## Between and within queries", "",
               "The share of a grade's variance that is its query's (intra-class correlation), and the ROC-AUC of "
               "the mean of the query's other grades as a pair's score (from the labels, over the pairs whose "
               "query has other grades: a reference no model can see); per model its ROC-AUC, that of its "
-              "per-query mean score alone, and its mean ROC-AUC within the queries that have both classes.", "",
-              "| dataset | pairs | queries | with both classes | query's share of variance "
-              "| ROC-AUC of the query's other grades |", "|---|---|---|---|---|---|"]
-    for name, d in report["datasets"].items():
-        q = d["queries"]
-        lines.append(f"| {cell(name)} | {q['pairs']} | {q['queries']} | {q['queries_with_both_classes']} "
-                     f"| {f(q['query_icc'])} | {f(q['other_grades_roc_auc'])} |")
+              "per-query mean score alone, and its mean ROC-AUC within the queries that have both classes."]
+    lines += table("dataset | pairs | queries | with both classes | query's share of variance "
+                   "| ROC-AUC of the query's other grades",
+                   [[cell(n), q["pairs"], q["queries"], q["queries_with_both_classes"], f(q["query_icc"]),
+                     f(q["other_grades_roc_auc"])] for n, q in ((n, d["queries"]) for n, d in sets.items())])
     if report["models"]:
-        lines += ["", "| dataset | model | ROC-AUC | its query mean alone | within queries |", "|---|---|---|---|---|"]
-        for name, d in report["datasets"].items():
-            for model, r in d["queries"]["models"].items():
-                lines.append(f"| {cell(name)} | {cell(model)} | {f(r['roc_auc'])} | {f(r['query_mean_roc_auc'])} "
-                             f"| {f(r['within_query_roc_auc'])} |")
+        lines += table("dataset | model | ROC-AUC | its query mean alone | within queries",
+                       [[cell(n), cell(m), f(r["roc_auc"]), f(r["query_mean_roc_auc"]), f(r["within_query_roc_auc"])]
+                        for n, d in sets.items() for m, r in d["queries"]["models"].items()])
     out.with_name(out.name + ".md").write_text("\n".join(lines) + "\n")
 
 
