@@ -38,7 +38,7 @@ eval: setup  ## evaluate the trained models and baselines on held-out queries ->
 		--model "TwinBERT, no augmentation=twin:$(ARTIFACTS)/twin_noaug" --model BiLSTM=bilstm:$(ARTIFACTS)/bilstm \
 		--model "BiLSTM, LSTM in bf16=bilstm-bf16:$(ARTIFACTS)/bilstm" \
 		--model "BiLSTM, no augmentation=bilstm:$(ARTIFACTS)/bilstm_noaug" \
-		--model "teacher re-ranks TwinBERT cos top-100=rerank:teacher:$(ARTIFACTS)/teacher@$(ARTIFACTS)/twin" \
+		--model "teacher re-ranks TwinBERT cos top-30=rerank:teacher:$(ARTIFACTS)/teacher@$(ARTIFACTS)/twin@30" \
 		--model "BiLSTM re-ranks TwinBERT cos top-100=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin" \
 		--model "BiLSTM re-ranks TwinBERT cos top-30 (retrieve_rerank, DEPTH 30)=rerank:bilstm:$(ARTIFACTS)/bilstm@$(ARTIFACTS)/twin@30"
 

