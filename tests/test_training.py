@@ -990,7 +990,7 @@ def test_corpus_vectors_from_length_batches_equal_full_width_ones_and_tie_exactl
     words = "cordless drill driver kit lithium battery white gloss paint 1/2 in. copper pipe fitting".split()
     rng = random.Random(0)
     texts = [" ".join(rng.choices(words, k=rng.randint(1, 40))) for _ in range(23)]
-    texts += [texts[3], texts[17], texts[3]]  # repeats, which land in other batches by length
+    texts += [texts[3], texts[17], texts[3]]  # repeats: embedded once (the calls below), so they tie exactly
     ids, mask = WordPiece(minilm_dir() / "tokenizer.json", 32)(texts)
     assert (mask.sum(1) < 32).sum() > 5 and (mask.sum(1) == 32).any()  # short rows to trim, and full ones
     with torch.inference_mode():
