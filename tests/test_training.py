@@ -978,10 +978,11 @@ def test_students_and_teacher_start_from_the_pretrained_lower_layers(layers):
 
 
 def test_corpus_vectors_from_length_batches_equal_full_width_ones_and_tie_exactly():
-    """training.evaluate embeds a corpus in batches of similar length with all-padding columns cut, each
-    distinct text once: the vectors must be the full-width ones (to rounding), in the given order, and
-    texts that repeat must get one vector, or ids sharing a title would stop tying exactly."""
-    from training import evaluate
+    """training.index.embed_texts (the store's indexing and training.evaluate's corpora) embeds in batches of
+    similar length with all-padding columns cut, each distinct text once: the vectors must be the full-width
+    ones (to rounding), in the given order, and texts that repeat must get one vector, or ids sharing a title
+    would stop tying exactly."""
+    from training.index import embed_texts
     from training.pretrained import minilm_dir
     from training.tokenize import WordPiece
     from training.twin import TwinBERT, TwinConfig
@@ -991,7 +992,8 @@ def test_corpus_vectors_from_length_batches_equal_full_width_ones_and_tie_exactl
     rng = random.Random(0)
     texts = [" ".join(rng.choices(words, k=rng.randint(1, 40))) for _ in range(23)]
     texts += [texts[3], texts[17], texts[3]]  # repeats: embedded once (the calls below), so they tie exactly
-    ids, mask = WordPiece(minilm_dir() / "tokenizer.json", 32)(texts)
+    tok = WordPiece(minilm_dir() / "tokenizer.json", 32)
+    ids, mask = tok(texts)
     assert (mask.sum(1) < 32).sum() > 5 and (mask.sum(1) == 32).any()  # short rows to trim, and full ones
     with torch.inference_mode():
         full = model.embed(torch.from_numpy(ids), torch.from_numpy(mask), "keyword").numpy()
@@ -1000,10 +1002,10 @@ def test_corpus_vectors_from_length_batches_equal_full_width_ones_and_tie_exactl
         def embed(i, m):
             calls.append(i.shape)
             return model.embed(i, m, "keyword")
-        got = evaluate.embed_by_length((ids, mask), embed, "test", batch_size=4)
+        got = embed_texts(embed, tok, texts, batch_size=4, progress=False)
     assert got.shape == full.shape and np.abs(got - full).max() < 1e-5
     assert len(calls) == 6 and sum(c[0] for c in calls) == 23  # the 23 distinct texts, 4 a batch
     assert min(c[1] for c in calls) < 32  # columns cut
     assert np.array_equal(got[23], got[3]) and np.array_equal(got[25], got[3]) and np.array_equal(got[24], got[17])
     with pytest.raises(ValueError, match="nothing to embed"):
-        evaluate.embed_by_length((ids[:0], mask[:0]), embed, "test")
+        embed_texts(embed, tok, [], progress=False)

@@ -42,10 +42,13 @@ from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_
                               per_query_retrieval, retrieval_metrics)
 from training.precision import add_precision_arg, resolve
 from training.pretrained import minilm_dir
-from training.tokenize import WordPiece, trim_padding
+from training.tokenize import WordPiece
 from training.cli import finite_float, nonnegative_int, positive_int
 
 TOP = 100
+# corpus texts a forward pass in evaluation (training.index.embed_texts): the evaluation's timings were
+# measured at 256
+CORPUS_BATCH = 256
 
 
 def _median_ms(fn, repeats: int = 15) -> float:
@@ -121,30 +124,6 @@ class BM25Model:
         return None
 
 
-def embed_by_length(tokens: tuple[np.ndarray, np.ndarray], embed, desc: str, progress: bool = False,
-                    batch_size: int = 256) -> np.ndarray:
-    """`embed(ids, mask)` -> [n, D] over texts tokenized to a fixed width: each distinct row once, in
-    batches of similar length with the columns that are padding in every row cut (trim_padding), returned
-    in the given order. Padding gets zero weight in attention and pooling, so the vectors are those of the
-    full width to float rounding (about 1e-6); the Home Depot titles hold 20 real tokens of their 32 columns
-    on average, and embedding them this way takes 0.56-0.58x the time. Rows that are equal get one vector,
-    so ids that share a title tie exactly, as the rankings' tie order needs."""
-    ids, mask = tokens
-    rows, inverse = np.unique(np.concatenate([ids, mask], axis=1), axis=0, return_inverse=True)
-    ids, mask = rows[:, :ids.shape[1]], rows[:, ids.shape[1]:]
-    order = np.argsort(mask.sum(1), kind="stable")
-    out = None
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
-        sel = order[s:s + batch_size]
-        v = embed(*map(torch.from_numpy, trim_padding(ids[sel], mask[sel]))).float().numpy()
-        if out is None:
-            out = np.empty((len(rows), v.shape[1]), np.float32)
-        out[sel] = v
-    if out is None:
-        raise ValueError("nothing to embed: no texts")
-    return out[inverse.reshape(-1)]
-
-
 class BiEncoderModel:
     """Embeds queries and keywords separately; `encode(texts, side)` -> [N, D]."""
 
@@ -157,8 +136,8 @@ class BiEncoderModel:
         return {"": (q * k).sum(1)}
 
     def corpus_vectors(self, rs: RetrievalSet) -> np.ndarray:
-        # the method is part of the key: vectors cached by the full-width batches before embed_by_length are
-        # embedded again, once
+        # the method is part of the key: vectors cached by the full-width batches before length batches
+        # (training.index.embed_texts) are embedded again, once
         key = hashlib.sha256(("\n".join(rs.corpus.values()) + self.fingerprint + ":length-batches").encode()
                              ).hexdigest()[:16]
         path = self.cache_dir / f"{key}.npy" if self.cache_dir else None
@@ -194,7 +173,8 @@ class MiniLMModel(BiEncoderModel):
 
     @torch.inference_mode()
     def encode(self, texts, side, progress=False):
-        return embed_by_length(self.tok[side](texts), self.mean_pool, "embed (MiniLM)", progress)
+        from training.index import embed_texts
+        return embed_texts(self.mean_pool, self.tok[side], texts, CORPUS_BATCH, progress, "embed (MiniLM)")
 
     @torch.inference_mode()
     def latency_ms_per_pair(self) -> float:
@@ -238,8 +218,9 @@ class TwinModel(BiEncoderModel):
 
     @torch.inference_mode()
     def encode(self, texts, side, progress=False):
-        return embed_by_length(self.tok[side](texts), lambda i, m: self.model.embed(i, m, side),
-                               "embed (TwinBERT)", progress)
+        from training.index import embed_texts
+        return embed_texts(lambda i, m: self.model.embed(i, m, side), self.tok[side], texts, CORPUS_BATCH, progress,
+                           "embed (TwinBERT)")
 
     def pair_scores(self, pairs):
         from training.distill import twin_pair_scores

@@ -66,24 +66,31 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[str]]:
 DEFAULT_BATCH_SIZE = 64
 
 
-def embed_texts(encoder: torch.jit.ScriptModule, tokenizer: WordPiece, texts: list[str],
-                batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True) -> np.ndarray:
-    """Pooled vectors [N, D] in input order; batches sorted by length and trimmed of padding."""
-    ids, mask = tokenizer(texts)
+def embed_texts(encoder, tokenizer: WordPiece, texts: list[str], batch_size: int = DEFAULT_BATCH_SIZE,
+                progress: bool = True, desc: str = "embed keywords") -> np.ndarray:
+    """Pooled vectors [N, D] in input order; batches sorted by length and trimmed of padding, which gives the
+    full-width vectors to float rounding (about 1e-6). Each distinct text is embedded once, so ids that share
+    a text (2,095 of the Home Depot corpus ids) get one vector and tie exactly whatever batch they fall in.
+    `encoder(ids, mask)` is any module or function that pools token ids into vectors."""
+    distinct = list(dict.fromkeys(texts))
+    if not distinct:
+        raise ValueError("nothing to embed: no texts")
+    ids, mask = tokenizer(distinct)
     lengths = mask.sum(1)
     order = np.argsort(-lengths, kind="stable")
     out: np.ndarray | None = None
     with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc="embed keywords", unit="batch",
-                          disable=not progress):
+        for start in tqdm(range(0, len(distinct), batch_size), desc=desc, unit="batch", disable=not progress):
             sel = order[start:start + batch_size]
             width = int(lengths[sel].max())
-            vec = encoder(torch.from_numpy(ids[sel, :width]), torch.from_numpy(mask[sel, :width])).numpy()
+            vec = encoder(torch.from_numpy(ids[sel, :width]), torch.from_numpy(mask[sel, :width])).float().numpy()
             if out is None:
-                out = np.empty((len(texts), vec.shape[1]), dtype=np.float32)
+                out = np.empty((len(distinct), vec.shape[1]), dtype=np.float32)
             out[sel] = vec
-    assert out is not None
-    return out
+    if len(distinct) == len(texts):
+        return out
+    row = {t: i for i, t in enumerate(distinct)}
+    return out[[row[t] for t in texts]]
 
 
 def load_keyword_encoder(export_dir: str | Path) -> tuple[torch.jit.ScriptModule, WordPiece]:
