@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from training.data import (DataError, keyword_corpus, load_pairs, normalize_query, repair_text, split_manifest,
@@ -51,6 +53,15 @@ def test_repair_text_collapses_whitespace_and_maps_mojibake():
     assert repair_text("  MenÛªs   Shaver ") == "Men's Shaver"
 
 
+def test_repair_text_decodes_html_references_and_drops_c1_controls():
+    assert repair_text("Baker&#39;s Rack, Black &amp; Decker 2&quot; x 4&#x27;") == "Baker's Rack, Black & Decker 2\" x 4'"
+    assert repair_text("Wall Texture,&amp;nbsp; Knockdown") == "Wall Texture, Knockdown"  # escaped twice in train.csv
+    assert repair_text("Trinity 3\x89Û\x90Tier Cart, Connect\x89™ Deadbolt, Lighting \x89- Area") == \
+        "Trinity 3-Tier Cart, Connect™ Deadbolt, Lighting - Area"
+    # only references with their semicolon, and no code point that is not a character
+    assert repair_text("black&notched b&d &#0; &#55296; &bogus;") == "black&notched b&d &#0; &#55296; &bogus;"
+
+
 def test_split_is_deterministic_and_by_normalised_query():
     assert split_of("Cordless  Drill") == split_of("cordless drill") == split_of("cordless drill")
     assert normalize_query("  A  b ") == "a b"
@@ -75,6 +86,8 @@ def test_real_data_split_when_available(home_depot_csv):
     assert len(pairs) == 74067
     assert len(keyword_corpus(pairs)) == 54667
     assert not any("å¡" in p.keyword or "è_" in p.keyword for p in pairs)
+    assert not any(re.search(r"&(#\d+|amp|quot|nbsp);|[\x80-\x9f]", p.keyword + p.query) for p in pairs)
+    assert len({p.keyword for p in pairs}) == 53489  # decoding references merged no two titles
     splits = split_pairs(pairs)
     queries = {n: {normalize_query(p.query) for p in rows} for n, rows in splits.items()}
     assert not (queries["train"] & queries["test"]) and not (queries["dev"] & queries["test"])
