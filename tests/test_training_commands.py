@@ -66,6 +66,15 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
                       "--out", str(tmp_path / "twin")] + small)
     assert TwinBERT.load(tmp_path / "twin").config.trained_crossings == ("cos", "res")
+    assert TwinBERT.load(tmp_path / "twin").config.keyword_max_len == 32  # the checkpoint's, by default
+    # the full profiles' second pass reads longer titles than the checkpoint it starts from
+    distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "twin"),
+                      "--out", str(tmp_path / "twin48"), "--keyword-max-len", "48"] + small)
+    assert TwinBERT.load(tmp_path / "twin48").config.keyword_max_len == 48
+    with pytest.raises(SystemExit) as exit_:  # past the encoder's position embeddings
+        distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "twin"),
+                          "--out", str(tmp_path / "x"), "--keyword-max-len", "513"] + small)
+    assert exit_.value.code == 2 and "between 3 ([CLS], a token, [SEP]) and 512" in capsys.readouterr().err
     distill.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--init", str(tmp_path / "student"),
                       "--out", str(tmp_path / "twin_listwise"), "--group-size", "4", "--listwise-weight", "1",
                       "--res-loss", "logit-mse", "--proj-dim", "32", "--head-lr", "1e-3"] + small)
