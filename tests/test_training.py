@@ -1009,3 +1009,26 @@ def test_corpus_vectors_from_length_batches_equal_full_width_ones_and_tie_exactl
     assert np.array_equal(got[23], got[3]) and np.array_equal(got[25], got[3]) and np.array_equal(got[24], got[17])
     with pytest.raises(ValueError, match="nothing to embed"):
         embed_texts(embed, tok, [], progress=False)
+
+
+def test_cached_corpus_vectors_are_keyed_by_the_title_length_as_well_as_the_weights(tmp_path):
+    """The corpus cache is keyed by the checkpoint's weights: one whose config cuts titles at another length
+    (training.distill --keyword-max-len) must not reuse vectors embedded at the first length."""
+    import json
+    from training.datasets import RetrievalSet
+    from training.evaluate import TwinModel
+    from training.twin import TwinBERT, TwinConfig
+    torch.manual_seed(0)
+    TwinBERT(TwinConfig(num_layers=1), pretrained=False).save(tmp_path / "a")
+    rs = RetrievalSet(corpus={"1": " ".join(["cordless drill driver kit"] * 12), "2": "white paint"},
+                      queries={"q": "drill"}, qrels={"q": {"1": 1.0}})
+    a = TwinModel(tmp_path / "a")
+    a.cache_dir = tmp_path / "cache"
+    short = a.corpus_vectors(rs)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**config, "keyword_max_len": 48}))
+    b = TwinModel(tmp_path / "a")
+    b.cache_dir = tmp_path / "cache"
+    long = b.corpus_vectors(rs)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert np.allclose(long[1], short[1], atol=1e-5) and not np.allclose(long[0], short[0], atol=1e-3)

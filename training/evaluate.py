@@ -211,8 +211,9 @@ class TwinModel(BiEncoderModel):
             self.model.query_encoder, query_path = served_query_encoder(
                 self.eager_query_encoder, self.model.config.query_max_len, query_precision)
             print(f"evaluate: {path}: queries through the served encoder: {query_path}", flush=True)
-        self.fingerprint = sha256_file(Path(path, "model.safetensors"))
         c = self.model.config
+        # the title length too: a checkpoint's config can cut titles elsewhere than its weights were cached at
+        self.fingerprint = sha256_file(Path(path, "model.safetensors")) + f":keyword_max_len={c.keyword_max_len}"
         self.tok = {"query": WordPiece(minilm_dir() / "tokenizer.json", c.query_max_len),
                     "keyword": WordPiece(minilm_dir() / "tokenizer.json", c.keyword_max_len)}
 
