@@ -29,16 +29,36 @@ def _step(name: str):
     return time.perf_counter()
 
 
-def _current_store(store_root: Path, export_dir: Path, index_type: str) -> Path | None:
-    """The latest store version if it was built from this export with this index type."""
+def _current_export(model_dir: Path, export_dir: Path) -> bool:
+    """Whether export_dir was exported from this checkpoint's weights and config, in this format. The
+    config decides how long a title the keyword encoder reads (training.distill --keyword-max-len)."""
+    from serving.keyword_store import sha256_file
+    from training.artifacts import ArtifactError, read_json_object
+    from training.export import EXPORT_FORMAT
+    current = export_dir / "export.json"
+    try:
+        made = read_json_object(current) if current.is_file() else {}
+    except ArtifactError:  # unreadable: exported again
+        return False
+    return (made.get("checkpoint_sha256") == sha256_file(model_dir / "model.safetensors")
+            and made.get("config_sha256") == sha256_file(model_dir / "config.json")
+            and made.get("format") == EXPORT_FORMAT)
+
+
+def _current_store(store_root: Path, export_dir: Path, index_type: str, corpus: dict[str, str]) -> Path | None:
+    """The latest store version if it was built from this export with this index type, over these
+    keywords: the same ids with the same texts (a loader that repairs titles differently changes them)."""
     from serving.keyword_store import sha256_file
     try:
         version = latest_version(store_root)
         manifest = json.loads((version / "manifest.json").read_text())
+        same_keywords = (json.loads((version / "ids.json").read_text()) == list(corpus)
+                         and (version / "texts.jsonl").read_text(encoding="utf-8").splitlines()
+                         == [json.dumps(t, ensure_ascii=False) for t in corpus.values()])
     except Exception:
         return None
     same_encoder = manifest.get("encoder_sha256") == sha256_file(export_dir / "export.json")
-    return version if same_encoder and manifest.get("index_type") == index_type else None
+    return version if same_encoder and same_keywords and manifest.get("index_type") == index_type else None
 
 
 def _reranker(artifacts: Path, rebuild: bool) -> Path | None:
@@ -62,9 +82,7 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
           minutes: float = 15.0, index_type: str = DEFAULT_INDEX_TYPE, rebuild: bool = False,
           reranker: bool = True) -> Path:
     from training.data import keyword_corpus, load_pairs
-    from serving.keyword_store import sha256_file
-    from training.artifacts import ArtifactError, read_json_object
-    from training.export import EXPORT_FORMAT, export
+    from training.export import export
     from training.index import build as build_index
     from training.train_twin import TrainConfig, train
     from serving.repository import assemble
@@ -92,24 +110,18 @@ def build(artifacts: str | Path = DEFAULT_ARTIFACTS, data: str | None = None, st
     print(f"[{time.perf_counter() - t:.1f}s]")
 
     t = _step("export")
-    current = export_dir / "export.json"
-    try:
-        made = read_json_object(current) if current.is_file() else {}
-    except ArtifactError:  # unreadable: exported again below
-        made = {}
-    if made.get("checkpoint_sha256") == sha256_file(model_dir / "model.safetensors") \
-            and made.get("format") == EXPORT_FORMAT:
+    if _current_export(model_dir, export_dir):
         print(f"reusing {export_dir}")
     else:
         export(model_dir, export_dir)
     print(f"[{time.perf_counter() - t:.1f}s]")
 
     t = _step("keyword store")
-    version = _current_store(store_root, export_dir, index_type)
+    corpus = keyword_corpus(pairs)
+    version = _current_store(store_root, export_dir, index_type, corpus)
     if version:
         print(f"reusing {version}")
     else:
-        corpus = keyword_corpus(pairs)
         version = build_index(export_dir, store_root, list(corpus), list(corpus.values()), IndexSpec(index_type))
     print(f"[{time.perf_counter() - t:.1f}s]")
 

@@ -53,13 +53,14 @@ def test_repair_text_collapses_whitespace_and_maps_mojibake():
     assert repair_text("  MenÛªs   Shaver ") == "Men's Shaver"
 
 
-def test_repair_text_decodes_html_references_and_drops_c1_controls():
+def test_repair_text_decodes_html_references_and_the_mojibake_after_c1_bytes():
     assert repair_text("Baker&#39;s Rack, Black &amp; Decker 2&quot; x 4&#x27;") == "Baker's Rack, Black & Decker 2\" x 4'"
     assert repair_text("Wall Texture,&amp;nbsp; Knockdown") == "Wall Texture, Knockdown"  # escaped twice in train.csv
-    assert repair_text("Trinity 3\x89Û\x90Tier Cart, Connect\x89™ Deadbolt, Lighting \x89- Area") == \
-        "Trinity 3-Tier Cart, Connect™ Deadbolt, Lighting - Area"
+    assert repair_text("Trinity 3\x89Û\x90Tier Cart, Connect\x89ã¢ Deadbolt, Lighting \x89ÛÒ Area, \x95ÈÀ0.5") == \
+        "Trinity 3-Tier Cart, Connect™ Deadbolt, Lighting - Area, ±0.5"
     # only references with their semicolon, and no code point that is not a character
-    assert repair_text("black&notched b&d &#0; &#55296; &bogus;") == "black&notched b&d &#0; &#55296; &bogus;"
+    assert repair_text("black&notched b&d &#0; &#55296; &#150; &bogus;") == "black&notched b&d &#0; &#55296; &#150; &bogus;"
+    assert repair_text("2\x963 Men\x92s") == "2\x963 Men\x92s"  # a C1 byte outside the mojibake is not guessed at
 
 
 def test_split_is_deterministic_and_by_normalised_query():

@@ -159,6 +159,35 @@ def test_build_exports_the_reranker_again_when_its_checkpoint_config_or_format_c
     assert "reusing" not in capsys.readouterr().out
 
 
+def test_build_exports_and_indexes_again_when_the_title_length_or_the_titles_change(tmp_path, tiny_export):
+    """serving.build reuses an export only for the checkpoint's weights and config: a second pass that reads
+    titles to 48 tokens (training.distill --keyword-max-len) exports a keyword encoder and tokenizer at 48.
+    It reuses a keyword store only over the same ids and texts (a loader that repairs titles changes them)."""
+    import shutil
+    from serving.build import _current_export, _current_store
+    from serving.keyword_store import IndexSpec
+    from training.export import export
+    from training.index import build as build_index, load_keyword_encoder
+    model = tmp_path / "model"
+    shutil.copytree(json.loads((tiny_export / "export.json").read_text())["checkpoint"], model)
+    exported = export(model, tmp_path / "export")
+    assert _current_export(model, exported)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "keyword_max_len": 48}))
+    assert not _current_export(model, exported)
+    export(model, exported)
+    assert _current_export(model, exported)
+    assert json.loads((exported / "tokenizer_config.json").read_text())["keyword_max_len"] == 48
+    assert load_keyword_encoder(exported)[1].max_length == 48
+    titles = {"1": "Baker's Rack", "2": "Black & Decker Drill"}
+    build_index(exported, tmp_path / "store", list(titles), list(titles.values()), IndexSpec("flat"), progress=False)
+    version = _current_store(tmp_path / "store", exported, "flat", titles)
+    assert version is not None
+    assert _current_store(tmp_path / "store", exported, "flat", {**titles, "1": "Baker&#39;s Rack"}) is None
+    assert _current_store(tmp_path / "store", exported, "flat", {**titles, "3": "Fan"}) is None
+    assert _current_store(tmp_path / "store", exported, "hnsw", titles) is None
+
+
 def test_reranker_export_warns_for_an_unpacked_bilstm(tmp_path, tiny_reranker):
     import shutil
     from training.export import export_reranker

@@ -284,6 +284,10 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
         assert by_name[name][0][-len(args):] == args and "--max-minutes" not in by_name[name][0], name
     assert [argv[-len(p):] for argv, p in zip(by_name["distill"], (quick["twin"], quick["twin_pass2"], quick["ablation_twin"]))] \
         == [quick["twin"], quick["twin_pass2"], quick["ablation_twin"]]
+    # the second pass alone reads titles to 48 tokens; the first and the ablation keep their checkpoint's 32
+    assert ["--keyword-max-len" in argv for argv in by_name["distill"]] == [False, True, False]
+    second = by_name["distill"][1]
+    assert second[second.index("--keyword-max-len") + 1] == str(pipeline.PASS2_KEYWORD_MAX_LEN) == "48"
     ev = by_name["evaluate"][0]
     assert ev[ev.index("--max-queries") + 1] == "200" and ev[ev.index("--out") + 1] == str(tmp_path / "r" / "eval_quick")
     assert ev[ev.index("--cache-dir") + 1] == str(tmp_path / "q" / "cache")

@@ -4,8 +4,7 @@ The CSV is ISO-8859-1. Some titles carry UTF-8 text that was decoded as Mac Roma
 somewhere upstream and then stored as latin-1 ("30å¡" for "30°"); those byte
 sequences are mapped back to the character that was meant. 1,204 of the distinct titles
 still carry HTML character references ("Men&#39;s", "Black &amp; Decker", "2&quot;"),
-which the tokenizers would read as "& # 39 ;": they become the character, and stray C1
-control bytes (\x80-\x9f, leftovers of the same mojibake) are dropped.
+which the tokenizers would read as "& # 39 ;": they become the character.
 """
 from __future__ import annotations
 
@@ -22,15 +21,16 @@ from training.textfiles import is_number
 # Mojibake seen in train.csv -> the character meant (checked against context).
 _MOJIBAKE = {
     "å¡": "°", "è_": "°", "Ûª": "'", "Û÷": "'", "ÛÜ": '"', "ÛÒ": "-",
-    "åÊ": " ", "ã¢": "™", "å_": "²", "ÈÀ": "±", "\x89Û\x90": "-",
+    "åÊ": " ", "ã¢": "™", "å_": "²", "ÈÀ": "±", "Û\x90": "-",
 }
-_MOJIBAKE_RE = re.compile("|".join(re.escape(k) for k in sorted(_MOJIBAKE, key=len, reverse=True)))
+# In 29 titles a C1 control byte, \x89 or \x95, comes before the sequence: part of the same mojibake.
+_MOJIBAKE_RE = re.compile("[\x89\x95]?(?:" + "|".join(re.escape(k) for k in sorted(_MOJIBAKE, key=len, reverse=True))
+                          + ")")
 _SPACES_RE = re.compile(r"\s+")
 # Only references with their semicolon, and only these: html.unescape would also read "&not" in
 # "black&notched" as "¬".
 _HTML_REFS = {"amp": "&", "quot": '"', "apos": "'", "lt": "<", "gt": ">", "nbsp": " "}
 _HTML_REF_RE = re.compile(r"&(#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|" + "|".join(_HTML_REFS) + ");")
-_C1_CONTROLS_RE = re.compile("[\x80-\x9f]")
 
 
 def _html_ref(m: re.Match) -> str:
@@ -38,7 +38,10 @@ def _html_ref(m: re.Match) -> str:
     if not ref.startswith("#"):
         return _HTML_REFS[ref]
     code = int(ref[2:], 16) if ref[1] in "xX" else int(ref[1:])
-    return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else m.group(0)
+    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF or (code < 0x20 and code not in (9, 10, 13)) \
+            or 0x7F <= code <= 0x9F:  # not a character, or a control character
+        return m.group(0)
+    return chr(code)
 
 SPLITS = ("train", "dev", "test")
 DEFAULT_SPLIT_FRACTIONS = {"dev": 0.10, "test": 0.10}
@@ -53,12 +56,10 @@ class DataError(RuntimeError):
 
 
 def repair_text(text: str) -> str:
-    """Map known mojibake back, HTML character references to their character, drop C1 control
-    bytes, collapse whitespace."""
-    text = _MOJIBAKE_RE.sub(lambda m: _MOJIBAKE[m.group(0)], text)
+    """Map known mojibake back, HTML character references to their character, collapse whitespace."""
+    text = _MOJIBAKE_RE.sub(lambda m: _MOJIBAKE[m.group(0).lstrip("\x89\x95")], text)
     for _ in range(2):  # one title is escaped twice ("&amp;nbsp;")
         text = _HTML_REF_RE.sub(_html_ref, text)
-    text = _C1_CONTROLS_RE.sub("", text)
     return _SPACES_RE.sub(" ", text).strip()
 
 

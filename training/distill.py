@@ -31,7 +31,6 @@ from training.cli import (layer_count, nonnegative_float, nonnegative_int, one_l
                           positive_int, source_list)
 
 
-
 def twin_pair_scores(model: TwinBERT, queries: list[str], keywords: list[str], batch_size: int = 256
                      ) -> dict[str, np.ndarray]:
     """cos and res scores of (query, keyword) pairs."""
@@ -104,9 +103,7 @@ def main(argv=None) -> None:
     ap.add_argument("--separate-encoders", action="store_true",
                     help="query and keyword encoders with their own weights (with --init: a shared "
                          "checkpoint's encoder is copied to both sides)")
-    # 48 in the full profiles' second pass: 6% of titles are longer than 32 tokens, and on the whole dev split
-    # (same first pass, seed and set, 2026-12-06) the second pass at 48 lifted cos recall@100 by +0.0075
-    # [+0.0023, +0.0138] over 32, nDCG@10 +0.0013 (within noise), res ROC-AUC level, for 7% longer passes
+    # 48 in the pipeline's second pass (training.pipeline, PASS2_KEYWORD_MAX_LEN)
     ap.add_argument("--keyword-max-len", type=positive_int, default=None,
                     help="keyword (title) tokens kept, [CLS] and [SEP] included (default 32; with --init, the "
                          "checkpoint's); the export and keyword store follow the checkpoint's")
