@@ -663,6 +663,39 @@ def test_a_minute_capped_run_anneals_to_zero_by_its_cap(tmp_path, monkeypatch):
     assert lr_factor(state["schedule"], state["step"] - 1) < 0.01
 
 
+def test_a_minute_capped_run_that_starts_slow_lengthens_its_schedule_again(tmp_path, monkeypatch):
+    """The first 100 steps take 2 (simulated) seconds, as with another job on the cores, the rest 0.5: the
+    early estimate shortens the schedule to 400 steps, which would end the run at 350 of its 600 seconds.
+    Refitted as the steps speed up, it uses its 10 minutes (100 + 800 steps at most), annealed, within its plan."""
+    import training.loop as loop
+    from training.loop import lr_factor
+    x, y = _toy_problem()
+    clock = {"t": 0.0, "steps": 0}
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock["t"])
+    totals = []
+
+    def loss(m, batch):
+        clock["steps"] += 1
+        clock["t"] += 2.0 if clock["steps"] <= 100 else 0.5
+        return _toy_loss(m, batch, x, y)
+
+    def batches(e):
+        return bucketed_batches([0] * 64, 8, seed=e)
+    cfg = LoopConfig(out=str(tmp_path / "a"), epochs=250, lr=0.01, eval_every=0, save_every=0, max_minutes=10,
+                     threads=1)
+    real_fit = loop.fit_schedule
+    monkeypatch.setattr(loop, "fit_schedule", lambda *a: totals.append(a[2]) or real_fit(*a))
+    state = train_loop(torch.nn.Linear(4, 1), cfg, batches, loss, None, lambda m: None, desc="toy")
+    assert totals[0] == 400 and max(totals) > 800  # shortened first, then lengthened
+    assert 850 <= state["step"] <= 900 and state["schedule"]["total"] == state["step"]
+    assert lr_factor(state["schedule"], state["step"] - 1) < 0.01
+    # never past the plan: 2 epochs of 8 batches lengthen no further than 16 steps
+    clock.update(t=0.0, steps=0)
+    cfg = LoopConfig(out=str(tmp_path / "b"), epochs=2, lr=0.01, eval_every=0, save_every=0, max_minutes=10,
+                     threads=1, warmup_frac=0.5)
+    assert train_loop(torch.nn.Linear(4, 1), cfg, batches, loss, None, lambda m: None, desc="toy")["step"] == 16
+
+
 def test_loop_runs_under_torchrun_with_two_processes(tmp_path, torchrun):
     script = tmp_path / "ddp_toy.py"
     script.write_text(textwrap.dedent(f"""

@@ -274,6 +274,7 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
         state.update(_load_checkpoint(resume_from, model, opt, sched, settings))
         if is_main():
             print(f"{desc}: resuming at step {state['step']} from {resume_from}", flush=True)
+    planned = total  # the epochs' (or --max-steps') steps: a minute-capped schedule is refitted within it
     total = state["schedule"]["total"]  # as planned; a minute cap may shorten it (fit_schedule)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -335,8 +336,11 @@ def train_loop(model: torch.nn.Module, cfg: LoopConfig,
                     and (state["step"] - start_step) % FIT_EVERY == 0):
                 elapsed = time.monotonic() - start
                 per_step = elapsed / (state["step"] - start_step)
-                fit = _broadcast_int(state["step"] + int((cfg.max_minutes * 60 - elapsed) / per_step))
-                if fit < state["schedule"]["total"]:
+                fit = min(planned, _broadcast_int(state["step"] + int((cfg.max_minutes * 60 - elapsed) / per_step)))
+                # shortened when the steps run slower than planned, lengthened again (up to the plan) when they
+                # run faster: a slow start (another job on the cores) must not cut the whole run short. A
+                # margin of FIT_EVERY steps keeps the estimate's noise from refitting at every check.
+                if fit < state["schedule"]["total"] or fit > state["schedule"]["total"] + FIT_EVERY:
                     state["schedule"] = fit_schedule(state["schedule"], state["step"], fit)
                     bar.total = state["schedule"]["total"]
             if cfg.save_every and state["step"] % cfg.save_every == 0:
@@ -373,7 +377,7 @@ def lr_factor(schedule: dict, step: int) -> float:
 
 
 def fit_schedule(schedule: dict, step: int, total: int) -> dict:
-    """The schedule shortened to end at `total`, refitted at `step` (past the warm-up) without a jump in
+    """The schedule shortened or lengthened to end at `total`, refitted at `step` (past the warm-up) without a jump in
     the learning rate: the decay goes on from the current rate in a straight line to 0 at the new
     end. A minute-capped run thus anneals fully instead of stopping at its cap with the rate still high
     (on a slow host the teacher was cut a third of the way down its decay)."""
