@@ -30,19 +30,20 @@ def _step(name: str):
 
 
 def _current_export(model_dir: Path, export_dir: Path) -> bool:
-    """Whether export_dir was exported from this checkpoint's weights and config, in this format. The
-    config decides how long a title the keyword encoder reads (training.distill --keyword-max-len)."""
+    """Whether export_dir was exported from this checkpoint's weights and config (export.json records both),
+    in this format. The config decides how long a title the keyword encoder reads (--keyword-max-len)."""
     from serving.keyword_store import sha256_file
-    from training.artifacts import ArtifactError, read_json_object
+    from training.artifacts import ArtifactError, read_config, read_json_object
     from training.export import EXPORT_FORMAT
+    from training.twin import TwinConfig
     current = export_dir / "export.json"
     try:
         made = read_json_object(current) if current.is_file() else {}
-    except ArtifactError:  # unreadable: exported again
+        config = json.loads(read_config(TwinConfig, model_dir / "config.json").to_json())
+    except (ArtifactError, OSError):  # unreadable or absent: exported again, which reports a bad checkpoint
         return False
     return (made.get("checkpoint_sha256") == sha256_file(model_dir / "model.safetensors")
-            and made.get("config_sha256") == sha256_file(model_dir / "config.json")
-            and made.get("format") == EXPORT_FORMAT)
+            and made.get("model_config") == config and made.get("format") == EXPORT_FORMAT)
 
 
 def _current_store(store_root: Path, export_dir: Path, index_type: str, corpus: dict[str, str]) -> Path | None:
@@ -53,8 +54,8 @@ def _current_store(store_root: Path, export_dir: Path, index_type: str, corpus: 
         version = latest_version(store_root)
         manifest = json.loads((version / "manifest.json").read_text())
         same_keywords = (json.loads((version / "ids.json").read_text()) == list(corpus)
-                         and (version / "texts.jsonl").read_text(encoding="utf-8").splitlines()
-                         == [json.dumps(t, ensure_ascii=False) for t in corpus.values()])
+                         and [json.loads(line) for line in (version / "texts.jsonl").read_text(encoding="utf-8")
+                              .splitlines()] == list(corpus.values()))
     except Exception:
         return None
     same_encoder = manifest.get("encoder_sha256") == sha256_file(export_dir / "export.json")

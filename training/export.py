@@ -202,7 +202,6 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
     (tmp / "export.json").write_text(json.dumps({
         "checkpoint": str(checkpoint.resolve()),
         "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
-        "config_sha256": sha256_file(checkpoint / "config.json"),  # serving.build re-exports when it changes
         "format": EXPORT_FORMAT,
         "model_config": json.loads(cfg.to_json()),
         "encoder": encoder_shape(model.query_encoder),
