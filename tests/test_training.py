@@ -827,6 +827,36 @@ def test_evaluate_on_a_small_beir_corpus_with_duplicate_texts(tmp_path):
 
 
 
+def test_evaluate_writes_each_retrieval_rows_metrics_per_query(tmp_path, capsys):
+    """--per-query: one TSV row per query and retrieval row, whose means are the report's metrics."""
+    import csv
+    from training import evaluate
+    d = _tiny_beir(tmp_path / "beir")
+    (d / "queries.jsonl").write_text('{"_id": "q1", "text": "cordless\\tdrill"}\n{"_id": "q2", "text": "fan"}\n')
+    out = tmp_path / "pq" / "per_query.tsv"
+    report = evaluate.evaluate([("BM25", "bm25"), ("MiniLM", "minilm")], f"beir:{d}", tmp_path / "r", cache_dir=None,
+                               bootstrap=0, per_query_out=out)
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [(r["query_id"], r["query"], r["model"]) for r in rows] == [
+        ("q1", "cordless\tdrill", "BM25"), ("q2", "fan", "BM25"), ("q1", "cordless\tdrill", "MiniLM"), ("q2", "fan", "MiniLM")]
+    for row in report["rows"]:
+        for m in ("ndcg@10", "recall@100", "mrr@10"):
+            values = [float(r[m]) for r in rows if r["model"] == row["model"]]
+            assert abs(sum(values) / len(values) - row[m]) < 1e-6
+    assert not out.with_name(out.name + ".tmp").exists()
+    p = tmp_path / "pairs.tsv"  # labelled pairs have no corpus: nothing per query, and no empty file
+    p.write_text("query\tkeyword\tlabel\ndrill\tcordless drill\t3\ndrill\tgarden hose\t1\n")
+    capsys.readouterr()
+    evaluate.evaluate([("BM25", "bm25")], f"pairs:{p}", tmp_path / "r2", bootstrap=0, per_query_out=tmp_path / "none.tsv")
+    assert not (tmp_path / "none.tsv").exists() and "no retrieval rows" in capsys.readouterr().out
+    cli = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", "BM25=bm25", "--dataset", f"beir:{d}",
+                          "--out", str(tmp_path / "r3"), "--bootstrap", "0", "--per-query", str(tmp_path / "cli.tsv")],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    assert (tmp_path / "cli.tsv").read_text().splitlines()[0] == "query_id\tquery\tmodel\tndcg@10\trecall@100\tmrr@10"
+
+
 def test_beir_qrels_that_judge_documents_not_relevant_are_labelled_pairs_too(tmp_path, capsys):
     """Score-0 judgements make the qrels labelled pairs (relevant above 0), so pair metrics, and the cross
     models that have only those, get values on a BEIR set; qrels of relevant documents alone give none."""

@@ -16,6 +16,8 @@ Against the baselines: each model's retrieval metrics minus the retrieval baseli
 default the first bm25 model) and its ROC-AUC over the reference's (`--reference`, default the first
 teacher), with 95% intervals from a paired bootstrap over queries (`--bootstrap` resamples; 0 = off):
 a difference whose interval spans 0 is not one this query set can resolve.
+`--per-query FILE` also writes each retrieval row's metrics per query (TSV), for finding where a
+model loses to another.
 
     python -m training.evaluate --dataset homedepot:test --out reports/eval \\
         --model BM25=bm25 --model "MiniLM zero-shot=minilm" --model teacher=teacher:artifacts/teacher \\
@@ -24,6 +26,7 @@ a difference whose interval spans 0 is not one this query set can resolve.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import statistics
@@ -459,7 +462,8 @@ def _first_queries(pairs: LabelledPairs, rs: RetrievalSet | None, n: int
 def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=None,
              cache_dir: str | Path | None = "artifacts/cache", max_queries: int = 0,
              bootstrap: int = 1000, baseline: str | None = None, reference: str | None = None,
-             positive_threshold: float | None = None, precision: str | None = None) -> dict:
+             positive_threshold: float | None = None, precision: str | None = None,
+             per_query_out: str | Path | None = None) -> dict:
     labels = [label for label, _ in models]
     if len(set(labels)) != len(labels):
         raise ValueError(f"model labels must be distinct, got {labels}")
@@ -530,7 +534,26 @@ def evaluate(models: list[tuple[str, str]], dataset: str, out: str | Path, data=
         print(f"evaluate: {bootstrap} bootstrap resamples against {' and '.join(against) or 'nothing'} in "
               f"{time.perf_counter() - t:.0f}s", flush=True)
     write_report(report, Path(out))
+    if per_query_out:
+        write_per_query(per_query, rs, Path(per_query_out))
     return report
+
+
+def write_per_query(per_query: dict[str, dict], rs: RetrievalSet | None, out: Path) -> None:
+    """One TSV row per (query, retrieval row): query id, query text, model, then each retrieval metric."""
+    if not per_query:
+        print(f"evaluate: no retrieval rows, so {out} is not written", flush=True)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["query_id", "query", "model", *RETRIEVAL_METRICS])
+        for model, metrics in per_query.items():
+            for q in metrics["ndcg@10"]:
+                w.writerow([q, rs.queries[q], model, *(f"{metrics[m][q]:.6f}" for m in RETRIEVAL_METRICS)])
+    tmp.replace(out)
+    print(f"evaluate: per-query metrics of {len(per_query)} rows -> {out}", flush=True)
 
 
 def _pick(rows, origin: dict, wanted: str | None, kind: str, has: dict) -> str | None:
@@ -657,6 +680,9 @@ def main(argv=None) -> None:
                     help="paired bootstrap resamples for the intervals against the baselines; 0 = none")
     ap.add_argument("--baseline", help="model LABEL the retrieval metrics are compared with (default: the first bm25)")
     ap.add_argument("--reference", help="model LABEL ROC-AUC is a share of (default: the first teacher)")
+    ap.add_argument("--per-query", metavar="TSV",
+                    help="also write each retrieval row's metrics per query to this TSV (query_id, query, model, "
+                         "then the metrics)")
     add_precision_arg(ap)
     args = ap.parse_args(argv)
     if args.bootstrap < 0:
@@ -672,7 +698,7 @@ def main(argv=None) -> None:
         evaluate(models, args.dataset, args.out, args.data, cache_dir=args.cache_dir,
                  max_queries=args.max_queries, bootstrap=args.bootstrap,
                  baseline=args.baseline, reference=args.reference, positive_threshold=args.positive_threshold,
-                 precision=args.precision)
+                 precision=args.precision, per_query_out=args.per_query)
     except (ValueError, OSError, DataError) as e:  # bad flags or data: one line, not a traceback
         raise SystemExit(f"evaluate: {e}") from None
 
