@@ -855,6 +855,9 @@ def test_evaluate_writes_each_retrieval_rows_metrics_per_query(tmp_path, capsys)
                          capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "cli.tsv").read_text().splitlines()[0] == "query_id\tquery\tmodel\tndcg@10\trecall@100\tmrr@10"
+    cli = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", "BM25=bm25", "--dataset", f"beir:{d}",
+                          "--out", str(tmp_path / "r4"), "--per-query", str(tmp_path)], capture_output=True, text=True)
+    assert cli.returncode == 2 and "is a directory" in cli.stderr and not (tmp_path / "r4.md").exists()
 
 
 def test_beir_qrels_that_judge_documents_not_relevant_are_labelled_pairs_too(tmp_path, capsys):

@@ -546,13 +546,16 @@ def write_per_query(per_query: dict[str, dict], rs: RetrievalSet | None, out: Pa
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(["query_id", "query", "model", *RETRIEVAL_METRICS])
-        for model, metrics in per_query.items():
-            for q in metrics["ndcg@10"]:
-                w.writerow([q, rs.queries[q], model, *(f"{metrics[m][q]:.6f}" for m in RETRIEVAL_METRICS)])
-    tmp.replace(out)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t")
+            w.writerow(["query_id", "query", "model", *RETRIEVAL_METRICS])
+            for model, metrics in per_query.items():
+                for q in metrics["ndcg@10"]:
+                    w.writerow([q, rs.queries[q], model, *(f"{metrics[m][q]:.6f}" for m in RETRIEVAL_METRICS)])
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"evaluate: per-query metrics of {len(per_query)} rows -> {out}", flush=True)
 
 
@@ -694,6 +697,8 @@ def main(argv=None) -> None:
             ap.error(f"{flag} {name!r} is not one of the --model labels")
     if args.max_queries < 0:
         ap.error("--max-queries must be 0 (all) or a number of queries")
+    if args.per_query and Path(args.per_query).is_dir():  # found now, not after minutes of scoring
+        ap.error(f"--per-query {args.per_query!r} is a directory; give a file path")
     try:
         evaluate(models, args.dataset, args.out, args.data, cache_dir=args.cache_dir,
                  max_queries=args.max_queries, bootstrap=args.bootstrap,
