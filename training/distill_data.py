@@ -27,7 +27,7 @@ from training.data import DataError, keyword_corpus, load_pairs, normalize_query
 from training.precision import add_precision_arg, resolve
 from training.teacher import CrossEncoder
 from training.cli import fraction, nonnegative_int, one_line_errors, positive_int
-from training.textfiles import finite_number
+from training.textfiles import finite_number, write_tsv
 
 SOURCES = ("labelled", "random", "bm25", "student", "perturbed", "synthetic")
 
@@ -152,16 +152,8 @@ TSV_COLUMNS = ("query", "keyword_id", "keyword", "label", "teacher_logit", "sour
 
 
 def write_rows(rows: list[DistillRow], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t")
-        w.writerow(TSV_COLUMNS)
-        for r in rows:
-            w.writerow([r.query, r.keyword_id, r.keyword, "" if r.label is None else r.label,
-                        f"{r.teacher_logit:.5f}", r.source])
-    tmp.rename(path)
+    write_tsv(path, TSV_COLUMNS, ([r.query, r.keyword_id, r.keyword, "" if r.label is None else r.label,
+                                   f"{r.teacher_logit:.5f}", r.source] for r in rows))
 
 
 def read_rows(path: str | Path, sources: tuple[str, ...] = SOURCES) -> list[DistillRow]:

@@ -26,7 +26,6 @@ model loses to another.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import statistics
@@ -45,6 +44,7 @@ from training.metrics import (RETRIEVAL_METRICS, bootstrap_auc_ratio, bootstrap_
                               per_query_retrieval, retrieval_metrics)
 from training.precision import add_precision_arg, resolve
 from training.pretrained import minilm_dir
+from training.textfiles import write_tsv
 from training.tokenize import WordPiece
 from training.cli import finite_float, nonnegative_int, positive_int
 
@@ -544,18 +544,9 @@ def write_per_query(per_query: dict[str, dict], rs: RetrievalSet | None, out: Pa
     if not per_query:
         print(f"evaluate: no retrieval rows, so {out} is not written", flush=True)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, delimiter="\t")
-            w.writerow(["query_id", "query", "model", *RETRIEVAL_METRICS])
-            for model, metrics in per_query.items():
-                for q in metrics["ndcg@10"]:
-                    w.writerow([q, rs.queries[q], model, *(f"{metrics[m][q]:.6f}" for m in RETRIEVAL_METRICS)])
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_tsv(out, ["query_id", "query", "model", *RETRIEVAL_METRICS],
+              ([q, rs.queries[q], model, *(f"{metrics[m][q]:.6f}" for m in RETRIEVAL_METRICS)]
+               for model, metrics in per_query.items() for q in metrics["ndcg@10"]))
     print(f"evaluate: per-query metrics of {len(per_query)} rows -> {out}", flush=True)
 
 

@@ -1,6 +1,7 @@
 """Reading text files line by line with errors that name the file, line and problem: UTF-8 (a
 byte-order mark allowed) with the byte offset in the file, finite numbers, ids, JSON-lines objects.
-Shared by the evaluation datasets (training/datasets.py) and the keyword corpora (training/index.py)."""
+Shared by the evaluation datasets (training/datasets.py) and the keyword corpora (training/index.py).
+And writing a TSV whole or not at all (`write_tsv`: the distillation set, evaluation's per-query file)."""
 from __future__ import annotations
 
 import csv
@@ -23,6 +24,22 @@ def finite_number(text: str, what: str, where: str) -> float:
     if not is_number(text):
         raise ValueError(f"{where}: {what} must be a finite number, got {text!r}")
     return float(text)
+
+
+def write_tsv(path: str | Path, header: Iterable[str], rows: Iterable[Iterable]) -> None:
+    """A tab-separated file with a header row, written to PATH.tmp and renamed into place, so a failed
+    write leaves any earlier file as it was and no .tmp behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t")
+            w.writerow(header)
+            w.writerows(rows)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def need_file(path: str | Path) -> Path:
