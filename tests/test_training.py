@@ -301,6 +301,53 @@ def test_a_title_query_is_a_span_of_the_title_that_ends_on_a_word():
     assert title_query("3/4 in. x 50 ft.", random.Random(0)) == ""  # nothing but measures
 
 
+def _in_order(words: list[str], within: list[str]) -> bool:
+    it = iter(within)
+    return all(w in it for w in words)
+
+
+def test_a_mixed_title_query_joins_words_of_the_title_in_order_and_keeps_a_numbers_unit():
+    from training.augment import mixed_title_query
+    title = "RIDGID 10 in. Portable Tile Saw with Laser"
+    words = "ridgid 10 in. portable tile saw laser".split()
+    seen = set()
+    for seed in range(200):
+        q = mixed_title_query(title, random.Random(seed))
+        assert q == mixed_title_query(title, random.Random(seed))  # deterministic in the generator
+        qw = q.split()
+        assert _in_order(qw, words) and qw[-1] in {"portable", "tile", "saw", "laser"} and "with" not in qw
+        assert 2 <= len([w for w in qw if w != "in."]) <= 5
+        assert ("10" in qw) == ("in." in qw)  # a number keeps its unit, and a unit never stands alone
+        seen.add(q)
+    assert "ridgid 10 in. portable" in seen and len(seen) > 20  # brand, size and type together, and variety
+    assert mixed_title_query("3/4 in. x 50 ft.", random.Random(0)) == ""  # nothing but measures
+    assert mixed_title_query("Drill", random.Random(0)) == ""  # no word after the first to end on
+
+
+def test_synthetic_rows_make_train_queries_of_either_style_with_their_title_and_neighbours():
+    from training.augment import BM25Index
+    from training.data import split_of
+    from training.distill_data import synthetic_rows
+    titles = ["DEWALT 20-Volt MAX Cordless Drill/Driver Kit", "RIDGID 10 in. Portable Tile Saw with Laser",
+              "Hampton Bay 52 in. Oil Rubbed Bronze Ceiling Fan", "Everbilt 1/2 in. Galvanized Anchor Bolt",
+              "Milwaukee M18 Cordless Impact Driver Kit", "Sharp Carousel 1.1 cu. ft. Countertop Microwave Oven"] * 3
+    corpus = {f"k{i}": f"{t} {i}" for i, t in enumerate(titles)}
+    bm25 = BM25Index(list(corpus), list(corpus.values()))
+    for style in ("span", "mixed"):
+        rows = synthetic_rows(corpus, bm25, len(corpus), 2, random.Random(1), style)
+        assert rows == synthetic_rows(corpus, bm25, len(corpus), 2, random.Random(1), style)
+        by_query: dict[str, list[str]] = {}
+        for q, kid, label, source in rows:
+            assert label is None and source == "synthetic" and kid in corpus
+            by_query.setdefault(q, []).append(kid)
+        assert by_query and all(split_of(q) == "train" and len(kids) == 4 for q, kids in by_query.items())
+        for q, kids in by_query.items():  # made from the first title of its rows
+            source_words = [w.strip(",;:()\"'").lower() for w in corpus[kids[0]].split()]
+            assert _in_order(q.split(), source_words), (style, q)
+    with pytest.raises(KeyError):
+        synthetic_rows(corpus, bm25, 3, 2, random.Random(1), "spans")
+
+
 def test_bilstm_interaction_sees_the_query_and_keyword_pieces_and_exact_matches():
     from training.bilstm import CLS_ID, SEP_ID, BiLSTMConfig, BiLSTMStudent, exact_match, pair_segments
     from training.pretrained import minilm_dir

@@ -58,6 +58,19 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     # every synthetic query is a span of its first title, unjudged, and one the split puts in train
     assert synthetic and all(split_of(q) == "train" and q in titles[0] for q, titles in synthetic.items())
     assert all(r[3] == "" for r in rows if r[-1].strip() == "synthetic")
+    # the mixed style (the fp32 profile's): a query's words come from its first title, in order
+    distill_data.main(d + ["--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "mixed.tsv"),
+                           "--random", "0", "--bm25", "0", "--perturb", "0", "--synthetic", "40",
+                           "--synthetic-style", "mixed"])
+    mixed = {}
+    for r in [line.split("\t") for line in (tmp_path / "mixed.tsv").read_text().splitlines()[1:]]:
+        if r[-1].strip() == "synthetic":
+            mixed.setdefault(r[0], []).append([w.strip(",;:()\"'").lower() for w in r[2].split()])
+    def in_order(words, within):
+        it = iter(within)
+        return all(w in it for w in words)
+    assert mixed and all(split_of(q) == "train" and in_order(q.split(), titles[0]) for q, titles in mixed.items())
+    assert set(mixed) != set(synthetic)
     per_query = {}
     for r in rows:
         if r[-1].strip() == "student":

@@ -67,6 +67,36 @@ def title_query(title: str, rng: random.Random) -> str:
     return " ".join(span)
 
 
+_MIXED_LENGTHS = (2, 2, 3, 3, 3, 4, 4, 5)  # words, units not counted
+_MIXED_DROP = {"-", "&", "&amp;", "with", "and", "for", "of", "the", "a", "to", "or", "x", "in"}
+_UNITS = {"in.", "ft.", "lb.", "gal.", "oz.", "cu.", "sq.", "qt.", "mm", "cm", "w", "v", "amp", "watt", "volt"}
+
+
+def mixed_title_query(title: str, rng: random.Random) -> str:
+    """A query-like ordered subset of 2-5 of a keyword's words, as judged queries mix a brand, sizes and a
+    product type: it ends on a word of letters after the first, the first word (usually the brand) is in
+    with probability 0.4 (always when nothing else is), a picked number keeps the unit after it, and
+    fillers (`with`, `x`, ...) are dropped, lowercased ("RIDGID 10 in. Portable Tile Saw with Laser" ->
+    "ridgid 10 in. portable"); "" if no word can end it."""
+    words = [w.strip(",;:()\"'").lower() for w in title.split()]
+    words = [w for w in words if w and w not in _MIXED_DROP]
+    ends = [i for i, w in enumerate(words) if i >= 1 and len(w) >= 3 and w.isalpha() and w not in _FILLER]
+    if not ends:
+        return ""
+    end = rng.choice(ends)
+    length = rng.choice(_MIXED_LENGTHS)
+    before = [i for i in range(1, end) if words[i] not in _UNITS]
+    pick = set(rng.sample(before, min(length - 2, len(before))))
+    if rng.random() < 0.4 or not pick:
+        pick.add(0)
+    pick |= {i + 1 for i in pick if words[i][:1].isdigit() and i + 1 < end and words[i + 1] in _UNITS}
+    kept = [words[i] for i in sorted(pick) if words[i] not in _UNITS or (i and words[i - 1][:1].isdigit())]
+    return " ".join(kept + [words[end]])
+
+
+TITLE_QUERIES = {"span": title_query, "mixed": mixed_title_query}  # training.distill_data --synthetic-style
+
+
 def perturb(query: str, rng: random.Random) -> tuple[str, str]:
     """A perturbed copy of the query and the perturbation's name (the query itself if none applies)."""
     names = list(PERTURBATIONS)

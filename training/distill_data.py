@@ -3,8 +3,9 @@
 Sources: `labelled` (judged train pairs), `random` (random titles), `bm25` (BM25 top titles the
 query was not judged with), `student` (the quick student's own top titles), `perturbed` (a labelled
 pair with its query perturbed: token dropout, swap or misspelling), `synthetic` (queries made from
-titles: a span of 1-4 words of a title, paired with that title, its BM25 neighbours and a random
-title; the train split has only 9.4k distinct queries, the corpus 54.7k titles). A synthetic query
+titles: with `--synthetic-style span` 1-4 consecutive words of a title, with `mixed` an ordered subset of
+2-5 of its words that can join brand, sizes and type; paired with that title, its BM25 neighbours and a
+random title; the train split has only 9.4k distinct queries, the corpus 54.7k titles). A synthetic query
 is kept only when the split hashes it to train, so no dev or test query is ever among them. Written as TSV:
 query, keyword_id, keyword, label (blank if unjudged), teacher_logit, source.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.augment import BM25Index, perturb, title_query
+from training.augment import TITLE_QUERIES, BM25Index, perturb
 from training.data import DataError, keyword_corpus, load_pairs, normalize_query, split_of, split_pairs
 from training.precision import add_precision_arg, resolve
 from training.teacher import CrossEncoder
@@ -67,7 +68,9 @@ def student_top_k(student_dir: str | Path, queries: list[str], corpus: dict[str,
 
 def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1, perturb_frac=0.3,
           max_queries=0, seed=0, student_depth=100, precision: str | None = None, n_synthetic=0,
-          synthetic_bm25=2) -> list[DistillRow]:
+          synthetic_bm25=2, synthetic_style="span") -> list[DistillRow]:
+    if synthetic_style not in TITLE_QUERIES:
+        raise ValueError(f"synthetic_style {synthetic_style!r}: one of {sorted(TITLE_QUERIES)}")
     rng = random.Random(seed)
     teacher = CrossEncoder.load(teacher_dir)  # first: a wrong path fails before minutes of BM25 and embedding
     all_pairs = load_pairs(data)
@@ -104,7 +107,7 @@ def build(teacher_dir, student_dir, data=None, n_random=1, n_bm25=1, n_student=1
             picked = cands[:1] + rng.sample(cands[1:], min(n_student - 1, len(cands) - 1)) if cands else []
             rows += [(query_text[q], kid, None, "student") for kid in picked]
     if n_synthetic:
-        rows += synthetic_rows(corpus, bm25, n_synthetic, synthetic_bm25, rng)
+        rows += synthetic_rows(corpus, bm25, n_synthetic, synthetic_bm25, rng, synthetic_style)
     rows += perturbed_rows(train, perturb_frac, rng, held_out)
     teacher.precision = resolve(precision)
     logits = teacher.score([r[0] for r in rows], [corpus[r[1]] for r in rows], progress=True)
@@ -127,14 +130,15 @@ def perturbed_rows(train: list, frac: float, rng: random.Random, held_out: set[s
     return rows
 
 
-def synthetic_rows(corpus: dict[str, str], bm25, n: int, n_bm25: int, rng: random.Random
+def synthetic_rows(corpus: dict[str, str], bm25, n: int, n_bm25: int, rng: random.Random, style: str = "span"
                    ) -> list[tuple[str, str, None, str]]:
-    """Queries made from `n` sampled titles (augment.title_query), each paired with its title, its
-    top `n_bm25` other BM25 titles and one random title; only queries the split puts in train."""
+    """Queries made from `n` sampled titles (augment.TITLE_QUERIES[style]), each paired with its title,
+    its top `n_bm25` other BM25 titles and one random title; only queries the split puts in train."""
+    make = TITLE_QUERIES[style]
     ids = list(corpus)
     made: dict[str, str] = {}
     for kid in rng.sample(ids, min(n, len(ids))):
-        q = title_query(corpus[kid], rng)
+        q = make(corpus[kid], rng)
         if q and split_of(q) == "train" and normalize_query(q) not in made:
             made[normalize_query(q)] = kid
     queries = list(made)
@@ -193,6 +197,10 @@ def main(argv=None) -> None:
     ap.add_argument("--synthetic", type=nonnegative_int, default=0,
                     help="titles sampled to make synthetic queries from (each: its title, BM25 neighbours, a random title)")
     ap.add_argument("--synthetic-bm25", type=nonnegative_int, default=2, help="BM25 neighbours per synthetic query")
+    ap.add_argument("--synthetic-style", choices=sorted(TITLE_QUERIES), default="span",
+                    help="how a synthetic query is cut from its title: span (1-4 consecutive words, ending on a "
+                         "word of letters) or mixed (an ordered subset of 2-5 words: brand, sizes with their "
+                         "units, type; docs/experiments.md, 2026-12-07)")
     ap.add_argument("--max-queries", type=nonnegative_int, default=0, help="0 = every train query")
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -207,7 +215,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     rows = build(args.teacher, args.student, args.data, args.random, args.bm25, args.student_negatives,
                  args.perturb, args.max_queries, args.seed, args.student_depth, args.precision, args.synthetic,
-                 args.synthetic_bm25)
+                 args.synthetic_bm25, args.synthetic_style)
     write_rows(rows, args.out)
     counts = {s: sum(r.source == s for r in rows) for s in SOURCES}
     print(f"distill_data: {len(rows)} teacher-scored pairs {json.dumps(counts)} -> {args.out}", flush=True)
