@@ -2,7 +2,8 @@
 import pytest
 
 from training.pipeline import (FULL_AVX512_BF16, FULL_BF16, MIN_STEP_FRACTION, MIN_STEP_MINUTES, NOMINAL_MINUTES,
-                               NOMINAL_MINUTES_AVX512_BF16, NOMINAL_MINUTES_BF16, PROFILES, UNCAPPED, Deadline,
+                               NOMINAL_MINUTES_AVX512_BF16, NOMINAL_MINUTES_BF16, PROFILES, SMALL_SET, UNCAPPED,
+                               Deadline,
                                settings, with_cap)
 
 
@@ -26,15 +27,16 @@ def test_a_step_gets_its_share_of_the_time_left_never_more_than_its_own_cap():
     assert d.cap("teacher", 26) == pytest.approx(round((85.3 - reserve * 0.9) * 17.5 / capped, 2))
     assert d.cap("teacher", 10) == 10  # its own cap is lower
     # a slow teacher used its whole cap (capped steps say nothing of the host's speed), and the
-    # distillation set took 1.5x its nominal minutes: the evaluation is set aside at 1.5x too
+    # distillation set took 1.3x its nominal minutes: the evaluation is set aside at 1.3x too
     clock.now += 26 * 60
     d.done("teacher", 26)
-    clock.now += 13.5 * 60
-    d.done("distillation set", 13.5)
-    left = 88 - 2.7 - 26 - 13.5
+    slow_set = NOMINAL_MINUTES["distillation set"] * 1.3
+    clock.now += slow_set * 60
+    d.done("distillation set", slow_set)
+    left = 88 - 2.7 - 26 - slow_set
     rest_after = capped - NOMINAL_MINUTES["teacher"]
-    share = (left - NOMINAL_MINUTES["evaluation"] * 1.5) * NOMINAL_MINUTES["TwinBERT student"] / rest_after
-    assert d.cap("TwinBERT student", 14) == pytest.approx(round(share, 2)) and share < 14
+    share = (left - NOMINAL_MINUTES["evaluation"] * 1.3) * NOMINAL_MINUTES["TwinBERT student"] / rest_after
+    assert d.cap("TwinBERT student", 14) == pytest.approx(round(share, 2)) and d.floor("TwinBERT student") < share < 14
     # past the deadline every step still gets its floor
     clock.now += 3600
     assert d.cap("BiLSTM student", 12) == d.floor("BiLSTM student") == MIN_STEP_FRACTION * 7.6
@@ -178,9 +180,17 @@ def test_bf16_picks_the_profile_by_the_host_amx_or_not():
     assert settings("full", "bf16", amx=False)[:2] == ("FULL_AVX512_BF16", FULL_AVX512_BF16)
     assert settings("full", "fp32", amx=True)[1:] == (PROFILES["full"], NOMINAL_MINUTES)
     assert settings("quick", "bf16", amx=True)[1] is PROFILES["quick"]
-    # without AMX the distillation set is the fp32 profile's (no synthetic queries: 2.2x the time there)
-    assert FULL_AVX512_BF16["distill_data"] == PROFILES["full"]["distill_data"]
+    # without AMX the distillation set is the 105k-pair one (no synthetic queries: 2.2x the time there);
+    # the fp32 profile adds mixed synthetic queries for its first TwinBERT pass only
+    assert FULL_AVX512_BF16["distill_data"] == SMALL_SET and "--synthetic" not in SMALL_SET
     assert "--synthetic" in FULL_BF16["distill_data"]
+    fp32 = PROFILES["full"]
+    assert fp32["distill_data"] == SMALL_SET + ["--synthetic", "12000", "--synthetic-style", "mixed"]
+    for key in ("twin_pass2", "bilstm"):
+        assert fp32[key][fp32[key].index("--sources") + 1] == "labelled,random,bm25,student,perturbed", key
+    assert "--sources" not in fp32["twin"]
+    # FULL_BF16's and FULL_AVX512_BF16's passes train on their whole set, as they were measured
+    assert not any("--sources" in prof[k] for prof in (FULL_BF16, FULL_AVX512_BF16) for k in ("twin_pass2", "bilstm"))
     # every nominal table names the same steps, and a nominal at each step's cap
     for profile, nominal in ((FULL_BF16, NOMINAL_MINUTES_BF16), (FULL_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16)):
         assert set(nominal) == set(NOMINAL_MINUTES)
@@ -238,6 +248,14 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     caps = [argv[argv.index("--max-minutes") + 1] for name, argv in calls
             if isinstance(argv, list) and "--max-minutes" in argv]
     assert caps == ["26", "14", "14", "8", "12", "8"]  # no deadline
+    # the fp32 profile's synthetic queries: made for the set, read by the first TwinBERT pass only
+    dd = next(argv for name, argv in calls if name == "distill_data")
+    assert dd[dd.index("--synthetic") + 1] == "12000" and dd[dd.index("--synthetic-style") + 1] == "mixed"
+    sources = [(name, argv[argv.index("--sources") + 1] if "--sources" in argv else "all")
+               for name, argv in calls if name in ("distill", "bilstm")]
+    no_synthetic = "labelled,random,bm25,student,perturbed"
+    assert sources == [("distill", "all"), ("distill", no_synthetic), ("distill", "labelled"),
+                       ("bilstm", no_synthetic), ("bilstm", "labelled")]
     # every step runs in the pipeline's precision
     assert all(argv[argv.index("--precision") + 1] == "fp32" for name, argv in calls if isinstance(argv, list))
     assert [argv.precision for name, argv in calls if name == "quick"] == ["fp32"]
@@ -269,7 +287,7 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     dd = next(argv for name, argv in calls if name == "distill_data")
     assert "--synthetic" not in dd and "--bm25" not in dd
     summary = __import__("json").loads((tmp_path / "r" / "train.json").read_text())
-    assert summary["variant"] == "FULL_BF16" and summary["distill_set"].startswith("fp32 profile's")
+    assert summary["variant"] == "FULL_BF16" and summary["distill_set"].startswith("105k-pair set")
     # the quick profile (the demo's): no deadline, each step its own few steps, the eval on 200 queries
     monkeypatch.setattr(teacher, "main", recorder("teacher"))
     calls.clear()
@@ -300,11 +318,11 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     (2550, 16.94, True),    # FULL_BF16 on the EPYC host (2026-12-02): 1.46x
     (3400, 18.0, False)])   # 1.16x: within the hour-to-hour spread, the large set stays
 def test_a_slow_teacher_on_an_amx_host_gets_the_small_distillation_set(tmp_path, steps, minutes, small):
-    from training.pipeline import FULL_BF16, PROFILES, distill_set_args, teacher_slowness
+    from training.pipeline import FULL_BF16, SMALL_SET, distill_set_args, teacher_slowness
     (tmp_path / "train_summary.json").write_text(f'{{"step": {steps}, "train_minutes": {minutes}}}')
     args, which = distill_set_args("FULL_BF16", FULL_BF16, tmp_path)
-    assert (args == PROFILES["full"]["distill_data"]) == small and (args == FULL_BF16["distill_data"]) != small
-    assert which.startswith("fp32 profile's") == small
+    assert (args == SMALL_SET) == small and (args == FULL_BF16["distill_data"]) != small
+    assert which.startswith("105k-pair set") == small
     # only FULL_BF16 switches; a teacher without a readable summary keeps the profile's set
     assert distill_set_args("FULL_AVX512_BF16", FULL_BF16, tmp_path)[0] == FULL_BF16["distill_data"]
     (tmp_path / "train_summary.json").write_text("{broken")
