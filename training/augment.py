@@ -52,12 +52,22 @@ _SPAN_LENGTHS = (1, 2, 2, 3, 3, 3, 4)  # words; most judged queries are 2-4 word
 _FILLER = {"x", "in", "in.", "ft", "ft.", "with", "and", "for", "of", "the", "a", "to", "or", "-", "&", "&amp;"}
 
 
+def _title_words(title: str) -> list[str]:
+    """A title's words, lowercased, punctuation stripped from their ends."""
+    return [w.strip(",;:()\"'").lower() for w in title.split()]
+
+
+def _can_end(word: str) -> bool:
+    """Whether a synthetic query may end on `word`: a word of letters (the product type, usually), not a filler."""
+    return len(word) >= 3 and word.isalpha() and word not in _FILLER
+
+
 def title_query(title: str, rng: random.Random) -> str:
     """A query-like span of a keyword: up to 4 consecutive words of it that end on a word (the
     product type usually comes last), lowercased, filler words stripped from the ends
     ("DEWALT 20-Volt MAX Cordless Drill/Driver Kit" -> "cordless drill/driver kit"); "" if none."""
-    words = [w.strip(",;:()\"'").lower() for w in title.split()]
-    ends = [i for i, w in enumerate(words) if len(w) >= 3 and w.isalpha() and w not in _FILLER]
+    words = _title_words(title)
+    ends = [i for i, w in enumerate(words) if _can_end(w)]
     if not ends:
         return ""
     end = rng.choice(ends)
@@ -68,7 +78,7 @@ def title_query(title: str, rng: random.Random) -> str:
 
 
 _MIXED_LENGTHS = (2, 2, 3, 3, 3, 4, 4, 5)  # words, units not counted
-_MIXED_DROP = {"-", "&", "&amp;", "with", "and", "for", "of", "the", "a", "to", "or", "x", "in"}
+_MIXED_DROP = _FILLER - {"in.", "ft", "ft."}  # fillers, less the units a number keeps
 _UNITS = {"in.", "ft.", "lb.", "gal.", "oz.", "cu.", "sq.", "qt.", "mm", "cm", "w", "v", "amp", "watt", "volt"}
 
 
@@ -78,9 +88,8 @@ def mixed_title_query(title: str, rng: random.Random) -> str:
     with probability 0.4 (always when nothing else is), a picked number keeps the unit after it, and
     fillers (`with`, `x`, ...) are dropped, lowercased ("RIDGID 10 in. Portable Tile Saw with Laser" ->
     "ridgid 10 in. portable"); "" if no word can end it."""
-    words = [w.strip(",;:()\"'").lower() for w in title.split()]
-    words = [w for w in words if w and w not in _MIXED_DROP]
-    ends = [i for i, w in enumerate(words) if i >= 1 and len(w) >= 3 and w.isalpha() and w not in _FILLER]
+    words = [w for w in _title_words(title) if w and w not in _MIXED_DROP]
+    ends = [i for i, w in enumerate(words) if i >= 1 and _can_end(w)]
     if not ends:
         return ""
     end = rng.choice(ends)
