@@ -56,10 +56,11 @@ def test_a_very_slow_host_gets_the_floor_not_a_one_minute_teacher(capsys):
     assert "will end past its deadline" in capsys.readouterr().out
 
 
-# minutes each step took in the from-scratch run of 78.6 minutes (training/pipeline.py)
-MEASURED = {"quick contrastive student": 2.69, "teacher": 17.32, "distillation set": 7.46, "TwinBERT student": 11.65,
-            "TwinBERT student, second pass": 10.89, "TwinBERT without augmentation": 6.14, "BiLSTM student": 7.57,
-            "BiLSTM without augmentation": 4.6, "evaluation": 10.23}
+# minutes each step took in the from-scratch run of 81.3 minutes with FP32_SET's synthetic queries
+# (2026-12-07, reports/runs/fp32-2026-12-07-full/train.json)
+MEASURED = {"quick contrastive student": 2.94, "teacher": 17.06, "distillation set": 10.61, "TwinBERT student": 13.86,
+            "TwinBERT student, second pass": 10.41, "TwinBERT without augmentation": 5.53, "BiLSTM student": 8.07,
+            "BiLSTM without augmentation": 4.07, "evaluation": 8.75}
 CAPS = {"teacher": 26, "TwinBERT student": 14, "TwinBERT student, second pass": 14,
         "TwinBERT without augmentation": 8, "BiLSTM student": 12, "BiLSTM without augmentation": 8}
 
