@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from title_words import in_order, title_words
 from training.artifacts import ArtifactError
 from training.augment import misspell, perturb, token_dropout, token_swap
 from training.datasets import (LabelledPairs, RetrievalSet, read_beir, read_labelled_pairs, retrieval_from_homedepot,
@@ -301,11 +302,6 @@ def test_a_title_query_is_a_span_of_the_title_that_ends_on_a_word():
     assert title_query("3/4 in. x 50 ft.", random.Random(0)) == ""  # nothing but measures
 
 
-def _in_order(words: list[str], within: list[str]) -> bool:
-    it = iter(within)
-    return all(w in it for w in words)
-
-
 def test_a_mixed_title_query_joins_words_of_the_title_in_order_and_keeps_a_numbers_unit():
     from training.augment import mixed_title_query
     title = "RIDGID 10 in. Portable Tile Saw with Laser"
@@ -315,7 +311,7 @@ def test_a_mixed_title_query_joins_words_of_the_title_in_order_and_keeps_a_numbe
         q = mixed_title_query(title, random.Random(seed))
         assert q == mixed_title_query(title, random.Random(seed))  # deterministic in the generator
         qw = q.split()
-        assert _in_order(qw, words) and qw[-1] in {"portable", "tile", "saw", "laser"} and "with" not in qw
+        assert in_order(qw, words) and qw[-1] in {"portable", "tile", "saw", "laser"} and "with" not in qw
         assert 2 <= len([w for w in qw if w != "in."]) <= 5
         assert ("10" in qw) == ("in." in qw)  # a number keeps its unit, and a unit never stands alone
         seen.add(q)
@@ -342,8 +338,7 @@ def test_synthetic_rows_make_train_queries_of_either_style_with_their_title_and_
             by_query.setdefault(q, []).append(kid)
         assert by_query and all(split_of(q) == "train" and len(kids) == 4 for q, kids in by_query.items())
         for q, kids in by_query.items():  # made from the first title of its rows
-            source_words = [w.strip(",;:()\"'").lower() for w in corpus[kids[0]].split()]
-            assert _in_order(q.split(), source_words), (style, q)
+            assert in_order(q.split(), title_words(corpus[kids[0]])), (style, q)
     with pytest.raises(KeyError):
         synthetic_rows(corpus, bm25, 3, 2, random.Random(1), "spans")
 

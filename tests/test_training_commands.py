@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from title_words import in_order, title_words
 from training import bilstm, distill, distill_data, evaluate, teacher
 from training.data import split_of
 from training.twin import TwinBERT, TwinConfig
@@ -65,10 +66,7 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
     mixed = {}
     for r in [line.split("\t") for line in (tmp_path / "mixed.tsv").read_text().splitlines()[1:]]:
         if r[-1].strip() == "synthetic":
-            mixed.setdefault(r[0], []).append([w.strip(",;:()\"'").lower() for w in r[2].split()])
-    def in_order(words, within):
-        it = iter(within)
-        return all(w in it for w in words)
+            mixed.setdefault(r[0], []).append(title_words(r[2]))
     assert mixed and all(split_of(q) == "train" and in_order(q.split(), titles[0]) for q, titles in mixed.items())
     assert set(mixed) != set(synthetic)
     per_query = {}

@@ -47,6 +47,8 @@ SPLITS = ("train", "dev", "test")
 DEFAULT_SPLIT_FRACTIONS = {"dev": 0.10, "test": 0.10}
 DEFAULT_SPLIT_SEED = 13
 POSITIVE_THRESHOLD = 2.5  # relevance >= 2.5 counts as relevant (binary view)
+# where a distillation set's rows come from (training.distill_data; the students' --sources pick among them)
+DISTILL_SOURCES = ("labelled", "random", "bm25", "student", "perturbed", "synthetic")
 
 REQUIRED_COLUMNS = ("product_uid", "product_title", "search_term", "relevance")
 

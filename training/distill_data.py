@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from training.augment import TITLE_QUERIES, BM25Index, perturb
-from training.data import DataError, keyword_corpus, load_pairs, normalize_query, split_of, split_pairs
+from training.data import (DISTILL_SOURCES, DataError, keyword_corpus, load_pairs, normalize_query, split_of,
+                           split_pairs)
 from training.precision import add_precision_arg, resolve
 from training.teacher import CrossEncoder
 from training.cli import fraction, nonnegative_int, one_line_errors, positive_int
 from training.textfiles import finite_number, write_tsv
 
-SOURCES = ("labelled", "random", "bm25", "student", "perturbed", "synthetic")
+SOURCES = DISTILL_SOURCES
 
 
 @dataclass

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from training.precision import add_precision_arg, cpu_has_amx_bf16
 from training.cli import nonnegative_float
-from training.data import DataError, find_train_csv
+from training.data import DISTILL_SOURCES, DataError, find_train_csv
 
 # The 105k-pair distillation set (per train query one random, one BM25 and one quick-student title; 30% of the
 # labelled pairs perturbed): FULL_AVX512_BF16's, and FULL_BF16's on a host whose teacher ran slow.
@@ -49,7 +49,7 @@ SMALL_SET: list[str] = []
 # +0.006-0.010, res level; in the second pass instead they lowered test nDCG@10 (-0.002, -0.004). The 36k
 # rows cost about 2.5 minutes of scoring and the first pass 3 more (2,201 steps against 1,637).
 FP32_SET = SMALL_SET + ["--synthetic", "12000", "--synthetic-style", "mixed"]
-WITHOUT_SYNTHETIC = ["--sources", "labelled,random,bm25,student,perturbed"]
+WITHOUT_SYNTHETIC = ["--sources", ",".join(s for s in DISTILL_SOURCES if s != "synthetic")]
 
 PROFILES = {
     "quick": dict(student_steps=100, teacher=["--max-steps", "150", "--eval-every", "75", "--dev-pairs", "300"],
