@@ -421,6 +421,27 @@ def test_bilstm_inference_form_scores_as_the_student_and_is_a_snapshot():
                 assert (student(ids, mask) - expected).abs().max() > 0.5
 
 
+def test_bilstm_inference_form_traced_forms_each_batchs_own_query_rows():
+    """The inference form forms only the rows up to the batch's last query piece (query_span); a trace
+    keeps that span data-dependent, so a batch with longer queries than the example, or none at all, scores
+    as the student does."""
+    from training.bilstm import BiLSTMConfig, BiLSTMStudent, pair_segments, query_span
+    torch.manual_seed(0)
+    student = BiLSTMStudent(BiLSTMConfig(interaction=True, packed=True)).eval()
+    tok = student.tokenizer()
+    short = tuple(map(torch.from_numpy, tok(["fan", "hose"], ["Hampton Bay 52 in. Ceiling Fan", "garden hose 50 ft"])))
+    long = tuple(map(torch.from_numpy, tok(["milwaukee m18 fuel hammer drill driver kit with two batteries", "fan"],
+                                           ["drill", "box fan"])))
+    empty = tuple(map(torch.from_numpy, tok(["", ""], ["box fan", "DEWALT 20-Volt MAX Cordless Drill"])))
+    q_long = pair_segments(*long)[0]
+    assert query_span(pair_segments(*short)[0]) == 2 < query_span(q_long) == int(q_long.sum(1).max()) + 1 > 8
+    assert query_span(pair_segments(*empty)[0]) == 1
+    with torch.no_grad():
+        traced = torch.jit.trace(student.inference(), short, check_trace=False)
+        for ids, mask in (short, long, empty):
+            torch.testing.assert_close(traced(ids, mask), student(ids, mask), atol=1e-5, rtol=0)
+
+
 def test_bilstm_inference_form_in_bf16_runs_its_lstm_in_bf16_and_scores_close_to_fp32():
     from training.bilstm import BiLSTMConfig, BiLSTMStudent
     queries = ["cordless drill", "", "milwaukee m18 fuel hammer drill driver kit with two batteries", "fan"]

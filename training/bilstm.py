@@ -54,12 +54,44 @@ def exact_match(e: torch.Tensor, qm: torch.Tensor, km: torch.Tensor) -> tuple[to
     return exact_match_unit(F.normalize(e, dim=-1), qm, km)
 
 
+@torch.jit.script
+def query_span(qm: torch.Tensor) -> int:
+    """How many leading positions can hold a query piece in some row: one past the last query piece of the
+    batch, at least 1. The query comes first in [CLS] q [SEP] k [SEP], so the query-keyword products need
+    only these rows. Scripted, so a traced caller keeps it data-dependent rather than the example's."""
+    pos = torch.arange(1, qm.shape[1] + 1, device=qm.device)
+    return max(1, int((qm.long() * pos).max()))
+
+
+@torch.jit.script
 def exact_match_unit(en: torch.Tensor, qm: torch.Tensor, km: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """exact_match of embeddings already of unit length."""
-    best = (en @ en.transpose(1, 2)).masked_fill(~km[:, None, :], -1.0).amax(-1)
-    qf = qm.to(en.dtype)
+    """exact_match of embeddings already of unit length; only the query's rows of the products are
+    formed (query_span)."""
+    n = query_span(qm)
+    best = (en[:, :n] @ en.transpose(1, 2)).masked_fill(~km[:, None, :], -1.0).amax(-1)
+    q = qm[:, :n]
+    qf = q.to(en.dtype)
     mean = (best * qf).sum(1) / qf.sum(1).clamp_min(1.0)
-    return mean[:, None], best.masked_fill(~qm, 1.0).amin(1)[:, None]
+    return mean[:, None], best.masked_fill(~q, 1.0).amin(1)[:, None]
+
+
+@torch.jit.script
+def aligned_states(h: torch.Tensor, qm: torch.Tensor, km: torch.Tensor) -> torch.Tensor:
+    """The student's alignment of BiLSTM states h [B, L, D] (each query piece attends over the keyword's
+    pieces, every other position over the query's) from the products of the first query_span positions
+    with all, [B, n, L], rather than all with all: the other rows' scores are the transpose of these, and
+    a masked score (-1e4) adds exactly 0 to a softmax that has an unmasked one. A row with no query piece
+    at all attends, as in the student, evenly over all L positions."""
+    n = query_span(qm)
+    hq = h[:, :n]
+    s = hq @ h.transpose(1, 2) / h.shape[-1] ** 0.5
+    to_k = torch.softmax(s.masked_fill(~km[:, None, :], -1e4), -1) @ h
+    to_q = torch.softmax(s.transpose(1, 2).masked_fill(~qm[:, None, :n], -1e4), -1) @ hq
+    empty = ~qm.any(1)
+    if bool(empty.any()):
+        to_q = torch.where(empty[:, None, None], h.mean(1, keepdim=True).expand_as(to_q), to_q)
+    to_k = torch.cat([to_k, to_q[:, n:]], 1)
+    return torch.where(qm[:, :, None], to_k, to_q)
 
 
 def _direction(lstm: nn.LSTM, x: torch.Tensor, suffix: str) -> torch.Tensor:
@@ -192,8 +224,9 @@ class BiLSTMScorer(nn.Module):
       computed once over the vocabulary: one [V, proj_dim] table lookup replaces the embedding lookup
       and a [B * L, embed_dim] x [embed_dim, proj_dim] product per batch.
     - The exact-match features read rows of E normalised once, not normalised per token.
-    - The alignment is one masked softmax (a query word attends over the keyword's words; every other
-      position over the query's, as the student's select of two) instead of two.
+    - The alignment and the exact match form only the query's rows of their [L, L] products
+      (aligned_states, exact_match_unit): [B, n, L] with n one past the batch's last query piece, about
+      a quarter of L on Home Depot pairs; each softmax runs over the rows it needs, not two over all.
     - The composition layer W [h, a, h - a, h * a] runs as (W1 + W3) h + (W2 - W3) a + W4 (h * a),
       without concatenating a [B, L, 8 * hidden] tensor.
 
@@ -235,9 +268,7 @@ class BiLSTMScorer(nn.Module):
         feats = masked_mean_max(h, attention_mask.unsqueeze(-1).to(h.dtype))
         if self.config.interaction:
             qm, km = pair_segments(input_ids, attention_mask)
-            a = h @ h.transpose(1, 2) / h.shape[-1] ** 0.5
-            over = torch.where(qm[:, :, None], km[:, None, :], qm[:, None, :])
-            aligned = torch.softmax(a.masked_fill(~over, -1e4), -1) @ h
+            aligned = aligned_states(h, qm, km)
             g = torch.relu(h @ self.w_state + self.b_compose + aligned @ self.w_aligned
                            + (h * aligned) @ self.w_product)
             feats += masked_mean_max(g, (qm | km).unsqueeze(-1).to(h.dtype))

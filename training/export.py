@@ -126,7 +126,8 @@ def trace_reranker(model: nn.Module, vocab: int, max_len: int, reference: nn.Mod
 # bump when the re-ranker export changes, so serving.build exports again
 # 2: the file traces the student's inference form (training.bilstm.BiLSTMScorer), checked against the student
 # 3: reranker_bf16.pt beside it, the inference form with its LSTM in bf16
-RERANKER_FORMAT = 3
+# 4: the inference form forms only the query's rows of its alignment and exact-match products
+RERANKER_FORMAT = 4
 # how far the bf16 trace may stray from the fp32 student, in logits, on the check's random pairs; on the
 # 7345 Home Depot dev pairs the bf16 form stayed within 0.0071 of fp32 (mean 0.0009), ROC-AUC unchanged
 BF16_TOLERANCE = 0.05
