@@ -125,16 +125,19 @@ def test_a_host_that_slows_down_during_the_run_still_ends_within_90_minutes(slow
 
 
 # minutes each step took in the from-scratch FULL_AVX512_BF16 run on an AMD EPYC host with AVX512-BF16
-# and no AMX (2026-12-02, 76.65 in all; reports/runs/epyc-2026-12-02-avx512-profile/train.json)
-MEASURED_AVX512_BF16 = {"quick contrastive student": 2.63, "teacher": 15.68, "distillation set": 6.96,
-                        "TwinBERT student": 11.16, "TwinBERT student, second pass": 10.68,
-                        "TwinBERT without augmentation": 2.52, "BiLSTM student": 7.01,
-                        "BiLSTM without augmentation": 3.5, "evaluation": 16.51}
-# ... and on a slower hour of that host: its uncapped steps as they ran earlier that day (the quick student
-# and the evaluation in the FULL_BF16 run, the fp32 profile's distillation set in the probe after it), the
-# capped ones at FULL_AVX512_BF16's caps (its nominal minutes)
-SLOW_AVX512_BF16 = {**NOMINAL_MINUTES_AVX512_BF16, "quick contrastive student": 2.45, "distillation set": 10.6,
-                    "evaluation": 20.74}
+# and no AMX, with FP32_SET's synthetic queries (2026-12-07, 69.26 in all;
+# reports/runs/epyc-2026-12-07-full/train.json)
+MEASURED_AVX512_BF16 = {"quick contrastive student": 2.57, "teacher": 16.51, "distillation set": 8.6,
+                        "TwinBERT student": 10.47, "TwinBERT student, second pass": 8.68,
+                        "TwinBERT without augmentation": 2.69, "BiLSTM student": 7.04,
+                        "BiLSTM without augmentation": 3.54, "evaluation": 9.16}
+# ... and on a slower hour of that host: its uncapped steps as they ran on 2026-12-02 (the quick student and
+# the evaluation in the FULL_BF16 run, 20.74, the 105k-pair distillation set in the probe after it, 10.6),
+# the last two times what the code since asks of them, as the from-scratch runs of 2026-12-02 and 2026-12-07
+# took them (the set with its synthetic queries 8.6 against 6.96; the evaluation, halved on 2026-12-06,
+# 9.16 against 16.51); the capped steps at FULL_AVX512_BF16's caps (its nominal minutes)
+SLOW_AVX512_BF16 = {**NOMINAL_MINUTES_AVX512_BF16, "quick contrastive student": 2.45,
+                    "distillation set": round(10.6 * 8.6 / 6.96, 2), "evaluation": round(20.74 * 9.16 / 16.51, 2)}
 
 
 def caps_of(profile: dict) -> dict[str, float]:
@@ -145,18 +148,21 @@ def caps_of(profile: dict) -> dict[str, float]:
         ("BiLSTM student", profile["bilstm"]), ("BiLSTM without augmentation", profile["ablation_bilstm"]))}
 
 
-# up to 2x the runs' minutes; on the slower AVX512-BF16 hour the uncapped steps already took 34 of the 87,
-# and past 1.8x that the training steps' floors hold and the run ends late (as on fp32 past 2.5x)
-@pytest.mark.parametrize("profile, measured, nominal, slowdown", [
-    *((FULL_BF16, MEASURED_BF16, NOMINAL_MINUTES_BF16, s) for s in (1.0, 1.2, 1.5, 2.0)),
-    *((FULL_AVX512_BF16, MEASURED_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16, s) for s in (1.0, 1.2, 1.5, 2.0)),
-    *((FULL_AVX512_BF16, SLOW_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16, s) for s in (1.0, 1.2, 1.5, 1.8))])
-def test_the_bf16_profiles_end_within_90_minutes_on_a_slow_hour_too(slowdown, profile, measured, nominal):
+# up to 2x the runs' minutes; on the slower AVX512-BF16 hour the uncapped steps already take 27 of the 87,
+# and past 2.2x that the training steps' floors hold and the run ends late (as on fp32 past 2.5x).
+# `late_without`: the same hour without the deadline would end past 90 (the 2026-12-07 EPYC run, 69.3
+# minutes with the evaluation halved, needs it from 1.8x on)
+@pytest.mark.parametrize("profile, measured, nominal, slowdown, late_without", [
+    *((FULL_BF16, MEASURED_BF16, NOMINAL_MINUTES_BF16, s, s >= 1.5) for s in (1.0, 1.2, 1.5, 2.0)),
+    *((FULL_AVX512_BF16, MEASURED_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16, s, s >= 1.8) for s in (1.0, 1.2, 1.5, 2.0)),
+    *((FULL_AVX512_BF16, SLOW_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16, s, s >= 1.5)
+      for s in (1.0, 1.2, 1.5, 1.8, 2.0, 2.2))])
+def test_the_bf16_profiles_end_within_90_minutes_on_a_slow_hour_too(slowdown, profile, measured, nominal, late_without):
     args = dict(measured=measured, caps=caps_of(profile), nominal=nominal)
     assert CAPS_BF16 == caps_of(FULL_BF16)
     total = simulated_total(slowdown, profile["budget_minutes"], **args)
     assert total <= 90
-    if slowdown >= 1.5:
+    if late_without:
         assert simulated_total(slowdown, None, **args) > 90  # what the deadline prevents
 
 

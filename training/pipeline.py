@@ -150,7 +150,9 @@ NOMINAL_MINUTES_BF16 = {"quick contrastive student": 1.8, "teacher": 20.0, "dist
 # student 2.45, the 105k-pair set 10.6, the evaluation 20.7), the rest the steps' caps. The from-scratch run
 # with this profile there (2026-12-02) took 76.65 minutes: 2.6, 7.0 and 16.5 for those three. The set is
 # raised 11 -> 12.5 for FP32_SET's synthetic queries (2026-12-07): they took 2.4 more minutes to score in fp32,
-# and this host scores 1.7x faster in bf16.
+# and this host scores 1.7x faster in bf16. The from-scratch run with them there (2026-12-07, 69.26 minutes,
+# reports/runs/epyc-2026-12-07-full/train.json): 2.57, 8.6 and 9.16 for the three; the first pass ran its
+# whole epoch (2,194 steps) in 10.5 of its 11 minutes.
 NOMINAL_MINUTES_AVX512_BF16 = {"quick contrastive student": 2.5, "teacher": 17.0, "distillation set": 12.5,
                                "TwinBERT student": 11.0, "TwinBERT student, second pass": 11.0,
                                "TwinBERT without augmentation": 2.5, "BiLSTM student": 7.0,
