@@ -13,8 +13,8 @@ lifted cos nDCG@10 from 0.250 to 0.267, recall@100 from 0.707 to 0.720 and res R
 Every step runs in the precision `--precision` resolves to (training.precision: bf16 autocast where the
 CPU has AMX-BF16 or AVX512-BF16, else fp32). In bf16 the full profile spends the faster steps on more
 training: FULL_BF16 on an AMX host (2.2-3x faster steps: a longer teacher, a distillation set three times
-as large), FULL_AVX512_BF16 elsewhere (1.5-2x: the 105k-pair distillation set, SMALL_SET, longer TwinBERT
-passes); the deadline below trims the training steps where the host is slower, and FULL_BF16 falls back to
+as large), FULL_AVX512_BF16 elsewhere (1.5-2x: the fp32 profile's distillation set, FP32_SET, longer
+TwinBERT passes); the deadline below trims the training steps where the host is slower, and FULL_BF16 falls back to
 the smaller distillation set when its teacher trained much slower than in its timing run.
 
 The full profile runs against a deadline (`--budget-minutes`, 87 by default): each training step's
@@ -39,7 +39,7 @@ from training.cli import nonnegative_float
 from training.data import DISTILL_SOURCES, DataError, find_train_csv
 
 # The 105k-pair distillation set (per train query one random, one BM25 and one quick-student title; 30% of the
-# labelled pairs perturbed): FULL_AVX512_BF16's, and FULL_BF16's on a host whose teacher ran slow.
+# labelled pairs perturbed): FULL_BF16's on a host whose teacher ran slow, and FP32_SET's rows but the synthetic.
 SMALL_SET: list[str] = []
 # Synthetic queries of the mixed style (training.augment.mixed_title_query) from 12,000 titles, in the fp32
 # profile's first TwinBERT pass only; the second pass and the BiLSTM train on the rest, as before. From the
