@@ -51,6 +51,12 @@ SMALL_SET: list[str] = []
 FP32_SET = SMALL_SET + ["--synthetic", "12000", "--synthetic-style", "mixed"]
 WITHOUT_SYNTHETIC = ["--sources", ",".join(s for s in DISTILL_SOURCES if s != "synthetic")]
 
+def with_minutes(args: list[str], minutes: float) -> list[str]:
+    """A step's arguments with its --max-minutes set to `minutes`."""
+    i = args.index("--max-minutes") + 1
+    return args[:i] + [f"{minutes:g}"] + args[i + 1:]
+
+
 PROFILES = {
     "quick": dict(student_steps=100, teacher=["--max-steps", "150", "--eval-every", "75", "--dev-pairs", "300"],
                   distill_data=["--max-queries", "300"],
@@ -103,14 +109,12 @@ FULL_BF16 = dict(PROFILES["full"],
 # queries (FP32_SET, 36k rows) came with it on 2026-12-07, in the first pass only as in fp32: the last
 # from-scratch run here (2026-12-05) took 66.5 minutes, its passes ending on their epoch at 7.4 and 7.1, so
 # the 36k rows' scoring and steps fit the budget.
+# Its other steps are the fp32 profile's at other minute caps, so a change to their arguments reaches both.
 FULL_AVX512_BF16 = dict(PROFILES["full"],
                         teacher=["--epochs", "3", "--max-minutes", "17", "--eval-every", "600"],
-                        twin=["--epochs", "1", "--max-minutes", "11", "--eval-every", "500"],
-                        twin_pass2=["--epochs", "1", "--max-minutes", "11", "--eval-every", "500", "--seed", "1"]
-                        + WITHOUT_SYNTHETIC,
-                        bilstm=["--epochs", "8", "--max-minutes", "7", "--eval-every", "1600"] + WITHOUT_SYNTHETIC,
-                        ablation_twin=["--epochs", "1", "--max-minutes", "2.5", "--eval-every", "500"],
-                        ablation_bilstm=["--epochs", "8", "--max-minutes", "3.5", "--eval-every", "900"])
+                        **{step: with_minutes(PROFILES["full"][step], minutes) for step, minutes in (
+                            ("twin", 11), ("twin_pass2", 11), ("bilstm", 7), ("ablation_twin", 2.5),
+                            ("ablation_bilstm", 3.5))})
 
 # Title tokens the second TwinBERT pass reads (the first, and the quick student it starts from, read 32). 6% of
 # titles are longer than 32 tokens; on the whole dev split (same first pass, seed and set, 2026-12-06) the second
@@ -250,7 +254,7 @@ def with_cap(args: list[str], deadline: Deadline | None, step: str) -> list[str]
                   f"{deadline.nominal[step]:g} minutes); the host ran {deadline.factor():.1f}x the nominal "
                   "minutes so far, and the run will end past its deadline rather than cut the step further",
                   flush=True)
-    return args[:i] + [f"{cap:g}"] + args[i + 1:]
+    return with_minutes(args, cap)
 
 
 def _done(path: Path) -> bool:
