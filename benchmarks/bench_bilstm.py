@@ -10,7 +10,10 @@ Two settings, each timed in interleaved blocks (the order of the forms reverses 
 Tokenising alone is timed beside them, as the forms tokenise (`tokenize_only`: ASCII text through
 training.tokenize's word-piece path, its per-word cache warm after the first round) and through
 `tokenizers` alone (`tokenize_tokenizers`, what every form used before that path). The largest logit
-difference of each inference form from the student on the same pairs is reported.
+difference of each inference form from the student on the same pairs is reported. `--compare LABEL=DIR`
+(repeatable) times other checkpoints' inference forms in the same blocks, each with its own tokenizer (so a
+checkpoint trained with another `--max-length` reads its own truncation): an A/B of checkpoints on one
+host's same hour.
 
     python -m benchmarks.bench_bilstm --checkpoint artifacts/bilstm [--out reports]   # make bench-bilstm
 """
@@ -71,10 +74,21 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default=None, help="Home Depot data folder (default: $TWINBERT_DATA)")
     ap.add_argument("--batches", type=positive_int, default=10, help="batches of 64 dev pairs")
     ap.add_argument("--rounds", type=positive_int, default=20, help="passes over the batches per setting")
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
+                    help="another BiLSTM checkpoint whose inference form is timed in the same blocks (repeatable)")
     ap.add_argument("--out", default="reports")
     args = ap.parse_args(argv)
+    compare = {}
+    for spec in args.compare:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            ap.error(f"--compare takes LABEL=DIR, got {spec!r}")
+        if f"inference {label}" in compare:
+            ap.error(f"--compare: label {label!r} given twice")
+        compare[f"inference {label}"] = path
     from training.bilstm import BiLSTMStudent
     student = BiLSTMStudent.load(args.checkpoint)
+    others = {name: BiLSTMStudent.load(path).inference() for name, path in compare.items()}
     scorer, scorer_bf16 = student.inference(), student.inference("bf16")
     tok = student.tokenizer()
     plain_tok = PairTokenizer(minilm_dir() / "tokenizer.json", student.config.max_length, ascii_fast_path=False)
@@ -91,11 +105,14 @@ def main(argv=None) -> None:
     forms = {"student": lambda q, k: student.score(q, k, batch_size=64),
              "inference": lambda q, k: scorer.score(q, k, batch_size=64),
              "inference_bf16": lambda q, k: scorer_bf16.score(q, k, batch_size=64),
+             **{name: (lambda s: lambda q, k: s.score(q, k, batch_size=64))(s) for name, s in others.items()},
              "tokenize_only": lambda q, k: tok(q, k),
              "tokenize_tokenizers": lambda q, k: plain_tok(q, k)}
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "config": json.loads(
         (Path(args.checkpoint) / "config.json").read_text()), "host": platform.node(),
         "torch": torch.__version__, "bf16_matmul_hardware": sorted(BF16_FLAGS & cpu_flags()),
+        "compare": {name: {"checkpoint": str(Path(path).resolve()), "max_length": others[name].config.max_length}
+                    for name, path in compare.items()},
         "max_abs_logit_diff": diff, "max_abs_logit_diff_bf16": diff_bf16}
     torch.set_num_threads(2)
     result["per_pair"] = {"threads": 2, "batch": 64, **summarize(
