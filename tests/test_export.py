@@ -92,12 +92,12 @@ def test_reranker_export_scores_real_pairs_as_the_eager_bilstm(tiny_reranker):
     from serving.rerank import Reranker
     from training.bilstm import BiLSTMStudent
     manifest = json.loads((tiny_reranker / "reranker.json").read_text())
-    assert set(manifest["sha256"]) == {"reranker.pt", "reranker_bf16.pt", "tokenizer.json"} and manifest["max_length"] == 48
+    assert set(manifest["sha256"]) == {"reranker.pt", "reranker_bf16.pt", "tokenizer.json"} and manifest["max_length"] == 40
     assert manifest["model_config"]["interaction"] is True
     eager = BiLSTMStudent.load(manifest["checkpoint"])
     reranker = Reranker(tiny_reranker)
     titles = ["DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit", "Flexzilla 50 ft. Garden Hose",
-              "x", "Hampton Bay 52 in. Ceiling Fan with Light Kit " * 8]  # the last is truncated to 48 pieces
+              "x", "Hampton Bay 52 in. Ceiling Fan with Light Kit " * 8]  # the last is truncated to 40 pieces
     for query in ("cordless drill", "a", "milwaukee m18 fuel hammer drill driver kit with two batteries"):
         expected = torch.sigmoid(torch.from_numpy(eager.score([query] * len(titles), titles))).numpy()
         np.testing.assert_allclose(reranker.scores(query, titles), expected, atol=1e-5)

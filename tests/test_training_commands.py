@@ -112,13 +112,20 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
         with pytest.raises(SystemExit) as exit_:
             command.main(d + given + ["--out", str(tmp_path / "x"), "--dropout", "1"])
         assert exit_.value.code == 2 and "at least 0 and below 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        bilstm.main(d + ["--distill", "x", "--teacher", "x", "--out", str(tmp_path / "x"), "--max-length", "2"])
+    assert exit_.value.code == 2 and "--max-length 2: a pair needs at least 3 pieces" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
                      "--out", str(tmp_path / "bilstm")] + small)
-    assert bilstm.BiLSTMStudent.load(tmp_path / "bilstm").config.interaction  # the default
+    trained = bilstm.BiLSTMStudent.load(tmp_path / "bilstm")
+    assert trained.config.interaction and trained.config.max_length == 40  # the defaults
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
-                     "--out", str(tmp_path / "bilstm_plain"), "--no-interaction"] + small)
-    assert not bilstm.BiLSTMStudent.load(tmp_path / "bilstm_plain").config.interaction
+                     "--out", str(tmp_path / "bilstm_plain"), "--no-interaction", "--max-length", "12"] + small)
+    plain = bilstm.BiLSTMStudent.load(tmp_path / "bilstm_plain")
+    assert not plain.config.interaction and plain.config.max_length == 12
+    ids, mask = plain.tokenizer()(["cordless drill"], ["DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit"])
+    assert mask.shape == (1, 12) and mask.all()  # the checkpoint reads the pieces it was trained on
     report = evaluate.evaluate([("BM25", "bm25"), ("teacher", f"teacher:{tmp_path / 'teacher'}"),
                                 ("twin", f"twin:{tmp_path / 'twin'}"), ("bilstm", f"bilstm:{tmp_path / 'bilstm'}"),
                                 ("bilstm-bf16", f"bilstm-bf16:{tmp_path / 'bilstm'}"),
