@@ -1,15 +1,16 @@
 """benchmarks.bench_bilstm on real dev pairs: its forms and the checkpoints given by --compare are timed in
 the same blocks, each compared checkpoint reading pairs with its own tokenizer."""
+import dataclasses
 import json
 
-from training.bilstm import BiLSTMConfig, BiLSTMStudent
+from training.bilstm import BiLSTMStudent
 
 
 def test_bench_bilstm_times_compared_checkpoints_beside_the_forms(tiny_reranker, home_depot_csv, tmp_path):
     from benchmarks import bench_bilstm
     ckpt = json.loads((tiny_reranker / "reranker.json").read_text())["checkpoint"]
     student = BiLSTMStudent.load(ckpt)
-    short = BiLSTMStudent(BiLSTMConfig(**{**student.config.__dict__, "max_length": 12}))
+    short = BiLSTMStudent(dataclasses.replace(student.config, max_length=12))
     short.load_state_dict(student.state_dict())
     short.save(tmp_path / "short")
     bench_bilstm.main(["--checkpoint", ckpt, "--data", str(home_depot_csv.parent), "--batches", "1", "--rounds", "2",

@@ -112,9 +112,6 @@ def test_teacher_distillation_students_and_evaluation(tiny_data, tmp_path, capsy
         with pytest.raises(SystemExit) as exit_:
             command.main(d + given + ["--out", str(tmp_path / "x"), "--dropout", "1"])
         assert exit_.value.code == 2 and "at least 0 and below 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        bilstm.main(d + ["--distill", "x", "--teacher", "x", "--out", str(tmp_path / "x"), "--max-length", "2"])
-    assert exit_.value.code == 2 and "--max-length 2: a pair needs at least 3 pieces" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     bilstm.main(d + ["--distill", str(tmp_path / "distill.tsv"), "--teacher", str(tmp_path / "teacher"),
                      "--out", str(tmp_path / "bilstm")] + small)
