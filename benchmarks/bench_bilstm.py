@@ -20,6 +20,7 @@ host's same hour.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import random
@@ -78,14 +79,14 @@ def main(argv=None) -> None:
                     help="another BiLSTM checkpoint whose inference form is timed in the same blocks (repeatable)")
     ap.add_argument("--out", default="reports")
     args = ap.parse_args(argv)
-    compare = {}
+    compare = {}  # form name -> checkpoint
     for spec in args.compare:
         label, sep, path = spec.partition("=")
         if not sep or not label or not path:
             ap.error(f"--compare takes LABEL=DIR, got {spec!r}")
         if f"inference {label}" in compare:
             ap.error(f"--compare: label {label!r} given twice")
-        compare[f"inference {label}"] = path
+        compare[f"inference {label}"] = Path(path)
     from training.bilstm import BiLSTMStudent
     student = BiLSTMStudent.load(args.checkpoint)
     others = {name: BiLSTMStudent.load(path).inference() for name, path in compare.items()}
@@ -105,13 +106,13 @@ def main(argv=None) -> None:
     forms = {"student": lambda q, k: student.score(q, k, batch_size=64),
              "inference": lambda q, k: scorer.score(q, k, batch_size=64),
              "inference_bf16": lambda q, k: scorer_bf16.score(q, k, batch_size=64),
-             **{name: (lambda s: lambda q, k: s.score(q, k, batch_size=64))(s) for name, s in others.items()},
+             **{name: functools.partial(s.score, batch_size=64) for name, s in others.items()},
              "tokenize_only": lambda q, k: tok(q, k),
              "tokenize_tokenizers": lambda q, k: plain_tok(q, k)}
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "config": json.loads(
         (Path(args.checkpoint) / "config.json").read_text()), "host": platform.node(),
         "torch": torch.__version__, "bf16_matmul_hardware": sorted(BF16_FLAGS & cpu_flags()),
-        "compare": {name: {"checkpoint": str(Path(path).resolve()), "max_length": others[name].config.max_length}
+        "compare": {name: {"checkpoint": str(path.resolve()), "max_length": others[name].config.max_length}
                     for name, path in compare.items()},
         "max_abs_logit_diff": diff, "max_abs_logit_diff_bf16": diff_bf16}
     torch.set_num_threads(2)

@@ -33,7 +33,7 @@ from training.metrics import dev_roc_auc
 from training.pretrained import minilm_dir
 from training.teacher import CrossEncoder, dev_sample, relevance_target
 from training.tokenize import PairTokenizer
-from training.cli import nonnegative_float, one_line_errors, positive_int, source_list
+from training.cli import nonnegative_float, one_line_errors, pair_length, positive_int, source_list
 
 
 CLS_ID, SEP_ID = 101, 102  # MiniLM's (BERT uncased) WordPiece vocabulary
@@ -296,15 +296,13 @@ def main(argv=None) -> None:
     ap.add_argument("--label-weight", type=nonnegative_float, default=0.5)
     ap.add_argument("--proj-dim", type=positive_int, default=BiLSTMConfig.proj_dim, help="embedding projection width")
     ap.add_argument("--hidden", type=positive_int, default=BiLSTMConfig.hidden, help="LSTM units per direction")
-    ap.add_argument("--max-length", type=positive_int, default=BiLSTMConfig.max_length,
+    ap.add_argument("--max-length", type=pair_length, default=BiLSTMConfig.max_length,
                     help="word pieces of [CLS] query [SEP] keyword [SEP] read, truncated longest-first")
     ap.add_argument("--no-interaction", dest="interaction", action="store_false",
                     help="the plain BiLSTM: no cross-attention between query and keyword states and no "
                          "exact-match features (test ROC-AUC 0.680 against 0.740 with them)")
     add_loop_args(ap, epochs=2.0, lr=2e-3, batch_size=64, eval_every=500)
     args = ap.parse_args(argv)
-    if args.max_length < 3:
-        ap.error(f"--max-length {args.max_length}: a pair needs at least 3 pieces ([CLS] and two [SEP])")
     if args.freeze_word_embeddings:
         ap.error("--freeze-word-embeddings: the BiLSTM's embeddings (the teacher's) are always frozen")
     if is_main():

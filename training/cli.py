@@ -42,6 +42,7 @@ finite_float = _checked(_float, lambda v: True, "a finite number")
 fraction = _checked(_float, lambda v: 0 <= v <= 1, "between 0 and 1")
 dropout_rate = _checked(_float, lambda v: 0 <= v < 1, "at least 0 and below 1")
 port = _checked(_int, lambda v: 1 <= v <= 65535, "a port between 1 and 65535")
+pair_length = _checked(_int, lambda v: v >= 3, "3 or more, as a pair needs at least 3 pieces ([CLS] and two [SEP])")
 
 
 def _comma_list(item, what: str):

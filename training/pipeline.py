@@ -51,6 +51,7 @@ SMALL_SET: list[str] = []
 FP32_SET = SMALL_SET + ["--synthetic", "12000", "--synthetic-style", "mixed"]
 WITHOUT_SYNTHETIC = ["--sources", ",".join(s for s in DISTILL_SOURCES if s != "synthetic")]
 
+
 def with_minutes(args: list[str], minutes: float) -> list[str]:
     """A step's arguments with its --max-minutes set to `minutes`."""
     i = args.index("--max-minutes") + 1
