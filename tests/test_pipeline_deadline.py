@@ -197,6 +197,11 @@ def test_bf16_picks_the_profile_by_the_host_amx_or_not():
         assert "--sources" not in prof["twin"]
     # FULL_BF16's passes train on their whole set, as they were measured
     assert not any("--sources" in FULL_BF16[k] for k in ("twin_pass2", "bilstm"))
+    # the full profiles' TwinBERT passes and their ablation train at twice distill's default rate; quick keeps it
+    for prof in (PROFILES["full"], FULL_AVX512_BF16, FULL_BF16):
+        for key in ("twin", "twin_pass2", "ablation_twin"):
+            assert prof[key][prof[key].index("--lr") + 1] == "1e-4", key
+    assert not any("--lr" in PROFILES["quick"][k] for k in ("twin", "twin_pass2", "ablation_twin"))
     # every nominal table names the same steps, and a nominal at each step's cap
     for profile, nominal in ((FULL_BF16, NOMINAL_MINUTES_BF16), (FULL_AVX512_BF16, NOMINAL_MINUTES_AVX512_BF16)):
         assert set(nominal) == set(NOMINAL_MINUTES)
