@@ -246,8 +246,9 @@ class BiLSTMScorer(nn.Module):
     precision 'bf16' stores the projected table and the LSTM's weights in bf16, so the recurrence (about
     half the forward pass) runs as oneDNN's bf16 LSTM; its states go on in fp32. That pays only on bf16
     matrix hardware (AMX-BF16 tiles here: the forward pass took 0.209 against 0.273 ms a pair, batches
-    of 64, two threads, at 64 units; at 32 units AVX512-BF16 gained only 1.04-1.08x). On the 7345 Home Depot dev pairs its logits stayed within 0.0071 of fp32's
-    (mean 0.0009) and ROC-AUC was the same to five decimals."""
+    of 64, two threads, at 64 units; at 32 units AVX512-BF16 gained only 1.04-1.08x). On the 7345 Home
+    Depot dev pairs its logits stayed within 0.0071 of fp32's (mean 0.0009) and ROC-AUC was the same to five
+    decimals."""
 
     PRECISIONS = ("fp32", "bf16")
 
