@@ -26,7 +26,7 @@ serve: setup  ## run tritonserver in the foreground on the built repository
 test: setup  ## unit and integration tests (real tritonserver), CPU only
 	$(PY) -m pytest -q tests
 
-train: setup  ## full offline pipeline: teacher, distillation, students, evaluation (71.7 min from scratch on an AMX bf16 host, 85.3 an earlier day, 69.3 on an AVX512-BF16 one, 81.3 on an fp32 one; 87-min deadline)
+train: setup  ## full offline pipeline: teacher, distillation, students, evaluation (66.1 min from scratch on an AVX512-BF16 host, 71.7 on an AMX bf16 one, 81.3 on an fp32 one; 87-min deadline)
 	$(PY) -m training.pipeline --profile full --artifacts $(ARTIFACTS) --reports reports
 
 train-quick: setup  ## every pipeline step on small budgets, into $(ARTIFACTS)/quick (smoke run)

@@ -1,0 +1,6 @@
+# The fresh run's BiLSTM (32 units, 40 pieces) timed beside the earlier run's 64-unit, 40-piece model in the same blocks, twice.
+export TWINBERT_DATA=/work/shared/data/homedepot HF_HUB_OFFLINE=1 PATH=/work/main/.venv/bin:$PATH
+cd /work/main
+R=reports/runs/epyc-2026-12-07-defaults-full
+python -m benchmarks.bench_bilstm --checkpoint /work/artifacts_s1207c/bilstm --compare "64 units (epyc-2026-12-07-max40-full)=/work/artifacts_e1207b/bilstm" --out $R/bench1 > /work/exp/bs/bench1.log 2>&1
+python -m benchmarks.bench_bilstm --checkpoint /work/artifacts_s1207c/bilstm --compare "64 units (epyc-2026-12-07-max40-full)=/work/artifacts_e1207b/bilstm" --out $R/bench2 > /work/exp/bs/bench2.log 2>&1
