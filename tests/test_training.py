@@ -862,6 +862,33 @@ def test_listwise_loss_is_minimal_where_the_student_orders_like_the_teacher():
     assert listwise_loss(["a", "b", "c"], teacher[:3], [agree[:3]]) == 0  # no query with two rows
 
 
+def test_infonce_queue_adds_masked_negatives_first_in_first_out():
+    import torch.nn.functional as F
+    from training.distill import NegativeQueue, infonce_loss
+    g = torch.Generator().manual_seed(0)
+    qv, kv = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    qkeys, kids = ["a", "b", "c", "a"], ["1", "2", "3", "4"]
+    pos = torch.tensor([True, True, True, False])
+    # no queue: cross-entropy of each positive row over the batch, the other row of its query masked out
+    logits = 40 * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
+    logits[0, 3] = float("-inf")
+    expect = F.cross_entropy(logits[:3], torch.arange(3))
+    assert torch.allclose(infonce_loss(qv, kv, qkeys, kids, pos, 40.0), expect)
+    queue = NegativeQueue(6)
+    assert torch.allclose(infonce_loss(qv, kv, qkeys, kids, pos, 40.0, queue), expect)  # empty before the batch
+    assert len(queue) == 4 and queue.keyword_ids == kids and not queue.vectors.requires_grad
+    # the queued rows are now negatives, save those of the row's own query or keyword
+    with_queue = infonce_loss(qv, kv, ["a", "x", "c", "d"], ["1", "5", "6", "7"], pos, 40.0, queue)
+    plain = 40 * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T  # no two rows of a query or keyword now
+    full = torch.cat([plain, plain], 1)  # the queue holds the first call's keyword vectors
+    full[0, 4] = full[0, 7] = full[2, 6] = float("-inf")  # queued ("a", "1"), ("a", "4"), ("c", "3")
+    assert torch.allclose(with_queue, F.cross_entropy(full[:3], torch.arange(3)))
+    assert with_queue > expect  # more negatives, a harder task
+    assert len(queue) == 6 and queue.keyword_ids == ["3", "4", "1", "5", "6", "7"]  # the oldest two dropped
+    assert infonce_loss(qv, kv, qkeys, kids, torch.tensor([True, False, False, False]), 40.0, queue) == 0
+    assert len(queue) == 6 and queue.keyword_ids == ["6", "7"] + kids  # pushed even when the term is 0
+
+
 def _tiny_beir(d):
     """Four documents, two of them with the same text; q1 is judged relevant to the second copy."""
     (d / "qrels").mkdir(parents=True)

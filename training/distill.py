@@ -88,6 +88,54 @@ def listwise_loss(keys: list[str], teacher_logits: torch.Tensor, student_scores:
         else teacher_logits.new_zeros(())
 
 
+class NegativeQueue:
+    """The last `size` keyword vectors the contrastive term saw (unit length, no gradient), first in first out,
+    each with its row's query key and keyword id: extra negatives for the next batches (cross-batch memory,
+    Wang et al. 2020). A vector is at most size / batch rows old; one rank's queue holds its own rows."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.vectors: torch.Tensor | None = None
+        self.qkeys: list[str] = []
+        self.keyword_ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.qkeys)
+
+    def push(self, kv: torch.Tensor, qkeys: list[str], keyword_ids: list[str]) -> None:
+        kv = kv.detach().float()
+        self.vectors = kv if self.vectors is None else torch.cat([self.vectors, kv])[-self.size:]
+        self.qkeys = (self.qkeys + list(qkeys))[-self.size:]
+        self.keyword_ids = (self.keyword_ids + list(keyword_ids))[-self.size:]
+
+
+def infonce_loss(qv: torch.Tensor, kv: torch.Tensor, qkeys: list[str], keyword_ids: list[str],
+                 pos: torch.Tensor, scale: float, queue: NegativeQueue | None = None) -> torch.Tensor:
+    """InfoNCE of each teacher-positive row's query against its own keyword, over the batch's other keywords
+    and the queue's (if any). A keyword of the same query (normalised) or with the same id as the row's is
+    no negative and is masked out. The batch's keyword vectors then join the queue. 0 with under two
+    positives, as without a queue: one positive alone has too few negatives in a small batch to learn from."""
+    n = len(qkeys)
+    kn = F.normalize(kv, dim=-1)
+    keys = [kn]
+    other_q, other_k = list(qkeys), list(keyword_ids)
+    if queue is not None and len(queue):
+        keys.append(queue.vectors)
+        other_q += queue.qkeys
+        other_k += queue.keyword_ids
+    with torch.autocast("cpu", enabled=False):  # logits at scale 40 need more than bf16's 3 digits
+        logits = scale * F.normalize(qv.float(), dim=-1) @ torch.cat([k.float() for k in keys]).T
+    same = torch.tensor([[i != j and (qkeys[i] == other_q[j] or keyword_ids[i] == other_k[j])
+                          for j in range(len(other_q))] for i in range(n)])
+    if queue is not None:
+        queue.push(kn, qkeys, keyword_ids)
+    if pos.sum() < 2:
+        return logits.new_zeros(())
+    logits = logits.masked_fill(same, float("-inf"))
+    idx = pos.nonzero().squeeze(1)
+    return F.cross_entropy(logits[idx], idx)
+
+
 @one_line_errors("distill")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,6 +165,8 @@ def main(argv=None) -> None:
     # recall@100 level; at 60 the second pass gave 0.3307 (docs/experiments.md)
     ap.add_argument("--scale", type=positive_float, default=40.0,
                     help="inverse temperature of the InfoNCE term")
+    ap.add_argument("--negative-queue", type=nonnegative_int, default=0,
+                    help="keep the last N keyword vectors as extra InfoNCE negatives (0 = the batch's own only)")
     ap.add_argument("--group-size", type=nonnegative_int, default=0,
                     help="batch rows in groups of up to N rows of one query (0: batches by keyword length)")
     ap.add_argument("--listwise-weight", type=nonnegative_float, default=0.0,
@@ -175,6 +225,8 @@ def main(argv=None) -> None:
             return grouped_batches([r.query for r in rows], args.batch_size, args.group_size, args.seed * 1000 + epoch)
         return bucketed_batches(lengths, args.batch_size, args.seed * 1000 + epoch)
 
+    queue = NegativeQueue(args.negative_queue) if args.negative_queue else None
+
     def loss_fn(net, batch):
         b = [rows[i] for i in batch]
         qi, qm = map(torch.from_numpy, trim_padding(*qtok([r.query for r in b])))
@@ -196,16 +248,10 @@ def main(argv=None) -> None:
         if args.listwise_weight:
             loss = loss + args.listwise_weight * listwise_loss([r.query for r in b], teacher_logit,
                                                                [s_cos, s_res])
-        pos = target >= 0.5
-        if args.contrastive_weight and pos.sum() >= 2:
-            with torch.autocast("cpu", enabled=False):  # logits at scale 40 need more than bf16's 3 digits
-                logits = args.scale * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T
-            qkey = [normalize_query(r.query) for r in b]
-            same = torch.tensor([[i != j and (qkey[i] == qkey[j] or b[i].keyword_id == b[j].keyword_id)
-                                  for j in range(len(b))] for i in range(len(b))])
-            logits = logits.masked_fill(same, float("-inf"))
-            idx = pos.nonzero().squeeze(1)
-            loss = loss + args.contrastive_weight * F.cross_entropy(logits[idx], idx)
+        if args.contrastive_weight:
+            loss = loss + args.contrastive_weight * infonce_loss(
+                qv, kv, [normalize_query(r.query) for r in b], [r.keyword_id for r in b], target >= 0.5,
+                args.scale, queue)
         return loss
 
     def evaluate(m):
