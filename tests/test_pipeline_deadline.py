@@ -321,6 +321,35 @@ def test_the_pipeline_passes_each_training_step_its_deadline_cap(tmp_path, monke
     assert __import__("json").loads((tmp_path / "r" / "train_quick.json").read_text())["profile"] == "quick"
 
 
+def test_the_pipeline_seed_moves_every_training_steps_seed_and_only_those(tmp_path, monkeypatch):
+    """--seed S: each training step's seed is its own plus S (the second TwinBERT pass 1 + S), the
+    evaluation's arguments do not change, and train.json records S; seed 0 is the recipe as shipped."""
+    from training import bilstm, distill, distill_data, evaluate, pipeline, teacher, train_twin
+    from training.pipeline import with_seed
+    assert with_seed(["--lr", "1e-4"], 0) == ["--lr", "1e-4"]
+    assert with_seed(["--lr", "1e-4"], 3) == ["--lr", "1e-4", "--seed", "3"]
+    assert with_seed(["--seed", "1", "--lr", "1e-4"], 3) == ["--seed", "4", "--lr", "1e-4"]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("unread: run() only checks the data is there\n")
+    monkeypatch.setenv("TWINBERT_DATA", str(tmp_path / "data"))
+    for seed in (0, 2):
+        calls = []
+        for module, name in ((teacher, "teacher"), (distill_data, "distill_data"), (distill, "distill"),
+                             (bilstm, "bilstm"), (evaluate, "evaluate")):
+            monkeypatch.setattr(module, "main", lambda argv=None, name=name: calls.append((name, list(argv))))
+        monkeypatch.setattr(train_twin, "train", lambda cfg: calls.append(("quick", cfg)))
+        pipeline.run("full", tmp_path / f"a{seed}", tmp_path / "r", None, force=False, budget_minutes=0,
+                     precision="fp32", seed=seed)
+        seeds = [(name, argv.seed if name == "quick" else
+                  int(argv[len(argv) - 1 - argv[::-1].index("--seed") + 1]) if "--seed" in argv else None)
+                 for name, argv in calls]
+        assert seeds == [("quick", seed), ("teacher", seed or None), ("distill_data", seed or None),
+                         ("distill", seed or None), ("distill", 1 + seed), ("distill", seed or None),
+                         ("bilstm", seed or None), ("bilstm", seed or None), ("evaluate", None)], seeds
+        assert all(argv.count("--seed") <= 1 for name, argv in calls if name != "quick")
+        assert __import__("json").loads((tmp_path / "r" / "train.json").read_text())["seed"] == seed
+
+
 @pytest.mark.parametrize("steps, minutes, small", [
     (3981, 18.12, False),   # FULL_BF16's timing run (AMX, 2026-12-01)
     (2256, 17.36, True),    # the same kind of host at a slow hour (2026-12-03): 1.69x

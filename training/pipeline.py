@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from training.precision import add_precision_arg, cpu_has_amx_bf16
-from training.cli import nonnegative_float
+from training.cli import nonnegative_float, nonnegative_int
 from training.data import DISTILL_SOURCES, DataError, find_train_csv
 
 # The 105k-pair distillation set (per train query one random, one BM25 and one quick-student title; 30% of the
@@ -251,6 +251,17 @@ class Deadline:
         return round(min(own_cap, max(self.floor(step), share)), 2)
 
 
+def with_seed(args: list[str], seed: int) -> list[str]:
+    """A step's arguments with its seed moved by `seed`: its --seed value plus `seed`, or --seed `seed` where it
+    gives none (every step's default is 0). Seed 0 leaves them as they are."""
+    if not seed:
+        return args
+    if "--seed" not in args:
+        return args + ["--seed", str(seed)]
+    i = args.index("--seed") + 1
+    return args[:i] + [str(int(args[i]) + seed)] + args[i + 1:]
+
+
 def with_cap(args: list[str], deadline: Deadline | None, step: str) -> list[str]:
     """A step's arguments with its --max-minutes lowered to the deadline's cap (no deadline, or no
     cap in the arguments: unchanged)."""
@@ -285,7 +296,7 @@ def settings(profile: str, precision: str, amx: bool | None = None) -> tuple[str
 
 
 def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: bool,
-        budget_minutes: float | None = None, precision: str | None = None) -> None:
+        budget_minutes: float | None = None, precision: str | None = None, seed: int = 0) -> None:
     from training import bilstm, distill, distill_data, evaluate, teacher
     from training.precision import resolve
     from training.train_twin import TrainConfig, train
@@ -295,10 +306,10 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
     budget = p.get("budget_minutes") if budget_minutes is None else budget_minutes
     deadline = Deadline(budget, nominal) if budget else None
     print(f"pipeline ({profile}, {variant}): {precision} (training.precision), budget "
-          f"{f'{budget:g} minutes' if budget else 'none'}", flush=True)
+          f"{f'{budget:g} minutes' if budget else 'none'}{f', seed {seed}' if seed else ''}", flush=True)
 
-    def capped(name, args):
-        return with_cap(args, deadline, name)
+    def capped(name, args):  # every training step's arguments end in its profile's, through here
+        return with_seed(with_cap(args, deadline, name), seed)
 
     data_args = ["--data", data] if data else []
     common = data_args + ["--precision", precision]
@@ -319,7 +330,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
 
     step("quick contrastive student", (a / "model" / "model.safetensors").is_file(),
          lambda: train(TrainConfig(data=data, out=str(a / "model"), max_steps=p["student_steps"], minutes=15,
-                                   precision=precision)))
+                                   precision=precision, seed=seed)))
     step("teacher", _done(a / "teacher"), lambda: teacher.main(common + ["--out", str(a / "teacher")]
                                                             + capped("teacher", p["teacher"])))
     set_args, which_set = distill_set_args(variant, p, a / "teacher")
@@ -330,7 +341,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
             deadline.nominal = dict(deadline.nominal, **{"distillation set": SMALL_SET_NOMINAL_BF16})
     step("distillation set", (a / "distill.tsv").is_file(), lambda: distill_data.main(
         common + ["--teacher", str(a / "teacher"), "--student", str(a / "model"), "--out", str(a / "distill.tsv")]
-        + set_args))
+        + with_seed(set_args, seed)))
     base_twin = common + ["--distill", str(a / "distill.tsv"), "--init", str(a / "model")]
     step("TwinBERT student", _done(a / "twin_pass1") or _done(a / "twin"),
          lambda: distill.main(base_twin + ["--out", str(a / "twin_pass1")] + capped("TwinBERT student", p["twin"])))
@@ -365,7 +376,7 @@ def run(profile: str, artifacts: Path, reports: Path, data: str | None, force: b
                              f"rerank:bilstm:{a / 'bilstm'}@{a / 'twin'}@30"]))
     if "distillation set" in skipped:
         which_set = "built by an earlier run"
-    summary = {"profile": profile, "variant": variant, "precision": precision, "distill_set": which_set,
+    summary = {"profile": profile, "variant": variant, "precision": precision, "seed": seed, "distill_set": which_set,
                "minutes": timings,
                "total_minutes": round(sum(timings.values()), 2), "budget_minutes": budget or None,
                # built by an earlier run (their minutes above are 0; each model's own below)
@@ -390,13 +401,18 @@ def main(argv=None) -> None:
     ap.add_argument("--budget-minutes", type=nonnegative_float, default=None,
                     help="deadline for the whole run: training steps' caps shrink to fit it "
                          "(default: the profile's, 87 for full, none for quick; 0: no deadline)")
+    ap.add_argument("--seed", type=nonnegative_int, default=0,
+                    help="added to every training step's seed (batch order, sampled negatives and perturbed queries, "
+                         "dev samples; not the train/dev/test split): another seed, another run of the same recipe "
+                         "for its run-to-run spread; use another --artifacts, as finished steps are skipped")
     add_precision_arg(ap)
     args = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
     artifacts = Path(args.artifacts or ("artifacts" if args.profile == "full" else "artifacts/quick"))
     try:
-        run(args.profile, artifacts, Path(args.reports), args.data, args.force, args.budget_minutes, args.precision)
+        run(args.profile, artifacts, Path(args.reports), args.data, args.force, args.budget_minutes, args.precision,
+            args.seed)
     except DataError as e:  # no data, or data a step cannot use: one line (other errors keep their traceback)
         raise SystemExit(f"pipeline: {e}") from None
 
