@@ -91,7 +91,8 @@ def listwise_loss(keys: list[str], teacher_logits: torch.Tensor, student_scores:
 class NegativeQueue:
     """The last `size` keyword vectors the contrastive term saw (unit length, no gradient), first in first out,
     each with its row's query key and keyword id: extra negatives for the next batches (cross-batch memory,
-    Wang et al. 2020). A vector is at most size / batch rows old; one rank's queue holds its own rows."""
+    Wang et al. 2020). A vector is at most size / batch steps old; one rank's queue holds its own rows, and a
+    resumed run starts with it empty."""
 
     def __init__(self, size: int):
         self.size = size
