@@ -340,13 +340,12 @@ def test_the_pipeline_seed_moves_every_training_steps_seed_and_only_those(tmp_pa
         monkeypatch.setattr(train_twin, "train", lambda cfg: calls.append(("quick", cfg)))
         pipeline.run("full", tmp_path / f"a{seed}", tmp_path / "r", None, force=False, budget_minutes=0,
                      precision="fp32", seed=seed)
-        seeds = [(name, argv.seed if name == "quick" else
-                  int(argv[len(argv) - 1 - argv[::-1].index("--seed") + 1]) if "--seed" in argv else None)
-                 for name, argv in calls]
+        assert all(argv.count("--seed") <= 1 for name, argv in calls if name != "quick")
+        seeds = [(name, argv.seed if name == "quick" else int(argv[argv.index("--seed") + 1]) if "--seed" in argv
+                  else None) for name, argv in calls]
         assert seeds == [("quick", seed), ("teacher", seed or None), ("distill_data", seed or None),
                          ("distill", seed or None), ("distill", 1 + seed), ("distill", seed or None),
                          ("bilstm", seed or None), ("bilstm", seed or None), ("evaluate", None)], seeds
-        assert all(argv.count("--seed") <= 1 for name, argv in calls if name != "quick")
         assert __import__("json").loads((tmp_path / "r" / "train.json").read_text())["seed"] == seed
 
 

@@ -877,7 +877,7 @@ def test_infonce_queue_adds_masked_negatives_first_in_first_out():
     queue = NegativeQueue(6)
     assert torch.allclose(infonce_loss(qv, kv, qkeys, kids, pos, 40.0, queue), expect)  # empty before the batch
     assert len(queue) == 4 and queue.keyword_ids == kids and not queue.vectors.requires_grad
-    # the queued rows are now negatives, save those of the row's own query or keyword
+    # the queued rows are now negatives, except those of the row's own query or keyword
     with_queue = infonce_loss(qv, kv, ["a", "x", "c", "d"], ["1", "5", "6", "7"], pos, 40.0, queue)
     plain = 40 * F.normalize(qv, dim=-1) @ F.normalize(kv, dim=-1).T  # no two rows of a query or keyword now
     full = torch.cat([plain, plain], 1)  # the queue holds the first call's keyword vectors

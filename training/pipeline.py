@@ -9,6 +9,7 @@ lifted cos nDCG@10 from 0.250 to 0.267, recall@100 from 0.707 to 0.720 and res R
 
     python -m training.pipeline --profile full     # make train: 78.6 minutes from scratch on 2 cores (fp32)
     python -m training.pipeline --profile quick    # minutes: smoke-run of every step
+    python -m training.pipeline --seed 1 --artifacts DIR --reports DIR  # the recipe again, every step's seed + 1
 
 Every step runs in the precision `--precision` resolves to (training.precision: bf16 autocast where the
 CPU has AMX-BF16 or AVX512-BF16, else fp32). In bf16 the full profile spends the faster steps on more
