@@ -114,27 +114,26 @@ def infonce_loss(qv: torch.Tensor, kv: torch.Tensor, qkeys: list[str], keyword_i
                  pos: torch.Tensor, scale: float, queue: NegativeQueue | None = None) -> torch.Tensor:
     """InfoNCE of each teacher-positive row's query against its own keyword, over the batch's other keywords
     and the queue's (if any). A keyword of the same query (normalised) or with the same id as the row's is
-    no negative and is masked out. The batch's keyword vectors then join the queue. 0 with under two
-    positives, as without a queue: one positive alone has too few negatives in a small batch to learn from."""
-    n = len(qkeys)
+    no negative and is masked out. With under two positives the term is 0 and nothing is computed (one
+    positive alone has too few negatives in a small batch to learn from); either way the batch's keyword
+    vectors then join the queue."""
     kn = F.normalize(kv, dim=-1)
-    keys = [kn]
-    other_q, other_k = list(qkeys), list(keyword_ids)
-    if queue is not None and len(queue):
-        keys.append(queue.vectors)
-        other_q += queue.qkeys
-        other_k += queue.keyword_ids
-    with torch.autocast("cpu", enabled=False):  # logits at scale 40 need more than bf16's 3 digits
-        logits = scale * F.normalize(qv.float(), dim=-1) @ torch.cat([k.float() for k in keys]).T
-    same = torch.tensor([[i != j and (qkeys[i] == other_q[j] or keyword_ids[i] == other_k[j])
-                          for j in range(len(other_q))] for i in range(n)])
+    loss = kv.new_zeros(())
+    if pos.sum() >= 2:
+        keys, other_q, other_k = [kn], list(qkeys), list(keyword_ids)
+        if queue is not None and len(queue):
+            keys.append(queue.vectors)
+            other_q += queue.qkeys
+            other_k += queue.keyword_ids
+        with torch.autocast("cpu", enabled=False):  # logits at scale 40 need more than bf16's 3 digits
+            logits = scale * F.normalize(qv, dim=-1) @ torch.cat(keys).T
+        same = torch.tensor([[i != j and (qkeys[i] == other_q[j] or keyword_ids[i] == other_k[j])
+                              for j in range(len(other_q))] for i in range(len(qkeys))])
+        idx = pos.nonzero().squeeze(1)
+        loss = F.cross_entropy(logits.masked_fill(same, float("-inf"))[idx], idx)
     if queue is not None:
         queue.push(kn, qkeys, keyword_ids)
-    if pos.sum() < 2:
-        return logits.new_zeros(())
-    logits = logits.masked_fill(same, float("-inf"))
-    idx = pos.nonzero().squeeze(1)
-    return F.cross_entropy(logits[idx], idx)
+    return loss
 
 
 @one_line_errors("distill")
