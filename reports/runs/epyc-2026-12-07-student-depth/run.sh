@@ -23,4 +23,10 @@ python -m training.evaluate --dataset homedepot:dev --out $R/dev_embed --cache-d
 
 python $R/asym.py 2 distill $PASS2 --num-layers 6 --separate-encoders --seed 1 --out $E/Q2K6 > $E/Q2K6.log 2>&1
 python $R/asym.py 2 evaluate --dataset homedepot:dev --out $R/dev_asym --cache-dir $A/cache --bootstrap 1000 --baseline "2 layers, two passes (shipped)" --reference teacher --model teacher=teacher:$A/teacher --model "2 layers, two passes (shipped)=twin:$A/twin" --model "6 layers, second pass only=twin:$E/L6" --model "2 layers, second pass only=twin:$E/L2" --model "2-layer query tower, 6-layer keyword tower, second pass only=twin:$E/Q2K6" > $E/dev_asym.log 2>&1
+
+# The towers of two depths with a first pass of their own (the pipeline's first-pass command, from the pretrained
+# layers, the cap raised for the deeper tower), then the second pass from it; then dev_asym2.md.
+python $R/asym.py 2 distill --precision bf16 --distill $A/distill.tsv --num-layers 6 --separate-encoders --epochs 1 --max-minutes 24 --eval-every 500 --lr 1e-4 --seed 1 --out $E/Q2K6_p1 > $E/Q2K6_p1.log 2>&1
+python $R/asym.py 2 distill $PASS2 --init $E/Q2K6_p1 --separate-encoders --seed 2 --out $E/Q2K6_p1p2 > $E/Q2K6_p1p2.log 2>&1
+python $R/asym.py 2 evaluate --dataset homedepot:dev --out $R/dev_asym2 --cache-dir $A/cache --bootstrap 1000 --baseline "2 layers, two passes (shipped)" --reference teacher --model teacher=teacher:$A/teacher --model "2 layers, two passes (shipped)=twin:$A/twin" --model "2-layer query tower, 6-layer keyword tower, second pass only=twin:$E/Q2K6" --model "2-layer query tower, 6-layer keyword tower, two passes=twin:$E/Q2K6_p1p2" > $E/dev_asym2.log 2>&1
 python $R/train_runs.py $E

@@ -7,7 +7,7 @@ from pathlib import Path
 
 exp = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/exp/depth")
 runs = {}
-for name in ("L6", "L2", "E10", "Q2K6"):
+for name in ("L6", "L2", "E10", "Q2K6", "Q2K6_p1", "Q2K6_p1p2"):
     summary = json.loads((exp / name / "train_summary.json").read_text())
     log = (exp / f"{name}.log").read_text().replace("\r", "\n")
     minutes = float(re.search(r"steps in ([0-9.]+) min", log).group(1))
